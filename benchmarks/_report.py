@@ -1,0 +1,79 @@
+"""Shared helpers for benchmark scripts: timing medians, the table, BENCHMARKS.md and --json."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="cut-down case, under a minute")
+    p.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    return p
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import torch
+    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def command_line() -> str:
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
+    return " ".join(["python", script, *sys.argv[1:]])
+
+
+def write_section(name: str, title: str, body: str) -> None:
+    """Replace (or append) the section ``name`` of BENCHMARKS.md, written atomically."""
+    begin, end = f"<!-- begin:{name} -->", f"<!-- end:{name} -->"
+    section = (f"{begin}\n## {title}\n\nCommand: `{command_line()}`  \nMachine: {machine()}\n\n"
+               f"{body}\n{end}")
+    text = open(BENCHMARKS_MD, encoding="utf-8").read() if os.path.exists(BENCHMARKS_MD) else \
+        "# Benchmarks\n\nEach section is written by the script named in its command line.\n"
+    if begin in text and end in text:
+        pre, rest = text.split(begin, 1)
+        post = rest.split(end, 1)[1]
+        text = pre + section + post
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    tmp = BENCHMARKS_MD + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, BENCHMARKS_MD)
+
+
+def finish(args, name: str, title: str, body: str, figures: dict) -> None:
+    print(body)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(figures, f, indent=2)
+    if not args.no_write:
+        write_section(name, title, body)

@@ -1,0 +1,362 @@
+"""Typed configuration: dataclass schema, YAML files with ``_base_`` inheritance, ``a.b=c`` overrides.
+
+A config is built in three steps, each of which remembers where every key came from so that an
+error can name both the key and the file (or the command line) that set it:
+
+1. ``load_yaml_tree(path)`` reads a YAML file with ``yaml.safe_load`` and merges its ``_base_``
+   files under it (depth <= 2: a leaf may have bases, a base may have bases, no deeper).
+2. ``apply_overrides(tree, ["solver.lr=0.01", ...])`` merges command-line overrides.
+3. ``from_dict(Config, tree)`` checks every key and value against the dataclass schema.
+
+``load_config(path, overrides)`` does all three.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key and where it came from."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class BackboneConfig:
+    name: Literal["vgg16", "resnet18", "resnet50", "googlenet", "densenet121"] = "resnet18"
+    # None: random init; "DEFAULT"/"IMAGENET1K_V1": torchvision weights enum (needs network);
+    # any other string: a local .pth / .safetensors file.
+    weights: Optional[str] = None
+    freeze_at: int = 0
+    norm: Literal["bn", "frozen_bn"] = "bn"
+    fpn: bool = False
+    fpn_channels: int = 256
+
+
+@dataclass
+class FCNConfig:
+    variant: Literal["32s", "16s", "8s"] = "8s"
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    heads: list[str] = field(default_factory=lambda: ["fcn"])
+    fcn: FCNConfig = field(default_factory=FCNConfig)
+    # Normalisation applied inside the model so that data stays uint8 until the last moment.
+    pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+
+
+@dataclass
+class SplitConfig:
+    ann_file: Optional[str] = None
+    image_dir: Optional[str] = None
+
+
+@dataclass
+class ShapesConfig:
+    """The built-in synthetic dataset used when no ``data.train.ann_file`` is set."""
+
+    seed: int = 0
+    num_train: int = 300
+    num_val: int = 60
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    batch_size: int = 4
+    num_workers: int = 2
+    # Train resize: shortest edge picked at random from min_size_train, capped by max_size.
+    min_size_train: list[int] = field(default_factory=lambda: [192, 224, 256])
+    min_size_test: int = 224
+    max_size: int = 400
+    augment: Literal["default", "none"] = "default"
+    keep_empty: bool = True
+    sampler: Literal["random", "repeat_factor"] = "random"
+    repeat_threshold: float = 0.001
+    on_bad_image: Literal["error", "skip"] = "error"
+
+
+@dataclass
+class SolverConfig:
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_iter: int = 1000
+    warmup_iters: int = 50
+    warmup_factor: float = 0.001
+    schedule: Literal["step", "cosine", "constant"] = "cosine"
+    steps: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    plateau: bool = False
+    plateau_patience: int = 2
+    plateau_factor: float = 0.1
+    clip_grad_norm: Optional[float] = None
+    amp: bool = False
+    channels_last: bool = False
+    checkpoint_period: int = 200
+    eval_period: int = 200
+    best_metric: str = "mIoU"
+    best_mode: Literal["max", "min"] = "max"
+    patience: Optional[int] = None
+    log_period: int = 10
+
+
+@dataclass
+class RuntimeConfig:
+    seed: int = 0
+    device: str = "auto"
+    output_dir: Optional[str] = None
+    deterministic: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+# --------------------------------------------------------------------------- YAML loading
+
+# Maps a dotted key ("solver.lr") to the file or "command line" that set it.
+Sources = dict[str, str]
+
+MAX_BASE_DEPTH = 2
+
+
+def _read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _record_sources(tree: dict, source: str, sources: Sources, prefix: str = "") -> None:
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        sources[dotted] = source
+        if isinstance(value, dict):
+            _record_sources(value, source, sources, dotted + ".")
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """Recursive merge; mappings merge key by key, anything else in ``update`` replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml_tree(path: str, _depth: int = 0) -> tuple[dict, Sources]:
+    """Read ``path`` and its ``_base_`` files (relative to ``path``) into one merged mapping.
+
+    Returns:
+        (tree, sources): the merged mapping and, per dotted key, the file that set it.
+    """
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names")
+    if bases and _depth >= MAX_BASE_DEPTH:
+        raise ConfigError(
+            f"{path}: _base_ nesting deeper than {MAX_BASE_DEPTH} levels; flatten the config chain"
+        )
+    tree: dict = {}
+    sources: Sources = {}
+    for base in bases:
+        base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+        base_tree, base_sources = load_yaml_tree(base_path, _depth + 1)
+        tree = _merge(tree, base_tree)
+        sources.update(base_sources)
+    tree = _merge(tree, data)
+    _record_sources(data, path, sources)
+    return tree, sources
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b=value"`` into (["a", "b"], parsed value); the value is read as YAML scalar."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(tree: dict, sources: Sources, overrides: list[str]) -> dict:
+    """Merge ``key.sub=value`` strings into ``tree``; the schema check happens in ``from_dict``."""
+    tree = _merge({}, tree)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = tree
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+        sources[".".join(parts)] = "command line"
+    return tree
+
+
+# --------------------------------------------------------------------------- schema checking
+
+
+def _where(key: str, sources: Sources) -> str:
+    # A key that a file did not set directly inherits the source of its nearest set parent.
+    probe = key
+    while probe:
+        if probe in sources:
+            return sources[probe]
+        probe = probe.rpartition(".")[0]
+    return "defaults"
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return f"list of {_type_name(inner)}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, sources: Sources) -> Any:
+    """Return ``value`` checked against type ``tp`` (ints are accepted for floats)."""
+
+    def fail() -> ConfigError:
+        return ConfigError(
+            f"config key '{key}' (from {_where(key, sources)}): expected {_type_name(tp)}, "
+            f"got {value!r}"
+        )
+
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise fail()
+        return _build(tp, value, key + ".", sources)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise fail()
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key, sources)
+            except ConfigError:
+                continue
+        raise fail()
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise fail()
+        return [_coerce(v, inner, f"{key}[{i}]", sources) for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is not None:
+            raise fail()
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail()
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads "1e-3" as a string; accept what Python reads as a number.
+            try:
+                return float(value)
+            except ValueError:
+                raise fail() from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail()
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _build(cls: type, data: dict, prefix: str, sources: Sources) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            full = prefix + str(key)
+            raise ConfigError(
+                f"unknown config key '{full}' (from {_where(full, sources)}); "
+                f"valid keys under '{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(names))}"
+            )
+    kwargs = {k: _coerce(v, hints[k], prefix + k, sources) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, sources: Optional[Sources] = None, cls: type = Config) -> Any:
+    """Build and check a config dataclass from a plain mapping."""
+    return _build(cls, data, "", sources or {})
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain-Python (YAML- and checkpoint-safe) form of a config."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Load a config file (or the defaults when ``path`` is None) and apply overrides.
+
+    Raises:
+        ConfigError: naming the key and the file (or "command line") for any unknown key or
+            wrongly typed value.
+    """
+    tree, sources = load_yaml_tree(path) if path else ({}, {})
+    tree = apply_overrides(tree, sources, list(overrides or []))
+    return from_dict(tree, sources)

@@ -1,0 +1,238 @@
+"""COCO-format dataset on pycocotools.
+
+Category ids of any values are mapped to contiguous labels ``0..K-1`` (sorted by id) and back;
+boxes become float32 ``(x1, y1, x2, y2)``; crowd annotations become ignore regions, never
+positives; images with no annotations stay as negatives unless ``keep_empty=False``. Masks are
+decoded (polygons and RLE alike) only when asked for, and a semantic target (0 background, k+1
+for class k, 255 ignore) is derived from them for FCN.
+"""
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import logging
+import math
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from .io import DataError, read_image
+
+logger = logging.getLogger(__name__)
+
+IGNORE = 255
+
+
+def load_coco(ann_file: str) -> COCO:
+    """Open a COCO annotation file quietly; failures name the file."""
+    if not os.path.isfile(ann_file):
+        raise DataError(f"{ann_file}: annotation file not found")
+    try:
+        with contextlib.redirect_stdout(_io.StringIO()):
+            return COCO(ann_file)
+    except ValueError as e:  # json.JSONDecodeError is a ValueError
+        raise DataError(f"{ann_file}: not valid JSON ({e})") from None
+    except (KeyError, TypeError, AssertionError) as e:
+        raise DataError(
+            f"{ann_file}: not a COCO annotation file ({type(e).__name__}: {e}); "
+            f"run tools/check_data.py on it"
+        ) from None
+
+
+def _valid_bbox(bbox) -> bool:
+    return (isinstance(bbox, (list, tuple)) and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+            and bbox[2] > 0 and bbox[3] > 0)
+
+
+def decode_segmentation(segm, height: int, width: int) -> np.ndarray:
+    """Polygon list, uncompressed RLE or compressed RLE → ``np.ndarray[H, W]`` uint8 mask."""
+    if isinstance(segm, list):
+        polys = [p for p in segm if len(p) >= 6]
+        if not polys:
+            return np.zeros((height, width), dtype=np.uint8)
+        rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+    elif isinstance(segm.get("counts"), list):
+        rle = mask_utils.frPyObjects(segm, height, width)
+    else:
+        rle = segm
+    return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8)
+
+
+def semantic_from_instances(masks: np.ndarray, labels: np.ndarray,
+                            ignore_mask: Optional[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Semantic map from instance masks.
+
+    Args:
+        masks: uint8 ``[N, H, W]``; labels: int ``[N]`` in 0..K-1; ignore_mask: ``[H, W]`` or None.
+
+    Returns:
+        uint8 ``[H, W]``: 0 background, k+1 for class k, 255 where only a crowd region is.
+        Larger instances are painted first so a small object on top of a big one stays visible.
+    """
+    sem = np.zeros(shape, dtype=np.uint8)
+    if len(masks):
+        order = np.argsort(-masks.reshape(len(masks), -1).sum(1), kind="stable")
+        for i in order:
+            sem[masks[i] > 0] = labels[i] + 1
+    if ignore_mask is not None:
+        sem[(ignore_mask > 0) & (sem == 0)] = IGNORE
+    return sem
+
+
+class CocoDataset(torch.utils.data.Dataset):
+    """A COCO-format detection / segmentation dataset.
+
+    Args:
+        ann_file: COCO instances JSON.
+        image_dir: folder the images' ``file_name`` are relative to.
+        with_masks: decode instance masks (needed by mask and FCN heads).
+        with_semantic: derive the semantic map (implies decoding masks).
+        keep_empty: keep images without (non-crowd) annotations as negatives.
+        transform: callable on the sample dict (see ``detseg.data.transforms``).
+        on_bad_image: ``"error"`` raises ``DataError``; ``"skip"`` logs it, counts it and
+            returns None for that index (the collate function drops it).
+
+    Each item is a dict: ``image`` uint8 ``[3, H, W]``, ``boxes`` float32 ``[N, 4]`` xyxy,
+    ``labels`` int64 ``[N]``, ``ignore_boxes`` float32 ``[M, 4]``, ``image_id``, ``orig_size``
+    (H, W) of the file, and when asked ``masks`` uint8 ``[N, H, W]``, ``semantic`` uint8 ``[H, W]``.
+    """
+
+    def __init__(self, ann_file: str, image_dir: str, *, with_masks: bool = False,
+                 with_semantic: bool = False, keep_empty: bool = True,
+                 transform: Optional[Callable[[dict], dict]] = None,
+                 on_bad_image: str = "error"):
+        self.ann_file = ann_file
+        self.image_dir = image_dir
+        self.coco = load_coco(ann_file)
+        self.with_semantic = with_semantic
+        self.with_masks = with_masks or with_semantic
+        self.transform = transform
+        if on_bad_image not in ("error", "skip"):
+            raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        self.on_bad_image = on_bad_image
+        self.skipped: list[str] = []
+
+        self.cat_ids = sorted(self.coco.getCatIds())
+        self.label_of_cat = {cid: i for i, cid in enumerate(self.cat_ids)}
+        self.class_names = [self.coco.cats[cid]["name"] for cid in self.cat_ids]
+
+        dropped = 0
+        ids = []
+        for img_id in sorted(self.coco.getImgIds()):
+            anns = self.coco.imgToAnns.get(img_id, [])
+            for ann in anns:
+                if ann.get("category_id") not in self.label_of_cat:
+                    raise DataError(f"{ann_file}: annotation {ann.get('id')} of image {img_id} "
+                                    f"has undeclared category_id {ann.get('category_id')}")
+                if not _valid_bbox(ann.get("bbox")):
+                    dropped += 1
+            has_pos = any(not ann.get("iscrowd", 0) and _valid_bbox(ann.get("bbox")) for ann in anns)
+            if has_pos or keep_empty:
+                ids.append(img_id)
+        if dropped:
+            logger.warning("%s: ignored %d annotations with a missing, non-finite or empty box; "
+                           "tools/check_data.py lists them", ann_file, dropped)
+        self.ids = ids
+
+    # -- label map -------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.cat_ids)
+
+    def label_map(self) -> dict:
+        """Checkpoint-safe description: contiguous label → dataset category id, and names."""
+        return {"cat_ids": list(self.cat_ids), "class_names": list(self.class_names)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # -- loading ---------------------------------------------------------------------------
+    def image_path(self, img_id: int) -> str:
+        return os.path.join(self.image_dir, self.coco.imgs[img_id]["file_name"])
+
+    def load_annotations(self, img_id: int, height: int, width: int) -> dict:
+        """Annotations of one image as numpy arrays (see class docstring for the keys)."""
+        boxes, labels, ignore_boxes, segms, crowd_segms = [], [], [], [], []
+        for ann in self.coco.imgToAnns.get(img_id, []):
+            bbox = ann.get("bbox")
+            if not _valid_bbox(bbox):
+                continue
+            x, y, w, h = (float(v) for v in bbox)
+            box = [max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)]
+            if box[2] <= box[0] or box[3] <= box[1]:
+                continue  # wholly outside the image
+            if ann.get("iscrowd", 0):
+                ignore_boxes.append(box)
+                crowd_segms.append(ann.get("segmentation"))
+            else:
+                boxes.append(box)
+                labels.append(self.label_of_cat[ann["category_id"]])
+                segms.append(ann.get("segmentation"))
+        out = {
+            "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            "labels": np.asarray(labels, dtype=np.int64),
+            "ignore_boxes": np.asarray(ignore_boxes, dtype=np.float32).reshape(-1, 4),
+            "masks": None,
+            "ignore_mask": None,
+        }
+        if self.with_masks:
+            out["masks"] = np.stack(
+                [self._decode(s, img_id, height, width, out["boxes"][i]) for i, s in enumerate(segms)]
+            ) if segms else np.zeros((0, height, width), dtype=np.uint8)
+            ignore = np.zeros((height, width), dtype=np.uint8)
+            for s, b in zip(crowd_segms, out["ignore_boxes"]):
+                ignore |= self._decode(s, img_id, height, width, b)
+            out["ignore_mask"] = ignore
+        return out
+
+    def _decode(self, segm, img_id: int, height: int, width: int, box: np.ndarray) -> np.ndarray:
+        if not segm:
+            # No segmentation given: the box is the best mask there is.
+            m = np.zeros((height, width), dtype=np.uint8)
+            x0, y0, x1, y1 = box
+            m[int(y0):int(math.ceil(y1)), int(x0):int(math.ceil(x1))] = 1
+            return m
+        try:
+            return decode_segmentation(segm, height, width)
+        except Exception as e:  # pycocotools raises bare Exceptions / TypeErrors on bad input
+            raise DataError(f"{self.ann_file}: image {img_id}: cannot decode segmentation "
+                            f"({type(e).__name__}: {e}); run tools/check_data.py") from None
+
+    def __getitem__(self, index: int) -> Optional[dict]:
+        img_id = self.ids[index]
+        path = self.image_path(img_id)
+        try:
+            image = read_image(path)
+        except DataError as e:
+            if self.on_bad_image == "skip":
+                logger.warning("skipping image %s: %s", img_id, e)
+                self.skipped.append(path)
+                return None
+            raise DataError(f"{e} (image id {img_id} in {self.ann_file})") from None
+        h, w = image.shape[:2]
+        sample = {"image": image, **self.load_annotations(img_id, h, w)}
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return self._to_tensors(sample, img_id, (h, w))
+
+    def _to_tensors(self, s: dict, img_id: int, orig_size: tuple[int, int]) -> dict:
+        image = s["image"]
+        out = {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "boxes": torch.from_numpy(s["boxes"]).float().reshape(-1, 4),
+            "labels": torch.from_numpy(s["labels"]).long(),
+            "ignore_boxes": torch.from_numpy(s["ignore_boxes"]).float().reshape(-1, 4),
+            "image_id": int(img_id),
+            "orig_size": orig_size,
+        }
+        if self.with_masks:
+            out["masks"] = torch.from_numpy(np.ascontiguousarray(s["masks"]))
+        if self.with_semantic:
+            sem = semantic_from_instances(s["masks"], s["labels"], s["ignore_mask"], image.shape[:2])
+            out["semantic"] = torch.from_numpy(sem)
+        return out

@@ -1,0 +1,207 @@
+"""Deterministic synthetic COCO-format dataset: the built-in default data.
+
+Each image holds 1-6 filled shapes (circle, rectangle, triangle, hexagon) of varied size and
+colour on a noisy or textured background; later shapes occlude earlier ones. Per split it writes
+``<split>/NNNNNN.png`` images, ``semantic_<split>/NNNNNN.png`` maps (0 background, k+1 for class k)
+and ``annotations/instances_<split>.json`` with polygon segmentations of each visible part.
+
+The same seed gives identical JSON and image bytes: every random draw comes from a generator
+seeded by (seed, split, index), PNGs are written with fixed settings, and JSON with fixed
+formatting.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+import cv2
+import numpy as np
+
+CLASSES = ("circle", "rectangle", "triangle", "hexagon")
+# Non-contiguous COCO-style ids on purpose: the loader must map them to 0..K-1 and back.
+CATEGORY_IDS = (1, 2, 5, 9)
+FORMAT_VERSION = 1
+_SPLIT_SALT = {"train": 1, "val": 2}
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    kind = rng.integers(3)
+    base = rng.integers(0, 256, size=3)
+    if kind == 0:  # flat colour + gaussian noise
+        img = np.broadcast_to(base, (h, w, 3)).astype(np.float32)
+    elif kind == 1:  # linear gradient between two colours
+        other = rng.integers(0, 256, size=3)
+        t = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :, None]
+        img = np.broadcast_to(base * (1 - t) + other * t, (h, w, 3)).astype(np.float32)
+    else:  # stripes / checker texture
+        period = int(rng.integers(6, 24))
+        other = rng.integers(0, 256, size=3)
+        yy, xx = np.mgrid[0:h, 0:w]
+        pattern = ((xx // period + yy // period * int(rng.integers(0, 2))) % 2)[..., None]
+        img = np.where(pattern, base, other).astype(np.float32)
+    img = img + rng.normal(0.0, rng.uniform(3.0, 18.0), size=(h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _shape_polygon(rng: np.random.Generator, cls: int, cx: float, cy: float, r: float) -> np.ndarray:
+    """Outline of shape ``cls`` centred at (cx, cy) with size ``r``, as int32 points ``[P, 2]``."""
+    angle = rng.uniform(0, 2 * np.pi)
+    if CLASSES[cls] == "circle":
+        t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        pts = np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
+    elif CLASSES[cls] == "rectangle":
+        aspect = rng.uniform(0.5, 1.0)
+        hw, hh = r, r * aspect
+        corners = np.array([[-hw, -hh], [hw, -hh], [hw, hh], [-hw, hh]])
+        rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        pts = corners @ rot.T + [cx, cy]
+    else:
+        n = 3 if CLASSES[cls] == "triangle" else 6
+        t = angle + np.arange(n) * 2 * np.pi / n
+        pts = np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
+    return np.round(pts).astype(np.int32)
+
+
+def _mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polys = []
+    for c in contours:
+        if len(c) >= 3 and cv2.contourArea(c) >= 4:
+            polys.append([float(v) for v in c.reshape(-1)])
+    return polys
+
+
+def render_image(seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Draw one image.
+
+    Returns:
+        image (np.ndarray[H, W, 3] uint8 RGB), semantic (np.ndarray[H, W] uint8, 0 = background,
+        k+1 = class k), instances (list of {"label", "mask" [H, W] uint8}) for visible shapes.
+    """
+    rng = np.random.default_rng([seed, _SPLIT_SALT[split], index])
+    h, w = int(rng.integers(160, 257)), int(rng.integers(160, 257))
+    image = _background(rng, h, w)
+    owner = np.full((h, w), -1, dtype=np.int32)  # which shape is visible at each pixel
+    labels = []
+    for i in range(int(rng.integers(1, 7))):
+        cls = int(rng.integers(len(CLASSES)))
+        r = rng.uniform(12, min(h, w) / 3.2)
+        cx, cy = rng.uniform(r * 0.3, w - r * 0.3), rng.uniform(r * 0.3, h - r * 0.3)
+        pts = _shape_polygon(rng, cls, cx, cy, r)
+        m = np.zeros((h, w), dtype=np.uint8)
+        cv2.fillPoly(m, [pts], 1)
+        colour = rng.integers(0, 256, size=3)
+        shade = np.clip(colour + rng.normal(0, 6, size=(h, w, 3)), 0, 255).astype(np.uint8)
+        image[m > 0] = shade[m > 0]
+        owner[m > 0] = i
+        labels.append(cls)
+    semantic = np.zeros((h, w), dtype=np.uint8)
+    instances = []
+    for i, cls in enumerate(labels):
+        m = (owner == i).astype(np.uint8)
+        if m.sum() < 30:  # almost fully occluded: not a findable object
+            continue
+        semantic[m > 0] = cls + 1
+        instances.append({"label": cls, "mask": m})
+    return image, semantic, instances
+
+
+def _instance_annotation(inst: dict, ann_id: int, image_id: int) -> Optional[dict]:
+    polys = _mask_to_polygons(inst["mask"])
+    if not polys:
+        return None
+    ys, xs = np.nonzero(inst["mask"])
+    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": CATEGORY_IDS[inst["label"]],
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "area": int(inst["mask"].sum()),
+        "segmentation": polys,
+        "iscrowd": 0,
+    }
+
+
+def _write_png(path: str, rgb_or_gray: np.ndarray) -> None:
+    arr = rgb_or_gray[..., ::-1] if rgb_or_gray.ndim == 3 else rgb_or_gray
+    if not cv2.imwrite(path, np.ascontiguousarray(arr), [cv2.IMWRITE_PNG_COMPRESSION, 3]):
+        raise OSError(f"could not write {path}")
+
+
+def write_split(root: str, split: str, num_images: int, seed: int) -> str:
+    """Write one split under ``root``; returns the annotation file's path."""
+    os.makedirs(os.path.join(root, split), exist_ok=True)
+    os.makedirs(os.path.join(root, f"semantic_{split}"), exist_ok=True)
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    images, annotations = [], []
+    ann_id = 1
+    for index in range(num_images):
+        image_id = index + 1
+        image, semantic, instances = render_image(seed, split, index)
+        name = f"{image_id:06d}.png"
+        _write_png(os.path.join(root, split, name), image)
+        _write_png(os.path.join(root, f"semantic_{split}", name), semantic)
+        images.append({"id": image_id, "file_name": name,
+                       "height": int(image.shape[0]), "width": int(image.shape[1])})
+        for inst in instances:
+            ann = _instance_annotation(inst, ann_id, image_id)
+            if ann is not None:
+                annotations.append(ann)
+                ann_id += 1
+    dataset = {
+        "info": {"description": f"detseg shapes v{FORMAT_VERSION}", "seed": seed, "split": split},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": cid, "name": name, "supercategory": "shape"}
+                       for cid, name in zip(CATEGORY_IDS, CLASSES)],
+    }
+    ann_path = os.path.join(root, "annotations", f"instances_{split}.json")
+    with open(ann_path, "w", encoding="utf-8") as f:
+        json.dump(dataset, f, separators=(",", ":"), sort_keys=True)
+    return ann_path
+
+
+def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 60) -> dict:
+    """Write train and val splits into ``out_dir`` (atomically: built beside it, then renamed).
+
+    Returns:
+        {"train": {"ann_file", "image_dir"}, "val": {...}}
+    """
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".shapes-", dir=parent)
+    try:
+        write_split(tmp, "train", num_train, seed)
+        write_split(tmp, "val", num_val, seed)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return split_paths(out_dir)
+
+
+def split_paths(root: str) -> dict:
+    return {s: {"ann_file": os.path.join(root, "annotations", f"instances_{s}.json"),
+                "image_dir": os.path.join(root, s)} for s in ("train", "val")}
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("DETSEG_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "detseg"))
+
+
+def ensure_shapes(seed: int = 0, num_train: int = 300, num_val: int = 60,
+                  cache_dir: Optional[str] = None) -> dict:
+    """Generate the shapes dataset into the cache on first use; reuse it afterwards."""
+    root = os.path.join(cache_dir or default_cache_dir(),
+                        f"shapes_v{FORMAT_VERSION}_seed{seed}_{num_train}_{num_val}")
+    paths = split_paths(root)
+    if not all(os.path.isfile(p["ann_file"]) for p in paths.values()):
+        generate(root, seed, num_train, num_val)
+    return paths

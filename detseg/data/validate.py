@@ -1,0 +1,259 @@
+"""Dataset doctor: find every bad image and annotation in a COCO-format dataset.
+
+``check_dataset`` reads the JSON itself (not through pycocotools, which stops at the first
+problem) and returns one ``Problem`` per defect, naming the file, image id and annotation id.
+``fix_dataset`` writes a cleaned copy (``--fix clip`` repairs what can be repaired and drops the
+rest; ``--fix drop`` drops every bad item) and never touches the original.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from .io import DataError, read_image_size
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    image_id: Optional[int]
+    ann_id: Optional[int]
+    kind: str  # short machine-readable code, e.g. "box_outside_image"
+    detail: str
+
+
+# Problems --fix clip can repair in place (everything else is dropped).
+CLIPPABLE = {"box_outside_image", "size_mismatch"}
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_segmentation(segm, h: Optional[int], w: Optional[int]) -> Optional[tuple[str, str]]:
+    if segm is None or segm == []:
+        return None
+    if isinstance(segm, list):
+        for poly in segm:
+            if not isinstance(poly, list) or not all(_is_num(v) for v in poly):
+                return "bad_polygon", "polygon is not a list of numbers"
+            if len(poly) % 2:
+                return "polygon_odd_coords", f"polygon has an odd number of coordinates ({len(poly)})"
+            if len(poly) < 6:
+                return "polygon_too_few_points", f"polygon has {len(poly) // 2} points (< 3)"
+            if not all(math.isfinite(v) for v in poly):
+                return "bad_polygon", "polygon has NaN or infinite coordinates"
+        return None
+    if isinstance(segm, dict):
+        size = segm.get("size")
+        if not (isinstance(size, list) and len(size) == 2) or "counts" not in segm:
+            return "bad_rle", "RLE needs 'size' [h, w] and 'counts'"
+        if h is not None and w is not None and list(size) != [h, w]:
+            return "rle_size_mismatch", f"RLE size {size} but image is [{h}, {w}]"
+        counts = segm["counts"]
+        if isinstance(counts, list) and h is not None and w is not None and sum(counts) != h * w:
+            return "rle_size_mismatch", f"RLE counts sum to {sum(counts)}, image has {h * w} pixels"
+        return None
+    return "bad_segmentation", f"segmentation of type {type(segm).__name__}"
+
+
+def check_dataset(ann_file: str, image_dir: str, check_images: bool = True) -> list[Problem]:
+    """Every problem in the dataset, in file order.
+
+    Args:
+        ann_file: COCO JSON.
+        image_dir: folder of the images.
+        check_images: open each image (header only) to check it exists, decodes and has the
+            width/height the JSON claims.
+    """
+    problems: list[Problem] = []
+
+    def add(kind: str, detail: str, image_id=None, ann_id=None, file=ann_file):
+        problems.append(Problem(file, image_id, ann_id, kind, detail))
+
+    try:
+        with open(ann_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        add("missing_file", "annotation file not found")
+        return problems
+    except (ValueError, UnicodeDecodeError) as e:
+        add("bad_json", f"not valid JSON: {e}")
+        return problems
+    if not isinstance(data, dict):
+        add("bad_json", "top level is not an object")
+        return problems
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            add("missing_section", f"'{key}' missing or not a list")
+    images = data.get("images") if isinstance(data.get("images"), list) else []
+    anns = data.get("annotations") if isinstance(data.get("annotations"), list) else []
+    cats = data.get("categories") if isinstance(data.get("categories"), list) else []
+
+    cat_ids = set()
+    for c in cats:
+        cid = c.get("id") if isinstance(c, dict) else None
+        if cid in cat_ids:
+            add("duplicate_category_id", f"category id {cid} declared twice")
+        cat_ids.add(cid)
+
+    sizes: dict[int, tuple[Optional[int], Optional[int]]] = {}
+    for img in images:
+        if not isinstance(img, dict) or "id" not in img:
+            add("bad_image_entry", f"image entry without an id: {str(img)[:80]}")
+            continue
+        iid = img["id"]
+        if iid in sizes:
+            add("duplicate_image_id", "image id appears twice", image_id=iid)
+            continue
+        h, w = img.get("height"), img.get("width")
+        sizes[iid] = (h if _is_num(h) else None, w if _is_num(w) else None)
+        name = img.get("file_name")
+        if not isinstance(name, str):
+            add("bad_image_entry", "image has no file_name", image_id=iid)
+            continue
+        if not check_images:
+            continue
+        path = os.path.join(image_dir, name)
+        if not os.path.isfile(path):
+            add("missing_image", "image file not found", image_id=iid, file=path)
+            continue
+        try:
+            fh, fw = read_image_size(path)
+        except DataError as e:
+            add("unreadable_image", str(e).split(": ", 1)[-1], image_id=iid, file=path)
+            continue
+        if (h, w) != (fh, fw):
+            add("size_mismatch", f"JSON says {w}x{h}, file is {fw}x{fh}", image_id=iid, file=path)
+            sizes[iid] = (fh, fw)
+
+    ann_ids = set()
+    for ann in anns:
+        if not isinstance(ann, dict):
+            add("bad_annotation", f"annotation is not an object: {str(ann)[:80]}")
+            continue
+        aid, iid = ann.get("id"), ann.get("image_id")
+        if aid in ann_ids:
+            add("duplicate_annotation_id", "annotation id appears twice", iid, aid)
+            continue
+        ann_ids.add(aid)
+        if iid not in sizes:
+            add("unknown_image", f"annotation for image id {iid}, which is not in 'images'", iid, aid)
+            continue
+        if ann.get("category_id") not in cat_ids:
+            add("unknown_category", f"category_id {ann.get('category_id')} is not declared", iid, aid)
+        h, w = sizes[iid]
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)):
+            add("bad_box", f"bbox is not 4 numbers: {bbox!r}", iid, aid)
+        elif not all(math.isfinite(v) for v in bbox):
+            add("nan_box", f"bbox has NaN or infinite values: {bbox}", iid, aid)
+        elif bbox[2] <= 0 or bbox[3] <= 0:
+            add("empty_box", f"bbox has non-positive width or height: {bbox}", iid, aid)
+        elif h is not None and w is not None and (
+                bbox[0] < 0 or bbox[1] < 0 or bbox[0] + bbox[2] > w + 1e-3 or bbox[1] + bbox[3] > h + 1e-3):
+            add("box_outside_image", f"bbox {bbox} leaves the {w}x{h} image", iid, aid)
+        bad = _check_segmentation(ann.get("segmentation"), h, w)
+        if bad:
+            add(bad[0], bad[1], iid, aid)
+    return problems
+
+
+def format_table(problems: Iterable[Problem]) -> str:
+    rows = [("file", "image_id", "ann_id", "problem", "detail")]
+    rows += [(p.file, "-" if p.image_id is None else str(p.image_id),
+              "-" if p.ann_id is None else str(p.ann_id), p.kind, p.detail) for p in problems]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(widths[i]) if i < 4 else c for i, c in enumerate(r)) for r in rows)
+
+
+def fixed_path(ann_file: str, mode: str) -> str:
+    root, ext = os.path.splitext(ann_file)
+    return f"{root}.fixed-{mode}{ext or '.json'}"
+
+
+def _clip_box(bbox: list, h: int, w: int) -> Optional[list]:
+    x0, y0 = max(0.0, bbox[0]), max(0.0, bbox[1])
+    x1, y1 = min(float(w), bbox[0] + bbox[2]), min(float(h), bbox[1] + bbox[3])
+    return [x0, y0, x1 - x0, y1 - y0] if x1 > x0 and y1 > y0 else None
+
+
+def fix_dataset(ann_file: str, image_dir: str, mode: str, out_file: Optional[str] = None) -> tuple[str, dict]:
+    """Write a cleaned copy of ``ann_file``.
+
+    Args:
+        mode: ``"clip"`` clips boxes into the image and takes the file's real size where the
+            JSON is wrong, dropping what can't be repaired; ``"drop"`` drops every bad item.
+
+    Returns:
+        (path written, counts {"clipped", "dropped_annotations", "dropped_images"}).
+    """
+    if mode not in ("clip", "drop"):
+        raise ValueError(f"fix mode must be 'clip' or 'drop', got {mode!r}")
+    problems = check_dataset(ann_file, image_dir)
+    if any(p.kind in ("bad_json", "missing_file") for p in problems):
+        raise DataError(f"{ann_file}: cannot be fixed automatically: {problems[0].detail}")
+    with open(ann_file, encoding="utf-8") as f:
+        data = json.load(f)
+
+    bad_images: set = set()
+    resize: dict = {}
+    bad_anns: set = set()
+    clip_anns: set = set()
+    for p in problems:
+        if p.ann_id is None and p.image_id is not None:
+            if p.kind == "size_mismatch" and mode == "clip":
+                resize[p.image_id] = True
+            elif p.kind != "duplicate_image_id":
+                bad_images.add(p.image_id)
+        elif p.ann_id is not None:
+            if p.kind == "box_outside_image" and mode == "clip":
+                clip_anns.add(p.ann_id)
+            elif p.kind != "duplicate_annotation_id":
+                bad_anns.add(p.ann_id)
+    counts = {"clipped": 0, "dropped_annotations": 0, "dropped_images": 0}
+
+    seen_img, images = set(), []
+    for img in data.get("images", []):
+        iid = img.get("id") if isinstance(img, dict) else None
+        if iid is None or iid in seen_img or iid in bad_images:
+            counts["dropped_images"] += 1
+            continue
+        seen_img.add(iid)
+        if iid in resize:
+            fh, fw = read_image_size(os.path.join(image_dir, img["file_name"]))
+            img = {**img, "height": fh, "width": fw}
+            counts["clipped"] += 1
+        images.append(img)
+    sizes = {img["id"]: (img["height"], img["width"]) for img in images}
+    cat_ids = {c["id"] for c in data.get("categories", []) if isinstance(c, dict)}
+
+    seen_ann, anns = set(), []
+    for ann in data.get("annotations", []):
+        aid = ann.get("id") if isinstance(ann, dict) else None
+        keep = (aid is not None and aid not in seen_ann and aid not in bad_anns
+                and ann.get("image_id") in sizes and ann.get("category_id") in cat_ids)
+        if keep and aid in clip_anns:
+            h, w = sizes[ann["image_id"]]
+            box = _clip_box(ann["bbox"], h, w)
+            if box is None:
+                keep = False
+            else:
+                ann = {**ann, "bbox": box}
+                counts["clipped"] += 1
+        if not keep:
+            counts["dropped_annotations"] += 1
+            continue
+        seen_ann.add(aid)
+        anns.append(ann)
+
+    out = {**data, "images": images, "annotations": anns}
+    out_file = out_file or fixed_path(ann_file, mode)
+    tmp = out_file + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(out, f)
+    os.replace(tmp, out_file)
+    return out_file, counts

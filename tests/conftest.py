@@ -1,0 +1,30 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COCO_TINY = os.path.join(ROOT, "..", "shared", "data", "coco_tiny")
+
+
+def coco_tiny_split(split: str) -> tuple[str, str]:
+    """(ann_file, image_dir) of ../shared/data/coco_tiny, skipping the test when it is absent."""
+    ann = os.path.join(COCO_TINY, "annotations", f"instances_{split}2017.json")
+    if not os.path.isfile(ann):
+        pytest.skip("../shared/data/coco_tiny is not present beside this checkout")
+    return ann, os.path.join(COCO_TINY, f"{split}2017")
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory):
+    """A small shapes dataset shared by the whole test session."""
+    from detseg.data import shapes
+    return shapes.generate(str(tmp_path_factory.mktemp("shapes") / "ds"), seed=3, num_train=24, num_val=8)
+
+
+def run_script(script: str, *args: str, timeout: float = 600, env: dict | None = None):
+    """Run a tools/ or benchmarks/ script as a user would; returns CompletedProcess."""
+    full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True,
+                          text=True, timeout=timeout, env=full_env, cwd=ROOT)

@@ -1,0 +1,74 @@
+import pytest
+import yaml
+
+from detseg.config import Config, ConfigError, load_config, to_yaml
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_and_overrides_parse_to_field_types():
+    cfg = load_config(None, ["solver.max_iter=20", "solver.lr=1e-3", "data.batch_size=2",
+                             "runtime.deterministic=true", "data.min_size_train=[100, 120]",
+                             "solver.clip_grad_norm=5", "runtime.output_dir=/tmp/x"])
+    assert cfg.solver.max_iter == 20 and isinstance(cfg.solver.max_iter, int)
+    assert cfg.solver.lr == pytest.approx(1e-3) and isinstance(cfg.solver.lr, float)
+    assert cfg.solver.clip_grad_norm == 5.0 and isinstance(cfg.solver.clip_grad_norm, float)
+    assert cfg.runtime.deterministic is True
+    assert cfg.data.min_size_train == [100, 120]
+    assert cfg.runtime.output_dir == "/tmp/x"
+
+
+def test_base_inheritance_and_provenance_in_errors(tmp_path):
+    (tmp_path / "base").mkdir()
+    write(tmp_path / "base" / "a.yaml", "solver:\n  lr: 0.5\n  max_iter: 7\n")
+    leaf = write(tmp_path / "leaf.yaml", "_base_: base/a.yaml\nsolver:\n  max_iter: 9\n")
+    cfg = load_config(leaf)
+    assert cfg.solver.lr == 0.5 and cfg.solver.max_iter == 9
+
+    bad_base = write(tmp_path / "base" / "b.yaml", "solver:\n  lrr: 0.5\n")
+    leaf2 = write(tmp_path / "leaf2.yaml", "_base_: base/b.yaml\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(leaf2)
+    assert "solver.lrr" in str(e.value) and bad_base in str(e.value)
+
+
+def test_wrong_type_names_key_and_source(tmp_path):
+    leaf = write(tmp_path / "c.yaml", "data:\n  batch_size: two\n")
+    with pytest.raises(ConfigError, match=r"data\.batch_size.*c\.yaml.*expected int"):
+        load_config(leaf)
+    with pytest.raises(ConfigError, match=r"solver\.max_iter.*command line"):
+        load_config(None, ["solver.max_iter=1.5"])
+    with pytest.raises(ConfigError, match=r"solver\.optimizer.*one of 'sgd', 'adamw'"):
+        load_config(None, ["solver.optimizer=adam"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.backbone\.nam'.*command line"):
+        load_config(None, ["model.backbone.nam=vgg16"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config(None, ["solver.max_iter"])
+
+
+def test_base_depth_limit(tmp_path):
+    write(tmp_path / "c.yaml", "{}\n")
+    write(tmp_path / "b.yaml", "_base_: c.yaml\n")
+    write(tmp_path / "a.yaml", "_base_: b.yaml\n")
+    load_config(str(tmp_path / "a.yaml"))  # depth 2 is allowed
+    write(tmp_path / "z.yaml", "_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="deeper than 2"):
+        load_config(str(tmp_path / "z.yaml"))
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    leaf = write(tmp_path / "evil.yaml", "solver: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(leaf)
+
+
+def test_printed_config_round_trips():
+    cfg = load_config(None, ["solver.max_iter=33"])
+    again = load_config(None)
+    tree = yaml.safe_load(to_yaml(cfg))
+    assert tree["solver"]["max_iter"] == 33
+    from detseg.config import from_dict
+    assert from_dict(tree) == cfg and cfg != again and isinstance(cfg, Config)

@@ -1,0 +1,46 @@
+"""Dataset doctor: list every problem in a COCO-format dataset; optionally write a fixed copy.
+
+    python tools/check_data.py ANN_JSON IMAGE_DIR [--fix clip|drop]
+
+Exit status 0 when the dataset is clean, 1 when problems were found (also when --fix wrote a
+cleaned copy: the original still has them), 2 on bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from detseg.data.io import DataError
+from detseg.data.validate import check_dataset, fix_dataset, format_table
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ann_file")
+    p.add_argument("image_dir")
+    p.add_argument("--fix", choices=["clip", "drop"],
+                   help="write a cleaned copy beside the original (the original is not modified)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    problems = check_dataset(args.ann_file, args.image_dir)
+    if not problems:
+        print(f"{args.ann_file}: no problems found")
+        return 0
+    print(format_table(problems))
+    print(f"\n{len(problems)} problem(s) in {args.ann_file}")
+    if args.fix:
+        try:
+            out, counts = fix_dataset(args.ann_file, args.image_dir, args.fix)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote {out}: {counts['clipped']} clipped, {counts['dropped_annotations']} "
+              f"annotation(s) and {counts['dropped_images']} image(s) dropped")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
