@@ -1,0 +1,43 @@
+"""JIT build and load of the C++ CPU kernel, cached; one warning and ``None`` if it can't be had."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import warnings
+
+import torch
+
+logger = logging.getLogger(__name__)
+_SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", "bin_max_pool.cpp")]
+
+
+def _build_dir() -> str:
+    from detseg.data.shapes import default_cache_dir
+    tag = torch.__version__.replace("+", "_").replace(".", "_")
+    path = os.path.join(default_cache_dir(), "extensions", f"torch_{tag}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def load_extension():
+    """The compiled module, or None when ``DETSEG_NO_EXT=1`` or the build fails."""
+    if os.environ.get("DETSEG_NO_EXT", "") not in ("", "0"):
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+        return load(
+            name="detseg_bin_max_pool",
+            sources=_SOURCES,
+            # -fopenmp: at::parallel_for only runs in parallel when compiled with OpenMP.
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=_build_dir(),
+            verbose=False,
+        )
+    except Exception as e:  # any compiler / toolchain failure falls back to the reference
+        warnings.warn(f"detseg: C++ RoI pooling kernel could not be built ({type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[-1] if str(e).strip() else e}); "
+                      f"using the pure-PyTorch reference (slower)", RuntimeWarning, stacklevel=2)
+        return None

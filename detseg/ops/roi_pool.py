@@ -1,0 +1,223 @@
+"""RoI pooling and spatial-pyramid pooling: public API, autograd, device dispatch.
+
+Two ``torch.library`` ops carry the work: ``detseg::bin_max_pool`` (forward) and
+``detseg::bin_max_pool_backward``. Each picks a kernel by device: Triton for CUDA tensors, the C++
+extension on CPU (JIT-built, cached), the pure-PyTorch reference otherwise. Both have fake
+(shape-only) implementations, so ``torch.compile`` and ``torch.export`` trace through them. The
+bin geometry comes from ``_geometry.bin_table``, shared by all kernels.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import _reference
+from ._ext import load_extension
+from ._geometry import MAPPINGS, bin_table
+
+Level = Union[int, tuple[int, int]]
+
+
+def backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str:
+    """Which kernel runs for tensors of this device and dtype: "triton", "cpp" or "reference"."""
+    if torch.device(device).type == "cuda":
+        return "triton"
+    if dtype in (torch.float32, torch.float64) and load_extension() is not None:
+        return "cpp"
+    return "reference"
+
+
+@torch.library.custom_op("detseg::bin_max_pool", mutates_args=())
+def bin_max_pool(input: Tensor, batch_idx: Tensor, bins: Tensor,
+                 with_argmax: bool = True) -> tuple[Tensor, Tensor]:
+    """Max over each bin of ``bins`` (``int32 [K, B, 4]``).
+
+    Returns:
+        (``[K, C, B]``, argmax ``int32 [K, C, B]``); the C++ kernel skips the argmax (returns
+        ``[0, C, B]``) when ``with_argmax`` is False, i.e. when no gradient is wanted.
+    """
+    kind = backend(input.device, input.dtype)
+    if kind == "triton":
+        from . import roi_pool_triton
+        return roi_pool_triton.bin_max_pool_forward(input, batch_idx, bins)
+    if kind == "cpp":
+        out, arg = load_extension().forward(input, batch_idx, bins, with_argmax)
+        return out, arg
+    return _reference.bin_max_pool_forward(input, batch_idx, bins)
+
+
+@bin_max_pool.register_fake
+def _(input, batch_idx, bins, with_argmax=True):
+    k, b = bins.shape[0], bins.shape[1]
+    c = input.shape[1]
+    return input.new_empty((k, c, b)), input.new_empty((k, c, b), dtype=torch.int32)
+
+
+@torch.library.custom_op("detseg::bin_max_pool_backward", mutates_args=())
+def bin_max_pool_backward(grad: Tensor, argmax: Tensor, batch_idx: Tensor, n: int, h: int,
+                          w: int) -> Tensor:
+    """Gradient of ``bin_max_pool``: each bin's gradient added at its argmax → ``[N, C, H, W]``."""
+    kind = backend(grad.device, grad.dtype)
+    if kind == "triton":
+        from . import roi_pool_triton
+        return roi_pool_triton.bin_max_pool_backward(grad, argmax, batch_idx, n, h, w)
+    if kind == "cpp":
+        return load_extension().backward(grad, argmax, batch_idx, n, h, w)
+    return _reference.bin_max_pool_backward(grad, argmax, batch_idx, n, h, w)
+
+
+@bin_max_pool_backward.register_fake
+def _(grad, argmax, batch_idx, n, h, w):
+    return grad.new_empty((n, grad.shape[1], h, w))
+
+
+def _setup_context(ctx, inputs, output):
+    input, batch_idx, _, _ = inputs
+    ctx.save_for_backward(output[1], batch_idx)
+    ctx.input_shape = (input.shape[0], input.shape[2], input.shape[3])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward(ctx, grad_out, _grad_argmax):
+    argmax, batch_idx = ctx.saved_tensors
+    n, h, w = ctx.input_shape
+    if argmax.shape[0] != grad_out.shape[0]:
+        raise RuntimeError("bin_max_pool was run with with_argmax=False; it has no gradient")
+    return bin_max_pool_backward(grad_out.contiguous(), argmax, batch_idx, n, h, w), None, None, None
+
+
+bin_max_pool.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _split_rois(rois: Union[Tensor, Sequence[Tensor]], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(batch_idx int64 [K], boxes [K, 4]) from ``Tensor[K, 5]`` or a list of ``Tensor[L, 4]``."""
+    if isinstance(rois, (list, tuple)):
+        for i, r in enumerate(rois):
+            if r.dim() != 2 or r.shape[1] != 4:
+                raise ValueError(f"rois[{i}] must be Tensor[L, 4], got shape {tuple(r.shape)}")
+        boxes = torch.cat(list(rois), 0) if rois else torch.zeros((0, 4))
+        batch = torch.cat([torch.full((len(r),), i, dtype=torch.int64, device=r.device)
+                           for i, r in enumerate(rois)]) if rois else torch.zeros(0, dtype=torch.int64)
+        return batch, boxes.to(dtype)
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must be Tensor[K, 5] (batch index, x1, y1, x2, y2) or a list of "
+                         f"Tensor[L, 4], got shape {tuple(rois.shape)}")
+    return rois[:, 0].long(), rois[:, 1:].to(dtype)
+
+
+def _level_sizes(levels: Sequence[Level]) -> list[tuple[int, int]]:
+    sizes = []
+    for lvl in levels:
+        lh, lw = (lvl, lvl) if isinstance(lvl, int) else tuple(lvl)
+        if lh <= 0 or lw <= 0:
+            raise ValueError(f"pyramid levels must be positive, got {lvl!r}")
+        sizes.append((int(lh), int(lw)))
+    if not sizes:
+        raise ValueError("levels must name at least one pyramid level")
+    return sizes
+
+
+def _pool(input: Tensor, rois, levels: list[tuple[int, int]], spatial_scale: float,
+          mapping: str) -> Tensor:
+    if input.dim() != 4:
+        raise ValueError(f"input must be Tensor[N, C, H, W], got shape {tuple(input.shape)}")
+    if mapping not in MAPPINGS:
+        raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
+    geo_dtype = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
+    batch_idx, boxes = _split_rois(rois, geo_dtype)
+    batch_idx, boxes = batch_idx.to(input.device), boxes.to(input.device)
+    bins = bin_table(boxes, levels, spatial_scale, mapping, input.shape[2], input.shape[3])
+    # The argmax is only needed for the backward pass; inference skips it.
+    out, _ = bin_max_pool(input, batch_idx, bins, input.requires_grad and torch.is_grad_enabled())
+    return out
+
+
+def roi_pool(input: Tensor, rois: Union[Tensor, Sequence[Tensor]],
+             output_size: Union[int, tuple[int, int]], spatial_scale: float = 1.0) -> Tensor:
+    """Fast R-CNN RoI max pooling; same call and result as ``torchvision.ops.roi_pool``.
+
+    Args:
+        input: ``Tensor[N, C, H, W]`` feature map.
+        rois: ``Tensor[K, 5]`` (batch index, x1, y1, x2, y2) or a list of ``Tensor[L, 4]``.
+        output_size: ``int`` or ``(h, w)``.
+        spatial_scale: feature-map size / image size.
+
+    Returns:
+        ``Tensor[K, C, h, w]``.
+    """
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    out = _pool(input, rois, [(oh, ow)], spatial_scale, "fast_rcnn")
+    return out.reshape(out.shape[0], out.shape[1], oh, ow)
+
+
+def roi_spp_pool(input: Tensor, rois: Union[Tensor, Sequence[Tensor]],
+                 levels: Sequence[Level] = (6, 3, 2, 1), spatial_scale: float = 1.0,
+                 mapping: str = "sppnet") -> Tensor:
+    """Spatial-pyramid max pooling of every RoI at every level, in one call.
+
+    Args:
+        input: ``Tensor[N, C, H, W]``.
+        rois: ``Tensor[K, 5]`` or a list of ``Tensor[L, 4]``, image coordinates.
+        levels: pyramid sizes; ``(7,)`` with ``mapping="fast_rcnn"`` is Fast R-CNN's RoI pooling.
+        spatial_scale: 1 / feature stride.
+        mapping: ``"sppnet"`` (He et al., appendix) or ``"fast_rcnn"`` (torchvision's rounding).
+
+    Returns:
+        ``Tensor[K, C * sum(l * l)]``: the per-level ``[K, C, l, l]`` outputs, each flattened,
+        concatenated in level order.
+    """
+    sizes = _level_sizes(levels)
+    out = _pool(input, rois, sizes, spatial_scale, mapping)  # [K, C, B]
+    k, c = out.shape[:2]
+    if len(sizes) == 1:
+        return out.reshape(k, -1)
+    parts, start = [], 0
+    for lh, lw in sizes:
+        parts.append(out[:, :, start:start + lh * lw].reshape(k, c * lh * lw))
+        start += lh * lw
+    return torch.cat(parts, dim=1)
+
+
+class RoIPool(nn.Module):
+    """``roi_pool`` as a module (Fast R-CNN)."""
+
+    def __init__(self, output_size: Union[int, tuple[int, int]], spatial_scale: float):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+
+    def forward(self, input: Tensor, rois) -> Tensor:
+        return roi_pool(input, rois, self.output_size, self.spatial_scale)
+
+    def extra_repr(self) -> str:
+        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"backend={backend('cpu')!r} on CPU")
+
+
+class SpatialPyramidPool(nn.Module):
+    """``roi_spp_pool`` as a module (SPPNet); ``out_features(C)`` gives the output width."""
+
+    def __init__(self, levels: Sequence[Level] = (6, 3, 2, 1), spatial_scale: float = 1 / 16,
+                 mapping: str = "sppnet"):
+        super().__init__()
+        if mapping not in MAPPINGS:
+            raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
+        self.levels = tuple(levels)
+        self.sizes = _level_sizes(self.levels)
+        self.spatial_scale = spatial_scale
+        self.mapping = mapping
+
+    def out_features(self, channels: int) -> int:
+        return channels * sum(h * w for h, w in self.sizes)
+
+    def forward(self, input: Tensor, rois) -> Tensor:
+        return roi_spp_pool(input, rois, self.levels, self.spatial_scale, self.mapping)
+
+    def extra_repr(self) -> str:
+        return (f"levels={self.levels}, spatial_scale={self.spatial_scale}, "
+                f"mapping={self.mapping!r}, bins={sum(h * w for h, w in self.sizes)}")
