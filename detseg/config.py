@@ -77,7 +77,7 @@ class DataConfig:
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
-    batch_size: int = 4
+    batch_size: int = 8
     num_workers: int = 2
     # Train resize: shortest edge picked at random from min_size_train, capped by max_size.
     min_size_train: list[int] = field(default_factory=lambda: [192, 224, 256])
@@ -93,10 +93,10 @@ class DataConfig:
 @dataclass
 class SolverConfig:
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.01
+    lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    max_iter: int = 1000
+    max_iter: int = 600
     warmup_iters: int = 50
     warmup_factor: float = 0.001
     schedule: Literal["step", "cosine", "constant"] = "cosine"
@@ -105,7 +105,7 @@ class SolverConfig:
     plateau: bool = False
     plateau_patience: int = 2
     plateau_factor: float = 0.1
-    clip_grad_norm: Optional[float] = None
+    clip_grad_norm: Optional[float] = 10.0
     amp: bool = False
     channels_last: bool = False
     checkpoint_period: int = 200

@@ -23,26 +23,27 @@ import numpy as np
 CLASSES = ("circle", "rectangle", "triangle", "hexagon")
 # Non-contiguous COCO-style ids on purpose: the loader must map them to 0..K-1 and back.
 CATEGORY_IDS = (1, 2, 5, 9)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _SPLIT_SALT = {"train": 1, "val": 2}
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     kind = rng.integers(3)
     base = rng.integers(0, 256, size=3)
+    # Textures stay lower-contrast than the shapes so that a small CNN trained from scratch on a
+    # CPU learns objects, not stripes, within minutes; the point is a quick, honest default run.
+    other = np.clip(base + rng.integers(-60, 61, size=3), 0, 255)
     if kind == 0:  # flat colour + gaussian noise
         img = np.broadcast_to(base, (h, w, 3)).astype(np.float32)
     elif kind == 1:  # linear gradient between two colours
-        other = rng.integers(0, 256, size=3)
         t = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :, None]
         img = np.broadcast_to(base * (1 - t) + other * t, (h, w, 3)).astype(np.float32)
     else:  # stripes / checker texture
         period = int(rng.integers(6, 24))
-        other = rng.integers(0, 256, size=3)
         yy, xx = np.mgrid[0:h, 0:w]
         pattern = ((xx // period + yy // period * int(rng.integers(0, 2))) % 2)[..., None]
         img = np.where(pattern, base, other).astype(np.float32)
-    img = img + rng.normal(0.0, rng.uniform(3.0, 18.0), size=(h, w, 3))
+    img = img + rng.normal(0.0, rng.uniform(3.0, 12.0), size=(h, w, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

@@ -1,0 +1,115 @@
+"""Datasets and loaders from a config, with deterministic per-sample augmentation.
+
+The training stream is a sequence of (dataset index, stream position) pairs from a seeded
+infinite sampler. Each sample's augmentation is seeded by its stream position, so what a sample
+looks like depends only on the seed and where it falls in the stream: not on worker count, and
+not on whether the run was stopped and resumed.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Iterator, Optional
+
+import torch
+
+from .coco import CocoDataset
+from .samplers import RepeatFactorSampler, TrainingSampler, repeat_factors
+from .shapes import ensure_shapes
+from .transforms import collate, eval_transform, train_transform
+
+
+def resolve_splits(cfg) -> dict:
+    """{"train": {"ann_file", "image_dir"}, "val": {...} or None}; shapes when nothing is set."""
+    d = cfg.data
+    if d.train.ann_file is None:
+        s = d.shapes
+        return ensure_shapes(s.seed, s.num_train, s.num_val, s.cache_dir)
+    splits = {"train": {"ann_file": d.train.ann_file, "image_dir": d.train.image_dir}, "val": None}
+    if d.val.ann_file:
+        splits["val"] = {"ann_file": d.val.ann_file, "image_dir": d.val.image_dir}
+    return splits
+
+
+def build_dataset(cfg, split: dict, *, train: bool, with_masks=False, with_semantic=False) -> CocoDataset:
+    d = cfg.data
+    transform = (train_transform(d.min_size_train, d.max_size, d.augment) if train
+                 else eval_transform(d.min_size_test, d.max_size))
+    return CocoDataset(split["ann_file"], split["image_dir"], with_masks=with_masks,
+                       with_semantic=with_semantic, keep_empty=d.keep_empty or not train,
+                       transform=transform, on_bad_image=d.on_bad_image)
+
+
+class SeededStream(torch.utils.data.Dataset):
+    """Wraps a dataset; item ``(index, position)`` reseeds the transform from the position."""
+
+    def __init__(self, dataset: CocoDataset, seed: int, rank: int = 0, world_size: int = 1):
+        self.dataset = dataset
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, position = item
+        if hasattr(self.dataset.transform, "reseed"):
+            global_position = position * self.world_size + self.rank
+            self.dataset.transform.reseed((self.seed * 1_000_003 + global_position) % (2**31))
+        return self.dataset[index]
+
+
+class PositionedSampler(torch.utils.data.Sampler):
+    """Yields ``(index, position)`` from ``start`` on; position counts this rank's stream."""
+
+    def __init__(self, sampler: TrainingSampler, start: int = 0):
+        self.sampler = sampler
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        stream = itertools.islice(iter(self.sampler), self.start, None)
+        return ((idx, pos) for pos, idx in enumerate(stream, self.start))
+
+
+def build_train_loader(cfg, dataset: CocoDataset, start_iter: int = 0) -> torch.utils.data.DataLoader:
+    """Infinite loader continuing at iteration ``start_iter`` (for exact resume)."""
+    d = cfg.data
+    if d.sampler == "repeat_factor":
+        labels = [[a["category_id"] for a in dataset.coco.imgToAnns.get(i, []) if not a.get("iscrowd")]
+                  for i in dataset.ids]
+        base = RepeatFactorSampler(repeat_factors(labels, d.repeat_threshold), seed=cfg.runtime.seed)
+    else:
+        base = TrainingSampler(len(dataset), seed=cfg.runtime.seed)
+    sampler = PositionedSampler(base, start_iter * d.batch_size)
+    return torch.utils.data.DataLoader(
+        SeededStream(dataset, cfg.runtime.seed, base.rank, base.world_size), batch_size=d.batch_size, sampler=sampler,
+        num_workers=d.num_workers, collate_fn=collate, persistent_workers=d.num_workers > 0,
+        worker_init_fn=_worker_init)
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Every world_size-th index from this rank's: each image evaluated once across ranks."""
+
+    def __init__(self, size: int):
+        from .samplers import _dist_info
+        self.rank, self.world_size = _dist_info()
+        self.size = size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.size, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world_size))
+
+
+def build_val_loader(cfg, dataset: CocoDataset, batch_size: Optional[int] = None):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.data.batch_size,
+                                       sampler=ShardSampler(len(dataset)),
+                                       num_workers=cfg.data.num_workers,
+                                       collate_fn=collate, worker_init_fn=_worker_init)
+
+
+def _worker_init(worker_id: int) -> None:
+    # Workers each take one core's share; OpenCV's own thread pool would oversubscribe.
+    import cv2
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)

@@ -1,0 +1,102 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint holds only tensors and plain Python values: model / optimizer / scheduler / grad
+scaler states, iteration, RNG states, best metric, the resolved config as a dict, class names and
+the label map (contiguous label → dataset category id).
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import pickle
+import random
+import re
+import tempfile
+from typing import Optional
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+_ITER_RE = re.compile(r"model_(\d+)\.pth$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read or does not fit; the message names the file."""
+
+
+def save_atomic(obj: dict, path: str) -> None:
+    """``torch.save`` to a temp file in the same folder, then ``os.replace``: a crash at any
+    point leaves either the old file or the new one, never a torn one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a checkpoint safely; code hidden in it is refused, never run."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused: the file contains Python objects other than tensors and plain "
+            f"values (it could run code when loaded). Only load checkpoints you trust; detseg "
+            f"never unpickles code. ({str(e).splitlines()[0]})") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)}}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached"]))
+
+
+def checkpoints_newest_first(folder: str) -> list[str]:
+    found = []
+    for p in glob.glob(os.path.join(folder, "model_*.pth")):
+        m = _ITER_RE.search(p)
+        if m:
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def newest_loadable(folder: str) -> Optional[tuple[str, dict]]:
+    """The newest ``model_*.pth`` in ``folder`` that loads, skipping (and reporting) broken ones."""
+    for path in checkpoints_newest_first(folder):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            logger.warning("skipping unreadable checkpoint: %s", e)
+    return None
+
+
+def prune(folder: str, keep: int) -> None:
+    for path in checkpoints_newest_first(folder)[keep:]:
+        os.unlink(path)

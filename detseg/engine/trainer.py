@@ -1,0 +1,238 @@
+"""The training loop: schedule, optimisation, hooks (evaluation, checkpoints, early stopping,
+metrics log, curves), resume.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from . import distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def lr_factor(it: int, solver) -> float:
+    """Schedule multiplier at iteration ``it``: linear warmup, then step / cosine / constant."""
+    if solver.schedule == "step":
+        f = solver.gamma ** sum(it >= s for s in solver.steps)
+    elif solver.schedule == "cosine":
+        f = 0.5 * (1 + math.cos(math.pi * min(it, solver.max_iter) / max(1, solver.max_iter)))
+    else:
+        f = 1.0
+    if it < solver.warmup_iters:
+        alpha = it / max(1, solver.warmup_iters)
+        f *= solver.warmup_factor * (1 - alpha) + alpha
+    return f
+
+
+def build_optimizer(model: torch.nn.Module, solver) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if solver.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=solver.lr, momentum=solver.momentum,
+                               weight_decay=solver.weight_decay)
+    return torch.optim.AdamW(params, lr=solver.lr, weight_decay=solver.weight_decay)
+
+
+class EarlyStop(Exception):
+    pass
+
+
+class Trainer:
+    """Train ``model`` on ``train_loader`` for ``cfg.solver.max_iter`` iterations.
+
+    Args:
+        cfg: resolved ``Config``.
+        model: a ``Model``.
+        make_train_loader: ``start_iter -> DataLoader`` (an infinite, resumable stream).
+        evaluate: ``model -> {metric: float}`` or None.
+        output_dir: run folder (checkpoints, metrics.jsonl, curves.png).
+        meta: plain values saved in every checkpoint (class names, label map, ...).
+    """
+
+    def __init__(self, cfg, model, make_train_loader: Callable[[int], object],
+                 evaluate: Optional[Callable[[torch.nn.Module], dict]], output_dir: str, meta: dict):
+        self.cfg, self.s = cfg, cfg.solver
+        self.device = torch.device(_pick_device(cfg.runtime.device))
+        self.model = model.to(self.device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda and self.s.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, self.s)
+        # Under torchrun the forward/backward runs through DDP; self.model stays the plain
+        # module for checkpoints and evaluation.
+        self.train_model = self.model
+        if dist.world_size() > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.cuda else None,
+                find_unused_parameters=False)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and self.s.amp)
+        self.make_train_loader = make_train_loader
+        self.evaluate = evaluate
+        self.output_dir = output_dir
+        self.meta = meta
+        self.iter = 0
+        self.best: Optional[float] = None
+        self.bad_evals = 0  # evaluations without improvement (early stopping)
+        self.plateau_scale = 1.0
+        self.plateau_bad = 0
+        self.history: list[dict] = []
+        os.makedirs(output_dir, exist_ok=True)
+        self.metrics_path = os.path.join(output_dir, "metrics.jsonl")
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict:
+        from ..config import to_dict
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "iteration": self.iter,
+            "scheduler": {"plateau_scale": self.plateau_scale, "plateau_bad": self.plateau_bad},
+            "best_metric": self.best, "bad_evals": self.bad_evals, "rng": ckpt.rng_state(),
+            "config": to_dict(self.cfg), **self.meta,
+        }
+
+    def save(self, name: Optional[str] = None) -> str:
+        path = os.path.join(self.output_dir, name or f"model_{self.iter:07d}.pth")
+        if dist.is_main():  # only rank 0 writes
+            ckpt.save_atomic(self.state(), path)
+            if name is None:
+                ckpt.prune(self.output_dir, keep=3)
+        return path
+
+    def resume(self) -> bool:
+        found = ckpt.newest_loadable(self.output_dir)
+        if found is None:
+            return False
+        path, state = found
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iter = int(state["iteration"])
+        self.best = state["best_metric"]
+        self.bad_evals = int(state["bad_evals"])
+        self.plateau_scale = float(state["scheduler"]["plateau_scale"])
+        self.plateau_bad = int(state["scheduler"]["plateau_bad"])
+        ckpt.set_rng_state(state["rng"])
+        logger.info("resumed from %s at iteration %d", path, self.iter)
+        return True
+
+    # -- logging -----------------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        self.history.append(record)
+        if not dist.is_main():
+            return
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- evaluation hooks --------------------------------------------------------------------
+    def run_eval(self) -> Optional[dict]:
+        if self.evaluate is None:
+            return None
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.evaluate(self.model)
+        self.model.train()
+        self.log({"iter": self.iter, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+        value = metrics.get(self.s.best_metric)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return metrics
+        better = self.best is None or (value > self.best if self.s.best_mode == "max" else value < self.best)
+        if better:
+            self.best, self.bad_evals, self.plateau_bad = value, 0, 0
+            self.save("best.pth")
+        else:
+            self.bad_evals += 1
+            self.plateau_bad += 1
+            if self.s.plateau and self.plateau_bad >= self.s.plateau_patience:
+                self.plateau_scale *= self.s.plateau_factor
+                self.plateau_bad = 0
+                logger.info("metric plateaued: lr scaled by %g", self.plateau_scale)
+            if self.s.patience is not None and self.bad_evals >= self.s.patience:
+                raise EarlyStop(f"{self.s.best_metric} did not improve for {self.bad_evals} evaluations")
+        return metrics
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train(self) -> dict:
+        """Run to ``max_iter`` (or early stop). Returns the last evaluation's metrics."""
+        s = self.s
+        self.model.train()
+        loader = iter(self.make_train_loader(self.iter))
+        bar = tqdm(total=s.max_iter, initial=self.iter, desc="train", dynamic_ncols=True,
+                   disable=os.environ.get("DETSEG_NO_PROGRESS") == "1" or not dist.is_main())
+        last_eval: Optional[dict] = None
+        t_start = time.perf_counter()
+        try:
+            while self.iter < s.max_iter:
+                batch = next(loader)
+                if not batch["image_ids"]:
+                    continue  # every image of this batch was skipped as unreadable
+                lr = s.lr * lr_factor(self.iter, s) * self.plateau_scale
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                with torch.autocast("cuda", enabled=self.cuda and s.amp):
+                    losses = self.train_model(batch)
+                loss = losses["loss"]
+                finite = torch.isfinite(loss.detach()).float()
+                if dist.world_size() > 1:  # every rank stops together, none hangs in a reduce
+                    finite = dist.all_reduce_sum(finite.cpu()) / dist.world_size()
+                if float(finite) < 1:
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at iteration {self.iter} on images "
+                        f"{batch['image_ids']}; stopping. The last good checkpoint in "
+                        f"{self.output_dir} is untouched.")
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if s.clip_grad_norm:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.iter += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
+                if self.iter % s.log_period == 0 or self.iter == s.max_iter:
+                    self.log({"iter": self.iter, "lr": lr, "time": time.perf_counter() - t_start,
+                              **{k: v.item() for k, v in losses.items()}})
+                if self.iter % s.checkpoint_period == 0 or self.iter == s.max_iter:
+                    self.save()
+                if self.iter % s.eval_period == 0 or self.iter == s.max_iter:
+                    last_eval = self.run_eval()
+        except EarlyStop as e:
+            logger.info("early stopping at iteration %d: %s", self.iter, e)
+            self.save()
+        finally:
+            bar.close()
+        if dist.world_size() > 1:
+            if not dist.params_identical(self.model):
+                raise RuntimeError("parameters differ between ranks after training")
+            logger.info("parameters identical on all %d ranks", dist.world_size())
+        if dist.is_main():
+            from ..visualize import plot_curves
+            plot_curves(self.metrics_path, os.path.join(self.output_dir, "curves.png"))
+        return last_eval or {}
+
+
+def _pick_device(device: str) -> str:
+    device = dist.init(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

@@ -1,0 +1,271 @@
+"""Shared CNN backbones built from torchvision's definitions.
+
+Every backbone returns a dict of named feature maps and describes them with ``output_shape()``:
+``{name: ShapeSpec(channels, stride)}``. Heads read channel counts from there, never from configs.
+
+=============  =====================================================================
+VGG16          c3 (256, 8), c4 (512, 16), c5 = conv5_3 (512, 16): no pool5, as in
+               R-CNN / SPPNet / FCN; Caffe's ceil-mode pooling
+ResNet-18/50   c2..c5 at strides 4, 8, 16, 32
+GoogLeNet      c3 (480, 8), c4 (832, 16), c5 (1024, 32)
+DenseNet-121   c3 (512, 8), c4 (1024, 16), c5 (1024, 32)
+=============  =====================================================================
+
+With ``fpn=True`` the maps pass through torchvision's FeaturePyramidNetwork and come out as
+p3..p5 (or p2..p5) with ``fpn_channels`` each.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    channels: int
+    stride: int
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be found or do not fit the backbone."""
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by a FrozenBatchNorm2d holding the same statistics."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        frozen.weight.copy_(module.weight.detach())
+        frozen.bias.copy_(module.bias.detach())
+        frozen.running_mean.copy_(module.running_mean)
+        frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        new = freeze_batchnorm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+class Backbone(nn.Module):
+    """A sequence of named stages; ``forward`` returns the outputs named in ``out_features``.
+
+    Args:
+        stages: ordered (name, module, ShapeSpec of its output) triples.
+        out_features: which stage outputs to return.
+    """
+
+    def __init__(self, stages: list[tuple[str, nn.Module, ShapeSpec]], out_features: list[str]):
+        super().__init__()
+        self.stage_names = [name for name, _, _ in stages]
+        self.stages = nn.ModuleDict(OrderedDict((name, m) for name, m, _ in stages))
+        self._shapes = {name: spec for name, _, spec in stages}
+        missing = [f for f in out_features if f not in self._shapes]
+        if missing:
+            raise ValueError(f"unknown backbone features {missing}; have {self.stage_names}")
+        self.out_features = list(out_features)
+        self._last = max(self.stage_names.index(f) for f in out_features)
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {f: self._shapes[f] for f in self.out_features}
+
+    @property
+    def size_divisibility(self) -> int:
+        return max(s.stride for s in self.output_shape().values())
+
+    def freeze(self, freeze_at: int) -> None:
+        """Freeze the first ``freeze_at`` stages (stem = 1), as detectron2 does."""
+        for name in self.stage_names[:freeze_at]:
+            for p in self.stages[name].parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: ``Tensor[B, 3, H, W]`` normalised → {name: ``Tensor[B, C, H/s, W/s]``}."""
+        out = {}
+        for i, name in enumerate(self.stage_names[: self._last + 1]):
+            x = self.stages[name](x)
+            if name in self.out_features:
+                out[name] = x
+        return out
+
+
+class FPNBackbone(nn.Module):
+    """A backbone followed by a feature pyramid (torchvision's FeaturePyramidNetwork)."""
+
+    def __init__(self, body: Backbone, channels: int = 256):
+        super().__init__()
+        self.body = body
+        shapes = body.output_shape()
+        self.in_names = list(shapes)
+        self.fpn = FeaturePyramidNetwork([shapes[n].channels for n in self.in_names], channels)
+        self._shapes = {"p" + n[1:]: ShapeSpec(channels, shapes[n].stride) for n in self.in_names}
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return dict(self._shapes)
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.body.size_divisibility
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.body(x)
+        out = self.fpn(OrderedDict((n, feats[n]) for n in self.in_names))
+        return {"p" + n[1:]: out[n] for n in self.in_names}
+
+
+# --------------------------------------------------------------------------- definitions
+
+
+def _torchvision_model(name: str) -> nn.Module:
+    if name == "googlenet":
+        return torchvision.models.googlenet(aux_logits=False, init_weights=True)
+    return getattr(torchvision.models, name)()
+
+
+def _vgg16(net) -> list[tuple[str, nn.Module, ShapeSpec]]:
+    feats = net.features
+    for m in feats:
+        if isinstance(m, nn.MaxPool2d):
+            m.ceil_mode = True  # Caffe pooling: every input pixel is covered, any input size
+    # features indices: pool2=9, pool3=16, pool4=23, conv5_3+relu=28,29, pool5=30 (dropped)
+    return [("stem", feats[:10], ShapeSpec(128, 4)),
+            ("c3", feats[10:17], ShapeSpec(256, 8)),
+            ("c4", feats[17:24], ShapeSpec(512, 16)),
+            ("c5", feats[24:30], ShapeSpec(512, 16))]
+
+
+def _resnet(net) -> list[tuple[str, nn.Module, ShapeSpec]]:
+    widths = [net.layer1[-1].conv2.out_channels * net.layer1[-1].expansion * (2 ** i) for i in range(4)]
+    return [("stem", nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool), ShapeSpec(64, 4)),
+            ("c2", net.layer1, ShapeSpec(widths[0], 4)),
+            ("c3", net.layer2, ShapeSpec(widths[1], 8)),
+            ("c4", net.layer3, ShapeSpec(widths[2], 16)),
+            ("c5", net.layer4, ShapeSpec(widths[3], 32))]
+
+
+def _googlenet(n) -> list[tuple[str, nn.Module, ShapeSpec]]:
+    return [("stem", nn.Sequential(n.conv1, n.maxpool1, n.conv2, n.conv3, n.maxpool2), ShapeSpec(192, 8)),
+            ("c3", nn.Sequential(n.inception3a, n.inception3b), ShapeSpec(480, 8)),
+            ("c4", nn.Sequential(n.maxpool3, n.inception4a, n.inception4b, n.inception4c,
+                                 n.inception4d, n.inception4e), ShapeSpec(832, 16)),
+            ("c5", nn.Sequential(n.maxpool4, n.inception5a, n.inception5b), ShapeSpec(1024, 32))]
+
+
+def _densenet121(net) -> list[tuple[str, nn.Module, ShapeSpec]]:
+    f = net.features
+    return [("stem", nn.Sequential(f.conv0, f.norm0, f.relu0, f.pool0, f.denseblock1), ShapeSpec(256, 4)),
+            ("c3", nn.Sequential(f.transition1, f.denseblock2), ShapeSpec(512, 8)),
+            ("c4", nn.Sequential(f.transition2, f.denseblock3), ShapeSpec(1024, 16)),
+            ("c5", nn.Sequential(f.transition3, f.denseblock4, f.norm5, nn.ReLU(inplace=True)),
+             ShapeSpec(1024, 32))]
+
+
+_DEFINITIONS = {"vgg16": _vgg16, "resnet18": _resnet, "resnet50": _resnet,
+                "googlenet": _googlenet, "densenet121": _densenet121}
+# torchvision weights enums for online use (``weights: DEFAULT`` in the config).
+_WEIGHTS_ENUMS = {"vgg16": "VGG16_Weights", "resnet18": "ResNet18_Weights",
+                  "resnet50": "ResNet50_Weights", "googlenet": "GoogLeNet_Weights",
+                  "densenet121": "DenseNet121_Weights"}
+# Classifier parts of torchvision's models that a backbone does not use.
+_HEAD_PREFIXES = ("fc.", "classifier.", "aux1.", "aux2.", "avgpool.", "dropout.")
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Tensors from a .pth (loaded with weights_only=True) or .safetensors file."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path} (see weights/README.md)")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"{path}: not a loadable weights file ({type(e).__name__}: {e})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]  # a detseg or detectron2-style checkpoint
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return obj
+
+
+def _resolve_weights(name: str, weights: str) -> tuple[dict, str]:
+    if os.path.splitext(weights)[1] in (".pth", ".pt", ".safetensors") or os.sep in weights:
+        return read_state_dict(weights), weights
+    enum = getattr(torchvision.models, _WEIGHTS_ENUMS[name])
+    try:
+        member = getattr(enum, weights)
+    except AttributeError:
+        raise WeightsError(f"{weights!r} is neither a weights file nor a member of {enum.__name__} "
+                           f"({', '.join(enum.__members__)})") from None
+    try:
+        state = member.get_state_dict(progress=False)
+    except Exception as e:
+        raise WeightsError(f"could not download {enum.__name__}.{weights} ({type(e).__name__}); "
+                           f"place the file under weights/ and set model.backbone.weights to its "
+                           f"path (weights/README.md)") from None
+    return state, f"{enum.__name__}.{weights}"
+
+
+def _load_reporting(module: nn.Module, state: dict, source: str, ignore=()) -> None:
+    """``load_state_dict(strict=False)`` and one clear line about what did not fit."""
+    own = module.state_dict()
+    bad_shape = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad_shape:
+        raise WeightsError(f"{source}: shape mismatch for {len(bad_shape)} keys, e.g. {bad_shape[0]}: "
+                           f"file {tuple(state[bad_shape[0]].shape)} vs model "
+                           f"{tuple(own[bad_shape[0]].shape)}; is this the right architecture?")
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(ignore)]
+    if missing or unexpected:
+        logger.warning("%s: %d missing keys %s; %d unexpected keys %s", source, len(missing),
+                       missing[:4], len(unexpected), unexpected[:4])
+    else:
+        logger.info("%s: all backbone weights loaded", source)
+
+
+def build_backbone(name: str, *, weights: Optional[str] = None, freeze_at: int = 0,
+                   norm: str = "bn", fpn: bool = False, fpn_channels: int = 256,
+                   out_features: Optional[list[str]] = None) -> nn.Module:
+    """Build a backbone.
+
+    Args:
+        name: vgg16 | resnet18 | resnet50 | googlenet | densenet121.
+        weights: None (random), a torchvision weights enum member name such as ``"DEFAULT"``
+            (downloads when online), or a local ``.pth`` / ``.safetensors`` file.
+        freeze_at: number of leading stages to freeze (stem = 1).
+        norm: ``"bn"`` or ``"frozen_bn"``.
+        fpn: add a feature pyramid over c3..c5.
+        out_features: stage names to return (default c3, c4, c5).
+    """
+    if name not in _DEFINITIONS:
+        raise ValueError(f"unknown backbone {name!r}; choose from {sorted(_DEFINITIONS)}")
+    net = _torchvision_model(name)
+    state, source = _resolve_weights(name, weights) if weights else (None, None)
+    ours = state is not None and all(k.startswith("stages.") for k in state)
+    if state is not None and not ours:
+        # A torchvision classifier checkpoint: load it into torchvision's own model, whose
+        # modules our stages are then cut from.
+        _load_reporting(net, state, source, ignore=_HEAD_PREFIXES)
+    body = Backbone(_DEFINITIONS[name](net), out_features or ["c3", "c4", "c5"])
+    if ours:
+        _load_reporting(body, state, source)
+    if norm == "frozen_bn":
+        freeze_batchnorm(body)
+    if freeze_at:
+        body.freeze(freeze_at)
+    return FPNBackbone(body, fpn_channels) if fpn else body

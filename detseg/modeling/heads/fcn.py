@@ -1,0 +1,136 @@
+"""FCN semantic segmentation head (Long, Shelhamer, Darrell 2015): 32s, 16s and 8s.
+
+A 1x1 score layer on the coarsest feature, learnable ``ConvTranspose2d`` upsampling initialised to
+bilinear interpolation, 1x1 score layers on the stride-16 and stride-8 skips (zero-initialised, as
+in the paper, so training starts from the coarser net's output), and crops so the output matches
+the input size for any input size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import ShapeSpec
+
+IGNORE = 255
+
+
+def bilinear_kernel(channels: int, factor: int) -> torch.Tensor:
+    """``ConvTranspose2d`` weight ``[C, C, 2f, 2f]`` that upsamples each channel bilinearly by ``f``."""
+    size = 2 * factor
+    center = factor - 0.5
+    og = torch.arange(size, dtype=torch.float64)
+    filt1d = 1 - (og - center).abs() / factor
+    w = torch.zeros(channels, channels, size, size, dtype=torch.float64)
+    w[range(channels), range(channels)] = filt1d[:, None] * filt1d[None, :]
+    return w.float()
+
+
+class Upsample(nn.Module):
+    """Learnable x``factor`` upsampling; at initialisation it equals
+    ``F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)`` exactly.
+
+    The input is edge-padded by one cell and the transposed convolution's output cropped, so the
+    border behaves as bilinear interpolation's clamping rather than a fade to zero.
+    """
+
+    def __init__(self, channels: int, factor: int):
+        super().__init__()
+        self.factor = factor
+        if factor > 1:
+            self.deconv = nn.ConvTranspose2d(channels, channels, 2 * factor, stride=factor,
+                                             padding=factor // 2, bias=False)
+            with torch.no_grad():
+                self.deconv.weight.copy_(bilinear_kernel(channels, factor))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``[B, C, h, w]`` → ``[B, C, h * f, w * f]``."""
+        if self.factor == 1:
+            return x
+        h, w = x.shape[-2:]
+        f = self.factor
+        y = self.deconv(F.pad(x, (1, 1, 1, 1), mode="replicate"))
+        # The padded cell on each side becomes f output pixels; drop them.
+        return y[..., f:f + h * f, f:f + w * f]
+
+
+def fit_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Crop (or, if smaller, edge-pad) ``x[..., :h, :w]`` to exactly ``h x w``."""
+    x = x[..., :h, :w]
+    ph, pw = h - x.shape[-2], w - x.shape[-1]
+    if ph > 0 or pw > 0:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x
+
+
+class FCNHead(nn.Module):
+    """FCN-32s / 16s / 8s on backbone features.
+
+    Args (keyword-only):
+        in_shapes: ``{name: ShapeSpec}`` from ``backbone.output_shape()``, coarsest last.
+        num_classes: K object classes; the head predicts K + 1 maps (index 0 = background).
+        variant: ``"32s"``, ``"16s"`` or ``"8s"``: how many finer skips are fused.
+        hidden: channels of the 3x3 conv before the top score layer (FCN's fc6/fc7 role).
+
+    Input: features dict; ``images_hw`` (H, W) of the padded input batch.
+    Output: logits ``Tensor[B, K + 1, H, W]``.
+    """
+
+    def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, variant: str = "8s",
+                 hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        if variant not in ("32s", "16s", "8s"):
+            raise ValueError(f"FCN variant must be 32s, 16s or 8s, got {variant!r}")
+        names = sorted(in_shapes, key=lambda n: (in_shapes[n].stride, n))
+        self.top = names[-1]
+        # Skips: the stride-16 and stride-8 features (excluding the top map itself).
+        n_skips = {"32s": 0, "16s": 1, "8s": 2}[variant]
+        by_stride = {}
+        for n in names[:-1]:
+            by_stride.setdefault(in_shapes[n].stride, n)
+        self.skips = [by_stride[s] for s in (16, 8) if s in by_stride][:n_skips]
+        if len(self.skips) < n_skips:
+            raise ValueError(f"FCN-{variant} needs stride-16 and stride-8 features; backbone gives "
+                             f"{ {n: s.stride for n, s in in_shapes.items()} }")
+        self.variant = variant
+        k = num_classes + 1
+        self.num_outputs = k
+        top = in_shapes[self.top]
+        self.fc = nn.Sequential(nn.Conv2d(top.channels, hidden, 3, padding=1), nn.ReLU(inplace=True),
+                                nn.Dropout2d(dropout))
+        self.score_top = nn.Conv2d(hidden, k, 1)
+        self.score_skips = nn.ModuleList()
+        self.ups = nn.ModuleList()
+        stride = top.stride
+        for name in self.skips:
+            s = in_shapes[name]
+            score = nn.Conv2d(s.channels, k, 1)
+            nn.init.zeros_(score.weight)
+            nn.init.zeros_(score.bias)
+            self.score_skips.append(score)
+            self.ups.append(Upsample(k, stride // s.stride))
+            stride = s.stride
+        self.final_up = Upsample(k, stride)
+        self.out_stride = stride
+
+    def forward(self, features: dict[str, torch.Tensor], images_hw: tuple[int, int]) -> torch.Tensor:
+        x = self.score_top(self.fc(features[self.top]))
+        for name, score, up in zip(self.skips, self.score_skips, self.ups):
+            skip = score(features[name])
+            x = fit_to(up(x), *skip.shape[-2:]) + skip
+        return fit_to(self.final_up(x), *images_hw)
+
+    def forward_train(self, features: dict, batch: dict) -> dict[str, torch.Tensor]:
+        """Losses against ``batch["semantic"]`` (``[B, H, W]``, 255 = ignore)."""
+        logits = self(features, tuple(batch["semantic"].shape[-2:]))
+        return {"loss_fcn": self.loss(logits, batch["semantic"].to(logits.device))}
+
+    def forward_test(self, features: dict, batch: dict) -> torch.Tensor:
+        """Logits ``[B, K + 1, H, W]`` at the padded input size."""
+        return self(features, tuple(batch["images"].shape[-2:]))
+
+    @staticmethod
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-pixel cross entropy; ``target`` uint8/int ``[B, H, W]`` with 255 ignored."""
+        return F.cross_entropy(logits, target.long(), ignore_index=IGNORE)

@@ -1,0 +1,153 @@
+"""Train a detseg model.
+
+    python tools/train.py                                  # FCN-8s ResNet-18 on built-in shapes
+    python tools/train.py --config configs/fcn8s_vgg16_shapes.yaml solver.max_iter=2000
+    python tools/train.py --config CFG --resume --output-dir runs/x
+    python tools/train.py --config CFG --print-config
+    python tools/train.py --config CFG --check-data
+
+Overrides are ``key.sub=value`` arguments checked against the config schema.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detseg.config import ConfigError, load_config, to_dict, to_yaml  # noqa: E402
+from detseg.data.io import DataError  # noqa: E402
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--resume", action="store_true", help="continue from the newest loadable checkpoint")
+    p.add_argument("--output-dir", help="run folder (default: runs/<config name>/<n>)")
+    p.add_argument("--eval-only", action="store_true", help="evaluate (best.pth or --weights) and exit")
+    p.add_argument("--weights", help="checkpoint for --eval-only")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: runtime.device)")
+    p.add_argument("--deterministic", action="store_true", help="seed everything, deterministic ops")
+    p.add_argument("--check-data", action="store_true", help="run the dataset doctor and exit")
+    return p
+
+
+def next_run_dir(config_path: str | None, root: str = "runs") -> str:
+    name = os.path.splitext(os.path.basename(config_path))[0] if config_path else "default"
+    base = os.path.join(root, name)
+    os.makedirs(base, exist_ok=True)
+    taken = [int(d) for d in os.listdir(base) if d.isdigit()]
+    return os.path.join(base, str(max(taken, default=0) + 1))
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"runtime.device={args.device}")
+    if args.deterministic:
+        overrides.append("runtime.deterministic=true")
+    if args.output_dir:
+        overrides.append(f"runtime.output_dir={args.output_dir}")
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+
+    from detseg.data.build import resolve_splits
+    try:
+        splits = resolve_splits(cfg)
+    except DataError as e:
+        print(f"data error: {e}", file=sys.stderr)
+        return 1
+    if args.check_data:
+        from detseg.data.validate import check_dataset, format_table
+        bad = 0
+        for name, split in splits.items():
+            if split is None:
+                continue
+            problems = check_dataset(split["ann_file"], split["image_dir"])
+            bad += len(problems)
+            print(f"{name}: {split['ann_file']}: {len(problems)} problem(s)")
+            if problems:
+                print(format_table(problems))
+        return 1 if bad else 0
+
+    try:
+        return run(cfg, splits, args)
+    except (DataError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def run(cfg, splits: dict, args) -> int:
+    import torch
+
+    from detseg.data.build import build_dataset, build_train_loader, build_val_loader
+    from detseg.engine.checkpoint import CheckpointError, load_checkpoint
+    from detseg.engine.trainer import Trainer, seed_everything
+    from detseg.evaluation.semseg import evaluate_semseg
+    from detseg.modeling.model import build_model
+
+    from detseg.engine import distributed as dist
+
+    dist.init(cfg.runtime.device)  # before any sampler is built: they shard by rank
+    seed_everything(cfg.runtime.seed, cfg.runtime.deterministic)
+    output_dir = cfg.runtime.output_dir or (next_run_dir(args.config) if dist.is_main() else None)
+    output_dir = dist.broadcast_object(output_dir)
+    needs_semantic = "fcn" in cfg.model.heads
+    train_ds = build_dataset(cfg, splits["train"], train=True, with_semantic=needs_semantic)
+    val_ds = (build_dataset(cfg, splits["val"], train=False, with_semantic=needs_semantic)
+              if splits.get("val") else None)
+    model = build_model(cfg, train_ds.num_classes)
+    val_loader = build_val_loader(cfg, val_ds) if val_ds is not None else None
+
+    def evaluate(m):
+        return evaluate_semseg(m, val_loader, class_names=train_ds.class_names)
+
+    meta = {"class_names": train_ds.class_names, "label_map": train_ds.label_map(),
+            "num_classes": train_ds.num_classes}
+    trainer = Trainer(cfg, model, lambda start: build_train_loader(cfg, train_ds, start),
+                      evaluate if val_loader is not None else None, output_dir, meta)
+    if args.eval_only:
+        path = args.weights or os.path.join(output_dir, "best.pth")
+        try:
+            state = load_checkpoint(path)
+            trainer.model.load_state_dict(state["model"])
+        except (CheckpointError, RuntimeError, KeyError) as e:
+            print(f"error: {path}: {e}", file=sys.stderr)
+            return 1
+        trainer.model.eval()
+        with torch.no_grad():
+            metrics = evaluate(trainer.model)
+        print(json.dumps(metrics, indent=2))
+        return 0
+    if args.resume and not trainer.resume():
+        logging.info("no loadable checkpoint in %s; starting from scratch", output_dir)
+    if dist.is_main():
+        import yaml
+        with open(os.path.join(output_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    main_rank = dist.is_main()
+    try:
+        metrics = trainer.train()
+    finally:
+        dist.shutdown()
+    summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    if main_rank:
+        print(f"done: {output_dir} iteration {trainer.iter} {json.dumps(summary)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
