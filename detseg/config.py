@@ -80,9 +80,9 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int = 2
     # Train resize: shortest edge picked at random from min_size_train, capped by max_size.
-    min_size_train: list[int] = field(default_factory=lambda: [192, 224, 256])
-    min_size_test: int = 224
-    max_size: int = 400
+    min_size_train: list[int] = field(default_factory=lambda: [112, 128, 144])
+    min_size_test: int = 128
+    max_size: int = 288
     augment: Literal["default", "none"] = "default"
     keep_empty: bool = True
     sampler: Literal["random", "repeat_factor"] = "random"
@@ -92,12 +92,12 @@ class DataConfig:
 
 @dataclass
 class SolverConfig:
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.02
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    max_iter: int = 600
-    warmup_iters: int = 50
+    max_iter: int = 1500
+    warmup_iters: int = 100
     warmup_factor: float = 0.001
     schedule: Literal["step", "cosine", "constant"] = "cosine"
     steps: list[int] = field(default_factory=list)
@@ -108,8 +108,8 @@ class SolverConfig:
     clip_grad_norm: Optional[float] = 10.0
     amp: bool = False
     channels_last: bool = False
-    checkpoint_period: int = 200
-    eval_period: int = 200
+    checkpoint_period: int = 300
+    eval_period: int = 300
     best_metric: str = "mIoU"
     best_mode: Literal["max", "min"] = "max"
     patience: Optional[int] = None

@@ -83,7 +83,10 @@ def build_train_loader(cfg, dataset: CocoDataset, start_iter: int = 0) -> torch.
     return torch.utils.data.DataLoader(
         SeededStream(dataset, cfg.runtime.seed, base.rank, base.world_size), batch_size=d.batch_size, sampler=sampler,
         num_workers=d.num_workers, collate_fn=collate, persistent_workers=d.num_workers > 0,
-        worker_init_fn=_worker_init)
+        worker_init_fn=_worker_init,
+        # Its own generator: starting an iterator must not draw from the global RNG, or a
+        # resumed run's dropout would see a different random stream than a straight one.
+        generator=torch.Generator().manual_seed(cfg.runtime.seed))
 
 
 class ShardSampler(torch.utils.data.Sampler):

@@ -171,8 +171,13 @@ class Trainer:
         return metrics
 
     # -- the loop ----------------------------------------------------------------------------
-    def train(self) -> dict:
-        """Run to ``max_iter`` (or early stop). Returns the last evaluation's metrics."""
+    def train(self, stop_at: Optional[int] = None) -> dict:
+        """Run to ``max_iter`` (or early stop). Returns the last evaluation's metrics.
+
+        Args:
+            stop_at: leave the loop once this iteration is done, as a killed run would (the
+                schedule still runs to ``max_iter``); for tests and time-sliced jobs.
+        """
         s = self.s
         self.model.train()
         loader = iter(self.make_train_loader(self.iter))
@@ -216,6 +221,8 @@ class Trainer:
                     self.save()
                 if self.iter % s.eval_period == 0 or self.iter == s.max_iter:
                     last_eval = self.run_eval()
+                if stop_at is not None and self.iter >= stop_at:
+                    break
         except EarlyStop as e:
             logger.info("early stopping at iteration %d: %s", self.iter, e)
             self.save()

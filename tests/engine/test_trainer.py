@@ -31,8 +31,8 @@ def test_resume_is_exact(tmp_path, shapes_data, monkeypatch):
     straight = make_trainer(small_cfg(tmp_path / "a", "solver.max_iter=20"), shapes_data)
     straight.train()
 
-    first = make_trainer(small_cfg(tmp_path / "b", "solver.max_iter=10"), shapes_data)
-    first.train()
+    first = make_trainer(small_cfg(tmp_path / "b", "solver.max_iter=20"), shapes_data)
+    first.train(stop_at=10)  # killed right after the iteration-10 checkpoint
     second = make_trainer(small_cfg(tmp_path / "b", "solver.max_iter=20"), shapes_data)
     assert second.resume() and second.iter == 10
     second.train()
