@@ -52,9 +52,11 @@ def main(argv=None) -> int:
     def compare(name, ours, theirs, x):
         with torch.no_grad():
             assert torch.equal(ours(x), theirs(x)), f"{name}: results differ"
-        t_ours, t_tv = median_time(lambda: ours(x), repeats), median_time(lambda: theirs(x), repeats)
-        b_ours = median_time(fwd_bwd(ours, x), repeats)
-        b_tv = median_time(fwd_bwd(theirs, x), repeats)
+        # Three warm-up runs: the first touches of fresh output buffers (page faults) settle.
+        t_ours = median_time(lambda: ours(x), repeats, warmup=3)
+        t_tv = median_time(lambda: theirs(x), repeats, warmup=3)
+        b_ours = median_time(fwd_bwd(ours, x), repeats, warmup=3)
+        b_tv = median_time(fwd_bwd(theirs, x), repeats, warmup=3)
         for kind, o, t in (("forward", t_ours, t_tv), ("forward+backward", b_ours, b_tv)):
             rows.append([name, kind, f"{t * 1e3:.1f}", f"{o * 1e3:.1f}", f"{t / o:.1f}x"])
             figures[f"{name}.{kind}"] = {"torchvision_ms": t * 1e3, "detseg_ms": o * 1e3,
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
             lambda t: torch.cat([tv(t, rois, lv, 1 / 16).flatten(1) for lv in levels], 1), x)
 
     body = markdown_table(["case", "pass", "torchvision ms", "detseg ms", "speed-up"], rows)
-    body += (f"\n\nMedians of {repeats} runs after one warm-up; detseg backend: "
+    body += (f"\n\nMedians of {repeats} runs after three warm-ups; detseg backend: "
              f"`{figures['backend']}`; outputs checked identical before timing.")
     finish(args, "roi_pool", "RoI / SPP pooling (CPU)", body, figures)
     return 0

@@ -55,7 +55,7 @@ def bin_max_pool_forward(input: torch.Tensor, batch_idx: torch.Tensor, bins: tor
         # The kernels' strictly-greater scan from -FLT_MAX: NaN never wins (its comparisons are
         # False), the first maximum does, and a window of only NaN / -inf keeps -FLT_MAX.
         vals = torch.where(valid & ~torch.isnan(vals), vals, init)
-        best = vals.amax(dim=2, keepdim=True)
+        best = torch.maximum(vals.amax(dim=2, keepdim=True), init)  # -inf never beats -FLT_MAX
         hit = (vals == best) & valid & (vals > init)
         order = torch.arange(mh * mw, device=input.device).expand_as(hit)
         first = torch.where(hit, order, mh * mw).amin(dim=2)  # [m, C]

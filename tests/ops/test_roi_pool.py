@@ -110,15 +110,31 @@ def test_spp_layout_is_per_level_flattened_in_order():
 def test_kernel_equals_float64_reference(mapping):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 6, 15, 19, generator=g, dtype=torch.float64)
+    x[0, 0, 3:6, 3:6] = 1.5  # ties: the first maximum in row-major order must win
     rois = random_rois(g, 50, 2, 300, 250).double()
+    batch = rois[:, 0].long()
     bins = bin_table(rois[:, 1:], (6, 3, 2, 1), 1 / 16, mapping, 15, 19)
-    ref_out, ref_arg = _reference.bin_max_pool_forward(x, rois[:, 0].long(), bins)
-    out, arg = torch.ops.detseg.bin_max_pool(x, rois[:, 0].long(), bins)
+    ref_out, ref_arg = _reference.bin_max_pool_forward(x, batch, bins)
+    out, arg = torch.ops.detseg.bin_max_pool(x, batch, bins)
     assert torch.equal(out, ref_out) and torch.equal(arg, ref_arg)
     grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
-    ref_gin = _reference.bin_max_pool_backward(grad, ref_arg, rois[:, 0].long(), 2, 15, 19)
-    gin = torch.ops.detseg.bin_max_pool_backward(grad, arg, rois[:, 0].long(), 2, 15, 19)
+    ref_gin = _reference.bin_max_pool_backward(grad, ref_arg, batch, 2, 15, 19)
+    gin = torch.ops.detseg.bin_max_pool_backward(grad, arg, batch, 2, 15, 19)
     torch.testing.assert_close(gin, ref_gin, rtol=0, atol=1e-12)
+
+
+def test_ties_and_extreme_values_route_gradient_like_torchvision():
+    x = torch.zeros(1, 2, 6, 6)
+    x[0, 0] = 3.0  # all tied: the first cell of each bin takes the gradient
+    x[0, 1] = -float("inf")  # nothing beats -FLT_MAX: output -FLT_MAX, no gradient
+    x[0, 1, 4, 4] = -3.4028234663852886e38
+    x.requires_grad_(True)
+    rois = torch.tensor([[0, 0.0, 0, 5, 5], [0, 1, 1, 4, 5]])
+    ours = roi_pool(x, rois, 2)
+    ref = torchvision.ops.roi_pool(x, rois, 2)
+    assert torch.equal(ours, ref)
+    g = torch.arange(ours.numel(), dtype=torch.float32).reshape(ours.shape)
+    assert torch.equal(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0])
 
 
 def test_nan_never_wins_and_modules_repr():
