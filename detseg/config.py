@@ -96,7 +96,7 @@ class SolverConfig:
     lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    max_iter: int = 1500
+    max_iter: int = 1700
     warmup_iters: int = 100
     warmup_factor: float = 0.001
     schedule: Literal["step", "cosine", "constant"] = "cosine"
@@ -107,9 +107,9 @@ class SolverConfig:
     plateau_factor: float = 0.1
     clip_grad_norm: Optional[float] = 10.0
     amp: bool = False
-    channels_last: bool = False
-    checkpoint_period: int = 300
-    eval_period: int = 300
+    channels_last: bool = True
+    checkpoint_period: int = 425
+    eval_period: int = 425
     best_metric: str = "mIoU"
     best_mode: Literal["max", "min"] = "max"
     patience: Optional[int] = None

@@ -75,7 +75,7 @@ class Trainer:
         self.device = torch.device(_pick_device(cfg.runtime.device))
         self.model = model.to(self.device)
         self.cuda = self.device.type == "cuda"
-        if self.cuda and self.s.channels_last:
+        if self.s.channels_last:  # faster convolutions on CUDA and with oneDNN on CPU
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, self.s)
         # Under torchrun the forward/backward runs through DDP; self.model stays the plain
@@ -98,6 +98,7 @@ class Trainer:
         self.history: list[dict] = []
         os.makedirs(output_dir, exist_ok=True)
         self.metrics_path = os.path.join(output_dir, "metrics.jsonl")
+        self.tb = _tensorboard_writer(output_dir) if dist.is_main() else None
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
@@ -142,6 +143,11 @@ class Trainer:
             return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "iter" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, record.get("iter", 0))
+            self.tb.flush()
 
     # -- evaluation hooks --------------------------------------------------------------------
     def run_eval(self) -> Optional[dict]:
@@ -236,6 +242,15 @@ class Trainer:
             from ..visualize import plot_curves
             plot_curves(self.metrics_path, os.path.join(self.output_dir, "curves.png"))
         return last_eval or {}
+
+
+def _tensorboard_writer(output_dir: str):
+    """A TensorBoard SummaryWriter when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(os.path.join(output_dir, "tb"))
 
 
 def _pick_device(device: str) -> str:

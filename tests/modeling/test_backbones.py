@@ -58,3 +58,16 @@ def test_wrong_weights_are_clear_errors(tmp_path):
         build_backbone("resnet18", weights=str(tmp_path / "missing.pth"))
     with pytest.raises(WeightsError, match="ResNet18_Weights"):
         build_backbone("resnet18", weights="NOPE")
+
+
+def test_missing_and_unexpected_keys_reported_in_one_line(tmp_path, caplog):
+    state = torchvision.models.resnet18().state_dict()
+    del state["layer4.1.conv2.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "partial.pth")
+    with caplog.at_level("WARNING"):
+        build_backbone("resnet18", weights=str(tmp_path / "partial.pth"))
+    lines = [r.getMessage() for r in caplog.records if "missing" in r.getMessage()]
+    assert len(lines) == 1
+    assert "1 missing keys" in lines[0] and "layer4.1.conv2.weight" in lines[0]
+    assert "1 unexpected keys" in lines[0] and "extra.weight" in lines[0]
