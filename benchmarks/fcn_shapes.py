@@ -41,10 +41,11 @@ def main(argv=None) -> int:
     best = max(evals, key=lambda x: x["mIoU"])
     rows = [[args.config, last["iter"], f"{wall / 60:.1f}", f"{last['mIoU']:.3f}",
              f"{last['pixel_acc']:.3f}", f"{best['mIoU']:.3f} @ {best['iter']}"]]
-    body = markdown_table(["config", "iterations", "wall min (incl. data gen)", "final mIoU",
+    body = markdown_table(["config", "iterations", "wall min (whole train.py run)", "final mIoU",
                            "final pixel acc", "best mIoU @ iter"], rows)
     body += ("\n\nFrom scratch (no pretrained weights: none can be downloaded here), CPU, shapes "
-             "val at the network's input resolution (shortest edge 224). mIoU over background + 4 classes.")
+             "val at the network's input resolution (the config's data.min_size_test). mIoU over "
+             "background + 4 classes.")
     finish(args, "fcn_shapes", "FCN-8s on shapes (accuracy)", body,
            {"mIoU": last["mIoU"], "pixel_acc": last["pixel_acc"], "wall_s": wall,
             "iterations": last["iter"], "config": args.config})

@@ -17,6 +17,7 @@ import statistics  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._report import base_parser, finish, markdown_table  # noqa: E402
+from detseg.config import load_config  # noqa: E402
 from detseg.data import shapes  # noqa: E402
 from detseg.data.coco import CocoDataset  # noqa: E402
 from detseg.data.samplers import TrainingSampler  # noqa: E402
@@ -44,16 +45,18 @@ def main(argv=None) -> int:
     batches, rounds = (8, 3) if args.quick else (40, 5)
     with tempfile.TemporaryDirectory() as tmp:
         paths = shapes.generate(os.path.join(tmp, "shapes"), seed=0, num_train=64, num_val=0)
+        d = load_config(None).data  # the sizes the default training run uses
         ds = CocoDataset(paths["train"]["ann_file"], paths["train"]["image_dir"], with_semantic=True,
-                         transform=train_transform([192, 224, 256], 400))
+                         transform=train_transform(d.min_size_train, d.max_size))
         rows, figures = [], {}
         for workers in (0, 2):
             rate = throughput(ds, workers, batch_size=4, batches=batches, rounds=rounds)
             figures[f"images_per_s.workers_{workers}"] = rate
             rows.append([workers, f"{rate:.1f}"])
     body = markdown_table(["num_workers", "images/s (median)"], rows)
-    body += (f"\n\nShapes train split, batch 4, train augmentation + resize + semantic target + "
-             f"collate; median of {rounds} passes of {batches} batches.")
+    body += (f"\n\nShapes train split, batch 4, train augmentation + resize to the default "
+             f"config's sizes + semantic target + collate; median of {rounds} passes of "
+             f"{batches} batches.")
     finish(args, "loader", "Training loader throughput (shapes)", body, figures)
     return 0
 

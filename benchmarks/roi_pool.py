@@ -39,7 +39,7 @@ def fwd_bwd(fn, x):
 
 def main(argv=None) -> int:
     args = base_parser(__doc__).parse_args(argv)
-    repeats = 5 if args.quick else 15
+    repeats, warmup = (3, 1) if args.quick else (15, 3)
     tv = torchvision.ops.roi_pool
     cases = {
         "a": make_case(512, 256, 50, 68, 300),
@@ -52,11 +52,11 @@ def main(argv=None) -> int:
     def compare(name, ours, theirs, x):
         with torch.no_grad():
             assert torch.equal(ours(x), theirs(x)), f"{name}: results differ"
-        # Three warm-up runs: the first touches of fresh output buffers (page faults) settle.
-        t_ours = median_time(lambda: ours(x), repeats, warmup=3)
-        t_tv = median_time(lambda: theirs(x), repeats, warmup=3)
-        b_ours = median_time(fwd_bwd(ours, x), repeats, warmup=3)
-        b_tv = median_time(fwd_bwd(theirs, x), repeats, warmup=3)
+        # Warm-up runs let the first touches of fresh output buffers (page faults) settle.
+        t_ours = median_time(lambda: ours(x), repeats, warmup)
+        t_tv = median_time(lambda: theirs(x), repeats, warmup)
+        b_ours = median_time(fwd_bwd(ours, x), repeats, warmup)
+        b_tv = median_time(fwd_bwd(theirs, x), repeats, warmup)
         for kind, o, t in (("forward", t_ours, t_tv), ("forward+backward", b_ours, b_tv)):
             rows.append([name, kind, f"{t * 1e3:.1f}", f"{o * 1e3:.1f}", f"{t / o:.1f}x"])
             figures[f"{name}.{kind}"] = {"torchvision_ms": t * 1e3, "detseg_ms": o * 1e3,
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
             lambda t: torch.cat([tv(t, rois, lv, 1 / 16).flatten(1) for lv in levels], 1), x)
 
     body = markdown_table(["case", "pass", "torchvision ms", "detseg ms", "speed-up"], rows)
-    body += (f"\n\nMedians of {repeats} runs after three warm-ups; detseg backend: "
+    body += (f"\n\nMedians of {repeats} runs after {warmup} warm-up(s); detseg backend: "
              f"`{figures['backend']}`; outputs checked identical before timing.")
     finish(args, "roi_pool", "RoI / SPP pooling (CPU)", body, figures)
     return 0

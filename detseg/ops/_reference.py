@@ -1,19 +1,20 @@
 """Pure-PyTorch bin max pooling: the oracle for the kernels and the fallback when none loads.
 
-Works for any dtype and device (float64 included). Gathers each bin's window into a padded
-``[bins, C, max_h * max_w]`` block, in chunks so memory stays bounded.
+Works for any dtype and device (float64 included).
 """
 from __future__ import annotations
 
 import torch
 
-# Elements gathered per chunk (~256 MB of float32): bounds the reference's memory.
-_CHUNK_ELEMENTS = 64 * 1024 * 1024
 _EMPTY_INIT = -3.4028234663852886e38  # -FLT_MAX, torchvision's starting value for a non-empty bin
 
 
 def bin_max_pool_forward(input: torch.Tensor, batch_idx: torch.Tensor, bins: torch.Tensor):
     """Max over each bin's window.
+
+    Visits the window cells in row-major order, one offset ``(dh, dw)`` at a time for all bins
+    and channels at once, keeping a running maximum that only a strictly greater value replaces:
+    the kernels' scan, written as tensor operations. Memory is ``O(K * B * C)``.
 
     Args:
         input: ``Tensor[N, C, H, W]``.
@@ -22,7 +23,7 @@ def bin_max_pool_forward(input: torch.Tensor, batch_idx: torch.Tensor, bins: tor
 
     Returns:
         (output ``Tensor[K, C, B]``, argmax ``int32 Tensor[K, C, B]`` = h * W + w of the first
-        maximum in row-major scan order, -1 for an empty bin; an empty bin outputs 0).
+        maximum in row-major scan order, -1 when no cell beat -FLT_MAX; an empty bin outputs 0).
     """
     n, c, h, w = input.shape
     k, b = bins.shape[:2]
@@ -31,42 +32,28 @@ def bin_max_pool_forward(input: torch.Tensor, batch_idx: torch.Tensor, bins: tor
     if k == 0 or b == 0 or c == 0:
         return out, arg
     flat_bins = bins.reshape(-1, 4).long()
-    flat_batch = batch_idx.long().repeat_interleave(b)
-    hs, he, ws, we = flat_bins.unbind(1)
-    mh = int((he - hs).clamp(min=0).max())
-    mw = int((we - ws).clamp(min=0).max())
-    if mh == 0 or mw == 0:
-        return out, arg
-    dh = torch.arange(mh, device=input.device)
-    dw = torch.arange(mw, device=input.device)
-    flat_in = input.reshape(n, c, h * w)
-    outs, args = [], []
-    step = max(1, _CHUNK_ELEMENTS // max(1, c * mh * mw))
-    for s in range(0, k * b, step):
-        sl = slice(s, s + step)
-        rows = hs[sl, None] + dh[None]  # [m, mh]
-        cols = ws[sl, None] + dw[None]  # [m, mw]
-        valid = (rows < he[sl, None])[:, :, None] & (cols < we[sl, None])[:, None, :]
-        pos = (rows.clamp(max=h - 1)[:, :, None] * w + cols.clamp(max=w - 1)[:, None, :])
-        pos = pos.reshape(len(rows), 1, mh * mw)
-        vals = flat_in[flat_batch[sl]].gather(2, pos.expand(-1, c, -1))  # [m, C, mh*mw]
-        valid = valid.reshape(len(rows), 1, mh * mw)
-        init = torch.full((), _EMPTY_INIT, dtype=input.dtype, device=input.device)
-        # The kernels' strictly-greater scan from -FLT_MAX: NaN never wins (its comparisons are
-        # False), the first maximum does, and a window of only NaN / -inf keeps -FLT_MAX.
-        vals = torch.where(valid & ~torch.isnan(vals), vals, init)
-        best = torch.maximum(vals.amax(dim=2, keepdim=True), init)  # -inf never beats -FLT_MAX
-        hit = (vals == best) & valid & (vals > init)
-        order = torch.arange(mh * mw, device=input.device).expand_as(hit)
-        first = torch.where(hit, order, mh * mw).amin(dim=2)  # [m, C]
-        found = first < mh * mw
-        a = torch.gather(pos.expand(-1, c, -1), 2, first.clamp(max=mh * mw - 1)[..., None])[..., 0]
-        any_valid = valid.any(dim=2)  # [m, 1]
-        o = torch.where(any_valid, best[..., 0], torch.zeros((), dtype=input.dtype, device=input.device))
-        outs.append(o)
-        args.append(torch.where(found, a, -1).to(torch.int32))
-    out = torch.cat(outs).reshape(k, b, c).transpose(1, 2).contiguous()
-    arg = torch.cat(args).reshape(k, b, c).transpose(1, 2).contiguous()
+    hs, he, ws, we = flat_bins.unbind(1)  # [M] each, M = K * B
+    heights, widths = (he - hs).clamp(min=0), (we - ws).clamp(min=0)
+    # Offset of each (bin, channel) plane in the flattened input: (batch * C + channel) * H * W.
+    plane = ((batch_idx.long().repeat_interleave(b)[:, None] * c
+              + torch.arange(c, device=input.device)[None]) * (h * w))  # [M, C]
+    flat_in = input.reshape(-1)
+    best = torch.full((k * b, c), _EMPTY_INIT, dtype=input.dtype, device=input.device)
+    where = torch.full((k * b, c), -1, dtype=torch.int64, device=input.device)
+    for dh in range(int(heights.max())):
+        for dw in range(int(widths.max())):
+            inside = (dh < heights) & (dw < widths)  # [M]
+            if not bool(inside.any()):
+                continue
+            cell = ((hs + dh).clamp(max=h - 1) * w + (ws + dw).clamp(max=w - 1))  # [M]
+            vals = flat_in[plane + cell[:, None]]  # [M, C]
+            better = (vals > best) & inside[:, None]  # NaN compares False: it never wins
+            best = torch.where(better, vals, best)
+            where = torch.where(better, cell[:, None].expand_as(where), where)
+    empty = (heights == 0) | (widths == 0)
+    best = torch.where(empty[:, None], torch.zeros((), dtype=input.dtype, device=input.device), best)
+    out = best.reshape(k, b, c).transpose(1, 2).contiguous()
+    arg = where.to(torch.int32).reshape(k, b, c).transpose(1, 2).contiguous()
     return out, arg
 
 
