@@ -40,16 +40,22 @@ def bin_max_pool_forward(input: torch.Tensor, batch_idx: torch.Tensor, bins: tor
     flat_in = input.reshape(-1)
     best = torch.full((k * b, c), _EMPTY_INIT, dtype=input.dtype, device=input.device)
     where = torch.full((k * b, c), -1, dtype=torch.int64, device=input.device)
-    for dh in range(int(heights.max())):
-        for dw in range(int(widths.max())):
-            inside = (dh < heights) & (dw < widths)  # [M]
-            if not bool(inside.any()):
-                continue
-            cell = ((hs + dh).clamp(max=h - 1) * w + (ws + dw).clamp(max=w - 1))  # [M]
-            vals = flat_in[plane + cell[:, None]]  # [M, C]
-            better = (vals > best) & inside[:, None]  # NaN compares False: it never wins
-            best = torch.where(better, vals, best)
-            where = torch.where(better, cell[:, None].expand_as(where), where)
+    # Bins sorted by window area and scanned in groups, each only over its own largest window:
+    # an SPP level-1 bin's 19x19 window then costs nothing to the 6x6 level's small bins.
+    order = torch.argsort(heights * widths)
+    for group in torch.tensor_split(order, min(8, len(order))):
+        gh, gw, g_hs, g_ws, g_plane = heights[group], widths[group], hs[group], ws[group], plane[group]
+        g_best, g_where = best[group], where[group]
+        for dh in range(int(gh.max())):
+            row = (g_hs + dh).clamp(max=h - 1) * w
+            for dw in range(int(gw.max())):
+                inside = (dh < gh) & (dw < gw)
+                cell = row + (g_ws + dw).clamp(max=w - 1)
+                vals = flat_in[g_plane + cell[:, None]]  # [G, C]
+                better = (vals > g_best) & inside[:, None]  # NaN compares False: never wins
+                g_best = torch.where(better, vals, g_best)
+                g_where = torch.where(better, cell[:, None].expand_as(g_where), g_where)
+        best[group], where[group] = g_best, g_where
     empty = (heights == 0) | (widths == 0)
     best = torch.where(empty[:, None], torch.zeros((), dtype=input.dtype, device=input.device), best)
     out = best.reshape(k, b, c).transpose(1, 2).contiguous()
