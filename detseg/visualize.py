@@ -37,7 +37,8 @@ def _panel(series: dict[str, list[tuple[float, float]]], title: str, w: int = 56
             cv2.polylines(img, [poly], False, colour, 2, cv2.LINE_AA)
         elif len(poly) == 1:
             cv2.circle(img, tuple(int(v) for v in poly[0]), 3, colour, -1)
-        cv2.putText(img, name, (left + 10 + 120 * i, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1,
+        # Legend in the title row, right of the title, clear of the axis labels.
+        cv2.putText(img, name, (left + 150 + 110 * i, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1,
                     cv2.LINE_AA)
     return img
 
