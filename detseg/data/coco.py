@@ -20,11 +20,10 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from ..structures import SEMANTIC_IGNORE as IGNORE
 from .io import DataError, read_image
 
 logger = logging.getLogger(__name__)
-
-IGNORE = 255
 
 
 def load_coco(ann_file: str) -> COCO:

@@ -11,11 +11,11 @@ from typing import Iterator, Sequence
 
 import torch
 
+from ..engine import distributed
+
 
 def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    return distributed.rank(), distributed.world_size()
 
 
 class TrainingSampler(torch.utils.data.Sampler):

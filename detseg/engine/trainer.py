@@ -95,7 +95,6 @@ class Trainer:
         self.bad_evals = 0  # evaluations without improvement (early stopping)
         self.plateau_scale = 1.0
         self.plateau_bad = 0
-        self.history: list[dict] = []
         os.makedirs(output_dir, exist_ok=True)
         self.metrics_path = os.path.join(output_dir, "metrics.jsonl")
         self.tb = _tensorboard_writer(output_dir) if dist.is_main() else None
@@ -138,7 +137,6 @@ class Trainer:
 
     # -- logging -----------------------------------------------------------------------------
     def log(self, record: dict) -> None:
-        self.history.append(record)
         if not dist.is_main():
             return
         with open(self.metrics_path, "a", encoding="utf-8") as f:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE = 255
+from ..structures import SEMANTIC_IGNORE as IGNORE
 
 
 class SemSegEvaluator:

@@ -78,10 +78,6 @@ class Backbone(nn.Module):
     def output_shape(self) -> dict[str, ShapeSpec]:
         return {f: self._shapes[f] for f in self.out_features}
 
-    @property
-    def size_divisibility(self) -> int:
-        return max(s.stride for s in self.output_shape().values())
-
     def freeze(self, freeze_at: int) -> None:
         """Freeze the first ``freeze_at`` stages (stem = 1), as detectron2 does."""
         for name in self.stage_names[:freeze_at]:
@@ -111,10 +107,6 @@ class FPNBackbone(nn.Module):
 
     def output_shape(self) -> dict[str, ShapeSpec]:
         return dict(self._shapes)
-
-    @property
-    def size_divisibility(self) -> int:
-        return self.body.size_divisibility
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.body(x)

@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...structures import SEMANTIC_IGNORE as IGNORE
 from ..backbones import ShapeSpec
-
-IGNORE = 255
 
 
 def bilinear_kernel(channels: int, factor: int) -> torch.Tensor:
