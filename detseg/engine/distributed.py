@@ -66,6 +66,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def gather_lists(items: list) -> list:
+    """Every rank's list concatenated in rank order (on every rank); ``items`` itself when alone."""
+    if not dist.is_initialized():
+        return items
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
 def params_identical(model: torch.nn.Module) -> bool:
     """True when every rank holds bit-identical parameters (compares a checksum vector)."""
     if not dist.is_initialized():

@@ -1,0 +1,178 @@
+"""COCO box (and mask) AP through pycocotools, or faster-coco-eval with identical numbers.
+
+Predictions come in as ``Instances`` in the network's resized-image pixels; they are scaled to
+each file's own size, labels are mapped back to the dataset's category ids, and the results JSON
+(the standard COCO results format) is written to the run folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+from typing import Optional, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("pycocotools", "faster_coco_eval")
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _api(backend: str):
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+        return COCO, COCOeval
+    if backend == "faster_coco_eval":
+        try:
+            from faster_coco_eval import COCO, COCOeval_faster
+        except ImportError:
+            raise ImportError("evaluator.backend=faster_coco_eval needs "
+                              "`pip install faster-coco-eval`") from None
+        return COCO, COCOeval_faster
+    raise ValueError(f"evaluator backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def write_json_atomic(obj, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def instances_to_results(image_id: int, inst, cat_ids: Sequence[int],
+                         scale_xy: tuple[float, float]) -> list[dict]:
+    """COCO results dicts for one image's ``Instances`` (boxes scaled by ``scale_xy`` to the
+    file's pixels; masks, when present, must already be full-size binary ``[N, H, W]``)."""
+    if len(inst) == 0:
+        return []
+    sx, sy = scale_xy
+    b = inst.boxes.detach().cpu().double().numpy() * np.array([sx, sy, sx, sy])
+    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+    scores = inst.scores.detach().cpu().tolist()
+    labels = inst.labels.detach().cpu().tolist()
+    out = [{"image_id": int(image_id), "category_id": int(cat_ids[k]),
+            "bbox": [round(float(v), 3) for v in box], "score": float(s)}
+           for box, s, k in zip(xywh, scores, labels)]
+    if inst.masks is not None:
+        from pycocotools import mask as mask_util
+        masks = inst.masks.detach().cpu().numpy().astype(np.uint8)
+        for r, m in zip(out, masks):
+            rle = mask_util.encode(np.asfortranarray(m))
+            rle["counts"] = rle["counts"].decode("ascii")
+            r["segmentation"] = rle
+    return out
+
+
+def evaluate_results(ann_file: str, results: list[dict], iou_type: str = "bbox",
+                     backend: str = "pycocotools", class_names: Optional[Sequence[str]] = None,
+                     image_ids: Optional[Sequence[int]] = None) -> dict:
+    """COCO AP of a results list against ``ann_file``.
+
+    Returns:
+        {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class_AP": {name: AP}} with AP in
+        [0, 1] (-1 where COCO has no ground truth for a size range).
+    """
+    COCO, COCOeval = _api(backend)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann_file)
+    cat_ids = sorted(gt.getCatIds())
+    names = list(class_names) if class_names else [gt.cats[c]["name"] for c in cat_ids]
+    if not results:
+        return {**{k: 0.0 for k in STAT_NAMES}, "per_class_AP": {n: 0.0 for n in names}}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, iou_type)
+        if image_ids is not None:
+            ev.params.imgIds = sorted(int(i) for i in image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = {k: float(v) for k, v in zip(STAT_NAMES, ev.stats[:6])}
+    precision = np.asarray(ev.eval["precision"])  # [T, R, K, A, M]
+    per_class = {}
+    for k, name in enumerate(names):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        per_class[name] = float(p.mean()) if p.size else float("nan")
+    stats["per_class_AP"] = per_class
+    return stats
+
+
+def format_per_class(per_class: dict) -> str:
+    """A two-column text table of per-class AP (percent)."""
+    width = max([len(n) for n in per_class] + [5])
+    lines = [f"{'class':<{width}}  AP"]
+    lines += [f"{n:<{width}}  {100 * v:5.1f}" for n, v in per_class.items()]
+    return "\n".join(lines)
+
+
+class COCOEvaluator:
+    """Collects predictions batch by batch, then scores them.
+
+    Args:
+        ann_file: the dataset's COCO JSON.
+        cat_ids: dataset category id of each contiguous label.
+        class_names: names in label order (for the per-class table).
+        iou_types: ``("bbox",)`` or ``("bbox", "segm")``.
+        backend: ``"pycocotools"`` or ``"faster_coco_eval"``.
+        output_dir: where ``coco_results.json`` is written (None: not written).
+    """
+
+    def __init__(self, ann_file: str, cat_ids: Sequence[int], class_names: Sequence[str],
+                 iou_types: Sequence[str] = ("bbox",), backend: str = "pycocotools",
+                 output_dir: Optional[str] = None):
+        _api(backend)
+        self.ann_file, self.cat_ids, self.class_names = ann_file, list(cat_ids), list(class_names)
+        self.iou_types, self.backend, self.output_dir = tuple(iou_types), backend, output_dir
+        self.reset()
+
+    def reset(self) -> None:
+        self.results: list[dict] = []
+        self.image_ids: list[int] = []
+
+    def process(self, batch: dict, predictions: list) -> None:
+        """predictions: one ``Instances`` per image of ``batch``, in resized-image pixels."""
+        for img_id, inst, (h, w), (oh, ow) in zip(batch["image_ids"], predictions, batch["image_sizes"],
+                                                  batch["orig_sizes"]):
+            self.image_ids.append(int(img_id))
+            self.results.extend(instances_to_results(img_id, inst, self.cat_ids, (ow / w, oh / h)))
+
+    def evaluate(self) -> dict:
+        """Metrics for each IoU type: bbox keys plain (``AP``, ``AP50`` ...), segm keys prefixed
+        ``segm_``; per-class tables under ``per_class_AP`` / ``segm_per_class_AP``."""
+        from ..engine import distributed as dist
+        results, image_ids = dist.gather_lists(self.results), dist.gather_lists(self.image_ids)
+        if not dist.is_main():
+            return {}
+        if self.output_dir:
+            write_json_atomic(results, os.path.join(self.output_dir, "coco_results.json"))
+        metrics: dict = {}
+        for iou_type in self.iou_types:
+            res = results if iou_type == "bbox" else [r for r in results if "segmentation" in r]
+            stats = evaluate_results(self.ann_file, res, iou_type, self.backend, self.class_names,
+                                     image_ids)
+            prefix = "" if iou_type == "bbox" else f"{iou_type}_"
+            metrics.update({prefix + k: v for k, v in stats.items()})
+        return metrics
+
+
+def evaluate_detection(model, loader, evaluator: COCOEvaluator, head: str) -> dict:
+    """Run ``model`` over ``loader`` and score its ``head`` predictions."""
+    evaluator.reset()
+    for batch in loader:
+        if not batch["image_ids"]:
+            continue
+        evaluator.process(batch, model(batch)[head])
+    return evaluator.evaluate()

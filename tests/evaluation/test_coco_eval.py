@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+
+from detseg.data.coco import CocoDataset
+from detseg.evaluation.coco import COCOEvaluator, evaluate_results
+from detseg.structures import Instances
+from tests.conftest import coco_tiny_split
+
+
+def ground_truth_as_detections(ann_file: str, image_dir: str, backend: str, out_dir=None) -> dict:
+    """Feed every image's ground truth through the evaluator as if a model had predicted it."""
+    ds = CocoDataset(ann_file, image_dir)
+    ev = COCOEvaluator(ann_file, ds.cat_ids, ds.class_names, backend=backend, output_dir=out_dir)
+    for img_id in ds.ids:
+        info = ds.coco.imgs[img_id]
+        h, w = info["height"], info["width"]
+        a = ds.load_annotations(img_id, h, w)
+        boxes = torch.from_numpy(a["boxes"]) * 0.5  # as predicted on a half-size input
+        inst = Instances((h // 2, w // 2), boxes, torch.ones(len(boxes)), torch.from_numpy(a["labels"]))
+        ev.process({"image_ids": [img_id], "image_sizes": [(h / 2, w / 2)], "orig_sizes": [(h, w)]}, [inst])
+    return ev.evaluate()
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_ground_truth_scores_ap_one_on_shapes(shapes_data, backend, tmp_path):
+    split = shapes_data["val"]
+    m = ground_truth_as_detections(split["ann_file"], split["image_dir"], backend, tmp_path)
+    assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0)
+    assert all(v == pytest.approx(1.0) for v in m["per_class_AP"].values())
+    results = json.loads((tmp_path / "coco_results.json").read_text())
+    gt = json.load(open(split["ann_file"]))
+    assert {r["category_id"] for r in results} == {a["category_id"] for a in gt["annotations"]}
+
+
+def test_ground_truth_scores_ap_one_on_coco_tiny_and_backends_agree():
+    ann, images = coco_tiny_split("val")
+    a = ground_truth_as_detections(ann, images, "pycocotools")
+    b = ground_truth_as_detections(ann, images, "faster_coco_eval")
+    assert a["AP"] == pytest.approx(1.0) and a["AP50"] == pytest.approx(1.0)
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert abs(a[key] - b[key]) <= 1e-6
+
+
+def test_backends_agree_on_imperfect_detections(shapes_data):
+    split = shapes_data["val"]
+    gt = json.load(open(split["ann_file"]))
+    g = torch.Generator().manual_seed(0)
+    results = []
+    for ann in gt["annotations"]:
+        x, y, w, h = ann["bbox"]
+        jitter = (torch.rand(4, generator=g) - 0.5) * 0.4 * torch.tensor([w, h, w, h])
+        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
+                        "bbox": [float(v) for v in torch.tensor([x, y, w, h]) + jitter],
+                        "score": float(torch.rand(1, generator=g))})
+        results.append({"image_id": ann["image_id"], "category_id": gt["categories"][0]["id"],
+                        "bbox": [x + w / 2, y, w, h], "score": float(torch.rand(1, generator=g))})
+    a = evaluate_results(split["ann_file"], results, backend="pycocotools")
+    b = evaluate_results(split["ann_file"], results, backend="faster_coco_eval")
+    assert 0.05 < a["AP"] < 0.95  # a case where agreement means something
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert abs(a[key] - b[key]) <= 1e-6, key
+    for name in a["per_class_AP"]:
+        assert abs(a["per_class_AP"][name] - b["per_class_AP"][name]) <= 1e-6
+
+
+def test_no_detections_is_zero_ap_not_a_crash(shapes_data):
+    split = shapes_data["val"]
+    m = evaluate_results(split["ann_file"], [], backend="pycocotools")
+    assert m["AP"] == 0.0
