@@ -30,13 +30,14 @@ def resolve_splits(cfg) -> dict:
     return splits
 
 
-def build_dataset(cfg, split: dict, *, train: bool, with_masks=False, with_semantic=False) -> CocoDataset:
+def build_dataset(cfg, split: dict, *, train: bool, with_masks=False, with_semantic=False,
+                  proposals: Optional[dict] = None) -> CocoDataset:
     d = cfg.data
     transform = (train_transform(d.min_size_train, d.max_size, d.augment) if train
                  else eval_transform(d.min_size_test, d.max_size))
     return CocoDataset(split["ann_file"], split["image_dir"], with_masks=with_masks,
                        with_semantic=with_semantic, keep_empty=d.keep_empty or not train,
-                       transform=transform, on_bad_image=d.on_bad_image)
+                       transform=transform, on_bad_image=d.on_bad_image, proposals=proposals)
 
 
 class SeededStream(torch.utils.data.Dataset):

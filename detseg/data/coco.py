@@ -95,6 +95,8 @@ class CocoDataset(torch.utils.data.Dataset):
         transform: callable on the sample dict (see ``detseg.data.transforms``).
         on_bad_image: ``"error"`` raises ``DataError``; ``"skip"`` logs it, counts it and
             returns None for that index (the collate function drops it).
+        proposals: ``{image_id: np.ndarray[P, 4]}`` precomputed proposals in the files' pixels
+            (``tools/proposals.py``); each item then carries ``proposals``, transformed with it.
 
     Each item is a dict: ``image`` uint8 ``[3, H, W]``, ``boxes`` float32 ``[N, 4]`` xyxy,
     ``labels`` int64 ``[N]``, ``ignore_boxes`` float32 ``[M, 4]``, ``image_id``, ``orig_size``
@@ -104,7 +106,7 @@ class CocoDataset(torch.utils.data.Dataset):
     def __init__(self, ann_file: str, image_dir: str, *, with_masks: bool = False,
                  with_semantic: bool = False, keep_empty: bool = True,
                  transform: Optional[Callable[[dict], dict]] = None,
-                 on_bad_image: str = "error"):
+                 on_bad_image: str = "error", proposals: Optional[dict] = None):
         self.ann_file = ann_file
         self.image_dir = image_dir
         self.coco = load_coco(ann_file)
@@ -115,6 +117,7 @@ class CocoDataset(torch.utils.data.Dataset):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
         self.on_bad_image = on_bad_image
         self.skipped: list[str] = []
+        self.proposals = proposals
 
         self.cat_ids = sorted(self.coco.getCatIds())
         self.label_of_cat = {cid: i for i, cid in enumerate(self.cat_ids)}
@@ -215,6 +218,11 @@ class CocoDataset(torch.utils.data.Dataset):
             raise DataError(f"{e} (image id {img_id} in {self.ann_file})") from None
         h, w = image.shape[:2]
         sample = {"image": image, **self.load_annotations(img_id, h, w)}
+        if self.proposals is not None:
+            if img_id not in self.proposals:
+                raise DataError(f"image {img_id} of {self.ann_file} has no precomputed proposals; "
+                                f"rerun tools/proposals.py for this dataset")
+            sample["proposals"] = np.asarray(self.proposals[img_id], dtype=np.float32).reshape(-1, 4)
         if self.transform is not None:
             sample = self.transform(sample)
         return self._to_tensors(sample, img_id, (h, w))
@@ -229,6 +237,8 @@ class CocoDataset(torch.utils.data.Dataset):
             "image_id": int(img_id),
             "orig_size": orig_size,
         }
+        if s.get("proposals") is not None:
+            out["proposals"] = torch.from_numpy(np.ascontiguousarray(s["proposals"])).float().reshape(-1, 4)
         if self.with_masks:
             out["masks"] = torch.from_numpy(np.ascontiguousarray(s["masks"]))
         if self.with_semantic:

@@ -2,7 +2,8 @@
 
 A *sample* is a dict of numpy arrays: ``image`` uint8 ``[H, W, 3]``, ``boxes`` float32 ``[N, 4]``
 xyxy, ``labels`` int64 ``[N]``, ``ignore_boxes`` float32 ``[M, 4]``, ``masks`` uint8 ``[N, H, W]``
-or None, ``ignore_mask`` uint8 ``[H, W]`` or None. Every transform keeps boxes, masks and the
+or None, ``ignore_mask`` uint8 ``[H, W]`` or None, and optionally ``proposals`` float32 ``[P, 4]``
+(precomputed region proposals). Every transform keeps boxes, masks and the
 image in step and drops instances that vanish.
 """
 from __future__ import annotations
@@ -41,6 +42,8 @@ def resize_sample(s: dict, scale: float) -> dict:
     factor = np.array([sx, sy, sx, sy], dtype=np.float32)
     out["boxes"] = s["boxes"] * factor
     out["ignore_boxes"] = s["ignore_boxes"] * factor
+    if s.get("proposals") is not None:
+        out["proposals"] = s["proposals"] * factor
     if s.get("masks") is not None:
         m = s["masks"]
         out["masks"] = (np.stack([cv2.resize(x, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT) for x in m])
@@ -105,10 +108,14 @@ class Augment:
     def __call__(self, s: dict) -> dict:
         n, m = len(s["boxes"]), len(s["ignore_boxes"])
         h, w = s["image"].shape[:2]
-        boxes = np.concatenate([s["boxes"], s["ignore_boxes"]]).reshape(-1, 4)
+        # Proposals ride along as extra boxes: flipped, scaled and clipped with the image, and
+        # dropped where the crop leaves too little of them, like ground truth.
+        proposals = s.get("proposals")
+        extra = proposals if proposals is not None else np.zeros((0, 4), np.float32)
+        boxes = np.concatenate([s["boxes"], s["ignore_boxes"], extra]).reshape(-1, 4)
         # Albumentations rejects boxes outside the image even with clip=True; clip first.
         boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
-        ids = np.arange(n + m)
+        ids = np.arange(len(boxes))
         kwargs = {"image": s["image"], "bboxes": boxes, "ids": ids}
         has_masks = s.get("masks") is not None
         if has_masks:
@@ -122,7 +129,9 @@ class Augment:
         out["image"] = r["image"]
         out["boxes"] = kept_boxes[pos]
         out["labels"] = s["labels"][kept_ids[pos]]
-        out["ignore_boxes"] = kept_boxes[~pos]
+        out["ignore_boxes"] = kept_boxes[(kept_ids >= n) & (kept_ids < n + m)]
+        if proposals is not None:
+            out["proposals"] = kept_boxes[kept_ids >= n + m]
         if has_masks:
             new_masks = r["masks"]
             nh, nw = r["image"].shape[:2]
@@ -206,7 +215,8 @@ def collate(items: list, divisor: int = PAD_DIVISOR) -> dict:
         dict with ``images`` uint8 ``[B, 3, Hp, Wp]`` (zero-padded bottom/right),
         ``image_sizes`` list of (h, w) before padding, ``orig_sizes`` list of the files' (h, w),
         ``image_ids``, ``targets`` (per-image dicts of boxes/labels/ignore_boxes/masks), and
-        ``semantic`` uint8 ``[B, Hp, Wp]`` padded with 255 when the samples carry it.
+        ``semantic`` uint8 ``[B, Hp, Wp]`` padded with 255 when the samples carry it, and
+        ``proposals`` (list of ``Tensor[P_i, 4]``) when they carry precomputed proposals.
         ``num_skipped`` counts items the dataset skipped (returned None).
     """
     kept = [it for it in items if it is not None]
@@ -229,6 +239,8 @@ def collate(items: list, divisor: int = PAD_DIVISOR) -> dict:
                     for it in kept],
         "num_skipped": skipped,
     }
+    if "proposals" in kept[0]:
+        batch["proposals"] = [it["proposals"] for it in kept]
     if "semantic" in kept[0]:
         sem = torch.full((len(kept), hp, wp), IGNORE, dtype=torch.uint8)
         for i, it in enumerate(kept):

@@ -1,0 +1,48 @@
+"""Dense multi-scale sliding windows: every size and aspect ratio at every stride step."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def window_shapes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
+    """``Tensor[S * A, 2]`` (w, h) of each window: area ``size ** 2``, ``h / w = ratio``."""
+    out = []
+    for s in sizes:
+        for r in aspect_ratios:
+            w = s / r ** 0.5
+            out.append((w, w * r))
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def dense_windows(image_size: tuple[int, int], sizes: Sequence[float], aspect_ratios: Sequence[float],
+                  stride: int) -> Tensor:
+    """Windows lying inside an (H, W) image, top-left corners on a ``stride`` grid.
+
+    Returns:
+        ``Tensor[N, 4]`` xyxy, ordered by (shape, y, x).
+    """
+    h, w = image_size
+    boxes = []
+    for ww, hh in window_shapes(sizes, aspect_ratios).tolist():
+        ww, hh = min(ww, w), min(hh, h)
+        xs = torch.arange(0, w - ww + 1e-3, stride, dtype=torch.float32)
+        ys = torch.arange(0, h - hh + 1e-3, stride, dtype=torch.float32)
+        y, x = torch.meshgrid(ys, xs, indexing="ij")
+        x, y = x.reshape(-1), y.reshape(-1)
+        boxes.append(torch.stack([x, y, x + ww, y + hh], dim=1))
+    return torch.cat(boxes).unique(dim=0) if boxes else torch.zeros(0, 4)
+
+
+class DenseWindowProposals(nn.Module):
+    """Proposal source: dense windows for each image of the batch (no learning, no losses)."""
+
+    def __init__(self, *, sizes: Sequence[float], aspect_ratios: Sequence[float], stride: int):
+        super().__init__()
+        self.sizes, self.aspect_ratios, self.stride = list(sizes), list(aspect_ratios), stride
+
+    def forward(self, features, batch: dict) -> tuple[list[Tensor], dict]:
+        return [dense_windows(hw, self.sizes, self.aspect_ratios, self.stride)
+                for hw in batch["image_sizes"]], {}
