@@ -47,10 +47,84 @@ class FCNConfig:
 
 
 @dataclass
+class ProposalConfig:
+    """Where region heads get their proposals: selective search, dense windows or an RPN."""
+
+    source: Literal["selective_search", "windows", "rpn"] = "rpn"
+    # selective search: cached per split by tools/proposals.py (default file: beside the
+    # split's annotation file); computed on the fly for images without a cache (inference)
+    mode: Literal["fast", "quality"] = "fast"
+    max_per_image: int = 2000
+    train_file: Optional[str] = None
+    val_file: Optional[str] = None
+    # dense windows
+    window_sizes: list[float] = field(default_factory=lambda: [32.0, 64.0, 128.0])
+    window_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    window_stride: int = 16
+    # RPN (Faster R-CNN); features default to the region head's feature map
+    rpn_features: Optional[list[str]] = None
+    anchor_sizes: list[list[float]] = field(default_factory=lambda: [[32.0, 64.0, 128.0]])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    pre_nms_top_n: list[int] = field(default_factory=lambda: [2000, 1000])  # train, test
+    post_nms_top_n: list[int] = field(default_factory=lambda: [2000, 1000])  # train, test
+    nms_thresh: float = 0.7
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    fg_iou: float = 0.7
+    bg_iou: float = 0.3
+
+
+@dataclass
+class RoIConfig:
+    """Region heads (rcnn, spp): pooling or warping, fc layers, sampling, test-time filtering."""
+
+    feature: Optional[str] = None  # backbone map to pool (default: the coarsest)
+    levels: list[int] = field(default_factory=lambda: [6, 3, 2, 1])  # spp; [7] = Fast R-CNN
+    mapping: Literal["sppnet", "fast_rcnn"] = "sppnet"
+    fc_dims: list[int] = field(default_factory=lambda: [1024, 1024])
+    dropout: float = 0.0
+    batch_size_per_image: int = 128
+    fg_fraction: float = 0.25
+    fg_iou: float = 0.5
+    bg_iou: float = 0.5
+    bg_iou_low: float = 0.0
+    reg_iou: Optional[float] = None  # proposals training the box regressor (default fg_iou)
+    classifier: Literal["softmax", "svm"] = "softmax"
+    svm_neg_iou: float = 0.3
+    warp_size: int = 224  # rcnn
+    context_pad: int = 16  # rcnn
+    pool_size: int = 6  # rcnn
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+
+
+@dataclass
+class SlidingWindowConfig:
+    feature: Optional[str] = None  # default: the stride-16 map
+    window_sizes: list[float] = field(default_factory=lambda: [32.0, 64.0, 128.0])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    reduce: int = 64
+    hidden: int = 256
+    mode: Literal["conv", "naive"] = "conv"
+    fg_iou: float = 0.5
+    bg_iou: float = 0.4
+    batch_size_per_image: int = 256
+    fg_fraction: float = 0.25
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+
+
+@dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # any of: fcn, sliding_window, rcnn, spp (SPPNet / Fast R-CNN / Faster R-CNN)
     heads: list[str] = field(default_factory=lambda: ["fcn"])
     fcn: FCNConfig = field(default_factory=FCNConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    roi: RoIConfig = field(default_factory=RoIConfig)
+    sliding_window: SlidingWindowConfig = field(default_factory=SlidingWindowConfig)
     # Normalisation applied inside the model so that data stays uint8 until the last moment.
     pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
     pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
@@ -125,11 +199,18 @@ class RuntimeConfig:
 
 
 @dataclass
+class EvaluatorConfig:
+    # COCO AP through pycocotools, or faster-coco-eval (same numbers, faster)
+    backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
 
 
 # --------------------------------------------------------------------------- YAML loading

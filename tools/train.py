@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detseg.config import ConfigError, load_config, to_dict, to_yaml  # noqa: E402
 from detseg.data.io import DataError  # noqa: E402
+from detseg.modeling.proposals.selective_search import ProposalError  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -85,9 +86,30 @@ def main(argv=None) -> int:
 
     try:
         return run(cfg, splits, args)
-    except (DataError, FloatingPointError) as e:
+    except (DataError, FloatingPointError, ProposalError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def load_proposals(cfg, splits: dict) -> dict:
+    """{split: {image_id: boxes}} when region heads read selective-search proposals; the caches
+    are computed once (tools/proposals.py does the same on its own) and reused afterwards."""
+    from detseg.modeling.model import DETECTION_HEADS
+    from detseg.modeling.proposals import selective_search as ss
+
+    p = cfg.model.proposals
+    region = [h for h in cfg.model.heads if h in DETECTION_HEADS and h != "sliding_window"]
+    if not region or p.source != "selective_search":
+        return {}
+    out = {}
+    for name, path in (("train", p.train_file), ("val", p.val_file)):
+        split = splits.get(name)
+        if split is None:
+            continue
+        path = ss.ensure_cache(split["ann_file"], split["image_dir"], path, p.mode, p.max_per_image,
+                               workers=cfg.data.num_workers)
+        out[name] = ss.load_cache(path)
+    return out
 
 
 def run(cfg, splits: dict, args) -> int:
@@ -96,7 +118,7 @@ def run(cfg, splits: dict, args) -> int:
     from detseg.data.build import build_dataset, build_train_loader, build_val_loader
     from detseg.engine.checkpoint import CheckpointError, load_checkpoint
     from detseg.engine.trainer import Trainer, seed_everything
-    from detseg.evaluation.semseg import evaluate_semseg
+    from detseg.evaluation.runner import make_evaluate
     from detseg.modeling.model import build_model
 
     from detseg.engine import distributed as dist
@@ -106,19 +128,20 @@ def run(cfg, splits: dict, args) -> int:
     output_dir = cfg.runtime.output_dir or (next_run_dir(args.config) if dist.is_main() else None)
     output_dir = dist.broadcast_object(output_dir)
     needs_semantic = "fcn" in cfg.model.heads
-    train_ds = build_dataset(cfg, splits["train"], train=True, with_semantic=needs_semantic)
-    val_ds = (build_dataset(cfg, splits["val"], train=False, with_semantic=needs_semantic)
+    proposals = load_proposals(cfg, splits)
+    train_ds = build_dataset(cfg, splits["train"], train=True, with_semantic=needs_semantic,
+                             proposals=proposals.get("train"))
+    val_ds = (build_dataset(cfg, splits["val"], train=False, with_semantic=needs_semantic,
+                            proposals=proposals.get("val"))
               if splits.get("val") else None)
     model = build_model(cfg, train_ds.num_classes)
     val_loader = build_val_loader(cfg, val_ds) if val_ds is not None else None
-
-    def evaluate(m):
-        return evaluate_semseg(m, val_loader, class_names=train_ds.class_names)
+    evaluate = make_evaluate(cfg, val_ds, val_loader, output_dir) if val_ds is not None else None
 
     meta = {"class_names": train_ds.class_names, "label_map": train_ds.label_map(),
             "num_classes": train_ds.num_classes}
     trainer = Trainer(cfg, model, lambda start: build_train_loader(cfg, train_ds, start),
-                      evaluate if val_loader is not None else None, output_dir, meta)
+                      evaluate, output_dir, meta)
     if args.eval_only:
         path = args.weights or os.path.join(output_dir, "best.pth")
         try:

@@ -9,6 +9,9 @@ from torch import nn
 from .backbones import build_backbone
 from .heads import FCNHead
 
+HEADS = ("fcn", "sliding_window", "rcnn", "spp")
+DETECTION_HEADS = ("sliding_window", "rcnn", "spp")
+
 
 class Model(nn.Module):
     """A shared backbone and named heads.
@@ -16,11 +19,15 @@ class Model(nn.Module):
     Args:
         backbone: module returning ``{name: Tensor[B, C, h, w]}`` with ``output_shape()``.
         heads: ``{name: head}``; a head has ``forward_train(features, batch) -> {loss_name: loss}``
-            and ``forward_test(features, batch) -> predictions``.
+            and ``forward_test(features, batch) -> predictions``. A head that runs the backbone
+            on inputs of its own (R-CNN's warped crops, the sliding window's padded image) sets
+            ``uses_backbone = True`` and is called with ``backbone=``; one that does not read
+            the shared full-image features sets ``needs_features = False``.
         pixel_mean, pixel_std: RGB normalisation applied to the uint8 images.
 
     ``forward(batch)`` (batch from ``detseg.data.transforms.collate``) returns in training mode
-    ``{"loss": sum, <each head's losses>}`` and in eval mode ``{head name: predictions}``.
+    ``{"loss": sum, <each head's losses>}`` and in eval mode ``{head name: predictions}``. Heads
+    see the batch with ``pixels`` added: the normalised float images ``[B, 3, H, W]``.
     """
 
     def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module], *,
@@ -44,14 +51,95 @@ class Model(nn.Module):
         return (x - self.pixel_mean) / self.pixel_std
 
     def forward(self, batch: dict) -> dict:
-        features = self.backbone(self.preprocess(batch["images"]))
-        if self.training:
-            losses: dict[str, torch.Tensor] = {}
-            for head in self.heads.values():
-                losses.update(head.forward_train(features, batch))
-            losses["loss"] = sum(losses.values())
-            return losses
-        return {name: head.forward_test(features, batch) for name, head in self.heads.items()}
+        pixels = self.preprocess(batch["images"])
+        batch = {**batch, "pixels": pixels}
+        features = (self.backbone(pixels)
+                    if any(getattr(h, "needs_features", True) for h in self.heads.values()) else None)
+        call = "forward_train" if self.training else "forward_test"
+        outputs = {}
+        for name, head in self.heads.items():
+            extra = {"backbone": self.backbone} if getattr(head, "uses_backbone", False) else {}
+            outputs[name] = getattr(head, call)(features, batch, **extra)
+        if not self.training:
+            return outputs
+        losses: dict[str, torch.Tensor] = {}
+        for head_losses in outputs.values():
+            losses.update(head_losses)
+        losses["loss"] = sum(losses.values())
+        return losses
+
+
+def build_proposals(cfg, in_shapes: dict, feature: str) -> nn.Module:
+    """The proposal source ``cfg.model.proposals`` describes, for a region head on ``feature``."""
+    from .proposals import RPN, DenseWindowProposals, SelectiveSearchProposals
+    p = cfg.model.proposals
+    if p.source == "selective_search":
+        return SelectiveSearchProposals(mode=p.mode, max_per_image=p.max_per_image)
+    if p.source == "windows":
+        return DenseWindowProposals(sizes=p.window_sizes, aspect_ratios=p.window_ratios,
+                                    stride=p.window_stride)
+    names = p.rpn_features or [feature]
+    unknown = [n for n in names if n not in in_shapes]
+    if unknown:
+        raise ValueError(f"model.proposals.rpn_features: backbone has no {unknown}; "
+                         f"it has {sorted(in_shapes)}")
+    if len(p.anchor_sizes) != len(names):
+        raise ValueError(f"model.proposals.anchor_sizes needs one list per RPN feature map "
+                         f"({len(names)}), got {len(p.anchor_sizes)}")
+    channels = {in_shapes[n].channels for n in names}
+    if len(channels) != 1:
+        raise ValueError(f"RPN feature maps {names} differ in channels {channels}; use an FPN")
+    return RPN(in_channels=channels.pop(), features=names, strides=[in_shapes[n].stride for n in names],
+               anchor_sizes=p.anchor_sizes, aspect_ratios=p.aspect_ratios,
+               pre_nms_top_n=tuple(p.pre_nms_top_n), post_nms_top_n=tuple(p.post_nms_top_n),
+               nms_thresh=p.nms_thresh, fg_iou=p.fg_iou, bg_iou=p.bg_iou,
+               batch_size_per_image=p.batch_size_per_image, positive_fraction=p.positive_fraction)
+
+
+def _region_kwargs(r) -> dict:
+    return dict(fc_dims=tuple(r.fc_dims), dropout=r.dropout, batch_size_per_image=r.batch_size_per_image,
+                fg_fraction=r.fg_fraction, fg_iou=r.fg_iou, bg_iou=r.bg_iou, bg_iou_low=r.bg_iou_low,
+                reg_iou=r.reg_iou, classifier=r.classifier, svm_neg_iou=r.svm_neg_iou,
+                score_thresh=r.score_thresh, nms_thresh=r.nms_thresh,
+                detections_per_image=r.detections_per_image)
+
+
+def _default_feature(in_shapes: dict, name) -> str:
+    return name or max(in_shapes, key=lambda n: in_shapes[n].stride)
+
+
+def build_head(name: str, cfg, backbone: nn.Module, num_classes: int) -> nn.Module:
+    """One head of ``cfg.model.heads``, its channel counts read from ``backbone.output_shape()``."""
+    from .heads import RCNNHead, SlidingWindowHead, SPPHead
+    from .heads.sliding_window import context_margin, default_feature
+    m = cfg.model
+    shapes = backbone.output_shape()
+    if name == "fcn":
+        return FCNHead(in_shapes=shapes, num_classes=num_classes, variant=m.fcn.variant)
+    if name == "sliding_window":
+        s = m.sliding_window
+        feature = s.feature or default_feature(shapes)
+        return SlidingWindowHead(
+            in_shapes=shapes, num_classes=num_classes, feature=feature,
+            margin=context_margin(backbone, feature, shapes[feature].stride),
+            window_sizes=s.window_sizes, aspect_ratios=s.aspect_ratios, reduce=s.reduce,
+            hidden=s.hidden, mode=s.mode,
+            fg_iou=s.fg_iou, bg_iou=s.bg_iou, batch_size_per_image=s.batch_size_per_image,
+            fg_fraction=s.fg_fraction, score_thresh=s.score_thresh, nms_thresh=s.nms_thresh,
+            detections_per_image=s.detections_per_image)
+    r = m.roi
+    feature = _default_feature(shapes, r.feature)
+    if feature not in shapes:
+        raise ValueError(f"model.roi.feature: backbone has no {feature!r}; it has {sorted(shapes)}")
+    proposals = build_proposals(cfg, shapes, feature)
+    if name == "rcnn":
+        return RCNNHead(in_shapes=shapes, proposals=proposals, num_classes=num_classes, feature=feature,
+                        warp_size=r.warp_size, context_pad=r.context_pad, pool_size=r.pool_size,
+                        **_region_kwargs(r))
+    if name == "spp":
+        return SPPHead(in_shapes=shapes, proposals=proposals, num_classes=num_classes, feature=feature,
+                       levels=r.levels, mapping=r.mapping, **_region_kwargs(r))
+    raise ValueError(f"unknown head {name!r} in model.heads; available: {', '.join(HEADS)}")
 
 
 def build_model(cfg, num_classes: int) -> Model:
@@ -60,11 +148,5 @@ def build_model(cfg, num_classes: int) -> Model:
     bb = m.backbone
     backbone = build_backbone(bb.name, weights=bb.weights, freeze_at=bb.freeze_at, norm=bb.norm,
                               fpn=bb.fpn, fpn_channels=bb.fpn_channels)
-    heads: dict[str, nn.Module] = {}
-    for name in m.heads:
-        if name == "fcn":
-            heads["fcn"] = FCNHead(in_shapes=backbone.output_shape(), num_classes=num_classes,
-                                   variant=m.fcn.variant)
-        else:
-            raise ValueError(f"unknown head {name!r} in model.heads; available: fcn")
+    heads = {name: build_head(name, cfg, backbone, num_classes) for name in m.heads}
     return Model(backbone, heads, pixel_mean=m.pixel_mean, pixel_std=m.pixel_std)

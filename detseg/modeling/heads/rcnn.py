@@ -1,0 +1,94 @@
+"""R-CNN head (Girshick et al. 2014): every proposal cropped from the image with context padding,
+warped to a fixed size, run through the shared backbone, then fc layers; softmax or per-class
+linear SVM classification and class-specific box regression.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from ..backbones import ShapeSpec
+from .region import RegionHead
+from .sliding_window import run_until
+
+
+def context_boxes(boxes: Tensor, warp_size: int, context_pad: int) -> Tensor:
+    """Enlarge boxes about their centres so that, once warped to ``warp_size``, the original box
+    fills the middle with exactly ``context_pad`` warped pixels of context on every side."""
+    if context_pad <= 0:
+        return boxes
+    scale = warp_size / (warp_size - 2 * context_pad)
+    c = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) / 2 * scale
+    return torch.cat([c - half, c + half], dim=1)
+
+
+def warp_regions(pixels: Tensor, image_sizes, boxes: list[Tensor], warp_size: int,
+                 context_pad: int) -> Tensor:
+    """Anisotropically warp each (context-enlarged) box to ``warp_size x warp_size``.
+
+    Args:
+        pixels: normalised images ``Tensor[B, 3, H, W]``; outside each image's own size (batch
+            padding, or beyond the border) counts as the mean pixel, i.e. 0 after normalisation.
+        image_sizes: (h, w) of each image before padding.
+        boxes: per-image ``Tensor[R_i, 4]``.
+
+    Returns:
+        ``Tensor[sum R_i, 3, warp_size, warp_size]``.
+    """
+    h_pad, w_pad = pixels.shape[-2:]
+    ys = torch.arange(h_pad, device=pixels.device)[:, None]
+    xs = torch.arange(w_pad, device=pixels.device)[None, :]
+    valid = torch.stack([(ys < h) & (xs < w) for h, w in image_sizes])[:, None]
+    pixels = pixels * valid
+    rois = [context_boxes(b.to(pixels.dtype), warp_size, context_pad) for b in boxes]
+    # Bilinear sampling; 2 samples per output pixel and axis is enough for the shrinking warps
+    # that dominate, and zero outside the image is exactly the mean fill R-CNN uses.
+    return roi_align(pixels, rois, (warp_size, warp_size), spatial_scale=1.0, sampling_ratio=2,
+                     aligned=True)
+
+
+class RCNNHead(RegionHead):
+    """Region head that runs the backbone on warped crops.
+
+    Args (keyword-only):
+        in_shapes: ``backbone.output_shape()``.
+        feature: backbone output used for each crop (default: the coarsest).
+        warp_size: crop size fed to the CNN (the paper: 227).
+        context_pad: warped pixels of context around each box (the paper: 16).
+        pool_size: the crop's feature map is max-pooled to ``pool_size x pool_size`` (pool5).
+        crop_batch_size: crops per backbone call (bounds memory).
+
+    Needs the backbone itself: ``forward_train/forward_test(features, batch, backbone=...)``
+    with ``batch["pixels"]`` the normalised images (``Model`` passes both).
+    """
+
+    uses_backbone = True
+    needs_features = False
+
+    def __init__(self, *, in_shapes: dict[str, ShapeSpec], proposals: nn.Module, num_classes: int,
+                 feature: Optional[str] = None, warp_size: int = 224, context_pad: int = 16,
+                 pool_size: int = 6, crop_batch_size: int = 256, **kwargs):
+        feature = feature or max(in_shapes, key=lambda n: in_shapes[n].stride)
+        if feature not in in_shapes:
+            raise ValueError(f"R-CNN head: backbone has no feature {feature!r}; it has {sorted(in_shapes)}")
+        super().__init__(proposals=proposals, num_classes=num_classes,
+                         in_features=in_shapes[feature].channels * pool_size ** 2, **kwargs)
+        self.feature, self.warp_size, self.context_pad = feature, warp_size, context_pad
+        self.pool_size, self.crop_batch_size = pool_size, crop_batch_size
+
+    def region_features(self, features, batch: dict, boxes: list[Tensor], *,
+                        backbone: nn.Module = None) -> Tensor:
+        if backbone is None:
+            raise TypeError("RCNNHead needs the backbone: call it with backbone=...")
+        crops = warp_regions(batch["pixels"], batch["image_sizes"], boxes, self.warp_size,
+                             self.context_pad)
+        out = []
+        for chunk in crops.split(self.crop_batch_size):
+            fmap = run_until(backbone, chunk, self.feature)
+            out.append(F.adaptive_max_pool2d(fmap, self.pool_size).flatten(1))
+        return torch.cat(out) if out else crops.new_zeros(0, self.in_features)

@@ -1,0 +1,250 @@
+"""Sliding-window detection (OverFeat, Sermanet et al. 2014), computed convolutionally.
+
+A window of ``kh x kw`` feature cells is classified by a ``Conv2d`` with that kernel (after a
+shared 1x1 channel reduction) followed by a 1x1 conv: applied to the whole feature map it scores
+every window position at once, which is exactly OverFeat's point. Several window shapes
+(scales x aspect ratios) each get a classifier; each predicts K + 1 class scores and
+class-specific box deltas.
+
+Why the image is padded by a context margin: a window's score depends on every pixel in its
+receptive field, which reaches ``margin`` pixels beyond the window. The backbone therefore runs on
+the image padded by ``margin`` (the mean pixel), and only windows lying inside the image are
+scored. Then the ``naive`` mode, which crops each window *with its margin* from that padded image
+and runs backbone and classifier on the crop alone, sees the very same pixels through the very
+same arithmetic and gives the same scores (up to float rounding). Without the margin a crop's
+border would see zero padding where the full image has content.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...structures import Instances
+from ..backbones import ShapeSpec
+from ..box_coder import BoxCoder
+from ..sampling import match, sample
+from .box_predictor import classification_and_box_losses, deltas_to_boxes, detect
+
+
+def receptive_field(backbone: nn.Module, feature: str) -> tuple[int, int]:
+    """Upper bounds (size, left padding) in pixels of the receptive field of one cell of
+    ``feature``, for a ``Backbone`` (stages run in order).
+
+    Walks the stages' convolutions and poolings in registration order, skipping ResNet's 1x1
+    shortcut projections. Parallel branches (Inception, dense blocks) are summed, which
+    over-estimates: a larger margin keeps the naive/convolutional equivalence exact, it only
+    costs time.
+    """
+    names = getattr(backbone, "stage_names", None)
+    if names is None or feature not in names:
+        raise ValueError("receptive_field needs a detseg Backbone (no FPN: its top-down path "
+                         f"widens every level's field); got {type(backbone).__name__}")
+    size, pad, jump = 1, 0, 1
+    for stage in names[: names.index(feature) + 1]:
+        for name, m in backbone.stages[stage].named_modules():
+            if "downsample" in name.split(".") or not isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                continue
+            k, s, p = (_pair(getattr(m, a))[0] for a in ("kernel_size", "stride", "padding"))
+            d = _pair(getattr(m, "dilation", 1))[0]
+            size += d * (k - 1) * jump
+            pad += p * jump
+            jump *= s
+    return size, pad
+
+
+def context_margin(backbone: nn.Module, feature: str, stride: int) -> int:
+    """Pixels of context beyond a window that its cells' receptive fields reach (either side)."""
+    size, pad = receptive_field(backbone, feature)
+    return max(pad, size - pad - stride)
+
+
+def run_until(backbone: nn.Module, x: Tensor, feature: str) -> Tensor:
+    """The backbone's ``feature`` map, without computing the stages after it when possible."""
+    names = getattr(backbone, "stage_names", None)
+    if names is None:
+        return backbone(x)[feature]
+    for name in names[: names.index(feature) + 1]:
+        x = backbone.stages[name](x)
+    return x
+
+
+def default_feature(in_shapes: dict[str, ShapeSpec]) -> str:
+    """The stride-16 map if there is one (OverFeat's classifier stride), else the coarsest."""
+    by_stride = {s.stride: n for n, s in in_shapes.items()}
+    return by_stride.get(16, max(in_shapes, key=lambda n: in_shapes[n].stride))
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def window_cells(sizes: Sequence[float], aspect_ratios: Sequence[float],
+                 stride: int) -> list[tuple[int, int]]:
+    """Distinct (kh, kw) window shapes in feature cells for the given pixel sizes and ratios."""
+    shapes = []
+    for s in sizes:
+        for r in aspect_ratios:
+            w = s / math.sqrt(r)
+            kh, kw = max(1, round(w * r / stride)), max(1, round(w / stride))
+            if (kh, kw) not in shapes:
+                shapes.append((kh, kw))
+    return shapes
+
+
+class SlidingWindowHead(nn.Module):
+    """Window classifier at several scales and aspect ratios on one backbone feature map.
+
+    Args (keyword-only):
+        in_shapes: ``backbone.output_shape()``.
+        num_classes: K.
+        margin: context margin in pixels (``receptive_field`` of the backbone); rounded up to
+            the feature stride.
+        feature: which feature map (default: the stride-16 one if present, else the coarsest).
+        window_sizes, aspect_ratios: window shapes, in pixels and h / w.
+        reduce: channels of the shared 1x1 reduction in front of every window classifier
+            (the big ``kh x kw`` kernels then stay cheap).
+        hidden: channels of each window classifier's ``kh x kw`` layer.
+        mode: ``"conv"`` (default) or ``"naive"`` (crop every window; for comparison).
+        fg_iou, bg_iou, batch_size_per_image, fg_fraction: training window labels and sampling.
+
+    Uses the backbone itself: ``forward_*(features, batch, backbone=...)`` with
+    ``batch["pixels"]`` the normalised images; ``Model`` passes both.
+    """
+
+    uses_backbone = True
+    needs_features = False
+
+    def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, margin: int,
+                 feature: Optional[str] = None, window_sizes: Sequence[float] = (32, 64, 128),
+                 aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), reduce: int = 64, hidden: int = 256,
+                 mode: str = "conv", fg_iou: float = 0.5, bg_iou: float = 0.4,
+                 batch_size_per_image: int = 256, fg_fraction: float = 0.25,
+                 score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_image: int = 100,
+                 naive_batch_size: int = 64):
+        super().__init__()
+        feature = feature or default_feature(in_shapes)
+        if mode not in ("conv", "naive"):
+            raise ValueError(f"sliding window mode must be 'conv' or 'naive', got {mode!r}")
+        spec = in_shapes[feature]
+        self.feature, self.stride, self.mode = feature, spec.stride, mode
+        self.margin = int(math.ceil(margin / spec.stride) * spec.stride)
+        self.num_classes = num_classes
+        self.shapes = window_cells(window_sizes, aspect_ratios, spec.stride)
+        k = num_classes
+        self.reduce = nn.Sequential(nn.Conv2d(spec.channels, reduce, 1), nn.ReLU(inplace=True))
+        self.classifiers = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(reduce, hidden, (kh, kw)), nn.ReLU(inplace=True),
+                          nn.Conv2d(hidden, (k + 1) + 4 * k, 1)) for kh, kw in self.shapes)
+        for clf in self.classifiers:
+            nn.init.normal_(clf[2].weight, std=0.01)
+            nn.init.zeros_(clf[2].bias)
+        self.coder = BoxCoder()
+        self.fg_iou, self.bg_iou = fg_iou, bg_iou
+        self.batch_size_per_image, self.fg_fraction = batch_size_per_image, fg_fraction
+        self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
+        self.detections_per_image, self.naive_batch_size = detections_per_image, naive_batch_size
+
+    # -- window scoring -----------------------------------------------------------------------
+    def padded_pixels(self, pixels: Tensor, image_sizes) -> Tensor:
+        """Images with batch padding set to the mean pixel (0), then ``margin`` of it all round."""
+        h_pad, w_pad = pixels.shape[-2:]
+        ys = torch.arange(h_pad, device=pixels.device)[:, None]
+        xs = torch.arange(w_pad, device=pixels.device)[None, :]
+        valid = torch.stack([(ys < h) & (xs < w) for h, w in image_sizes])[:, None]
+        m = self.margin
+        return F.pad(pixels * valid, (m, m, m, m))
+
+    def windows(self, image_size: tuple[int, int], shape: tuple[int, int]):
+        """Positions of one window shape lying inside an (h, w) image: (ys, xs) cell indices of
+        the classifier's output on the padded image, and the windows ``Tensor[N, 4]`` in image
+        pixels."""
+        h, w = image_size
+        kh, kw = shape
+        s, m = self.stride, self.margin // self.stride
+        ys = torch.arange(m, m + max(0, h // s - kh + 1))
+        xs = torch.arange(m, m + max(0, w // s - kw + 1))
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        gy, gx = gy.reshape(-1), gx.reshape(-1)
+        x0, y0 = (gx - m) * s, (gy - m) * s
+        boxes = torch.stack([x0, y0, x0 + kw * s, y0 + kh * s], dim=1).float()
+        return gy, gx, boxes
+
+    def score_windows(self, batch: dict, backbone: nn.Module) -> list[tuple[Tensor, Tensor]]:
+        """Per image: (windows ``Tensor[N, 4]``, outputs ``Tensor[N, (K + 1) + 4K]``)."""
+        padded = self.padded_pixels(batch["pixels"], batch["image_sizes"])
+        if self.mode == "naive":
+            return self._score_naive(padded, batch["image_sizes"], backbone)
+        fmap = self.reduce(run_until(backbone, padded, self.feature))
+        per_image: list[list] = [[] for _ in batch["image_sizes"]]
+        for shape, clf in zip(self.shapes, self.classifiers):
+            out = clf(fmap)  # [B, D, Ho, Wo]
+            for i, hw in enumerate(batch["image_sizes"]):
+                gy, gx, boxes = self.windows(hw, shape)
+                per_image[i].append((boxes.to(out.device), out[i, :, gy, gx].t()))
+        return [(torch.cat([b for b, _ in parts]), torch.cat([o for _, o in parts])) for parts in per_image]
+
+    def _score_naive(self, padded: Tensor, image_sizes, backbone: nn.Module):
+        """Crop every window with its context margin and classify the crop on its own."""
+        m_cells = self.margin // self.stride
+        m = self.margin
+        results = []
+        for i, hw in enumerate(image_sizes):
+            parts = []
+            for shape, clf in zip(self.shapes, self.classifiers):
+                kh, kw = shape
+                _, _, boxes = self.windows(hw, shape)
+                outs = []
+                for chunk in boxes.split(self.naive_batch_size):
+                    crops = torch.stack([
+                        padded[i, :, int(y0): int(y0) + kh * self.stride + 2 * m,
+                               int(x0): int(x0) + kw * self.stride + 2 * m]
+                        for x0, y0 in chunk[:, :2].tolist()]) if len(chunk) else None
+                    if crops is None:
+                        continue
+                    f = self.reduce(run_until(backbone, crops, self.feature))
+                    f = f[:, :, m_cells:m_cells + kh, m_cells:m_cells + kw]
+                    outs.append(clf(f)[:, :, 0, 0])
+                d = (self.num_classes + 1) + 4 * self.num_classes
+                parts.append((boxes.to(padded.device),
+                              torch.cat(outs) if outs else padded.new_zeros(0, d)))
+            results.append((torch.cat([b for b, _ in parts]), torch.cat([o for _, o in parts])))
+        return results
+
+    # -- training and inference ---------------------------------------------------------------
+    def forward_train(self, features, batch: dict, *, backbone: nn.Module) -> dict[str, Tensor]:
+        k = self.num_classes
+        logits, deltas, labels, targets, regress = [], [], [], [], []
+        for (boxes, out), t in zip(self.score_windows(batch, backbone), batch["targets"]):
+            gt = t["boxes"].to(boxes.device)
+            matched, _ = match(boxes, gt, fg_iou=self.fg_iou, bg_iou=self.bg_iou,
+                               ignore=t.get("ignore_boxes"))
+            fg, bg = sample(matched, self.batch_size_per_image, self.fg_fraction)
+            sel = torch.cat([fg, bg])
+            lab = torch.full((len(sel),), k, dtype=torch.long, device=out.device)
+            lab[: len(fg)] = t["labels"].to(out.device)[matched[fg]]
+            tgt = torch.zeros(len(sel), 4, device=out.device)
+            if len(fg):
+                tgt[: len(fg)] = self.coder.encode(boxes[fg], gt[matched[fg]])
+            logits.append(out[sel, : k + 1])
+            deltas.append(out[sel, k + 1:])
+            labels.append(lab)
+            targets.append(tgt)
+            regress.append(torch.arange(len(sel), device=out.device) < len(fg))
+        losses = classification_and_box_losses(torch.cat(logits), torch.cat(deltas), torch.cat(labels),
+                                               torch.cat(targets), torch.cat(regress))
+        return {"loss_window_cls": losses["loss_cls"], "loss_window_box": losses["loss_box"]}
+
+    def forward_test(self, features, batch: dict, *, backbone: nn.Module) -> list[Instances]:
+        k = self.num_classes
+        results = []
+        for (boxes, out), hw in zip(self.score_windows(batch, backbone), batch["image_sizes"]):
+            scores = F.softmax(out[:, : k + 1], dim=1)[:, :k]
+            pred = deltas_to_boxes(self.coder, out[:, k + 1:], boxes) if len(boxes) else \
+                out.new_zeros(0, k, 4)
+            results.append(detect(pred, scores, hw, score_thresh=self.score_thresh,
+                                  nms_thresh=self.nms_thresh, max_detections=self.detections_per_image))
+        return results
