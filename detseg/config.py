@@ -117,6 +117,27 @@ class SlidingWindowConfig:
 
 
 @dataclass
+class MaskConfig:
+    """Mask R-CNN's mask branch, attached to the model's region head (spp)."""
+
+    enabled: bool = False
+    feature: Optional[str] = None  # default: the stride-16 map
+    pooler_resolution: int = 14
+    sampling_ratio: int = 2
+    conv_dims: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+
+
+@dataclass
+class PanopticConfig:
+    """Merge an FCN head's semantic map with mask-head instances (needs both)."""
+
+    enabled: bool = False
+    instance_score: float = 0.5  # instances below this score are left out
+    overlap: float = 0.5  # an instance mostly hidden by higher-scoring ones is dropped
+    min_area: int = 64  # leftover semantic regions smaller than this (pixels) are dropped
+
+
+@dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     # any of: fcn, sliding_window, rcnn, spp (SPPNet / Fast R-CNN / Faster R-CNN)
@@ -125,6 +146,8 @@ class ModelConfig:
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     roi: RoIConfig = field(default_factory=RoIConfig)
     sliding_window: SlidingWindowConfig = field(default_factory=SlidingWindowConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    panoptic: PanopticConfig = field(default_factory=PanopticConfig)
     # Normalisation applied inside the model so that data stays uint8 until the last moment.
     pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
     pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])

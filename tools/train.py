@@ -129,10 +129,11 @@ def run(cfg, splits: dict, args) -> int:
     output_dir = dist.broadcast_object(output_dir)
     needs_semantic = "fcn" in cfg.model.heads
     proposals = load_proposals(cfg, splits)
+    masks = cfg.model.mask.enabled
     train_ds = build_dataset(cfg, splits["train"], train=True, with_semantic=needs_semantic,
-                             proposals=proposals.get("train"))
+                             with_masks=masks, proposals=proposals.get("train"))
     val_ds = (build_dataset(cfg, splits["val"], train=False, with_semantic=needs_semantic,
-                            proposals=proposals.get("val"))
+                            with_masks=masks, proposals=proposals.get("val"))
               if splits.get("val") else None)
     model = build_model(cfg, train_ds.num_classes)
     val_loader = build_val_loader(cfg, val_ds) if val_ds is not None else None

@@ -51,14 +51,23 @@ def write_json_atomic(obj, path: str) -> None:
         raise
 
 
-def instances_to_results(image_id: int, inst, cat_ids: Sequence[int],
-                         scale_xy: tuple[float, float]) -> list[dict]:
-    """COCO results dicts for one image's ``Instances`` (boxes scaled by ``scale_xy`` to the
-    file's pixels; masks, when present, must already be full-size binary ``[N, H, W]``)."""
+def to_file_pixels(inst, image_size: tuple[int, int], file_size: tuple[int, int]):
+    """``Instances`` predicted on a resized image → the file's pixels; mask probabilities
+    ``[N, M, M]`` are pasted into the file-sized image and thresholded at 0.5."""
+    from ..ops.paste_masks import paste_masks
+    (h, w), (oh, ow) = image_size, file_size
+    out = inst.scale(ow / w, oh / h, (oh, ow))
+    if inst.masks is not None and tuple(inst.masks.shape[-2:]) != (oh, ow):
+        out.masks = paste_masks(inst.masks, out.boxes, (oh, ow))
+    return out
+
+
+def instances_to_results(image_id: int, inst, cat_ids: Sequence[int]) -> list[dict]:
+    """COCO results dicts for one image's ``Instances`` in the file's pixels (masks, when
+    present, full-size binary ``[N, H, W]``: see ``to_file_pixels``)."""
     if len(inst) == 0:
         return []
-    sx, sy = scale_xy
-    b = inst.boxes.detach().cpu().double().numpy() * np.array([sx, sy, sx, sy])
+    b = inst.boxes.detach().cpu().double().numpy()
     xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
     scores = inst.scores.detach().cpu().tolist()
     labels = inst.labels.detach().cpu().tolist()
@@ -147,7 +156,8 @@ class COCOEvaluator:
         for img_id, inst, (h, w), (oh, ow) in zip(batch["image_ids"], predictions, batch["image_sizes"],
                                                   batch["orig_sizes"]):
             self.image_ids.append(int(img_id))
-            self.results.extend(instances_to_results(img_id, inst, self.cat_ids, (ow / w, oh / h)))
+            inst = to_file_pixels(inst, (h, w), (oh, ow))
+            self.results.extend(instances_to_results(img_id, inst, self.cat_ids))
 
     def evaluate(self) -> dict:
         """Metrics for each IoU type: bbox keys plain (``AP``, ``AP50`` ...), segm keys prefixed

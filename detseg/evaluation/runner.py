@@ -22,8 +22,9 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
         if "fcn" in heads:
             metrics.update(evaluate_semseg(model, loader, class_names=dataset.class_names))
         for name in detectors:
+            iou_types = ("bbox", "segm") if cfg.model.mask.enabled and name == "spp" else ("bbox",)
             ev = COCOEvaluator(dataset.ann_file, dataset.cat_ids, dataset.class_names,
-                               backend=cfg.evaluator.backend, output_dir=output_dir)
+                               iou_types=iou_types, backend=cfg.evaluator.backend, output_dir=output_dir)
             stats = evaluate_detection(model, loader, ev, name)
             prefix = f"{name}_" if len(detectors) > 1 else ""
             metrics.update({prefix + k: v for k, v in stats.items()})

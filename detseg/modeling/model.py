@@ -1,7 +1,7 @@
 """``Model(backbone, heads)``: one backbone pass per batch, every head reads the same features."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ class Model(nn.Module):
             ``uses_backbone = True`` and is called with ``backbone=``; one that does not read
             the shared full-image features sets ``needs_features = False``.
         pixel_mean, pixel_std: RGB normalisation applied to the uint8 images.
+        panoptic: ``None``, or the keyword arguments of ``merge_panoptic``: in eval mode the
+            output then also holds ``"panoptic"``, one (segment-id map, segments) per image,
+            from the ``fcn`` head's semantic map and the instances of the head with masks.
 
     ``forward(batch)`` (batch from ``detseg.data.transforms.collate``) returns in training mode
     ``{"loss": sum, <each head's losses>}`` and in eval mode ``{head name: predictions}``. Heads
@@ -32,10 +35,13 @@ class Model(nn.Module):
 
     def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module], *,
                  pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
-                 pixel_std: Sequence[float] = (58.395, 57.12, 57.375)):
+                 pixel_std: Sequence[float] = (58.395, 57.12, 57.375), panoptic: Optional[dict] = None):
         super().__init__()
         if not heads:
             raise ValueError("a Model needs at least one head")
+        self.panoptic = panoptic
+        if panoptic is not None and ("fcn" not in heads or self._mask_head_name(heads) is None):
+            raise ValueError("panoptic output needs an 'fcn' head and a region head with a mask head")
         self.backbone = backbone
         self.heads = nn.ModuleDict(heads)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
@@ -61,12 +67,26 @@ class Model(nn.Module):
             extra = {"backbone": self.backbone} if getattr(head, "uses_backbone", False) else {}
             outputs[name] = getattr(head, call)(features, batch, **extra)
         if not self.training:
+            if self.panoptic is not None:
+                outputs["panoptic"] = self._merge(outputs, batch)
             return outputs
         losses: dict[str, torch.Tensor] = {}
         for head_losses in outputs.values():
             losses.update(head_losses)
         losses["loss"] = sum(losses.values())
         return losses
+
+
+    @staticmethod
+    def _mask_head_name(heads) -> Optional[str]:
+        return next((n for n, h in heads.items() if getattr(h, "mask_head", None) is not None), None)
+
+    def _merge(self, outputs: dict, batch: dict) -> list:
+        from .panoptic import merge_panoptic
+        semantic = outputs["fcn"].argmax(1)
+        instances = outputs[self._mask_head_name(self.heads)]
+        return [merge_panoptic(semantic[i, :h, :w], inst, **self.panoptic)
+                for i, ((h, w), inst) in enumerate(zip(batch["image_sizes"], instances))]
 
 
 def build_proposals(cfg, in_shapes: dict, feature: str) -> nn.Module:
@@ -132,13 +152,21 @@ def build_head(name: str, cfg, backbone: nn.Module, num_classes: int) -> nn.Modu
     if feature not in shapes:
         raise ValueError(f"model.roi.feature: backbone has no {feature!r}; it has {sorted(shapes)}")
     proposals = build_proposals(cfg, shapes, feature)
+    mask_head = None
+    if m.mask.enabled:
+        if name == "rcnn":
+            raise ValueError("model.mask needs a shared feature map: attach it to the spp head, not rcnn")
+        from .heads.mask import MaskHead
+        mask_head = MaskHead(in_shapes=shapes, num_classes=num_classes, feature=m.mask.feature,
+                             pooler_resolution=m.mask.pooler_resolution,
+                             sampling_ratio=m.mask.sampling_ratio, conv_dims=m.mask.conv_dims)
     if name == "rcnn":
         return RCNNHead(in_shapes=shapes, proposals=proposals, num_classes=num_classes, feature=feature,
                         warp_size=r.warp_size, context_pad=r.context_pad, pool_size=r.pool_size,
                         **_region_kwargs(r))
     if name == "spp":
         return SPPHead(in_shapes=shapes, proposals=proposals, num_classes=num_classes, feature=feature,
-                       levels=r.levels, mapping=r.mapping, **_region_kwargs(r))
+                       levels=r.levels, mapping=r.mapping, mask_head=mask_head, **_region_kwargs(r))
     raise ValueError(f"unknown head {name!r} in model.heads; available: {', '.join(HEADS)}")
 
 
@@ -149,4 +177,8 @@ def build_model(cfg, num_classes: int) -> Model:
     backbone = build_backbone(bb.name, weights=bb.weights, freeze_at=bb.freeze_at, norm=bb.norm,
                               fpn=bb.fpn, fpn_channels=bb.fpn_channels)
     heads = {name: build_head(name, cfg, backbone, num_classes) for name in m.heads}
-    return Model(backbone, heads, pixel_mean=m.pixel_mean, pixel_std=m.pixel_std)
+    panoptic = None
+    if m.panoptic.enabled:
+        panoptic = {"instance_score": m.panoptic.instance_score, "overlap": m.panoptic.overlap,
+                    "min_area": m.panoptic.min_area}
+    return Model(backbone, heads, pixel_mean=m.pixel_mean, pixel_std=m.pixel_std, panoptic=panoptic)

@@ -69,3 +69,20 @@ def test_no_detections_is_zero_ap_not_a_crash(shapes_data):
     split = shapes_data["val"]
     m = evaluate_results(split["ann_file"], [], backend="pycocotools")
     assert m["AP"] == 0.0
+
+
+def test_ground_truth_masks_score_segm_ap_one_on_coco_tiny(tmp_path):
+    ann, images = coco_tiny_split("val")
+    ds = CocoDataset(ann, images, with_masks=True)
+    ev = COCOEvaluator(ann, ds.cat_ids, ds.class_names, iou_types=("bbox", "segm"), output_dir=tmp_path)
+    for img_id in ds.ids:
+        info = ds.coco.imgs[img_id]
+        h, w = info["height"], info["width"]
+        a = ds.load_annotations(img_id, h, w)
+        inst = Instances((h, w), torch.from_numpy(a["boxes"]), torch.ones(len(a["boxes"])),
+                         torch.from_numpy(a["labels"]), torch.from_numpy(a["masks"]).bool())
+        ev.process({"image_ids": [img_id], "image_sizes": [(h, w)], "orig_sizes": [(h, w)]}, [inst])
+    m = ev.evaluate()
+    assert m["segm_AP"] == pytest.approx(1.0) and m["AP"] == pytest.approx(1.0)
+    results = json.loads((tmp_path / "coco_results.json").read_text())
+    assert all(isinstance(r["segmentation"]["counts"], str) for r in results)

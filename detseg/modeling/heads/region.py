@@ -54,6 +54,8 @@ class RegionHead(nn.Module):
             positives = ground-truth boxes, negatives = proposals with IoU < ``svm_neg_iou`` to
             every box of that class, hard-negative mined).
         score_thresh, nms_thresh, detections_per_image: test-time filtering.
+        mask_head: optional ``MaskHead`` fed with the positive RoIs in training and with the
+            final detections at test time (needs the shared feature map).
     """
 
     def __init__(self, *, proposals: nn.Module, num_classes: int, in_features: int,
@@ -62,7 +64,7 @@ class RegionHead(nn.Module):
                  bg_iou: float = 0.5, bg_iou_low: float = 0.0, reg_iou: Optional[float] = None,
                  classifier: str = "softmax", svm_neg_iou: float = 0.3, svm_weight_decay: float = 1e-4,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_image: int = 100,
-                 box_coder: Optional[BoxCoder] = None):
+                 box_coder: Optional[BoxCoder] = None, mask_head: Optional[nn.Module] = None):
         super().__init__()
         if classifier not in ("softmax", "svm"):
             raise ValueError(f"classifier must be 'softmax' or 'svm', got {classifier!r}")
@@ -81,6 +83,7 @@ class RegionHead(nn.Module):
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
         self.detections_per_image = detections_per_image
         self.coder = box_coder or BoxCoder()
+        self.mask_head = mask_head
 
     # -- to be provided by subclasses ---------------------------------------------------------
     def region_features(self, features: Optional[dict], batch: dict, boxes: list[Tensor],
@@ -91,7 +94,8 @@ class RegionHead(nn.Module):
     # -- training -----------------------------------------------------------------------------
     def sample_rois(self, proposals: list[Tensor], targets: list[dict]) -> tuple:
         """Add ground truth to the proposals, label by IoU, sample. Returns per-image lists of
-        (rois [R, 4], labels [R] in 0..K, regression targets [R, 4], regress [R] bool, is_gt [R])."""
+        (rois [R, 4], labels [R] in 0..K, regression targets [R, 4], regress [R] bool, is_gt [R],
+        gt_index [R]: the matched ground-truth box of foreground rows, -1 for background)."""
         out = []
         for props, t in zip(proposals, targets):
             gt = t["boxes"].to(props.device)
@@ -112,7 +116,9 @@ class RegionHead(nn.Module):
                 targets_[: len(fg)] = self.coder.encode(rois[: len(fg)], gt[matched[fg]])
                 regress[: len(fg)] = best[fg] >= self.reg_iou
             is_gt = sel < len(gt)
-            out.append((rois, labels, targets_, regress, is_gt))
+            gt_index = torch.full((len(sel),), -1, dtype=torch.long, device=props.device)
+            gt_index[: len(fg)] = matched[fg]
+            out.append((rois, labels, targets_, regress, is_gt, gt_index))
         return out
 
     def forward_train(self, features: Optional[dict], batch: dict, **kwargs) -> dict[str, Tensor]:
@@ -126,6 +132,13 @@ class RegionHead(nn.Module):
             logits, deltas, labels, torch.cat([s[2] for s in sampled]), torch.cat([s[3] for s in sampled])))
         if self.svm is not None:
             losses["loss_svm"] = self.svm_loss(x.detach(), rois, sampled, batch["targets"])
+        if self.mask_head is not None:
+            fg = [s[5] >= 0 for s in sampled]
+            if any("masks" not in t for t in batch["targets"]):
+                raise ValueError("the mask head needs ground-truth masks: build the dataset with_masks=True")
+            losses["loss_mask"] = self.mask_head.loss(
+                features, [s[0][f] for s, f in zip(sampled, fg)], [s[1][f] for s, f in zip(sampled, fg)],
+                [s[5][f] for s, f in zip(sampled, fg)], [t["masks"] for t in batch["targets"]])
         return losses
 
     def svm_loss(self, x: Tensor, rois: list[Tensor], sampled: list, targets: list[dict]) -> Tensor:
@@ -162,7 +175,10 @@ class RegionHead(nn.Module):
 
     def forward_test(self, features: Optional[dict], batch: dict, **kwargs) -> list[Instances]:
         proposals, _ = self.proposals(features, batch)
-        return self.predict(features, batch, proposals, **kwargs)
+        results = self.predict(features, batch, proposals, **kwargs)
+        if self.mask_head is not None:
+            results = self.mask_head.predict(features, results)
+        return results
 
     def predict(self, features, batch: dict, proposals: list[Tensor], **kwargs) -> list[Instances]:
         """Detections for given proposals (one ``Instances`` per image, resized-image pixels)."""

@@ -1,0 +1,122 @@
+"""Mask R-CNN's mask branch (He et al. 2017) on region features.
+
+RoIAlign (aligned) of each box at 14 x 14 → four 3x3 conv layers → 2x2 stride-2 transposed conv
+→ a 1x1 conv per class → 28 x 28 logits. Trained with per-pixel sigmoid cross entropy on the
+ground-truth class's channel only. Attach it to a region head (``RegionHead(mask_head=...)``):
+with the RPN and the Fast R-CNN head it is Mask R-CNN; with the SPPNet head, SPPNet + masks.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from ...structures import Instances
+from ..backbones import ShapeSpec
+
+
+def mask_targets(gt_masks: Tensor, matched: Tensor, rois: Tensor, size: int) -> Tensor:
+    """Crop each positive RoI's ground-truth mask and resample it to ``size x size``.
+
+    Args:
+        gt_masks: ``Tensor[G, H, W]`` (uint8/bool) masks of one image.
+        matched: ``Tensor[R]`` index into ``gt_masks`` of each RoI's object.
+        rois: ``Tensor[R, 4]`` xyxy in the masks' pixels.
+
+    Returns:
+        ``Tensor[R, size, size]`` float 0/1 targets (bilinear resampling, then >= 0.5).
+    """
+    if rois.shape[0] == 0:
+        return rois.new_zeros(0, size, size)
+    boxes = torch.cat([matched[:, None].to(rois.dtype), rois], dim=1)
+    crops = roi_align(gt_masks[:, None].to(rois.dtype), boxes, (size, size), spatial_scale=1.0,
+                      sampling_ratio=2, aligned=True)[:, 0]
+    return (crops >= 0.5).to(rois.dtype)
+
+
+class MaskHead(nn.Module):
+    """Per-class 28 x 28 mask logits for boxes on a shared feature map.
+
+    Args (keyword-only):
+        in_shapes: ``backbone.output_shape()``.
+        num_classes: K.
+        feature: the map to pool (default: the stride-16 one, else the finest).
+        pooler_resolution: RoIAlign output size (14).
+        sampling_ratio: RoIAlign samples per bin and axis.
+        conv_dims: channels of the 3x3 conv layers (four of 256).
+    """
+
+    def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, feature: Optional[str] = None,
+                 pooler_resolution: int = 14, sampling_ratio: int = 2,
+                 conv_dims: Sequence[int] = (256, 256, 256, 256)):
+        super().__init__()
+        if feature is None:
+            by_stride = {s.stride: n for n, s in in_shapes.items()}
+            feature = by_stride.get(16, min(in_shapes, key=lambda n: in_shapes[n].stride))
+        if feature not in in_shapes:
+            raise ValueError(f"mask head: backbone has no feature {feature!r}; it has {sorted(in_shapes)}")
+        spec = in_shapes[feature]
+        self.feature, self.spatial_scale = feature, 1.0 / spec.stride
+        self.pooler_resolution, self.sampling_ratio = pooler_resolution, sampling_ratio
+        self.num_classes = num_classes
+        layers: list[nn.Module] = []
+        c = spec.channels
+        for d in conv_dims:
+            layers += [nn.Conv2d(c, d, 3, padding=1), nn.ReLU(inplace=True)]
+            c = d
+        self.convs = nn.Sequential(*layers)
+        self.deconv = nn.ConvTranspose2d(c, c, 2, stride=2)
+        self.predictor = nn.Conv2d(c, num_classes, 1)
+        for layer in [*self.convs, self.deconv]:
+            if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.zeros_(self.predictor.bias)
+
+    @property
+    def resolution(self) -> int:
+        return 2 * self.pooler_resolution
+
+    def forward(self, features: dict, boxes: list[Tensor]) -> Tensor:
+        """Logits ``Tensor[sum R_i, K, 28, 28]`` for per-image boxes ``Tensor[R_i, 4]``."""
+        fmap = features[self.feature]
+        x = roi_align(fmap, [b.to(fmap.dtype) for b in boxes], self.pooler_resolution,
+                      spatial_scale=self.spatial_scale, sampling_ratio=self.sampling_ratio, aligned=True)
+        return self.predictor(F.relu(self.deconv(self.convs(x))))
+
+    def loss(self, features: dict, rois: list[Tensor], labels: list[Tensor], matched: list[Tensor],
+             gt_masks: list[Tensor]) -> Tensor:
+        """Sigmoid cross entropy on each positive RoI's own-class channel.
+
+        Args:
+            rois: per image, positive RoIs ``Tensor[P_i, 4]``; labels: their classes;
+            matched: their ground-truth indices; gt_masks: per image ``Tensor[G_i, H, W]``.
+        """
+        logits = self(features, rois)
+        if logits.shape[0] == 0:
+            return logits.sum() * 0.0
+        targets = torch.cat([mask_targets(m.to(r.device), i, r, self.resolution)
+                             for m, i, r in zip(gt_masks, matched, rois)])
+        lab = torch.cat(labels)
+        picked = logits[torch.arange(len(lab), device=lab.device), lab]
+        return F.binary_cross_entropy_with_logits(picked, targets)
+
+    def predict(self, features: dict, instances: list[Instances]) -> list[Instances]:
+        """Attach ``masks`` ``Tensor[N, 28, 28]`` probabilities (own class) to each ``Instances``.
+
+        Paste them into an image with ``detseg.ops.paste_masks(masks, boxes, size)``.
+        """
+        logits = self(features, [inst.boxes for inst in instances])
+        labels = torch.cat([inst.labels for inst in instances]) if instances else None
+        probs = (torch.sigmoid(logits[torch.arange(len(labels), device=logits.device), labels])
+                 if logits.shape[0] else logits.new_zeros(0, self.resolution, self.resolution))
+        out, start = [], 0
+        for inst in instances:
+            n = len(inst)
+            out.append(Instances(inst.image_size, inst.boxes, inst.scores, inst.labels, probs[start:start + n]))
+            start += n
+        return out

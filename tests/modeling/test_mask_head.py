@@ -1,0 +1,108 @@
+import torch
+
+from detseg.config import load_config
+from detseg.data import shapes
+from detseg.data.coco import CocoDataset
+from detseg.data.transforms import collate, eval_transform
+from detseg.evaluation.coco import COCOEvaluator
+from detseg.modeling.heads.mask import mask_targets
+from detseg.modeling.model import build_model
+from detseg.modeling.panoptic import merge_panoptic
+from detseg.structures import Instances
+
+
+def test_mask_targets_of_a_square_in_a_known_roi():
+    gt = torch.zeros(1, 100, 100, dtype=torch.uint8)
+    gt[0, 20:40, 30:50] = 1  # a 20 x 20 square
+    # RoI (20, 10, 60, 50): 40 x 40 px, the square fills x 10..30 and y 10..30 of it, i.e. the
+    # middle half of each axis: cells 7..20 of 28.
+    t = mask_targets(gt, torch.tensor([0]), torch.tensor([[20.0, 10.0, 60.0, 50.0]]), 28)[0]
+    expected = torch.zeros(28, 28)
+    expected[7:21, 7:21] = 1
+    assert torch.equal(t, expected)
+    # a RoI exactly on the square is all ones
+    t = mask_targets(gt, torch.tensor([0]), torch.tensor([[30.0, 20.0, 50.0, 40.0]]), 28)[0]
+    assert t.min() == 1
+
+
+def _one_image(tmp_path, with_semantic=False):
+    split = shapes.generate(str(tmp_path / "ds"), seed=5, num_train=1, num_val=0)["train"]
+    ds = CocoDataset(split["ann_file"], split["image_dir"], transform=eval_transform(128, 288),
+                     with_masks=True, with_semantic=with_semantic)
+    return split, ds, collate([ds[0]])
+
+
+def _train(model, batch, steps, check):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for it in range(steps):
+        model.train()
+        losses = model(batch)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        if it % 20 == 19:
+            model.eval()
+            with torch.no_grad():
+                if check(model(batch)):
+                    return True
+    return False
+
+
+def test_mask_rcnn_overfits_one_image_to_mask_ap50_one(tmp_path):
+    split, ds, batch = _one_image(tmp_path)
+    cfg = load_config("configs/mask_rcnn_resnet18_fpn_shapes.yaml", ["model.backbone.norm=frozen_bn"])
+    torch.manual_seed(0)
+    model = build_model(cfg, ds.num_classes)
+    seen = []
+
+    def check(out):
+        ev = COCOEvaluator(split["ann_file"], ds.cat_ids, ds.class_names, iou_types=("bbox", "segm"))
+        ev.process(batch, out["spp"])
+        seen.append(ev.evaluate()["segm_AP50"])
+        return seen[-1] == 1.0
+
+    assert _train(model, batch, 200, check), seen
+
+
+def test_multi_head_model_runs_the_backbone_once_and_returns_every_output(tmp_path):
+    split, ds, batch = _one_image(tmp_path, with_semantic=True)
+    cfg = load_config("configs/panoptic_fcn_mask_rcnn_resnet18_fpn_shapes.yaml", ["model.backbone.norm=frozen_bn"])
+    torch.manual_seed(0)
+    model = build_model(cfg, ds.num_classes)
+    calls = []
+    model.backbone.register_forward_hook(lambda *a: calls.append(1))
+    losses = model.train()(batch)
+    assert len(calls) == 1
+    assert {"loss_fcn", "loss_rpn_cls", "loss_cls", "loss_box", "loss_mask"} <= set(losses)
+    losses["loss"].backward()
+    assert model.heads["fcn"].score_top.weight.grad is not None
+    assert model.heads["spp"].mask_head.predictor.weight.grad is not None
+    calls.clear()
+    with torch.no_grad():
+        out = model.eval()(batch)
+    assert len(calls) == 1
+    h, w = batch["image_sizes"][0]
+    assert out["fcn"].shape[1] == ds.num_classes + 1
+    assert isinstance(out["spp"][0], Instances) and out["spp"][0].masks is not None
+    pan, segments = out["panoptic"][0]
+    assert pan.shape == (h, w)
+
+
+def test_panoptic_merge_resolves_overlaps_by_score_and_drops_small_leftovers():
+    semantic = torch.zeros(20, 20, dtype=torch.long)
+    semantic[:, 10:] = 2  # class 1 on the right half
+    semantic[0:2, 0:2] = 1  # a 4-pixel leftover of class 0: too small
+    masks = torch.zeros(3, 20, 20, dtype=torch.bool)
+    masks[0, 5:15, 5:15] = True   # score 0.9
+    masks[1, 5:15, 10:20] = True  # score 0.8, half hidden by the first: kept (overlap 0.5 is not > 0.5)
+    masks[2, 6:14, 6:14] = True   # score 0.7, entirely hidden: dropped
+    inst = Instances((20, 20), torch.tensor([[5.0, 5, 15, 15], [10, 5, 20, 15], [6, 6, 14, 14]]),
+                     torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 0]), masks)
+    pan, segments = merge_panoptic(semantic, inst, instance_score=0.5, overlap=0.5, min_area=8)
+    things = [s for s in segments if s["isthing"]]
+    assert [(s["label"], s["area"]) for s in things] == [(0, 100), (1, 50)]
+    assert (pan[5:15, 5:15] == 1).all() and (pan[5:15, 15:20] == 2).all()
+    stuff = [s for s in segments if not s["isthing"]]
+    # what is left of the right half (200 - 50 covered by instance 2 - 50 by instance 1) stays
+    assert [(s["label"], s["area"]) for s in stuff] == [(1, 100)]
+    assert (pan[0:2, 0:2] == 0).all()
