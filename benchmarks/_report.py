@@ -77,3 +77,24 @@ def finish(args, name: str, title: str, body: str, figures: dict) -> None:
             json.dump(figures, f, indent=2)
     if not args.no_write:
         write_section(name, title, body)
+
+
+def run_train(config: str, overrides: list[str], out: str) -> tuple[list[dict], float]:
+    """Run tools/train.py as a user would into ``out``.
+
+    Returns:
+        (the run's metrics.jsonl records, wall seconds of the whole run).
+    Raises:
+        RuntimeError with the end of stderr when the run fails.
+    """
+    import subprocess
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "--config", config,
+           "--output-dir", out, *overrides]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "DETSEG_NO_PROGRESS": "1"},
+                       capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{config} failed:\n{r.stderr[-3000:]}")
+    with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f], wall

@@ -4,16 +4,13 @@ Runs tools/train.py exactly as a user would, then reads the run's metrics.jsonl.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import ROOT, base_parser, finish, markdown_table  # noqa: E402
+from benchmarks._report import base_parser, finish, markdown_table, run_train  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -25,17 +22,11 @@ def main(argv=None) -> int:
         overrides = ["solver.max_iter=20", "solver.eval_period=20", "data.batch_size=2",
                      "data.shapes.num_train=16", "data.shapes.num_val=8", "data.num_workers=0"]
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "run")
-        cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "--config", args.config,
-               "--output-dir", out, *overrides]
-        t0 = time.perf_counter()
-        r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "DETSEG_NO_PROGRESS": "1"},
-                           capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        if r.returncode != 0:
-            print(r.stderr[-3000:], file=sys.stderr)
+        try:
+            records, wall = run_train(args.config, overrides, os.path.join(tmp, "run"))
+        except RuntimeError as e:
+            print(e, file=sys.stderr)
             return 1
-        records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     evals = [x for x in records if "mIoU" in x]
     last = evals[-1]
     best = max(evals, key=lambda x: x["mIoU"])

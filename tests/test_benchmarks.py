@@ -10,6 +10,10 @@ from tests.conftest import run_script
     ("benchmarks/loader.py", ["images_per_s.workers_0", "images_per_s.workers_2"]),
     ("benchmarks/roi_pool.py", ["backend"]),
     ("benchmarks/fcn_shapes.py", ["mIoU", "pixel_acc", "wall_s"]),
+    ("benchmarks/lineage.py", ["speedup", "ms", "naive_max_abs_diff"]),
+    ("benchmarks/detection_shapes.py", ["sppnet"]),
+    ("benchmarks/mask_shapes.py", ["segm_AP", "segm_AP50", "AP"]),
+    ("benchmarks/paste_masks.py", ["speedup", "mismatches"]),
 ])
 def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
     out = tmp_path / "figures.json"
@@ -22,3 +26,11 @@ def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
     assert "|" in r.stdout  # printed a table
     if script.endswith("roi_pool.py"):
         assert all(v["speedup"] > 0 for k, v in figures.items() if k != "backend")
+    if script.endswith("lineage.py"):
+        assert set(figures["speedup"]) == {"spp_vs_rcnn", "fast_rcnn_vs_rcnn", "conv_vs_naive_sliding"}
+        assert figures["naive_max_abs_diff"] <= 1e-4
+        assert figures["speedup"]["spp_vs_rcnn"] > 1
+    if script.endswith("paste_masks.py"):
+        assert figures["mismatches"] == 0 and figures["speedup"]["paste_vs_torchvision"] > 0
+    if script.endswith("detection_shapes.py"):
+        assert 0 <= figures["sppnet"]["AP50"] <= 1

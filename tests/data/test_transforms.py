@@ -91,3 +91,36 @@ def test_collate_pads_to_32_and_keeps_sizes(shapes_data):
         assert (batch["semantic"][i, h:, :] == 255).all() and (batch["semantic"][i, :, w:] == 255).all()
     assert batch["orig_sizes"][0] == ds[0]["orig_size"]
     assert default_augmentations()  # the preset is non-empty
+
+
+def test_proposals_ride_along_with_augmentation_and_resize(shapes_data):
+    import numpy as np
+
+    from detseg.data.coco import CocoDataset
+    from detseg.data.transforms import eval_transform, train_transform
+    split = shapes_data["train"]
+    plain = CocoDataset(split["ann_file"], split["image_dir"])
+    img_id = plain.ids[0]
+    info = plain.coco.imgs[img_id]
+    h, w = info["height"], info["width"]
+    gt = plain.load_annotations(img_id, h, w)["boxes"]
+    props = {i: np.zeros((0, 4), np.float32) for i in plain.ids}
+    props[img_id] = np.concatenate([gt, [[0, 0, w / 2, h / 2]]]).astype(np.float32)
+    # Eval: a pure resize scales proposals exactly like the ground truth.
+    ds = CocoDataset(split["ann_file"], split["image_dir"], proposals=props,
+                     transform=eval_transform(64, 200))
+    item = ds[0]
+    n = len(item["boxes"])
+    np.testing.assert_allclose(item["proposals"][:n].numpy(), item["boxes"].numpy(), atol=1e-4)
+    # Train: flips and affine moves proposals with the image; each gt-copy proposal stays on its box.
+    ds = CocoDataset(split["ann_file"], split["image_dir"], proposals=props,
+                     transform=train_transform([64], 200))
+    for seed in range(5):
+        ds.transform.reseed(seed)
+        item = ds[0]
+        hh, ww = item["image"].shape[1:]
+        p = item["proposals"]
+        assert (p[:, 0] >= 0).all() and (p[:, 2] <= ww).all() and (p[:, 3] <= hh).all()
+        from torchvision.ops import box_iou
+        if len(item["boxes"]) and len(p):
+            assert (box_iou(item["boxes"], p).max(1).values > 0.7).all()

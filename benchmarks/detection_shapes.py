@@ -1,0 +1,63 @@
+"""Box AP of every detection head on shapes val after a bounded CPU training run each.
+
+Runs tools/train.py exactly as a user would, once per recipe (iterations chosen so that each run
+fits in 15 minutes on the 2-core benchmark machine), then reads each run's metrics.jsonl.
+This is the accuracy half of the lineage benchmark; benchmarks/lineage.py is the speed half.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._report import base_parser, finish, markdown_table, run_train  # noqa: E402
+
+# recipe -> (config, iterations)
+RECIPES = {
+    "sppnet": ("configs/sppnet_resnet18_shapes.yaml", 1500),
+    "fast_rcnn": ("configs/fast_rcnn_resnet18_shapes.yaml", 1000),
+    "rcnn": ("configs/rcnn_resnet18_shapes.yaml", 2000),
+    "faster_rcnn": ("configs/faster_rcnn_resnet18_shapes.yaml", 700),
+    "sliding_window": ("configs/sliding_window_resnet18_shapes.yaml", 900),
+}
+
+
+def train_one(config: str, iters: int, quick: bool, out: str) -> tuple[dict, float]:
+    overrides = [f"solver.max_iter={iters}", f"solver.eval_period={max(1, iters // 2)}",
+                 f"solver.checkpoint_period={max(1, iters // 2)}"]
+    if quick:
+        overrides = ["solver.max_iter=4", "solver.eval_period=4", "data.batch_size=2",
+                     "data.shapes.num_train=8", "data.shapes.num_val=4", "data.num_workers=0"]
+    records, wall = run_train(config, overrides, out)
+    return [x for x in records if "AP" in x][-1], wall
+
+
+def main(argv=None) -> int:
+    p = base_parser(__doc__)
+    p.add_argument("--only", nargs="*", choices=list(RECIPES), help="train only these recipes")
+    args = p.parse_args(argv)
+    names = args.only or list(RECIPES)
+    if args.quick:
+        names = names[:1]
+    rows, figures = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            config, iters = RECIPES[name]
+            last, wall = train_one(config, iters, args.quick, os.path.join(tmp, name))
+            print(f"{name}: AP {last['AP']:.3f} AP50 {last['AP50']:.3f} in {wall / 60:.1f} min", flush=True)
+            figures[name] = {"AP": last["AP"], "AP50": last["AP50"], "iterations": last["iter"],
+                             "wall_s": wall, "config": config}
+            rows.append([name, config, last["iter"], f"{wall / 60:.1f}", f"{last['AP']:.3f}",
+                         f"{last['AP50']:.3f}"])
+    body = markdown_table(["head", "config", "iterations", "wall min (whole train.py run)",
+                           "box AP", "box AP50"], rows)
+    body += ("\n\nFrom scratch (no pretrained weights can be downloaded here), CPU, COCO box AP "
+             "(pycocotools) on shapes val (60 images), boxes mapped back to the files' pixels.")
+    finish(args, "detection_shapes", "Detection heads on shapes (accuracy)", body, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
