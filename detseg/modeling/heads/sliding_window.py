@@ -189,30 +189,31 @@ class SlidingWindowHead(nn.Module):
 
     def _score_naive(self, padded: Tensor, image_sizes, backbone: nn.Module):
         """Crop every window with its context margin and classify the crop on its own."""
-        m_cells = self.margin // self.stride
-        m = self.margin
         results = []
         for i, hw in enumerate(image_sizes):
-            parts = []
-            for shape, clf in zip(self.shapes, self.classifiers):
-                kh, kw = shape
-                _, _, boxes = self.windows(hw, shape)
-                outs = []
-                for chunk in boxes.split(self.naive_batch_size):
-                    crops = torch.stack([
-                        padded[i, :, int(y0): int(y0) + kh * self.stride + 2 * m,
-                               int(x0): int(x0) + kw * self.stride + 2 * m]
-                        for x0, y0 in chunk[:, :2].tolist()]) if len(chunk) else None
-                    if crops is None:
-                        continue
-                    f = self.reduce(run_until(backbone, crops, self.feature))
-                    f = f[:, :, m_cells:m_cells + kh, m_cells:m_cells + kw]
-                    outs.append(clf(f)[:, :, 0, 0])
-                d = (self.num_classes + 1) + 4 * self.num_classes
-                parts.append((boxes.to(padded.device),
-                              torch.cat(outs) if outs else padded.new_zeros(0, d)))
+            parts = [(boxes.to(padded.device), self.naive_scores(padded[i], boxes, j, backbone))
+                     for j, boxes in enumerate(self.windows(hw, shape)[2] for shape in self.shapes)]
             results.append((torch.cat([b for b, _ in parts]), torch.cat([o for _, o in parts])))
         return results
+
+    def naive_scores(self, padded_image: Tensor, boxes: Tensor, shape_index: int,
+                     backbone: nn.Module) -> Tensor:
+        """Outputs ``Tensor[N, (K + 1) + 4K]`` for windows of shape ``self.shapes[shape_index]``,
+        each cropped with its margin from one padded image ``Tensor[3, H + 2m, W + 2m]`` (see
+        ``padded_pixels``) and classified alone; ``boxes`` ``Tensor[N, 4]`` in image pixels."""
+        (kh, kw), clf = self.shapes[shape_index], self.classifiers[shape_index]
+        s, m = self.stride, self.margin
+        mc = m // s
+        outs = []
+        for chunk in boxes.split(self.naive_batch_size):
+            # a window at image (x0, y0) starts at (x0 + m, y0 + m) in the padded image
+            crops = torch.stack([padded_image[:, int(y0): int(y0) + kh * s + 2 * m,
+                                              int(x0): int(x0) + kw * s + 2 * m]
+                                 for x0, y0 in chunk[:, :2].tolist()])
+            f = self.reduce(run_until(backbone, crops, self.feature))[:, :, mc:mc + kh, mc:mc + kw]
+            outs.append(clf(f)[:, :, 0, 0])
+        d = (self.num_classes + 1) + 4 * self.num_classes
+        return torch.cat(outs) if outs else padded_image.new_zeros(0, d)
 
     # -- training and inference ---------------------------------------------------------------
     def forward_train(self, features, batch: dict, *, backbone: nn.Module) -> dict[str, Tensor]:
