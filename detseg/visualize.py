@@ -1,4 +1,5 @@
-"""Drawing: training curves (OpenCV, no plotting library needed)."""
+"""Drawing with OpenCV (no plotting library needed): training curves, and predictions (boxes,
+class names and scores, mask overlays, semantic colour maps with a legend)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,8 @@ import numpy as np
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
 
-def _panel(series: dict[str, list[tuple[float, float]]], title: str, w: int = 560, h: int = 320) -> np.ndarray:
+def _panel(series: dict[str, list[tuple[float, float]]], title: str, w: int = 560,
+           h: int = 320) -> np.ndarray:
     img = np.full((h, w, 3), 255, np.uint8)
     left, right, top, bottom = 60, 15, 30, 35
     cv2.putText(img, title, (left, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
@@ -27,8 +29,9 @@ def _panel(series: dict[str, list[tuple[float, float]]], title: str, w: int = 56
         return (int(left + (x - x0) / (x1 - x0) * (w - left - right)),
                 int(h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom)))
 
-    for label, (x, y) in {f"{y1:.3g}": (2, top + 5), f"{y0:.3g}": (2, h - bottom),
-                          f"{x0:g}": (left, h - bottom + 18), f"{x1:g}": (w - right - 40, h - bottom + 18)}.items():
+    ticks = {f"{y1:.3g}": (2, top + 5), f"{y0:.3g}": (2, h - bottom),
+             f"{x0:g}": (left, h - bottom + 18), f"{x1:g}": (w - right - 40, h - bottom + 18)}
+    for label, (x, y) in ticks.items():
         cv2.putText(img, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
     for i, (name, s) in enumerate(series.items()):
         colour = _COLOURS[i % len(_COLOURS)][::-1]
@@ -64,3 +67,70 @@ def plot_curves(metrics_path: str, out_png: str) -> None:
     tmp = out_png + ".tmp.png"
     cv2.imwrite(tmp, img)
     os.replace(tmp, out_png)
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def palette(n: int) -> np.ndarray:
+    """``n`` distinct RGB colours (uint8 ``[n, 3]``), the same for the same ``n`` every time."""
+    hues = (np.arange(n) * 0.618033988749895) % 1.0
+    hsv = np.stack([hues * 179, np.full(n, 200), np.full(n, 230)], axis=1).astype(np.uint8)
+    return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
+
+
+def _label(img: np.ndarray, text: str, x: int, y: int, colour) -> None:
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+    y = max(th + base, y)
+    cv2.rectangle(img, (x, y - th - base), (x + tw + 2, y), tuple(int(c) for c in colour), -1)
+    cv2.putText(img, text, (x + 1, y - base // 2 - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
+                cv2.LINE_AA)
+
+
+def draw_instances(image: np.ndarray, instances, class_names: list[str], alpha: float = 0.45) -> np.ndarray:
+    """Boxes with class name and score, and translucent mask overlays, on a copy of ``image``.
+
+    Args:
+        image: ``np.ndarray[H, W, 3]`` RGB uint8; instances: ``Instances`` in its pixels (masks
+            ``[N, H, W]`` when present).
+    """
+    out = image.copy()
+    colours = palette(len(class_names))
+    masks = instances.masks.numpy().astype(bool) if instances.masks is not None else None
+    order = np.argsort(instances.scores.numpy())  # highest score drawn last, on top
+    for i in order:
+        c = colours[int(instances.labels[i])]
+        if masks is not None:
+            m = masks[i]
+            out[m] = (out[m] * (1 - alpha) + c * alpha).astype(np.uint8)
+    for i in order:
+        c = colours[int(instances.labels[i])]
+        x0, y0, x1, y1 = (int(round(v)) for v in instances.boxes[i].tolist())
+        cv2.rectangle(out, (x0, y0), (x1, y1), tuple(int(v) for v in c), 2)
+        _label(out, f"{class_names[int(instances.labels[i])]} {float(instances.scores[i]):.2f}", x0, y0, c)
+    return out
+
+
+def draw_semantic(image: np.ndarray, semantic: np.ndarray, class_names: list[str],
+                  alpha: float = 0.5) -> np.ndarray:
+    """Colour map of a semantic map (0 background, k + 1 class k) over ``image``, with a legend of
+    the classes present."""
+    out = image.copy()
+    colours = palette(len(class_names))
+    present = [int(v) for v in np.unique(semantic) if 0 < v <= len(class_names)]
+    for v in present:
+        m = semantic == v
+        out[m] = (out[m] * (1 - alpha) + colours[v - 1] * alpha).astype(np.uint8)
+    for row, v in enumerate(present):
+        _label(out, class_names[v - 1], 4, 18 + 20 * row, colours[v - 1])
+    return out
+
+
+def draw_prediction(image: np.ndarray, result: dict, class_names: list[str]) -> np.ndarray:
+    """Everything a ``Predictor`` returned for one image, drawn on a copy of it."""
+    out = image
+    if "semantic" in result:
+        out = draw_semantic(out, result["semantic"].numpy(), class_names)
+    if "instances" in result:
+        out = draw_instances(out, result["instances"], class_names)
+    return out if out is not image else image.copy()

@@ -91,37 +91,15 @@ def main(argv=None) -> int:
         return 1
 
 
-def load_proposals(cfg, splits: dict) -> dict:
-    """{split: {image_id: boxes}} when region heads read selective-search proposals; the caches
-    are computed once (tools/proposals.py does the same on its own) and reused afterwards."""
-    from detseg.modeling.model import DETECTION_HEADS
-    from detseg.modeling.proposals import selective_search as ss
-
-    p = cfg.model.proposals
-    region = [h for h in cfg.model.heads if h in DETECTION_HEADS and h != "sliding_window"]
-    if not region or p.source != "selective_search":
-        return {}
-    out = {}
-    for name, path in (("train", p.train_file), ("val", p.val_file)):
-        split = splits.get(name)
-        if split is None:
-            continue
-        path = ss.ensure_cache(split["ann_file"], split["image_dir"], path, p.mode, p.max_per_image,
-                               workers=cfg.data.num_workers)
-        out[name] = ss.load_cache(path)
-    return out
-
-
 def run(cfg, splits: dict, args) -> int:
     import torch
 
-    from detseg.data.build import build_dataset, build_train_loader, build_val_loader
+    from detseg.data.build import build_dataset, build_train_loader, build_val_loader, load_proposals
+    from detseg.engine import distributed as dist
     from detseg.engine.checkpoint import CheckpointError, load_checkpoint
     from detseg.engine.trainer import Trainer, seed_everything
     from detseg.evaluation.runner import make_evaluate
     from detseg.modeling.model import build_model
-
-    from detseg.engine import distributed as dist
 
     dist.init(cfg.runtime.device)  # before any sampler is built: they shard by rank
     seed_everything(cfg.runtime.seed, cfg.runtime.deterministic)

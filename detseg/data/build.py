@@ -40,6 +40,27 @@ def build_dataset(cfg, split: dict, *, train: bool, with_masks=False, with_seman
                        transform=transform, on_bad_image=d.on_bad_image, proposals=proposals)
 
 
+def load_proposals(cfg, splits: dict) -> dict:
+    """{split: {image_id: boxes}} when region heads read selective-search proposals; the caches
+    are computed once (tools/proposals.py does the same on its own) and reused afterwards."""
+    from ..modeling.model import DETECTION_HEADS
+    from ..modeling.proposals import selective_search as ss
+
+    p = cfg.model.proposals
+    region = [h for h in cfg.model.heads if h in DETECTION_HEADS and h != "sliding_window"]
+    if not region or p.source != "selective_search":
+        return {}
+    out = {}
+    for name, path in (("train", p.train_file), ("val", p.val_file)):
+        split = splits.get(name)
+        if split is None:
+            continue
+        path = ss.ensure_cache(split["ann_file"], split["image_dir"], path, p.mode, p.max_per_image,
+                               workers=cfg.data.num_workers)
+        out[name] = ss.load_cache(path)
+    return out
+
+
 class SeededStream(torch.utils.data.Dataset):
     """Wraps a dataset; item ``(index, position)`` reseeds the transform from the position."""
 
@@ -82,7 +103,8 @@ def build_train_loader(cfg, dataset: CocoDataset, start_iter: int = 0) -> torch.
         base = TrainingSampler(len(dataset), seed=cfg.runtime.seed)
     sampler = PositionedSampler(base, start_iter * d.batch_size)
     return torch.utils.data.DataLoader(
-        SeededStream(dataset, cfg.runtime.seed, base.rank, base.world_size), batch_size=d.batch_size, sampler=sampler,
+        SeededStream(dataset, cfg.runtime.seed, base.rank, base.world_size), batch_size=d.batch_size,
+        sampler=sampler,
         num_workers=d.num_workers, collate_fn=collate, persistent_workers=d.num_workers > 0,
         worker_init_fn=_worker_init,
         # Its own generator: starting an iterator must not draw from the global RNG, or a

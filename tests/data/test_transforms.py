@@ -4,8 +4,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detseg.data.coco import CocoDataset
-from detseg.data.transforms import (Augment, ResizeShortestEdge, collate, default_augmentations,
-                                    eval_transform, train_transform)
+from detseg.data.transforms import (
+    Augment,
+    ResizeShortestEdge,
+    collate,
+    default_augmentations,
+    eval_transform,
+    train_transform,
+)
 
 
 def random_sample(rng, h, w, n):

@@ -66,7 +66,8 @@ def test_mask_rcnn_overfits_one_image_to_mask_ap50_one(tmp_path):
 
 def test_multi_head_model_runs_the_backbone_once_and_returns_every_output(tmp_path):
     split, ds, batch = _one_image(tmp_path, with_semantic=True)
-    cfg = load_config("configs/panoptic_fcn_mask_rcnn_resnet18_fpn_shapes.yaml", ["model.backbone.norm=frozen_bn"])
+    cfg = load_config("configs/panoptic_fcn_mask_rcnn_resnet18_fpn_shapes.yaml",
+                      ["model.backbone.norm=frozen_bn"])
     torch.manual_seed(0)
     model = build_model(cfg, ds.num_classes)
     calls = []

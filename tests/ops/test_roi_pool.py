@@ -5,8 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from detseg.ops import RoIPool, SpatialPyramidPool, backend, roi_pool, roi_spp_pool
-from detseg.ops import _reference
+from detseg.ops import RoIPool, SpatialPyramidPool, _reference, backend, roi_pool, roi_spp_pool
 from detseg.ops._geometry import bin_table
 
 

@@ -25,7 +25,8 @@ def test_short_run_leaves_checkpoint_metrics_and_curves(tmp_path, cache_env):
                    "--output-dir", str(out), env=cache_env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "done:" in r.stdout
-    assert {"best.pth", "model_0000006.pth", "metrics.jsonl", "curves.png", "config.yaml"} <= set(os.listdir(out))
+    expected = {"best.pth", "model_0000006.pth", "metrics.jsonl", "curves.png", "config.yaml"}
+    assert expected <= set(os.listdir(out))
     evals = [json.loads(x) for x in open(out / "metrics.jsonl") if "mIoU" in x]
     assert [e["iter"] for e in evals] == [3, 6] and all(0 <= e["mIoU"] <= 1 for e in evals)
     # --eval-only on the best checkpoint reproduces a logged figure.

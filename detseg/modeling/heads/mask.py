@@ -117,6 +117,7 @@ class MaskHead(nn.Module):
         out, start = [], 0
         for inst in instances:
             n = len(inst)
-            out.append(Instances(inst.image_size, inst.boxes, inst.scores, inst.labels, probs[start:start + n]))
+            out.append(Instances(inst.image_size, inst.boxes, inst.scores, inst.labels,
+                                 probs[start:start + n]))
             start += n
         return out

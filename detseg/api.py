@@ -1,0 +1,164 @@
+"""Load a trained checkpoint and call it on images: the entry point for your own code.
+
+    from detseg import load_model
+    predictor = load_model("runs/x/best.pth")          # config, classes, label map from the file
+    out = predictor(image)                              # np.ndarray [H, W, 3] RGB uint8, or a path
+    out["instances"]   # Instances in the image's own pixels (boxes, scores, labels, masks [N, H, W])
+    out["semantic"]    # Tensor[H, W] uint8: 0 background, k + 1 class k (models with an FCN head)
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .config import Config, ConfigError, from_dict, load_config
+from .engine.checkpoint import CheckpointError, load_checkpoint
+from .structures import Instances
+
+ImageLike = Union[np.ndarray, torch.Tensor, str, os.PathLike]
+
+
+def fit_report(model: torch.nn.Module, state: dict) -> Optional[str]:
+    """None when ``state`` fits ``model`` exactly, else one line saying what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if not (missing or unexpected or shapes):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs "
+                     f"model {tuple(own[k].shape)})")
+    return "; ".join(parts)
+
+
+class Predictor:
+    """A model in eval mode with its preprocessing and its classes.
+
+    Args:
+        model: a ``Model``; cfg: its ``Config``; class_names, cat_ids: label ``k`` is
+        ``class_names[k]`` with dataset category id ``cat_ids[k]``.
+        device: where to run; score_threshold: instances below it are dropped; half: fp16
+        autocast (CUDA only).
+    """
+
+    def __init__(self, model, cfg: Config, class_names: Sequence[str], cat_ids: Sequence[int], *,
+                 device: str = "cpu", score_threshold: float = 0.0, half: bool = False):
+        from .data.transforms import eval_transform
+        self.cfg, self.class_names, self.cat_ids = cfg, list(class_names), list(cat_ids)
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        if cfg.solver.channels_last:  # as trained: same kernels, same numbers (and faster on CPU)
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.score_threshold = score_threshold
+        self.half = half and self.device.type == "cuda"
+        self.transform = eval_transform(cfg.data.min_size_test, cfg.data.max_size)
+
+    def _sample(self, image: ImageLike, index: int) -> dict:
+        from .data.io import read_image
+        if isinstance(image, (str, os.PathLike)):
+            image = read_image(image)
+        if isinstance(image, torch.Tensor):  # [3, H, W] or [H, W, 3] uint8
+            image = image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image.numpy()
+        image = np.ascontiguousarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        s = self.transform({"image": image, "boxes": np.zeros((0, 4), np.float32),
+                            "labels": np.zeros(0, np.int64), "ignore_boxes": np.zeros((0, 4), np.float32)})
+        return {"image": torch.from_numpy(np.ascontiguousarray(s["image"].transpose(2, 0, 1))),
+                "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+                "ignore_boxes": torch.zeros(0, 4), "image_id": index, "orig_size": (h, w)}
+
+    @torch.no_grad()
+    def predict_batch(self, images: Sequence[ImageLike]) -> list[dict]:
+        """One result dict per image (see ``__call__``)."""
+        from .data.transforms import collate
+        from .evaluation.coco import to_file_pixels
+        batch = collate([self._sample(im, i) for i, im in enumerate(images)])
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
+            out = self.model(batch)
+        results = [{} for _ in images]
+        for name, pred in out.items():
+            for i, ((h, w), (oh, ow)) in enumerate(zip(batch["image_sizes"], batch["orig_sizes"])):
+                if name == "fcn":
+                    logits = pred[i:i + 1, :, :h, :w].float()
+                    logits = torch.nn.functional.interpolate(logits, size=(oh, ow), mode="bilinear",
+                                                             align_corners=False)
+                    results[i]["semantic"] = logits.argmax(1)[0].to(torch.uint8).cpu()
+                elif name == "panoptic":
+                    seg, segments = pred[i]
+                    seg = torch.nn.functional.interpolate(seg[None, None].float(), size=(oh, ow),
+                                                          mode="nearest")[0, 0].to(torch.int32)
+                    results[i]["panoptic"] = (seg.cpu(), segments)
+                else:
+                    inst = pred[i]
+                    inst = inst[inst.scores >= self.score_threshold]
+                    results[i]["instances"] = to_file_pixels(inst, (h, w), (oh, ow)).to("cpu")
+        return results
+
+    def __call__(self, image: ImageLike) -> dict:
+        """Run on one image (``np.ndarray [H, W, 3]`` RGB uint8, a ``[3, H, W]`` uint8 tensor, or a
+        file path).
+
+        Returns:
+            {"instances": ``Instances`` in the image's pixels (masks ``[N, H, W]`` bool when the
+            model predicts masks)} for detection heads, {"semantic": ``Tensor[H, W]`` uint8} for
+            an FCN head, {"panoptic": (``Tensor[H, W]`` int32 segment ids, segments)} when enabled.
+        """
+        return self.predict_batch([image])[0]
+
+
+def load_model(weights: str, *, config: Optional[str] = None, device: str = "auto",
+               score_threshold: float = 0.0, half: bool = False) -> Predictor:
+    """Build the model a checkpoint describes and load its weights.
+
+    Args:
+        weights: a detseg checkpoint (``best.pth``, ``model_*.pth`` or a converted one).
+        config: optionally a config file that replaces the checkpoint's own (architecture
+            changes then fail with a clear mismatch report).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+
+    Raises:
+        CheckpointError: the file is not a detseg checkpoint or does not fit the architecture.
+    """
+    from .modeling.model import build_model
+    state = load_checkpoint(weights)
+    if "model" not in state:
+        raise CheckpointError(f"{weights}: no 'model' weights in this file; is it a detseg checkpoint?")
+    if config is not None:
+        cfg = load_config(config)
+    elif isinstance(state.get("config"), dict):
+        try:
+            cfg = from_dict(state["config"])
+        except ConfigError as e:
+            raise CheckpointError(f"{weights}: its config does not fit this detseg version: {e}") from None
+    else:
+        raise CheckpointError(f"{weights}: holds no config; pass --config with the architecture it was "
+                              f"trained with (or convert it with the tool that made it)")
+    names = state.get("class_names") or (state.get("label_map") or {}).get("class_names")
+    if not names:
+        raise CheckpointError(f"{weights}: holds no class names")
+    cat_ids = (state.get("label_map") or {}).get("cat_ids") or list(range(1, len(names) + 1))
+    cfg.model.backbone.weights = None  # the checkpoint carries every weight; download nothing
+    model = build_model(cfg, len(names))
+    problem = fit_report(model, state["model"])
+    if problem:
+        raise CheckpointError(f"{weights} does not fit the model its config describes "
+                              f"({cfg.model.backbone.name}, heads {cfg.model.heads}): {problem}")
+    model.load_state_dict(state["model"])
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Predictor(model, cfg, names, cat_ids, device=device, score_threshold=score_threshold, half=half)
+
+
+__all__ = ["Instances", "Predictor", "load_model", "fit_report"]

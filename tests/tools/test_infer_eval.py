@@ -1,0 +1,159 @@
+"""tools/infer.py, tools/eval.py and detseg.load_model on a small trained checkpoint."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detseg import load_model
+from detseg.engine.checkpoint import CheckpointError
+from tests.conftest import ROOT, run_script
+from tests.tools.test_train_script import TINY
+
+PANOPTIC = "configs/panoptic_fcn_mask_rcnn_resnet18_fpn_shapes.yaml"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A few iterations of the two-head (FCN + Mask R-CNN) recipe: every kind of output."""
+    root = tmp_path_factory.mktemp("trained")
+    env = {"DETSEG_CACHE": str(root / "cache"), "DETSEG_NO_PROGRESS": "1"}
+    out = root / "run"
+    r = run_script("tools/train.py", "--config", PANOPTIC, *TINY, "solver.max_iter=4", "solver.eval_period=4",
+                   "solver.checkpoint_period=4", "--output-dir", str(out), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out, env
+
+
+def test_eval_reproduces_the_numbers_the_trainer_logged(trained, tmp_path):
+    out, env = trained
+    logged = [json.loads(x) for x in open(out / "metrics.jsonl") if '"AP"' in x][-1]
+    r = run_script("tools/eval.py", "--weights", str(out / "best.pth"), "--output", str(tmp_path), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("AP", "AP50", "segm_AP", "segm_AP50", "mIoU", "pixel_acc"):
+        assert metrics[key] == pytest.approx(logged[key], abs=1e-9), key
+    assert "per_class_AP" in r.stdout or "circle" in r.stdout
+
+
+def test_load_model_api_returns_every_output_in_the_images_pixels(trained):
+    out, _ = trained
+    predictor = load_model(str(out / "best.pth"), device="cpu")
+    image = np.random.default_rng(0).integers(0, 255, (90, 130, 3), dtype=np.uint8)
+    result = predictor(image)
+    assert set(result) == {"instances", "semantic", "panoptic"}
+    inst = result["instances"]
+    assert inst.image_size == (90, 130)
+    assert inst.masks is None or inst.masks.shape[1:] == (90, 130)
+    assert result["semantic"].shape == (90, 130) and result["panoptic"][0].shape == (90, 130)
+    assert predictor.class_names == ["circle", "rectangle", "triangle", "hexagon"]
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_clear_error(trained, tmp_path):
+    out, _ = trained
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_model(str(out / "best.pth"), config=os.path.join(ROOT, "configs/fcn8s_vgg16_shapes.yaml"))
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, foreign)  # a bare state dict from elsewhere
+    with pytest.raises(CheckpointError, match="no 'model'"):
+        load_model(str(foreign))
+    r = run_script("tools/infer.py", "--weights", str(foreign), "--input", str(tmp_path))
+    assert r.returncode == 2 and "foreign.pth" in r.stderr and "Traceback" not in r.stderr
+
+
+def _write_video(path, frames, size=(128, 96)):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, size)
+    for i in range(frames):
+        f = np.full((size[1], size[0], 3), 40, np.uint8)
+        cv2.circle(f, (20 + i % 80, 48), 15, (0, 200, 255), -1)
+        w.write(f)
+    w.release()
+
+
+def _count_frames(path):
+    cap, n = cv2.VideoCapture(str(path)), 0
+    while cap.grab():
+        n += 1
+    cap.release()
+    return n
+
+
+def test_video_in_video_out_with_every_frame(trained, tmp_path):
+    out, env = trained
+    _write_video(tmp_path / "clip.mp4", 60)
+    r = run_script("tools/infer.py", "--weights", str(out / "best.pth"),
+                   "--input", str(tmp_path / "clip.mp4"),
+                   "--output", str(tmp_path / "out"), "--batch-size", "4", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stats = json.loads((tmp_path / "out" / "video_stats.json").read_text())
+    assert stats["frames"] == 60 and _count_frames(stats["video"]) == 60
+
+
+def test_memory_stays_flat_over_a_300_frame_video(trained, tmp_path):
+    out, env = trained
+    _write_video(tmp_path / "long.mp4", 300)
+    r = run_script("tools/infer.py", "--weights", str(out / "best.pth"),
+                   "--input", str(tmp_path / "long.mp4"),
+                   "--output", str(tmp_path / "out"), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    memory = json.loads((tmp_path / "out" / "video_stats.json").read_text())["memory"]
+    rss = {m["frame"]: m["rss_mb"] for m in memory}
+    # after warm-up (frame 50), 250 more frames may not grow the process by more than 20 MiB
+    assert rss[300] - rss[50] < 20, rss
+
+
+def test_unreadable_video_is_a_clear_error(trained, tmp_path):
+    out, env = trained
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all" * 100)
+    r = run_script("tools/infer.py", "--weights", str(out / "best.pth"), "--input", str(bad),
+                   "--output", str(tmp_path / "out"), env=env)
+    assert r.returncode == 1 and "broken.mp4" in r.stderr and "Traceback" not in r.stderr
+    assert not any(f.endswith((".mp4", ".avi")) for f in os.listdir(tmp_path / "out"))
+
+
+def test_folder_of_odd_images_and_a_corrupt_one(trained, tmp_path):
+    out, env = trained
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 60), dtype=np.uint8), "L").save(folder / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (40, 60, 4), dtype=np.uint8), "RGBA").save(folder / "rgba.png")
+    Image.fromarray(rng.integers(0, 65535, (40, 60), dtype=np.uint16)).save(folder / "deep16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape 60 x 40, shown rotated: upright it is 40 wide, 60 tall
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / "rotated.jpg", exif=exif)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    r = run_script("tools/infer.py", "--weights", str(out / "best.pth"), "--input", str(folder),
+                   "--output", str(tmp_path / "out"), "--save-txt", env=env)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "corrupt.jpg" in r.stderr and "1 of 5 inputs" in r.stderr
+    sizes = {n: Image.open(tmp_path / "out" / f"{n}.jpg").size for n in ("gray", "rgba", "deep16", "rotated")}
+    assert sizes == {"gray": (60, 40), "rgba": (60, 40), "deep16": (60, 40), "rotated": (40, 60)}
+    assert len(os.listdir(tmp_path / "out" / "labels")) == 4
+
+
+def test_results_json_loads_against_the_dataset_it_came_from(trained, tmp_path):
+    from pycocotools.coco import COCO
+    out, env = trained
+    num_val = torch.load(out / "best.pth", weights_only=True)["config"]["data"]["shapes"]["num_val"]
+    root = [d for d in os.listdir(os.path.join(env["DETSEG_CACHE"])) if d.startswith("shapes")][0]
+    ann = os.path.join(env["DETSEG_CACHE"], root, "annotations", "instances_val.json")
+    r = run_script("tools/infer.py", "--weights", str(out / "best.pth"), "--input",
+                   os.path.join(env["DETSEG_CACHE"], root, "val"), "--output", str(tmp_path / "out"),
+                   "--score-threshold", "0", "--ann-file", ann, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    gt = COCO(ann)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results and num_val == len(gt.getImgIds())
+    dt = gt.loadRes(str(tmp_path / "out" / "results.json"))
+    assert set(dt.getImgIds()) <= set(gt.getImgIds())
+
+
+def test_custom_pipeline_example_runs():
+    r = run_script("examples/custom_pipeline.py", "--iterations", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "loss_mask" in r.stdout and "detections" in r.stdout

@@ -1,0 +1,270 @@
+"""Run a trained detseg model on images, folders, globs, videos or a webcam.
+
+    python tools/infer.py --weights runs/x/best.pth --input photo.jpg
+    python tools/infer.py --weights runs/x/best.pth --input images/ --save-txt
+    python tools/infer.py --weights runs/x/best.pth --input "shots/*.png" --score-threshold 0.5
+    python tools/infer.py --weights runs/x/best.pth --input clip.mp4
+    python tools/infer.py --weights runs/x/best.pth --input 0 --show        # webcam 0
+
+Writes into --output (default runs/infer/<n>): annotated images (or video), results.json in COCO
+results format (image ids from --ann-file when the images belong to a COCO dataset, else 1..N in
+input order, listed in images.json) and, with --save-txt, labels/<name>.txt per image. The exit
+status is 1 when any input could not be read (each is reported), 2 for bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detseg.data.io import DataError  # noqa: E402
+from detseg.engine.checkpoint import CheckpointError  # noqa: E402
+
+logger = logging.getLogger("detseg.infer")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, help="a detseg checkpoint (config and classes inside)")
+    p.add_argument("--input", required=True, help="image, folder, glob, video file or webcam index")
+    p.add_argument("--output", help="output folder (default: runs/infer/<n>)")
+    p.add_argument("--config", help="config replacing the checkpoint's own (architecture must match)")
+    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--half", action="store_true", help="fp16 autocast (CUDA only)")
+    p.add_argument("--show", action="store_true", help="display results (needs a display)")
+    p.add_argument("--save-txt", action="store_true", help="labels/<name>.txt per image")
+    p.add_argument("--ann-file", help="COCO file the images belong to: results use its image ids")
+    p.add_argument("--max-frames", type=int, help="stop a video or webcam after this many frames")
+    return p
+
+
+def next_output_dir(root: str = os.path.join("runs", "infer")) -> str:
+    os.makedirs(root, exist_ok=True)
+    taken = [int(d) for d in os.listdir(root) if d.isdigit()]
+    return os.path.join(root, str(max(taken, default=0) + 1))
+
+
+def classify_input(text: str) -> tuple[str, object]:
+    """("webcam", index) | ("video", path) | ("images", [paths]); DataError when nothing matches."""
+    from detseg.data.video import VIDEO_EXTENSIONS
+    if text.isdigit() and not os.path.exists(text):
+        return "webcam", int(text)
+    if os.path.isdir(text):
+        files = sorted(os.path.join(text, f) for f in os.listdir(text)
+                       if os.path.isfile(os.path.join(text, f)) and not f.startswith("."))
+        if not files:
+            raise DataError(f"{text}: folder holds no files")
+        return "images", files
+    if os.path.isfile(text):
+        return ("video", text) if text.lower().endswith(VIDEO_EXTENSIONS) else ("images", [text])
+    matches = sorted(f for f in glob.glob(text) if os.path.isfile(f))
+    if not matches:
+        raise DataError(f"{text}: no such file, folder or matching files")
+    return "images", matches
+
+
+class Display:
+    """cv2.imshow when a display exists; a single warning otherwise (headless OpenCV, no $DISPLAY)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def show(self, rgb) -> bool:
+        """False when the user asked to quit (q or Esc)."""
+        if not self.enabled:
+            return True
+        import cv2
+        try:
+            cv2.imshow("detseg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
+        except cv2.error:
+            logger.warning("--show: no display available here; results are only written to disk")
+            self.enabled = False
+            return True
+
+
+class Results:
+    """COCO results, per-image label files and the image list, written atomically at the end."""
+
+    def __init__(self, out_dir: str, predictor, save_txt: bool):
+        self.out_dir, self.predictor, self.save_txt = out_dir, predictor, save_txt
+        self.records: list[dict] = []
+        self.images: list[dict] = []
+
+    def add(self, image_id: int, name: str, size: tuple[int, int], result: dict) -> None:
+        from detseg.evaluation.coco import instances_to_results
+        self.images.append({"id": image_id, "file_name": name, "height": size[0], "width": size[1]})
+        inst = result.get("instances")
+        if inst is None:
+            return
+        self.records.extend(instances_to_results(image_id, inst, self.predictor.cat_ids))
+        if self.save_txt:
+            os.makedirs(os.path.join(self.out_dir, "labels"), exist_ok=True)
+            lines = [f"{self.predictor.class_names[int(k)]} {self.predictor.cat_ids[int(k)]} {float(s):.4f} "
+                     + " ".join(f"{v:.1f}" for v in b.tolist())
+                     for b, s, k in zip(inst.boxes, inst.scores, inst.labels)]
+            with open(os.path.join(self.out_dir, "labels", os.path.splitext(name)[0] + ".txt"), "w") as f:
+                f.write("\n".join(lines) + ("\n" if lines else ""))
+
+    def close(self) -> None:
+        from detseg.evaluation.coco import write_json_atomic
+        write_json_atomic(self.records, os.path.join(self.out_dir, "results.json"))
+        write_json_atomic(self.images, os.path.join(self.out_dir, "images.json"))
+
+
+def _write_rgb(path: str, rgb) -> None:
+    import cv2
+    tmp = path + ".tmp" + os.path.splitext(path)[1]
+    if not cv2.imwrite(tmp, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
+    os.replace(tmp, path)
+
+
+def run_images(paths: list[str], predictor, args, out_dir: str) -> int:
+    """Images in batches; returns how many inputs failed."""
+    from tqdm import tqdm
+
+    from detseg.data.io import read_image
+    from detseg.visualize import draw_prediction
+    ids = {}
+    if args.ann_file:
+        from detseg.data.coco import load_coco
+        coco = load_coco(args.ann_file)
+        ids = {os.path.basename(im["file_name"]): im["id"] for im in coco.dataset["images"]}
+    results, display, failed = Results(out_dir, predictor, args.save_txt), Display(args.show), 0
+    bar = tqdm(total=len(paths), unit="img", desc="infer",
+               disable=os.environ.get("DETSEG_NO_PROGRESS") == "1")
+    pending: list[tuple[int, str, object]] = []
+
+    def flush() -> bool:
+        preds = predictor.predict_batch([im for _, _, im in pending])
+        for (image_id, path, image), pred in zip(pending, preds):
+            name = os.path.basename(path)
+            drawn = draw_prediction(image, pred, predictor.class_names)
+            _write_rgb(os.path.join(out_dir, os.path.splitext(name)[0] + ".jpg"), drawn)
+            results.add(image_id, name, image.shape[:2], pred)
+            if not display.show(drawn):
+                return False
+        bar.update(len(pending))
+        pending.clear()
+        return True
+
+    for index, path in enumerate(paths, 1):
+        try:
+            image = read_image(path)
+        except DataError as e:
+            failed += 1
+            logger.error("skipped: %s", e)
+            bar.update(1)
+            continue
+        pending.append((ids.get(os.path.basename(path), index), path, image))
+        if len(pending) >= args.batch_size and not flush():
+            break
+    if pending:
+        flush()
+    bar.close()
+    results.close()
+    if failed:
+        logger.error("%d of %d inputs could not be read", failed, len(paths))
+    return failed
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MiB (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return 0.0
+
+
+def run_video(source, predictor, args, out_dir: str) -> int:
+    """A video file or camera, streamed: constant memory, decoding overlapped with inference."""
+    from tqdm import tqdm
+
+    from detseg.data.video import VideoReader, VideoWriter
+    from detseg.visualize import draw_prediction
+    reader = VideoReader(source, prefetch=2 * args.batch_size, max_frames=args.max_frames)
+    stem = os.path.join(out_dir, "webcam" if isinstance(source, int) else
+                        os.path.splitext(os.path.basename(source))[0])
+    writer = VideoWriter(stem, reader.fps, (reader.width, reader.height))
+    results, display = Results(out_dir, predictor, False), Display(args.show)
+    bar = tqdm(total=reader.frame_count, unit="frame", desc="infer",
+               disable=os.environ.get("DETSEG_NO_PROGRESS") == "1")
+    memory, frames, pending, t0 = [], 0, [], time.perf_counter()
+
+    def flush() -> bool:
+        nonlocal frames
+        for image, pred in zip(pending, predictor.predict_batch(pending)):
+            frames += 1
+            drawn = draw_prediction(image, pred, predictor.class_names)
+            writer.write(drawn)
+            results.add(frames, f"frame_{frames:06d}", image.shape[:2], pred)
+            if frames % 25 == 0:
+                memory.append({"frame": frames, "rss_mb": round(rss_mb(), 1)})
+            if not display.show(drawn):
+                return False
+        bar.update(len(pending))
+        pending.clear()
+        return True
+
+    try:
+        with reader:
+            for frame in reader:
+                pending.append(frame)
+                if len(pending) >= args.batch_size and not flush():
+                    break
+            if pending:
+                flush()
+    finally:
+        bar.close()
+    written = writer.close()
+    results.close()
+    wall = time.perf_counter() - t0
+    stats = {"frames": frames, "written": written, "video": writer.path, "codec": writer.codec,
+             "fps": frames / wall if wall > 0 else 0.0, "memory": memory}
+    from detseg.evaluation.coco import write_json_atomic
+    write_json_atomic(stats, os.path.join(out_dir, "video_stats.json"))
+    logger.info("%s: %d frames, %.1f fps, codec %s", writer.path, written, stats["fps"], writer.codec)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.batch_size < 1:
+        print("error: --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    from detseg.api import load_model
+    from detseg.config import ConfigError
+    try:
+        kind, what = classify_input(args.input)
+        predictor = load_model(args.weights, config=args.config, device=args.device,
+                               score_threshold=args.score_threshold, half=args.half)
+    except (DataError, CheckpointError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out_dir = args.output or next_output_dir()
+    os.makedirs(out_dir, exist_ok=True)
+    try:
+        if kind == "images":
+            failed = run_images(what, predictor, args, out_dir)
+        else:
+            failed = run_video(what, predictor, args, out_dir)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"output": out_dir, "failed": failed}))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
