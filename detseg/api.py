@@ -49,19 +49,28 @@ class Predictor:
         ``class_names[k]`` with dataset category id ``cat_ids[k]``.
         device: where to run; score_threshold: instances below it are dropped; half: fp16
         autocast (CUDA only).
+        channels_last: channels-last convolutions (default: as trained, ``solver.channels_last``).
+        fold_bn: fold frozen BatchNorm into the convolutions before it (faster; results change
+            by float rounding only). ``channels_last=False, fold_bn=False`` runs exactly the
+            arithmetic of torchvision's models, for imported weights.
     """
 
     def __init__(self, model, cfg: Config, class_names: Sequence[str], cat_ids: Sequence[int], *,
-                 device: str = "cpu", score_threshold: float = 0.0, half: bool = False):
+                 device: str = "cpu", score_threshold: float = 0.0, half: bool = False,
+                 channels_last: Optional[bool] = None, fold_bn: bool = True):
         from .data.transforms import eval_transform
         self.cfg, self.class_names, self.cat_ids = cfg, list(class_names), list(cat_ids)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        if cfg.solver.channels_last:  # as trained: same kernels, same numbers (and faster on CPU)
+        if fold_bn:
+            from .modeling.backbones import fold_frozen_batchnorm
+            fold_frozen_batchnorm(self.model)
+        if cfg.solver.channels_last if channels_last is None else channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.score_threshold = score_threshold
         self.half = half and self.device.type == "cuda"
-        self.transform = eval_transform(cfg.data.min_size_test, cfg.data.max_size)
+        self.transform = (eval_transform(cfg.data.min_size_test, cfg.data.max_size)
+                          if cfg.model.input_resize == "data" else None)  # else the model resizes
 
     def _sample(self, image: ImageLike, index: int) -> dict:
         from .data.io import read_image
@@ -73,8 +82,10 @@ class Predictor:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
         h, w = image.shape[:2]
-        s = self.transform({"image": image, "boxes": np.zeros((0, 4), np.float32),
-                            "labels": np.zeros(0, np.int64), "ignore_boxes": np.zeros((0, 4), np.float32)})
+        s = {"image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+             "ignore_boxes": np.zeros((0, 4), np.float32)}
+        if self.transform is not None:
+            s = self.transform(s)
         return {"image": torch.from_numpy(np.ascontiguousarray(s["image"].transpose(2, 0, 1))),
                 "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
                 "ignore_boxes": torch.zeros(0, 4), "image_id": index, "orig_size": (h, w)}
@@ -103,7 +114,7 @@ class Predictor:
                 else:
                     inst = pred[i]
                     inst = inst[inst.scores >= self.score_threshold]
-                    results[i]["instances"] = to_file_pixels(inst, (h, w), (oh, ow)).to("cpu")
+                    results[i]["instances"] = to_file_pixels(inst, inst.image_size, (oh, ow)).to("cpu")
         return results
 
     def __call__(self, image: ImageLike) -> dict:
@@ -119,7 +130,8 @@ class Predictor:
 
 
 def load_model(weights: str, *, config: Optional[str] = None, device: str = "auto",
-               score_threshold: float = 0.0, half: bool = False) -> Predictor:
+               score_threshold: float = 0.0, half: bool = False, channels_last: Optional[bool] = None,
+               fold_bn: bool = True) -> Predictor:
     """Build the model a checkpoint describes and load its weights.
 
     Args:
@@ -127,6 +139,7 @@ def load_model(weights: str, *, config: Optional[str] = None, device: str = "aut
         config: optionally a config file that replaces the checkpoint's own (architecture
             changes then fail with a clear mismatch report).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+        channels_last, fold_bn: see ``Predictor``.
 
     Raises:
         CheckpointError: the file is not a detseg checkpoint or does not fit the architecture.
@@ -158,7 +171,8 @@ def load_model(weights: str, *, config: Optional[str] = None, device: str = "aut
     model.load_state_dict(state["model"])
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Predictor(model, cfg, names, cat_ids, device=device, score_threshold=score_threshold, half=half)
+    return Predictor(model, cfg, names, cat_ids, device=device, score_threshold=score_threshold, half=half,
+                     channels_last=channels_last, fold_bn=fold_bn)
 
 
 __all__ = ["Instances", "Predictor", "load_model", "fit_report"]

@@ -39,6 +39,8 @@ class BackboneConfig:
     norm: Literal["bn", "frozen_bn"] = "bn"
     fpn: bool = False
     fpn_channels: int = 256
+    out_features: Optional[list[str]] = None  # stages to return (default c3, c4, c5)
+    fpn_extra_pool: bool = False  # one more FPN level, max-pooled from the top (Mask R-CNN's "pool")
 
 
 @dataclass
@@ -89,6 +91,10 @@ class RoIConfig:
     bg_iou: float = 0.5
     bg_iou_low: float = 0.0
     reg_iou: Optional[float] = None  # proposals training the box regressor (default fg_iou)
+    # pool each box from one of these FPN levels by its size (RoIAlign at levels[0]) instead
+    multiscale_features: Optional[list[str]] = None
+    sampling_ratio: int = 2
+    min_box_size: float = 0.0  # test time: smaller boxes are dropped
     classifier: Literal["softmax", "svm"] = "softmax"
     svm_neg_iou: float = 0.3
     warp_size: int = 224  # rcnn
@@ -125,6 +131,7 @@ class MaskConfig:
     pooler_resolution: int = 14
     sampling_ratio: int = 2
     conv_dims: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    multiscale_features: Optional[list[str]] = None  # FPN levels chosen by box size, instead
 
 
 @dataclass
@@ -148,6 +155,10 @@ class ModelConfig:
     sliding_window: SlidingWindowConfig = field(default_factory=SlidingWindowConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     panoptic: PanopticConfig = field(default_factory=PanopticConfig)
+    # "model": images reach the model at their own size and are normalised, then resized with
+    # bilinear interpolation to data.min_size_test / data.max_size inside it (torchvision's
+    # detection transform; inference only), instead of being resized by the data pipeline.
+    input_resize: Literal["data", "model"] = "data"
     # Normalisation applied inside the model so that data stays uint8 until the last moment.
     pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
     pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])

@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     from detseg.evaluation.coco import format_per_class, write_json_atomic
     from detseg.evaluation.runner import make_evaluate
     try:
-        predictor = load_model(args.weights, config=args.config, device=args.device)
+        # the model exactly as the trainer evaluated it (no inference-time folding)
+        predictor = load_model(args.weights, config=args.config, device=args.device, fold_bn=False)
         cfg = from_dict(apply_overrides(to_dict(predictor.cfg), {}, args.overrides))
         if args.ann_file:
             split = {"ann_file": args.ann_file, "image_dir": args.image_dir or os.path.dirname(args.ann_file)}

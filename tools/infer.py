@@ -108,8 +108,9 @@ class Results:
         self.records.extend(instances_to_results(image_id, inst, self.predictor.cat_ids))
         if self.save_txt:
             os.makedirs(os.path.join(self.out_dir, "labels"), exist_ok=True)
-            lines = [f"{self.predictor.class_names[int(k)]} {self.predictor.cat_ids[int(k)]} {float(s):.4f} "
-                     + " ".join(f"{v:.1f}" for v in b.tolist())
+            # "category_id score x1 y1 x2 y2 class name" (the name last: it may hold spaces)
+            lines = [f"{self.predictor.cat_ids[int(k)]} {float(s):.4f} "
+                     + " ".join(f"{v:.1f}" for v in b.tolist()) + f" {self.predictor.class_names[int(k)]}"
                      for b, s, k in zip(inst.boxes, inst.scores, inst.labels)]
             with open(os.path.join(self.out_dir, "labels", os.path.splitext(name)[0] + ".txt"), "w") as f:
                 f.write("\n".join(lines) + ("\n" if lines else ""))

@@ -35,6 +35,8 @@ def build_dataset(cfg, split: dict, *, train: bool, with_masks=False, with_seman
     d = cfg.data
     transform = (train_transform(d.min_size_train, d.max_size, d.augment) if train
                  else eval_transform(d.min_size_test, d.max_size))
+    if not train and cfg.model.input_resize == "model":
+        transform = None  # the model resizes (see ModelConfig.input_resize)
     return CocoDataset(split["ann_file"], split["image_dir"], with_masks=with_masks,
                        with_semantic=with_semantic, keep_empty=d.keep_empty or not train,
                        transform=transform, on_bad_image=d.on_bad_image, proposals=proposals)

@@ -152,11 +152,11 @@ class COCOEvaluator:
         self.image_ids: list[int] = []
 
     def process(self, batch: dict, predictions: list) -> None:
-        """predictions: one ``Instances`` per image of ``batch``, in resized-image pixels."""
-        for img_id, inst, (h, w), (oh, ow) in zip(batch["image_ids"], predictions, batch["image_sizes"],
-                                                  batch["orig_sizes"]):
+        """predictions: one ``Instances`` per image of ``batch``, in the pixels of the image the
+        model saw (``inst.image_size``), mapped here to each file's own size."""
+        for img_id, inst, (oh, ow) in zip(batch["image_ids"], predictions, batch["orig_sizes"]):
             self.image_ids.append(int(img_id))
-            inst = to_file_pixels(inst, (h, w), (oh, ow))
+            inst = to_file_pixels(inst, inst.image_size, (oh, ow))
             self.results.extend(instances_to_results(img_id, inst, self.cat_ids))
 
     def evaluate(self) -> dict:

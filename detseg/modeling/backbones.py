@@ -26,6 +26,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +96,26 @@ class Backbone(nn.Module):
 
 
 class FPNBackbone(nn.Module):
-    """A backbone followed by a feature pyramid (torchvision's FeaturePyramidNetwork)."""
+    """A backbone followed by a feature pyramid (torchvision's FeaturePyramidNetwork).
 
-    def __init__(self, body: Backbone, channels: int = 256):
+    With ``extra_pool`` a further level ``p{n+1}`` is the top level max-pooled by 2 (Mask R-CNN's
+    "pool" level, read by the RPN only).
+    """
+
+    def __init__(self, body: Backbone, channels: int = 256, extra_pool: bool = False):
         super().__init__()
         self.body = body
         shapes = body.output_shape()
         self.in_names = list(shapes)
-        self.fpn = FeaturePyramidNetwork([shapes[n].channels for n in self.in_names], channels)
+        extra = LastLevelMaxPool() if extra_pool else None
+        self.fpn = FeaturePyramidNetwork([shapes[n].channels for n in self.in_names], channels,
+                                         extra_blocks=extra)
         self._shapes = {"p" + n[1:]: ShapeSpec(channels, shapes[n].stride) for n in self.in_names}
+        self.extra_name = None
+        if extra_pool:
+            top = self.in_names[-1]
+            self.extra_name = f"p{int(top[1:]) + 1}"
+            self._shapes[self.extra_name] = ShapeSpec(channels, shapes[top].stride * 2)
 
     def output_shape(self) -> dict[str, ShapeSpec]:
         return dict(self._shapes)
@@ -111,7 +123,10 @@ class FPNBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.body(x)
         out = self.fpn(OrderedDict((n, feats[n]) for n in self.in_names))
-        return {"p" + n[1:]: out[n] for n in self.in_names}
+        result = {"p" + n[1:]: out[n] for n in self.in_names}
+        if self.extra_name is not None:
+            result[self.extra_name] = out["pool"]
+        return result
 
 
 # --------------------------------------------------------------------------- definitions
@@ -232,7 +247,7 @@ def _load_reporting(module: nn.Module, state: dict, source: str, ignore=()) -> N
 
 def build_backbone(name: str, *, weights: Optional[str] = None, freeze_at: int = 0,
                    norm: str = "bn", fpn: bool = False, fpn_channels: int = 256,
-                   out_features: Optional[list[str]] = None) -> nn.Module:
+                   out_features: Optional[list[str]] = None, fpn_extra_pool: bool = False) -> nn.Module:
     """Build a backbone.
 
     Args:
@@ -241,8 +256,9 @@ def build_backbone(name: str, *, weights: Optional[str] = None, freeze_at: int =
             (downloads when online), or a local ``.pth`` / ``.safetensors`` file.
         freeze_at: number of leading stages to freeze (stem = 1).
         norm: ``"bn"`` or ``"frozen_bn"``.
-        fpn: add a feature pyramid over c3..c5.
+        fpn: add a feature pyramid over ``out_features``.
         out_features: stage names to return (default c3, c4, c5).
+        fpn_extra_pool: with ``fpn``, one more level max-pooled from the top one.
     """
     if name not in _DEFINITIONS:
         raise ValueError(f"unknown backbone {name!r}; choose from {sorted(_DEFINITIONS)}")
@@ -260,4 +276,44 @@ def build_backbone(name: str, *, weights: Optional[str] = None, freeze_at: int =
         freeze_batchnorm(body)
     if freeze_at:
         body.freeze(freeze_at)
-    return FPNBackbone(body, fpn_channels) if fpn else body
+    return FPNBackbone(body, fpn_channels, fpn_extra_pool) if fpn else body
+
+
+def fold_frozen_batchnorm(module: nn.Module) -> int:
+    """Fold every FrozenBatchNorm2d into the convolution before it, for inference.
+
+    ``conv -> frozen BN`` is an affine map of the convolution's output, so it becomes the
+    convolution with scaled weights and a bias: one pass over each activation instead of three.
+    Pairs are found in ``nn.Sequential`` containers (conv followed by BN) and as ``convK`` /
+    ``bnK`` siblings (torchvision's ResNet blocks). Results change only by float rounding.
+
+    Returns:
+        the number of BN layers folded (each replaced by ``nn.Identity``).
+    """
+    folded = 0
+
+    def fold(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> None:
+        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+        shift = bn.bias - bn.running_mean * scale
+        with torch.no_grad():
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            if conv.bias is None:
+                conv.bias = nn.Parameter(shift.clone(), requires_grad=False)
+            else:
+                conv.bias.mul_(scale).add_(shift)
+
+    for parent in list(module.modules()):
+        children = list(parent.named_children())
+        for (name_a, a), (name_b, b) in zip(children, children[1:]):
+            if isinstance(parent, nn.Sequential) and isinstance(a, nn.Conv2d) and isinstance(b, FrozenBatchNorm2d):
+                fold(a, b)
+                setattr(parent, name_b, nn.Identity())
+                folded += 1
+        for name, child in children:
+            if isinstance(child, FrozenBatchNorm2d) and name.startswith("bn"):
+                conv = getattr(parent, "conv" + name[2:], None)
+                if isinstance(conv, nn.Conv2d):
+                    fold(conv, child)
+                    setattr(parent, name, nn.Identity())
+                    folded += 1
+    return folded

@@ -1,6 +1,7 @@
 """``Model(backbone, heads)``: one backbone pass per batch, every head reads the same features."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -24,6 +25,11 @@ class Model(nn.Module):
             ``uses_backbone = True`` and is called with ``backbone=``; one that does not read
             the shared full-image features sets ``needs_features = False``.
         pixel_mean, pixel_std: RGB normalisation applied to the uint8 images.
+        resize: ``None`` (the data pipeline resizes), or (min_size, max_size): the model normalises
+            each image at its own size, resizes it bilinearly so its short side is ``min_size``
+            (long side at most ``max_size``) and pads the batch to a multiple of 32 with zeros,
+            exactly as torchvision's detection transform does; inference only. The heads see the
+            resized sizes in ``batch["image_sizes"]``.
         panoptic: ``None``, or the keyword arguments of ``merge_panoptic``: in eval mode the
             output then also holds ``"panoptic"``, one (segment-id map, segments) per image,
             from the ``fcn`` head's semantic map and the instances of the head with masks.
@@ -35,8 +41,12 @@ class Model(nn.Module):
 
     def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module], *,
                  pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
-                 pixel_std: Sequence[float] = (58.395, 57.12, 57.375), panoptic: Optional[dict] = None):
+                 pixel_std: Sequence[float] = (58.395, 57.12, 57.375), panoptic: Optional[dict] = None,
+                 resize: Optional[tuple[int, int]] = None):
         super().__init__()
+        self.resize = resize
+        if resize is not None and "fcn" in heads:
+            raise ValueError("in-model resizing is for detection heads (the FCN output would need resizing back)")
         if not heads:
             raise ValueError("a Model needs at least one head")
         self.panoptic = panoptic
@@ -44,8 +54,12 @@ class Model(nn.Module):
             raise ValueError("panoptic output needs an 'fcn' head and a region head with a mask head")
         self.backbone = backbone
         self.heads = nn.ModuleDict(heads)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
+        # Kept in [0, 1] units and applied after x / 255, the same float operations as
+        # torchvision's detection transform, so that imported weights see identical inputs.
+        unit = torch.tensor(pixel_mean, dtype=torch.float64) / 255
+        self.register_buffer("pixel_mean", unit.float().view(1, 3, 1, 1), persistent=False)
+        unit = torch.tensor(pixel_std, dtype=torch.float64) / 255
+        self.register_buffer("pixel_std", unit.float().view(1, 3, 1, 1), persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -53,11 +67,32 @@ class Model(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, 3, H, W]`` → normalised float ``[B, 3, H, W]`` on the model's device."""
-        x = images.to(self.device, non_blocking=True).float()
+        x = images.to(self.device, non_blocking=True).float() / 255
         return (x - self.pixel_mean) / self.pixel_std
+
+    def resize_inputs(self, pixels: torch.Tensor, image_sizes) -> tuple[torch.Tensor, list]:
+        """torchvision's detection resize of normalised images: ``[B, 3, H', W']`` padded to 32."""
+        min_size, max_size = self.resize
+        resized = []
+        for img, (h, w) in zip(pixels, image_sizes):
+            scale = min(min_size / min(h, w), max_size / max(h, w))
+            resized.append(torch.nn.functional.interpolate(
+                img[None, :, :h, :w], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+                align_corners=False)[0])
+        hp = int(math.ceil(max(r.shape[1] for r in resized) / 32) * 32)
+        wp = int(math.ceil(max(r.shape[2] for r in resized) / 32) * 32)
+        out = pixels.new_zeros(len(resized), 3, hp, wp)
+        for o, r in zip(out, resized):
+            o[:, : r.shape[1], : r.shape[2]] = r
+        return out, [tuple(r.shape[1:]) for r in resized]
 
     def forward(self, batch: dict) -> dict:
         pixels = self.preprocess(batch["images"])
+        if self.resize is not None:
+            if self.training:
+                raise RuntimeError("in-model resizing (model.input_resize: model) is for inference only")
+            pixels, sizes = self.resize_inputs(pixels, batch["image_sizes"])
+            batch = {**batch, "image_sizes": sizes}
         batch = {**batch, "pixels": pixels}
         features = (self.backbone(pixels)
                     if any(getattr(h, "needs_features", True) for h in self.heads.values()) else None)
@@ -121,7 +156,7 @@ def _region_kwargs(r) -> dict:
                 fg_fraction=r.fg_fraction, fg_iou=r.fg_iou, bg_iou=r.bg_iou, bg_iou_low=r.bg_iou_low,
                 reg_iou=r.reg_iou, classifier=r.classifier, svm_neg_iou=r.svm_neg_iou,
                 score_thresh=r.score_thresh, nms_thresh=r.nms_thresh,
-                detections_per_image=r.detections_per_image)
+                detections_per_image=r.detections_per_image, min_box_size=r.min_box_size)
 
 
 def _default_feature(in_shapes: dict, name) -> str:
@@ -148,7 +183,7 @@ def build_head(name: str, cfg, backbone: nn.Module, num_classes: int) -> nn.Modu
             fg_fraction=s.fg_fraction, score_thresh=s.score_thresh, nms_thresh=s.nms_thresh,
             detections_per_image=s.detections_per_image)
     r = m.roi
-    feature = _default_feature(shapes, r.feature)
+    feature = (r.multiscale_features or [None])[0] or _default_feature(shapes, r.feature)
     if feature not in shapes:
         raise ValueError(f"model.roi.feature: backbone has no {feature!r}; it has {sorted(shapes)}")
     proposals = build_proposals(cfg, shapes, feature)
@@ -159,14 +194,16 @@ def build_head(name: str, cfg, backbone: nn.Module, num_classes: int) -> nn.Modu
         from .heads.mask import MaskHead
         mask_head = MaskHead(in_shapes=shapes, num_classes=num_classes, feature=m.mask.feature,
                              pooler_resolution=m.mask.pooler_resolution,
-                             sampling_ratio=m.mask.sampling_ratio, conv_dims=m.mask.conv_dims)
+                             sampling_ratio=m.mask.sampling_ratio, conv_dims=m.mask.conv_dims,
+                             multiscale_features=m.mask.multiscale_features)
     if name == "rcnn":
         return RCNNHead(in_shapes=shapes, proposals=proposals, num_classes=num_classes, feature=feature,
                         warp_size=r.warp_size, context_pad=r.context_pad, pool_size=r.pool_size,
                         **_region_kwargs(r))
     if name == "spp":
         return SPPHead(in_shapes=shapes, proposals=proposals, num_classes=num_classes, feature=feature,
-                       levels=r.levels, mapping=r.mapping, mask_head=mask_head, **_region_kwargs(r))
+                       levels=r.levels, mapping=r.mapping, multiscale_features=r.multiscale_features,
+                       sampling_ratio=r.sampling_ratio, mask_head=mask_head, **_region_kwargs(r))
     raise ValueError(f"unknown head {name!r} in model.heads; available: {', '.join(HEADS)}")
 
 
@@ -175,10 +212,13 @@ def build_model(cfg, num_classes: int) -> Model:
     m = cfg.model
     bb = m.backbone
     backbone = build_backbone(bb.name, weights=bb.weights, freeze_at=bb.freeze_at, norm=bb.norm,
-                              fpn=bb.fpn, fpn_channels=bb.fpn_channels)
+                              fpn=bb.fpn, fpn_channels=bb.fpn_channels, out_features=bb.out_features,
+                              fpn_extra_pool=bb.fpn_extra_pool)
     heads = {name: build_head(name, cfg, backbone, num_classes) for name in m.heads}
     panoptic = None
     if m.panoptic.enabled:
         panoptic = {"instance_score": m.panoptic.instance_score, "overlap": m.panoptic.overlap,
                     "min_area": m.panoptic.min_area}
-    return Model(backbone, heads, pixel_mean=m.pixel_mean, pixel_std=m.pixel_std, panoptic=panoptic)
+    resize = (cfg.data.min_size_test, cfg.data.max_size) if m.input_resize == "model" else None
+    return Model(backbone, heads, pixel_mean=m.pixel_mean, pixel_std=m.pixel_std, panoptic=panoptic,
+                 resize=resize)

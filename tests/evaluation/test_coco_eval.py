@@ -17,9 +17,10 @@ def ground_truth_as_detections(ann_file: str, image_dir: str, backend: str, out_
         info = ds.coco.imgs[img_id]
         h, w = info["height"], info["width"]
         a = ds.load_annotations(img_id, h, w)
-        boxes = torch.from_numpy(a["boxes"]) * 0.5  # as predicted on a half-size input
-        inst = Instances((h // 2, w // 2), boxes, torch.ones(len(boxes)), torch.from_numpy(a["labels"]))
-        ev.process({"image_ids": [img_id], "image_sizes": [(h / 2, w / 2)], "orig_sizes": [(h, w)]}, [inst])
+        hs, ws = h // 2, w // 2  # as predicted on a half-size input
+        boxes = torch.from_numpy(a["boxes"]) * torch.tensor([ws / w, hs / h, ws / w, hs / h])
+        inst = Instances((hs, ws), boxes, torch.ones(len(boxes)), torch.from_numpy(a["labels"]))
+        ev.process({"image_ids": [img_id], "image_sizes": [(hs, ws)], "orig_sizes": [(h, w)]}, [inst])
     return ev.evaluate()
 
 

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align
+from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from ...structures import Instances
 from ..backbones import ShapeSpec
@@ -47,12 +47,19 @@ class MaskHead(nn.Module):
         pooler_resolution: RoIAlign output size (14).
         sampling_ratio: RoIAlign samples per bin and axis.
         conv_dims: channels of the 3x3 conv layers (four of 256).
+        multiscale_features: instead of ``feature``, FPN levels to pool each box from by its size
+            (torchvision's ``MultiScaleRoIAlign``, not pixel-aligned, as its Mask R-CNN).
     """
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, feature: Optional[str] = None,
                  pooler_resolution: int = 14, sampling_ratio: int = 2,
-                 conv_dims: Sequence[int] = (256, 256, 256, 256)):
+                 conv_dims: Sequence[int] = (256, 256, 256, 256),
+                 multiscale_features: Optional[Sequence[str]] = None):
         super().__init__()
+        self.multiscale = (MultiScaleRoIAlign(list(multiscale_features), pooler_resolution, sampling_ratio)
+                           if multiscale_features else None)
+        if multiscale_features:
+            feature = multiscale_features[0]
         if feature is None:
             by_stride = {s.stride: n for n, s in in_shapes.items()}
             feature = by_stride.get(16, min(in_shapes, key=lambda n: in_shapes[n].stride))
@@ -81,22 +88,29 @@ class MaskHead(nn.Module):
     def resolution(self) -> int:
         return 2 * self.pooler_resolution
 
-    def forward(self, features: dict, boxes: list[Tensor]) -> Tensor:
-        """Logits ``Tensor[sum R_i, K, 28, 28]`` for per-image boxes ``Tensor[R_i, 4]``."""
-        fmap = features[self.feature]
-        x = roi_align(fmap, [b.to(fmap.dtype) for b in boxes], self.pooler_resolution,
-                      spatial_scale=self.spatial_scale, sampling_ratio=self.sampling_ratio, aligned=True)
+    def forward(self, features: dict, boxes: list[Tensor],
+                image_sizes: Optional[list[tuple[int, int]]] = None) -> Tensor:
+        """Logits ``Tensor[sum R_i, K, 28, 28]`` for per-image boxes ``Tensor[R_i, 4]``
+        (``image_sizes``: the images' (h, w), needed by the multi-level pooler)."""
+        if self.multiscale is not None:
+            if image_sizes is None:
+                raise TypeError("a multi-level mask head needs image_sizes")
+            x = self.multiscale(features, boxes, [tuple(int(v) for v in hw) for hw in image_sizes])
+        else:
+            fmap = features[self.feature]
+            x = roi_align(fmap, [b.to(fmap.dtype) for b in boxes], self.pooler_resolution,
+                          spatial_scale=self.spatial_scale, sampling_ratio=self.sampling_ratio, aligned=True)
         return self.predictor(F.relu(self.deconv(self.convs(x))))
 
     def loss(self, features: dict, rois: list[Tensor], labels: list[Tensor], matched: list[Tensor],
-             gt_masks: list[Tensor]) -> Tensor:
+             gt_masks: list[Tensor], image_sizes: Optional[list] = None) -> Tensor:
         """Sigmoid cross entropy on each positive RoI's own-class channel.
 
         Args:
             rois: per image, positive RoIs ``Tensor[P_i, 4]``; labels: their classes;
             matched: their ground-truth indices; gt_masks: per image ``Tensor[G_i, H, W]``.
         """
-        logits = self(features, rois)
+        logits = self(features, rois, image_sizes)
         if logits.shape[0] == 0:
             return logits.sum() * 0.0
         targets = torch.cat([mask_targets(m.to(r.device), i, r, self.resolution)
@@ -110,7 +124,7 @@ class MaskHead(nn.Module):
 
         Paste them into an image with ``detseg.ops.paste_masks(masks, boxes, size)``.
         """
-        logits = self(features, [inst.boxes for inst in instances])
+        logits = self(features, [inst.boxes for inst in instances], [inst.image_size for inst in instances])
         labels = torch.cat([inst.labels for inst in instances]) if instances else None
         probs = (torch.sigmoid(logits[torch.arange(len(labels), device=logits.device), labels])
                  if logits.shape[0] else logits.new_zeros(0, self.resolution, self.resolution))

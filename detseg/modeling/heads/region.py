@@ -53,7 +53,7 @@ class RegionHead(nn.Module):
         classifier: ``"softmax"`` or ``"svm"`` (per-class linear SVMs on the detached fc features,
             positives = ground-truth boxes, negatives = proposals with IoU < ``svm_neg_iou`` to
             every box of that class, hard-negative mined).
-        score_thresh, nms_thresh, detections_per_image: test-time filtering.
+        score_thresh, nms_thresh, detections_per_image, min_box_size: test-time filtering.
         mask_head: optional ``MaskHead`` fed with the positive RoIs in training and with the
             final detections at test time (needs the shared feature map).
     """
@@ -64,7 +64,8 @@ class RegionHead(nn.Module):
                  bg_iou: float = 0.5, bg_iou_low: float = 0.0, reg_iou: Optional[float] = None,
                  classifier: str = "softmax", svm_neg_iou: float = 0.3, svm_weight_decay: float = 1e-4,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_image: int = 100,
-                 box_coder: Optional[BoxCoder] = None, mask_head: Optional[nn.Module] = None):
+                 box_coder: Optional[BoxCoder] = None, mask_head: Optional[nn.Module] = None,
+                 min_box_size: float = 0.0):
         super().__init__()
         if classifier not in ("softmax", "svm"):
             raise ValueError(f"classifier must be 'softmax' or 'svm', got {classifier!r}")
@@ -84,6 +85,7 @@ class RegionHead(nn.Module):
         self.detections_per_image = detections_per_image
         self.coder = box_coder or BoxCoder()
         self.mask_head = mask_head
+        self.min_box_size = min_box_size
 
     # -- to be provided by subclasses ---------------------------------------------------------
     def region_features(self, features: Optional[dict], batch: dict, boxes: list[Tensor],
@@ -138,7 +140,8 @@ class RegionHead(nn.Module):
                 raise ValueError("the mask head needs ground-truth masks: build the dataset with_masks=True")
             losses["loss_mask"] = self.mask_head.loss(
                 features, [s[0][f] for s, f in zip(sampled, fg)], [s[1][f] for s, f in zip(sampled, fg)],
-                [s[5][f] for s, f in zip(sampled, fg)], [t["masks"] for t in batch["targets"]])
+                [s[5][f] for s, f in zip(sampled, fg)], [t["masks"] for t in batch["targets"]],
+                batch["image_sizes"])
         return losses
 
     def svm_loss(self, x: Tensor, rois: list[Tensor], sampled: list, targets: list[dict]) -> Tensor:
@@ -192,7 +195,7 @@ class RegionHead(nn.Module):
             n = len(props)
             out.append(detect(boxes[start:start + n], scores[start:start + n], hw,
                               score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
-                              max_detections=self.detections_per_image))
+                              max_detections=self.detections_per_image, min_size=self.min_box_size))
             start += n
         return out
 

@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
+from torchvision.ops import MultiScaleRoIAlign
+
 from ...ops.roi_pool import SpatialPyramidPool
 from ..backbones import ShapeSpec
 from .region import RegionHead
@@ -23,23 +25,39 @@ class SPPHead(RegionHead):
         in_shapes: ``backbone.output_shape()``.
         feature: which feature map to pool (default: the coarsest).
         levels: pyramid sizes; mapping: ``"sppnet"`` or ``"fast_rcnn"``.
+        multiscale_features: instead of ``feature``, pool each box from one of these FPN levels
+            chosen by its size (FPN's level mapping), with RoIAlign at ``levels[0]`` and
+            ``sampling_ratio`` (torchvision's ``MultiScaleRoIAlign``, as its Faster / Mask R-CNN).
         proposals, num_classes and the rest: see ``RegionHead``.
     """
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], proposals: nn.Module, num_classes: int,
                  feature: Optional[str] = None, levels: Sequence[int] = (6, 3, 2, 1),
-                 mapping: str = "sppnet", **kwargs):
-        feature = feature or max(in_shapes, key=lambda n: in_shapes[n].stride)
-        if feature not in in_shapes:
-            raise ValueError(f"SPP head: backbone has no feature {feature!r}; it has {sorted(in_shapes)}")
-        spec = in_shapes[feature]
-        pool = SpatialPyramidPool(levels, 1.0 / spec.stride, mapping)
-        super().__init__(proposals=proposals, num_classes=num_classes,
-                         in_features=pool.out_features(spec.channels), **kwargs)
+                 mapping: str = "sppnet", multiscale_features: Optional[Sequence[str]] = None,
+                 sampling_ratio: int = 2, **kwargs):
+        if multiscale_features:
+            unknown = [n for n in multiscale_features if n not in in_shapes]
+            if unknown:
+                raise ValueError(f"SPP head: backbone has no features {unknown}; it has {sorted(in_shapes)}")
+            size = levels[0]
+            pool = MultiScaleRoIAlign(list(multiscale_features), size, sampling_ratio)
+            width = in_shapes[multiscale_features[0]].channels * size * size
+        else:
+            feature = feature or max(in_shapes, key=lambda n: in_shapes[n].stride)
+            if feature not in in_shapes:
+                raise ValueError(f"SPP head: backbone has no feature {feature!r}; it has {sorted(in_shapes)}")
+            spec = in_shapes[feature]
+            pool = SpatialPyramidPool(levels, 1.0 / spec.stride, mapping)
+            width = pool.out_features(spec.channels)
+        super().__init__(proposals=proposals, num_classes=num_classes, in_features=width, **kwargs)
         self.feature = feature
+        self.multiscale = bool(multiscale_features)
         self.pool = pool
 
     def region_features(self, features: dict, batch: dict, boxes: list[Tensor], **kwargs) -> Tensor:
         """Pooled ``Tensor[sum R_i, C * sum(l * l)]``."""
+        if self.multiscale:
+            sizes = [tuple(int(v) for v in hw) for hw in batch["image_sizes"]]
+            return self.pool(features, boxes, sizes).flatten(1)
         fmap = features[self.feature]
         return self.pool(fmap.contiguous(), [b.to(fmap.dtype) for b in boxes])
