@@ -6,13 +6,15 @@ This is the accuracy half of the lineage benchmark; benchmarks/lineage.py is the
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import base_parser, finish, markdown_table, run_train  # noqa: E402
+from benchmarks._report import base_parser, command_line, finish, markdown_table, run_train  # noqa: E402
 
 # recipe -> (config, iterations)
 RECIPES = {
@@ -34,6 +36,11 @@ def train_one(config: str, iters: int, quick: bool, out: str) -> tuple[dict, flo
     return [x for x in records if "AP" in x][-1], wall
 
 
+# Figures of the last full-length run of each recipe, so that ``--only`` updates its rows and
+# keeps the others (the table says which run each row comes from).
+STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "detection_shapes.json")
+
+
 def main(argv=None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--only", nargs="*", choices=list(RECIPES), help="train only these recipes")
@@ -41,18 +48,28 @@ def main(argv=None) -> int:
     names = args.only or list(RECIPES)
     if args.quick:
         names = names[:1]
-    rows, figures = [], {}
+    figures = {}
+    if not args.quick and os.path.exists(STORE):
+        with open(STORE, encoding="utf-8") as f:
+            figures = json.load(f)
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             config, iters = RECIPES[name]
             last, wall = train_one(config, iters, args.quick, os.path.join(tmp, name))
             print(f"{name}: AP {last['AP']:.3f} AP50 {last['AP50']:.3f} in {wall / 60:.1f} min", flush=True)
             figures[name] = {"AP": last["AP"], "AP50": last["AP50"], "iterations": last["iter"],
-                             "wall_s": wall, "config": config}
-            rows.append([name, config, last["iter"], f"{wall / 60:.1f}", f"{last['AP']:.3f}",
-                         f"{last['AP50']:.3f}"])
+                             "wall_s": wall, "config": config, "command": command_line(),
+                             "date": time.strftime("%Y-%m-%d %H:%M")}
+    if not args.quick and not args.no_write:
+        os.makedirs(os.path.dirname(STORE), exist_ok=True)
+        with open(STORE + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(figures, f, indent=2)
+        os.replace(STORE + ".tmp", STORE)
+    rows = [[name, f["config"], f["iterations"], f"{f['wall_s'] / 60:.1f}", f"{f['AP']:.3f}",
+             f"{f['AP50']:.3f}", f.get("date", "")]
+            for name, f in sorted(figures.items(), key=lambda kv: list(RECIPES).index(kv[0]))]
     body = markdown_table(["head", "config", "iterations", "wall min (whole train.py run)",
-                           "box AP", "box AP50"], rows)
+                           "box AP", "box AP50", "run"], rows)
     body += ("\n\nFrom scratch (no pretrained weights can be downloaded here), CPU, COCO box AP "
              "(pycocotools) on shapes val (60 images), boxes mapped back to the files' pixels.")
     finish(args, "detection_shapes", "Detection heads on shapes (accuracy)", body, figures)

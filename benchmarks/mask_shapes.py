@@ -20,9 +20,11 @@ CONFIG, ITERATIONS = "configs/mask_rcnn_resnet18_fpn_shapes.yaml", 1200
 def main(argv=None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--iterations", type=int, default=ITERATIONS)
+    p.add_argument("--keep-run", metavar="DIR", help="keep the run folder (checkpoints) here")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        last, wall = train_one(CONFIG, args.iterations, args.quick, os.path.join(tmp, "run"))
+        run_dir = args.keep_run or os.path.join(tmp, "run")
+        last, wall = train_one(CONFIG, args.iterations, args.quick, run_dir)
     rows = [[CONFIG, last["iter"], f"{wall / 60:.1f}", f"{last['segm_AP']:.3f}", f"{last['segm_AP50']:.3f}",
              f"{last['AP']:.3f}", f"{last['AP50']:.3f}"]]
     body = markdown_table(["config", "iterations", "wall min (whole train.py run)", "mask AP", "mask AP50",
