@@ -24,7 +24,8 @@ def test_proposals_tool_writes_a_cache_with_good_recall(shapes_data, tmp_path, e
     cache = load_cache(str(out))
     ids = [im["id"] for im in json.load(open(split["ann_file"]))["images"]]
     assert sorted(cache) == sorted(ids)
-    assert all(b.dtype == np.float32 and b.shape[1] == 4 and len(b) > 10 for b in cache.values())
+    assert all(b.dtype == np.float32 and b.shape[1] == 4 and len(b) > 0 for b in cache.values())
+    assert np.mean([len(b) for b in cache.values()]) > 50
     recall = float(r.stdout.split("recall@0.5 ")[1].split(",")[0])
     assert recall >= 0.9
 
