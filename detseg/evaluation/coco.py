@@ -177,12 +177,3 @@ class COCOEvaluator:
             metrics.update({prefix + k: v for k, v in stats.items()})
         return metrics
 
-
-def evaluate_detection(model, loader, evaluator: COCOEvaluator, head: str) -> dict:
-    """Run ``model`` over ``loader`` and score its ``head`` predictions."""
-    evaluator.reset()
-    for batch in loader:
-        if not batch["image_ids"]:
-            continue
-        evaluator.process(batch, model(batch)[head])
-    return evaluator.evaluate()

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 from typing import Callable, Optional
 
-from .coco import COCOEvaluator, evaluate_detection, format_per_class
-from .semseg import evaluate_semseg
+from .coco import COCOEvaluator, format_per_class
+from .semseg import SemSegEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -21,14 +21,25 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
     detectors = [h for h in heads if h in DETECTION_HEADS]
 
     def evaluate(model) -> dict:
-        metrics: dict = {}
-        if "fcn" in heads:
-            metrics.update(evaluate_semseg(model, loader, class_names=dataset.class_names))
-        for name in detectors:
-            iou_types = ("bbox", "segm") if cfg.model.mask.enabled and name == "spp" else ("bbox",)
-            ev = COCOEvaluator(dataset.ann_file, dataset.cat_ids, dataset.class_names,
-                               iou_types=iou_types, backend=cfg.evaluator.backend, output_dir=output_dir)
-            stats = evaluate_detection(model, loader, ev, name)
+        # One pass over the loader feeds every head's evaluator: the model (and its backbone)
+        # runs once per batch however many heads it has.
+        semseg = SemSegEvaluator(dataset.num_classes + 1, dataset.class_names) if "fcn" in heads else None
+        coco = {name: COCOEvaluator(dataset.ann_file, dataset.cat_ids, dataset.class_names,
+                                    iou_types=("bbox", "segm") if cfg.model.mask.enabled and name == "spp"
+                                    else ("bbox",),
+                                    backend=cfg.evaluator.backend, output_dir=output_dir)
+                for name in detectors}
+        for batch in loader:
+            if not batch["image_ids"]:
+                continue
+            outputs = model(batch)
+            if semseg is not None:
+                semseg.process(batch, outputs["fcn"])
+            for name, ev in coco.items():
+                ev.process(batch, outputs[name])
+        metrics: dict = semseg.evaluate() if semseg is not None else {}
+        for name, ev in coco.items():
+            stats = ev.evaluate()
             for key in [k for k in stats if k.endswith("per_class_AP")]:
                 logger.info("%s %s:\n%s", name, key, format_per_class(stats[key]))
             prefix = f"{name}_" if len(detectors) > 1 else ""

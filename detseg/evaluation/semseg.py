@@ -29,6 +29,19 @@ class SemSegEvaluator:
         idx = target[keep] * self.n + pred[keep]
         self.conf += torch.bincount(idx, minlength=self.n * self.n).reshape(self.n, self.n)
 
+    def process(self, batch: dict, logits: torch.Tensor) -> None:
+        """Score ``logits`` ``[B, K+1, H, W]`` against ``batch["semantic"]``, each image cropped to
+        its unpadded size (the network's input resolution)."""
+        pred = logits.argmax(1).cpu()
+        for i, (h, w) in enumerate(batch["image_sizes"]):
+            self.update(pred[i, :h, :w], batch["semantic"][i, :h, :w])
+
+    def evaluate(self) -> dict:
+        """``compute()`` over every rank's images (confusion matrices summed under torchrun)."""
+        from ..engine import distributed as dist
+        dist.all_reduce_sum(self.conf)
+        return self.compute()
+
     def merge(self, other_conf: torch.Tensor) -> None:
         self.conf += other_conf.to(self.conf)
 
@@ -46,25 +59,3 @@ class SemSegEvaluator:
             "IoU": {name: float(v) for name, v in zip(self.names, iou.tolist())},
         }
 
-
-def evaluate_semseg(model, loader, head: str = "fcn", class_names: list[str] | None = None) -> dict:
-    """Run ``model`` over ``loader`` and score its ``head`` logits against ``batch["semantic"]``.
-
-    Scored at the network's input resolution, each image cropped to its unpadded size. Under
-    torchrun each rank scores its shard of the loader and the confusion matrices are summed.
-    """
-    from ..engine import distributed as dist
-    evaluator = SemSegEvaluator(len(class_names) + 1, class_names) if class_names else None
-    for batch in loader:
-        if not batch["image_ids"]:
-            continue
-        logits = model(batch)[head]  # [B, K+1, H, W]
-        if evaluator is None:
-            evaluator = SemSegEvaluator(logits.shape[1], class_names)
-        pred = logits.argmax(1).cpu()
-        for i, (h, w) in enumerate(batch["image_sizes"]):
-            evaluator.update(pred[i, :h, :w], batch["semantic"][i, :h, :w])
-    if evaluator is None:
-        return {"mIoU": float("nan"), "pixel_acc": float("nan")}
-    dist.all_reduce_sum(evaluator.conf)
-    return evaluator.compute()
