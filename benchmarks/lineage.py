@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     import torch
 
     from detseg.data.transforms import collate
-    from detseg.modeling.backbones import build_backbone
+    from detseg.modeling.backbones import build_backbone, coarsest
     from detseg.modeling.heads import RCNNHead, SlidingWindowHead, SPPHead
     from detseg.modeling.heads.sliding_window import context_margin
     from detseg.modeling.model import Model
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     batch = collate([item])
     backbone = build_backbone(args.backbone).eval()
     shapes = backbone.output_shape()
-    top = max(shapes, key=lambda n: shapes[n].stride)
+    top = coarsest(shapes)
     k = 80
     common = dict(num_classes=k, fc_dims=(1024, 1024))
     source_ = SelectiveSearchProposals(max_per_image=args.proposals)

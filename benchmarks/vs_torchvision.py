@@ -76,8 +76,10 @@ def main(argv=None) -> int:
     for name in predictors:
         inst = outputs[name]
         iou = box_iou(inst.boxes, ref["boxes"]) if len(inst) and len(ref["boxes"]) else torch.zeros(1, 1)
-        agreement[name] = {"detections": len(inst), "box_max_abs_diff": float((inst.boxes - ref["boxes"]).abs().max())
-                           if len(inst) == len(ref["boxes"]) else float("nan"),
+        same_count = len(inst) == len(ref["boxes"])
+        agreement[name] = {"detections": len(inst),
+                           "box_max_abs_diff": float((inst.boxes - ref["boxes"]).abs().max())
+                           if same_count else float("nan"),
                            "min_matched_iou": float(iou.max(1).values.min())}
     rows = [[name, f"{t:.2f}", f"{times['torchvision'] / t:.2f}x",
              str(agreement.get(name, {}).get("detections", len(ref["boxes"]))),

@@ -12,7 +12,6 @@ import os
 import re
 from typing import Optional
 
-
 from .config import load_config, to_dict
 
 CONFIGS = {"faster_rcnn": "faster_rcnn_r50_fpn_coco.yaml", "mask_rcnn": "mask_rcnn_r50_fpn_coco.yaml"}
@@ -34,7 +33,8 @@ _RENAMES = [
     (r"^roi_heads\.box_head\.fc7\.", "heads.spp.fc.2."),
     (r"^roi_heads\.box_predictor\.", "heads.spp.predictor."),
     (r"^roi_heads\.mask_head\.(\d)\.0\.", lambda m: f"heads.spp.mask_head.convs.{2 * int(m.group(1))}."),
-    (r"^roi_heads\.mask_head\.mask_fcn(\d)\.", lambda m: f"heads.spp.mask_head.convs.{2 * (int(m.group(1)) - 1)}."),
+    (r"^roi_heads\.mask_head\.mask_fcn(\d)\.",
+     lambda m: f"heads.spp.mask_head.convs.{2 * (int(m.group(1)) - 1)}."),
     (r"^roi_heads\.mask_predictor\.conv5_mask\.", "heads.spp.mask_head.deconv."),
     (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "heads.spp.mask_head.predictor."),
 ]

@@ -28,3 +28,22 @@ def run_script(script: str, *args: str, timeout: float = 600, env: dict | None =
     full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True,
                           text=True, timeout=timeout, env=full_env, cwd=ROOT)
+
+
+def overfit(model, batch, steps: int, check) -> bool:
+    """Train ``model`` on one batch with AdamW; every 20 steps call ``check(eval outputs)`` and
+    return True as soon as it is satisfied (False if it never is)."""
+    import torch
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for it in range(steps):
+        model.train()
+        losses = model(batch)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        if it % 20 == 19:
+            model.eval()
+            with torch.no_grad():
+                if check(model(batch)):
+                    return True
+    return False

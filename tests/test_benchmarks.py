@@ -14,6 +14,7 @@ from tests.conftest import run_script
     ("benchmarks/detection_shapes.py", ["sppnet"]),
     ("benchmarks/mask_shapes.py", ["segm_AP", "segm_AP50", "AP"]),
     ("benchmarks/paste_masks.py", ["speedup", "mismatches"]),
+    ("benchmarks/vs_torchvision.py", ["seconds", "speedup", "agreement"]),
 ])
 def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
     out = tmp_path / "figures.json"
@@ -32,5 +33,7 @@ def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
         assert figures["speedup"]["spp_vs_rcnn"] > 1
     if script.endswith("paste_masks.py"):
         assert figures["mismatches"] == 0 and figures["speedup"]["paste_vs_torchvision"] > 0
+    if script.endswith("vs_torchvision.py"):
+        assert figures["agreement"]["detseg exact"]["box_max_abs_diff"] <= 1e-4
     if script.endswith("detection_shapes.py"):
         assert 0 <= figures["sppnet"]["AP50"] <= 1

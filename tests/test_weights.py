@@ -39,7 +39,8 @@ def images():
     if photos:
         return [read_image(p) for p in photos]
     rng = np.random.default_rng(0)  # synthetic stand-ins when ../shared is absent
-    return [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), rng.integers(0, 255, (400, 300, 3), dtype=np.uint8)]
+    return [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8),
+            rng.integers(0, 255, (400, 300, 3), dtype=np.uint8)]
 
 
 @pytest.mark.parametrize("kind", ["faster_rcnn", "mask_rcnn"])
@@ -85,7 +86,8 @@ def test_convert_tool_then_infer_writes_coco_names(tmp_path):
     src = tmp_path / "tv.pth"
     torch.save(tv.state_dict(), src)
     out = tmp_path / "converted.pth"
-    r = run_script("tools/convert_weights.py", "--model", "faster_rcnn", "--input", str(src), "--output", str(out))
+    r = run_script("tools/convert_weights.py", "--model", "faster_rcnn", "--input", str(src),
+                   "--output", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     predictor = load_model(str(out), device="cpu")
     assert predictor.class_names[0] == "person" and predictor.cat_ids[:3] == [1, 2, 3]

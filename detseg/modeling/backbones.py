@@ -37,6 +37,11 @@ class ShapeSpec:
     stride: int
 
 
+def coarsest(shapes: dict[str, ShapeSpec]) -> str:
+    """Name of the feature map with the largest stride (the default input of region heads)."""
+    return max(shapes, key=lambda n: shapes[n].stride)
+
+
 class WeightsError(RuntimeError):
     """Pretrained weights could not be found or do not fit the backbone."""
 
@@ -305,7 +310,8 @@ def fold_frozen_batchnorm(module: nn.Module) -> int:
     for parent in list(module.modules()):
         children = list(parent.named_children())
         for (name_a, a), (name_b, b) in zip(children, children[1:]):
-            if isinstance(parent, nn.Sequential) and isinstance(a, nn.Conv2d) and isinstance(b, FrozenBatchNorm2d):
+            if (isinstance(parent, nn.Sequential) and isinstance(a, nn.Conv2d)
+                    and isinstance(b, FrozenBatchNorm2d)):
                 fold(a, b)
                 setattr(parent, name_b, nn.Identity())
                 folded += 1

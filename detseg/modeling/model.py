@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .backbones import build_backbone
+from .backbones import build_backbone, coarsest
 from .heads import FCNHead
 
 HEADS = ("fcn", "sliding_window", "rcnn", "spp")
@@ -46,7 +46,8 @@ class Model(nn.Module):
         super().__init__()
         self.resize = resize
         if resize is not None and "fcn" in heads:
-            raise ValueError("in-model resizing is for detection heads (the FCN output would need resizing back)")
+            raise ValueError("in-model resizing is for detection heads "
+                             "(the FCN output would need resizing back)")
         if not heads:
             raise ValueError("a Model needs at least one head")
         self.panoptic = panoptic
@@ -159,10 +160,6 @@ def _region_kwargs(r) -> dict:
                 detections_per_image=r.detections_per_image, min_box_size=r.min_box_size)
 
 
-def _default_feature(in_shapes: dict, name) -> str:
-    return name or max(in_shapes, key=lambda n: in_shapes[n].stride)
-
-
 def build_head(name: str, cfg, backbone: nn.Module, num_classes: int) -> nn.Module:
     """One head of ``cfg.model.heads``, its channel counts read from ``backbone.output_shape()``."""
     from .heads import RCNNHead, SlidingWindowHead, SPPHead
@@ -183,7 +180,7 @@ def build_head(name: str, cfg, backbone: nn.Module, num_classes: int) -> nn.Modu
             fg_fraction=s.fg_fraction, score_thresh=s.score_thresh, nms_thresh=s.nms_thresh,
             detections_per_image=s.detections_per_image)
     r = m.roi
-    feature = (r.multiscale_features or [None])[0] or _default_feature(shapes, r.feature)
+    feature = (r.multiscale_features or [None])[0] or r.feature or coarsest(shapes)
     if feature not in shapes:
         raise ValueError(f"model.roi.feature: backbone has no {feature!r}; it has {sorted(shapes)}")
     proposals = build_proposals(cfg, shapes, feature)

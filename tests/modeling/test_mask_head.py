@@ -9,6 +9,7 @@ from detseg.modeling.heads.mask import mask_targets
 from detseg.modeling.model import build_model
 from detseg.modeling.panoptic import merge_panoptic
 from detseg.structures import Instances
+from tests.conftest import overfit
 
 
 def test_mask_targets_of_a_square_in_a_known_roi():
@@ -32,22 +33,6 @@ def _one_image(tmp_path, with_semantic=False):
     return split, ds, collate([ds[0]])
 
 
-def _train(model, batch, steps, check):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    for it in range(steps):
-        model.train()
-        losses = model(batch)
-        opt.zero_grad()
-        losses["loss"].backward()
-        opt.step()
-        if it % 20 == 19:
-            model.eval()
-            with torch.no_grad():
-                if check(model(batch)):
-                    return True
-    return False
-
-
 def test_mask_rcnn_overfits_one_image_to_mask_ap50_one(tmp_path):
     split, ds, batch = _one_image(tmp_path)
     cfg = load_config("configs/mask_rcnn_resnet18_fpn_shapes.yaml", ["model.backbone.norm=frozen_bn"])
@@ -61,7 +46,7 @@ def test_mask_rcnn_overfits_one_image_to_mask_ap50_one(tmp_path):
         seen.append(ev.evaluate()["segm_AP50"])
         return seen[-1] == 1.0
 
-    assert _train(model, batch, 200, check), seen
+    assert overfit(model, batch, 200, check), seen
 
 
 def test_multi_head_model_runs_the_backbone_once_and_returns_every_output(tmp_path):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from ..backbones import ShapeSpec
+from ..backbones import ShapeSpec, coarsest
 from .region import RegionHead
 from .sliding_window import run_until
 
@@ -73,7 +73,7 @@ class RCNNHead(RegionHead):
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], proposals: nn.Module, num_classes: int,
                  feature: Optional[str] = None, warp_size: int = 224, context_pad: int = 16,
                  pool_size: int = 6, crop_batch_size: int = 256, **kwargs):
-        feature = feature or max(in_shapes, key=lambda n: in_shapes[n].stride)
+        feature = feature or coarsest(in_shapes)
         if feature not in in_shapes:
             raise ValueError(f"R-CNN head: backbone has no feature {feature!r}; it has {sorted(in_shapes)}")
         super().__init__(proposals=proposals, num_classes=num_classes,

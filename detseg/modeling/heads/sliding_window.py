@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...structures import Instances
-from ..backbones import ShapeSpec
+from ..backbones import ShapeSpec, coarsest
 from ..box_coder import BoxCoder
 from ..sampling import match, sample
 from .box_predictor import classification_and_box_losses, deltas_to_boxes, detect
@@ -75,7 +75,7 @@ def run_until(backbone: nn.Module, x: Tensor, feature: str) -> Tensor:
 def default_feature(in_shapes: dict[str, ShapeSpec]) -> str:
     """The stride-16 map if there is one (OverFeat's classifier stride), else the coarsest."""
     by_stride = {s.stride: n for n, s in in_shapes.items()}
-    return by_stride.get(16, max(in_shapes, key=lambda n: in_shapes[n].stride))
+    return by_stride.get(16, coarsest(in_shapes))
 
 
 def _pair(v) -> tuple[int, int]:

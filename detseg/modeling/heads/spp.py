@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from torch import Tensor, nn
-
 from torchvision.ops import MultiScaleRoIAlign
 
 from ...ops.roi_pool import SpatialPyramidPool
-from ..backbones import ShapeSpec
+from ..backbones import ShapeSpec, coarsest
 from .region import RegionHead
 
 
@@ -43,7 +42,7 @@ class SPPHead(RegionHead):
             pool = MultiScaleRoIAlign(list(multiscale_features), size, sampling_ratio)
             width = in_shapes[multiscale_features[0]].channels * size * size
         else:
-            feature = feature or max(in_shapes, key=lambda n: in_shapes[n].stride)
+            feature = feature or coarsest(in_shapes)
             if feature not in in_shapes:
                 raise ValueError(f"SPP head: backbone has no feature {feature!r}; it has {sorted(in_shapes)}")
             spec = in_shapes[feature]
