@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._report import base_parser, finish, markdown_table  # noqa: E402
 from benchmarks.detection_shapes import train_one  # noqa: E402
 
-CONFIG, ITERATIONS = "configs/mask_rcnn_resnet18_fpn_shapes.yaml", 950
+CONFIG, ITERATIONS = "configs/mask_rcnn_resnet18_fpn_shapes.yaml", 780
 
 
 def main(argv=None) -> int:
