@@ -110,6 +110,7 @@ class SlidingWindowConfig:
     feature: Optional[str] = None  # default: the stride-16 map
     window_sizes: list[float] = field(default_factory=lambda: [32.0, 64.0, 128.0])
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    scales: list[int] = field(default_factory=lambda: [1])  # multiples sharing a base classifier
     reduce: int = 64
     hidden: int = 256
     mode: Literal["conv", "naive"] = "conv"
@@ -117,6 +118,7 @@ class SlidingWindowConfig:
     bg_iou: float = 0.4
     batch_size_per_image: int = 256
     fg_fraction: float = 0.25
+    hard_negative_fraction: float = 0.0  # share of background windows mined as the hardest
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_image: int = 100

@@ -174,10 +174,11 @@ def build_head(name: str, cfg, backbone: nn.Module, num_classes: int) -> nn.Modu
         return SlidingWindowHead(
             in_shapes=shapes, num_classes=num_classes, feature=feature,
             margin=context_margin(backbone, feature, shapes[feature].stride),
-            window_sizes=s.window_sizes, aspect_ratios=s.aspect_ratios, reduce=s.reduce,
+            window_sizes=s.window_sizes, aspect_ratios=s.aspect_ratios, scales=s.scales, reduce=s.reduce,
             hidden=s.hidden, mode=s.mode,
             fg_iou=s.fg_iou, bg_iou=s.bg_iou, batch_size_per_image=s.batch_size_per_image,
-            fg_fraction=s.fg_fraction, score_thresh=s.score_thresh, nms_thresh=s.nms_thresh,
+            fg_fraction=s.fg_fraction, hard_negative_fraction=s.hard_negative_fraction,
+            score_thresh=s.score_thresh, nms_thresh=s.nms_thresh,
             detections_per_image=s.detections_per_image)
     r = m.roi
     feature = (r.multiscale_features or [None])[0] or r.feature or coarsest(shapes)

@@ -50,12 +50,14 @@ def test_head_overfits_one_image_to_ap50_one(one_image, recipe, extra):
     assert overfit(model, batch, 200, check), ap50
 
 
-def test_conv_and_naive_sliding_windows_give_the_same_scores():
+@pytest.mark.parametrize("scales", [(1,), (1, 2, 3)])
+def test_conv_and_naive_sliding_windows_give_the_same_scores(scales):
     torch.manual_seed(0)
     bb = build_backbone("resnet18").eval()
     head = SlidingWindowHead(in_shapes=bb.output_shape(), num_classes=3, feature="c3",
                              margin=context_margin(bb, "c3", 8), window_sizes=(16, 40),
-                             aspect_ratios=(0.5, 1.0)).eval()
+                             aspect_ratios=(0.5, 1.0), scales=scales).eval()
+    assert len(head.shapes) == 4 * len(scales) and len(head.classifiers) == 4
     for clf in head.classifiers:  # scores far from uniform, so equality is not trivially met
         torch.nn.init.normal_(clf[2].weight, std=0.3)
     pixels = torch.randn(2, 3, 64, 96)
@@ -69,6 +71,45 @@ def test_conv_and_naive_sliding_windows_give_the_same_scores():
         assert (b1[:, 0] >= 0).all() and (b1[:, 2] <= w).all() and (b1[:, 3] <= h).all()
         assert s1.abs().max() > 1
         assert (s1 - s2).abs().max() <= 1e-4
+
+
+def test_scaled_window_is_the_base_classifier_on_block_averaged_cells():
+    torch.manual_seed(0)
+    bb = build_backbone("resnet18").eval()
+    head = SlidingWindowHead(in_shapes=bb.output_shape(), num_classes=2, feature="c3", margin=0,
+                             window_sizes=(24,), aspect_ratios=(1.0, 2.0), scales=(1, 2, 3)).eval()
+    assert head.shapes == [(3, 3), (4, 2), (6, 6), (8, 4), (9, 9), (12, 6)]
+    assert len(head.classifiers) == 2  # one per base shape, shared by its three scales
+    fmap = torch.randn(1, 64, 20, 17)
+    with torch.no_grad():
+        for j, ((kh, kw), (b, scale)) in enumerate(zip(head.shapes, head.shape_classifier)):
+            out = head.classify(fmap, j)
+            assert out.shape[-2:] == (20 - kh + 1, 17 - kw + 1)
+            y, x = 5, 2  # one window: its cells averaged in scale x scale blocks, then the base net
+            cells = torch.nn.functional.avg_pool2d(fmap[:, :, y:y + kh, x:x + kw], scale)
+            torch.testing.assert_close(out[:, :, y, x], head.classifiers[b](cells)[:, :, 0, 0],
+                                       atol=1e-5, rtol=0)
+
+
+def test_window_miner_takes_the_most_object_like_negatives_then_random_ones():
+    bb = build_backbone("resnet18")
+    head = SlidingWindowHead(in_shapes=bb.output_shape(), num_classes=2, feature="c3", margin=0,
+                             window_sizes=(24,), hard_negative_fraction=0.5)
+    n = 40
+    logits = torch.zeros(n, 3)
+    logits[:, 2] = 5.0  # confidently background ...
+    logits[[3, 7, 11, 30], 0] = torch.tensor([9.0, 7.0, 8.0, 6.0])  # ... except these four
+    matched = torch.full((n,), -1)  # BACKGROUND
+    matched[[7, 20]] = 0  # foreground (never a negative even if hard)
+    matched[21] = -2  # ignored
+    torch.manual_seed(0)
+    picked = head.mine_negatives(logits, matched, 6)
+    assert picked[:3].tolist() == [3, 11, 30]  # the three hardest negatives, hardest first
+    assert len(set(picked.tolist())) == 6
+    assert not set(picked.tolist()) & {7, 20, 21}
+    with pytest.raises(ValueError, match="hard_negative_fraction"):
+        SlidingWindowHead(in_shapes=bb.output_shape(), num_classes=2, feature="c3", margin=0,
+                          hard_negative_fraction=1.5)
 
 
 def test_receptive_field_of_resnet18():

@@ -6,6 +6,14 @@ every window position at once, which is exactly OverFeat's point. Several window
 (scales x aspect ratios) each get a classifier; each predicts K + 1 class scores and
 class-specific box deltas.
 
+Scale sharing (``scales``): OverFeat runs one classifier over an image pyramid, so a window
+classifier learns from objects of every size. Here a window of ``scale`` times a base shape
+(``kh x kw`` cells) is classified by the base classifier on the feature map box-filtered by
+``scale`` (``avg_pool2d``, stride 1) with its taps ``scale`` cells apart (``dilation=scale``):
+the same weights see each window as a ``kh x kw`` grid of ``scale x scale`` cell averages, i.e.
+the window as it would look on a feature map ``scale`` times coarser. With ``scales=(1,)`` every
+window shape has its own classifier.
+
 Why the image is padded by a context margin: a window's score depends on every pixel in its
 receptive field, which reaches ``margin`` pixels beyond the window. The backbone therefore runs on
 the image padded by ``margin`` (the mean pixel), and only windows lying inside the image are
@@ -26,7 +34,7 @@ from torch import Tensor, nn
 from ...structures import Instances
 from ..backbones import ShapeSpec, coarsest
 from ..box_coder import BoxCoder
-from ..sampling import match, sample
+from ..sampling import BACKGROUND, match, sample
 from .box_predictor import classification_and_box_losses, deltas_to_boxes, detect
 
 
@@ -95,6 +103,26 @@ def window_cells(sizes: Sequence[float], aspect_ratios: Sequence[float],
     return shapes
 
 
+def scaled_windows(base: Sequence[tuple[int, int]],
+                   scales: Sequence[int]) -> list[tuple[tuple[int, int], int, int]]:
+    """Window shapes made of base shapes times integer scales, each shape once.
+
+    Returns:
+        ``[((kh, kw), base index, scale)]`` in cells; a shape reachable several ways keeps the
+        smallest scale (the most classifier taps).
+    """
+    out, seen = [], set()
+    for scale in sorted(set(int(x) for x in scales)):
+        if scale < 1:
+            raise ValueError(f"sliding window scales must be integers >= 1, got {scales}")
+        for b, (bh, bw) in enumerate(base):
+            cells = (bh * scale, bw * scale)
+            if cells not in seen:
+                seen.add(cells)
+                out.append((cells, b, scale))
+    return out
+
+
 class SlidingWindowHead(nn.Module):
     """Window classifier at several scales and aspect ratios on one backbone feature map.
 
@@ -104,12 +132,18 @@ class SlidingWindowHead(nn.Module):
         margin: context margin in pixels (``receptive_field`` of the backbone); rounded up to
             the feature stride.
         feature: which feature map (default: the stride-16 one if present, else the coarsest).
-        window_sizes, aspect_ratios: window shapes, in pixels and h / w.
+        window_sizes, aspect_ratios: window shapes, in pixels and h / w (the base shapes when
+            ``scales`` has more than one entry).
+        scales: integer multiples of every base shape to slide as well, sharing the base shape's
+            classifier (see the module docstring); ``(1,)``: one classifier per window shape.
         reduce: channels of the shared 1x1 reduction in front of every window classifier
             (the big ``kh x kw`` kernels then stay cheap).
         hidden: channels of each window classifier's ``kh x kw`` layer.
         mode: ``"conv"`` (default) or ``"naive"`` (crop every window; for comparison).
         fg_iou, bg_iou, batch_size_per_image, fg_fraction: training window labels and sampling.
+        hard_negative_fraction: share of each image's background windows taken as the ones the
+            classifier currently scores most like an object (bootstrapping, as sliding-window
+            detectors were trained); the rest are drawn at random. 0: all at random.
 
     Uses the backbone itself: ``forward_*(features, batch, backbone=...)`` with
     ``batch["pixels"]`` the normalised images; ``Model`` passes both.
@@ -120,10 +154,11 @@ class SlidingWindowHead(nn.Module):
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, margin: int,
                  feature: Optional[str] = None, window_sizes: Sequence[float] = (32, 64, 128),
-                 aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), reduce: int = 64, hidden: int = 256,
+                 aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), scales: Sequence[int] = (1,),
+                 reduce: int = 64, hidden: int = 256,
                  mode: str = "conv", fg_iou: float = 0.5, bg_iou: float = 0.4,
                  batch_size_per_image: int = 256, fg_fraction: float = 0.25,
-                 score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_image: int = 100,
+                 hard_negative_fraction: float = 0.0, score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_image: int = 100,
                  naive_batch_size: int = 64):
         super().__init__()
         feature = feature or default_feature(in_shapes)
@@ -133,22 +168,41 @@ class SlidingWindowHead(nn.Module):
         self.feature, self.stride, self.mode = feature, spec.stride, mode
         self.margin = int(math.ceil(margin / spec.stride) * spec.stride)
         self.num_classes = num_classes
-        self.shapes = window_cells(window_sizes, aspect_ratios, spec.stride)
+        base = window_cells(window_sizes, aspect_ratios, spec.stride)
+        windows = scaled_windows(base, scales)
+        self.shapes = [cells for cells, _, _ in windows]  # (kh, kw) cells of every window shape
+        self.shape_classifier = [(b, scale) for _, b, scale in windows]
         k = num_classes
         self.reduce = nn.Sequential(nn.Conv2d(spec.channels, reduce, 1), nn.ReLU(inplace=True))
         self.classifiers = nn.ModuleList(
             nn.Sequential(nn.Conv2d(reduce, hidden, (kh, kw)), nn.ReLU(inplace=True),
-                          nn.Conv2d(hidden, (k + 1) + 4 * k, 1)) for kh, kw in self.shapes)
+                          nn.Conv2d(hidden, (k + 1) + 4 * k, 1)) for kh, kw in base)
         for clf in self.classifiers:
             nn.init.normal_(clf[2].weight, std=0.01)
             nn.init.zeros_(clf[2].bias)
         self.coder = BoxCoder()
         self.fg_iou, self.bg_iou = fg_iou, bg_iou
         self.batch_size_per_image, self.fg_fraction = batch_size_per_image, fg_fraction
+        if not 0.0 <= hard_negative_fraction <= 1.0:
+            raise ValueError(f"hard_negative_fraction must be in [0, 1], got {hard_negative_fraction}")
+        self.hard_negative_fraction = hard_negative_fraction
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
         self.detections_per_image, self.naive_batch_size = detections_per_image, naive_batch_size
 
     # -- window scoring -----------------------------------------------------------------------
+    def classify(self, fmap: Tensor, shape_index: int) -> Tensor:
+        """Outputs ``[B, (K + 1) + 4K, Ho, Wo]`` of window shape ``shape_index`` slid over the
+        reduced map ``fmap`` ``[B, reduce, H, W]``: cell (y, x) is the window whose top-left
+        cell is (y, x)."""
+        b, scale = self.shape_classifier[shape_index]
+        clf = self.classifiers[b]
+        if scale == 1:
+            return clf(fmap)
+        conv = clf[0]
+        x = F.avg_pool2d(fmap, scale, stride=1)
+        x = F.conv2d(x, conv.weight, conv.bias, dilation=scale)
+        return clf[2](clf[1](x))
+
     def padded_pixels(self, pixels: Tensor, image_sizes) -> Tensor:
         """Images with batch padding set to the mean pixel (0), then ``margin`` of it all round."""
         h_pad, w_pad = pixels.shape[-2:]
@@ -180,12 +234,17 @@ class SlidingWindowHead(nn.Module):
             return self._score_naive(padded, batch["image_sizes"], backbone)
         fmap = self.reduce(run_until(backbone, padded, self.feature))
         per_image: list[list] = [[] for _ in batch["image_sizes"]]
-        for shape, clf in zip(self.shapes, self.classifiers):
-            out = clf(fmap)  # [B, D, Ho, Wo]
-            for i, hw in enumerate(batch["image_sizes"]):
-                gy, gx, boxes = self.windows(hw, shape)
+        for j, shape in enumerate(self.shapes):
+            where = [self.windows(hw, shape) for hw in batch["image_sizes"]]
+            if not any(len(boxes) for _, _, boxes in where):
+                continue  # larger than every image (its kernel may not even fit the map)
+            out = self.classify(fmap, j)  # [B, D, Ho, Wo]
+            for i, (gy, gx, boxes) in enumerate(where):
                 per_image[i].append((boxes.to(out.device), out[i, :, gy, gx].t()))
-        return [(torch.cat([b for b, _ in parts]), torch.cat([o for _, o in parts])) for parts in per_image]
+        d = (self.num_classes + 1) + 4 * self.num_classes
+        none = (fmap.new_zeros(0, 4), fmap.new_zeros(0, d))  # an image smaller than every window
+        return [(torch.cat([b for b, _ in parts]), torch.cat([o for _, o in parts])) if parts else none
+                for parts in per_image]
 
     def _score_naive(self, padded: Tensor, image_sizes, backbone: nn.Module):
         """Crop every window with its context margin and classify the crop on its own."""
@@ -201,21 +260,42 @@ class SlidingWindowHead(nn.Module):
         """Outputs ``Tensor[N, (K + 1) + 4K]`` for windows of shape ``self.shapes[shape_index]``,
         each cropped with its margin from one padded image ``Tensor[3, H + 2m, W + 2m]`` (see
         ``padded_pixels``) and classified alone; ``boxes`` ``Tensor[N, 4]`` in image pixels."""
-        (kh, kw), clf = self.shapes[shape_index], self.classifiers[shape_index]
+        kh, kw = self.shapes[shape_index]
         s, m = self.stride, self.margin
         mc = m // s
         outs = []
-        for chunk in boxes.split(self.naive_batch_size):
+        for chunk in boxes.split(self.naive_batch_size) if len(boxes) else ():
             # a window at image (x0, y0) starts at (x0 + m, y0 + m) in the padded image
             crops = torch.stack([padded_image[:, int(y0): int(y0) + kh * s + 2 * m,
                                               int(x0): int(x0) + kw * s + 2 * m]
                                  for x0, y0 in chunk[:, :2].tolist()])
             f = self.reduce(run_until(backbone, crops, self.feature))[:, :, mc:mc + kh, mc:mc + kw]
-            outs.append(clf(f)[:, :, 0, 0])
+            outs.append(self.classify(f, shape_index)[:, :, 0, 0])
         d = (self.num_classes + 1) + 4 * self.num_classes
         return torch.cat(outs) if outs else padded_image.new_zeros(0, d)
 
     # -- training and inference ---------------------------------------------------------------
+    def mine_negatives(self, logits: Tensor, matched: Tensor, n: int) -> Tensor:
+        """``n`` background windows (indices), ``hard_negative_fraction`` of them the hardest.
+
+        Args:
+            logits: ``Tensor[N, K + 1]`` class logits of every window (background last).
+            matched: ``Tensor[N]`` from ``match``; background windows are ``BACKGROUND``.
+        Hardness is how much more the classifier believes "some object" than "background":
+        ``logsumexp(object logits) - background logit``.
+        """
+        neg = torch.nonzero(matched == BACKGROUND).flatten()
+        n = min(n, neg.numel())
+        k = self.num_classes
+        lg = logits[neg].detach()
+        hardness = torch.logsumexp(lg[:, :k], dim=1) - lg[:, k]
+        hard = hardness.topk(int(n * self.hard_negative_fraction)).indices
+        rest = torch.ones(neg.numel(), dtype=torch.bool, device=neg.device)
+        rest[hard] = False
+        others = neg[rest]
+        pick = torch.randperm(others.numel(), device="cpu")[: n - hard.numel()].to(neg.device)
+        return torch.cat([neg[hard], others[pick]])
+
     def forward_train(self, features, batch: dict, *, backbone: nn.Module) -> dict[str, Tensor]:
         k = self.num_classes
         logits, deltas, labels, targets, regress = [], [], [], [], []
@@ -224,6 +304,8 @@ class SlidingWindowHead(nn.Module):
             matched, _ = match(boxes, gt, fg_iou=self.fg_iou, bg_iou=self.bg_iou,
                                ignore=t.get("ignore_boxes"))
             fg, bg = sample(matched, self.batch_size_per_image, self.fg_fraction)
+            if self.hard_negative_fraction > 0:
+                bg = self.mine_negatives(out[:, : k + 1], matched, bg.numel())
             sel = torch.cat([fg, bg])
             lab = torch.full((len(sel),), k, dtype=torch.long, device=out.device)
             lab[: len(fg)] = t["labels"].to(out.device)[matched[fg]]
