@@ -22,7 +22,7 @@ RECIPES = {
     "fast_rcnn": ("configs/fast_rcnn_resnet18_shapes.yaml", 1000),
     "rcnn": ("configs/rcnn_resnet18_shapes.yaml", 2000),
     "faster_rcnn": ("configs/faster_rcnn_resnet18_shapes.yaml", 780),
-    "sliding_window": ("configs/sliding_window_resnet18_shapes.yaml", 1050),
+    "sliding_window": ("configs/sliding_window_resnet18_shapes.yaml", 1250),
 }
 
 
