@@ -71,7 +71,9 @@ def main(argv=None) -> int:
     body = markdown_table(["head", "config", "iterations", "wall min (whole train.py run)",
                            "box AP", "box AP50", "run"], rows)
     body += ("\n\nFrom scratch (no pretrained weights can be downloaded here), CPU, COCO box AP "
-             "(pycocotools) on shapes val (60 images), boxes mapped back to the files' pixels.")
+             "(pycocotools) on shapes val (60 images), boxes mapped back to the files' pixels. "
+             "Each row is the last run of that recipe (`--only NAME` reruns one and keeps the other "
+             "rows; the run column dates each); `python benchmarks/detection_shapes.py` reruns all.")
     finish(args, "detection_shapes", "Detection heads on shapes (accuracy)", body, figures)
     return 0
 
