@@ -216,7 +216,10 @@ class SolverConfig:
     plateau_patience: int = 2
     plateau_factor: float = 0.1
     clip_grad_norm: Optional[float] = 10.0
+    # Mixed precision: autocast in amp_dtype ("auto": float16 with a GradScaler on CUDA,
+    # bfloat16 on CPU, where oneDNN runs bf16 convolutions ~1.4x faster on AVX512-BF16/AMX cores)
     amp: bool = False
+    amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
     channels_last: bool = True
     checkpoint_period: int = 425
     eval_period: int = 425

@@ -85,7 +85,10 @@ class Trainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.cuda else None,
                 find_unused_parameters=False)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and self.s.amp)
+        self.amp_dtype = _amp_dtype(self.s, self.device)
+        # Loss scaling only for float16: bfloat16 has float32's exponent range.
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.cuda and self.amp_dtype == torch.float16)
         self.make_train_loader = make_train_loader
         self.evaluate = evaluate
         self.output_dir = output_dir
@@ -197,7 +200,8 @@ class Trainer:
                 lr = s.lr * lr_factor(self.iter, s) * self.plateau_scale
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
-                with torch.autocast("cuda", enabled=self.cuda and s.amp):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                                    enabled=self.amp_dtype is not None):
                     losses = self.train_model(batch)
                 loss = losses["loss"]
                 finite = torch.isfinite(loss.detach()).float()
@@ -256,3 +260,26 @@ def _pick_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def _amp_dtype(s, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for ``solver.amp`` on ``device``, or None when AMP is off."""
+    if not s.amp:
+        return None
+    if s.amp_dtype == "auto":
+        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    else:
+        dtype = getattr(torch, s.amp_dtype)
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ValueError("solver.amp_dtype=float16 needs a CUDA device (on CPU use bfloat16 or auto)")
+    if device.type == "cpu" and not _cpu_has_native_bf16():
+        logger.warning("solver.amp: this CPU has no native bfloat16 (AVX512-BF16 / AMX); bfloat16 "
+                       "autocast may be slower than float32 here")
+    return dtype
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:  # a private oneDNN probe; assume support when the probe is missing
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True

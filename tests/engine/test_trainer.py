@@ -81,3 +81,26 @@ def test_nan_loss_stops_with_image_ids_and_keeps_last_checkpoint(tmp_path, shape
     except FloatingPointError as e:
         assert "iteration 7" in str(e) and "images [" in str(e)
     assert load_checkpoint(str(tmp_path / "n" / "model_0000005.pth"))["iteration"] == 5
+
+
+def test_cpu_amp_trains_in_bfloat16_and_float16_needs_cuda(tmp_path, shapes_data, monkeypatch):
+    monkeypatch.setenv("DETSEG_NO_PROGRESS", "1")
+    cfg = small_cfg(tmp_path / "amp", "solver.max_iter=4", "solver.amp=true")
+    trainer = make_trainer(cfg, shapes_data)
+    assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
+    seen = []
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert seen and set(seen) == {torch.bfloat16}  # the forward really ran under autocast
+    after = trainer.model.state_dict()
+    # Master weights stay float32 and were updated.
+    assert all(after[k].dtype == before[k].dtype for k in before)
+    assert any(not torch.equal(after[k], before[k]) for k in before if after[k].is_floating_point())
+    bad = small_cfg(tmp_path / "f16", "solver.amp=true", "solver.amp_dtype=float16")
+    try:
+        make_trainer(bad, shapes_data)
+        raise AssertionError("float16 AMP on CPU must be refused")
+    except ValueError as e:
+        assert "amp_dtype=float16" in str(e)
