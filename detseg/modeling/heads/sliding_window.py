@@ -158,8 +158,8 @@ class SlidingWindowHead(nn.Module):
                  reduce: int = 64, hidden: int = 256,
                  mode: str = "conv", fg_iou: float = 0.5, bg_iou: float = 0.4,
                  batch_size_per_image: int = 256, fg_fraction: float = 0.25,
-                 hard_negative_fraction: float = 0.0, score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_image: int = 100,
-                 naive_batch_size: int = 64):
+                 hard_negative_fraction: float = 0.0, score_thresh: float = 0.05,
+                 nms_thresh: float = 0.5, detections_per_image: int = 100, naive_batch_size: int = 64):
         super().__init__()
         feature = feature or default_feature(in_shapes)
         if mode not in ("conv", "naive"):
