@@ -200,7 +200,7 @@ class Trainer:
                 lr = s.lr * lr_factor(self.iter, s) * self.plateau_scale
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                with torch.autocast(self.device.type, dtype=self.amp_dtype,
                                     enabled=self.amp_dtype is not None):
                     losses = self.train_model(batch)
                 loss = losses["loss"]
