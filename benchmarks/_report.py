@@ -16,7 +16,8 @@ BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help="cut-down case, under a minute")
+    p.add_argument("--quick", action="store_true",
+                   help="cut-down case, under a minute; a smoke run, so BENCHMARKS.md is left as is")
     p.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     return p
@@ -75,7 +76,10 @@ def finish(args, name: str, title: str, body: str, figures: dict) -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(figures, f, indent=2)
-    if not args.no_write:
+    # A --quick run is a smoke check of the script: its figures must never replace measured ones.
+    if args.quick or args.no_write:
+        print(f"(BENCHMARKS.md not updated: {'--quick' if args.quick else '--no-write'})")
+    else:
         write_section(name, title, body)
 
 
