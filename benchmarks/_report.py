@@ -71,16 +71,23 @@ def write_section(name: str, title: str, body: str) -> None:
     os.replace(tmp, BENCHMARKS_MD)
 
 
+def records_figures(args) -> bool:
+    """Whether this run may replace recorded figures (BENCHMARKS.md, results files).
+
+    A --quick run is a smoke check of the script: its figures must never replace measured ones.
+    """
+    return not (args.quick or args.no_write)
+
+
 def finish(args, name: str, title: str, body: str, figures: dict) -> None:
     print(body)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(figures, f, indent=2)
-    # A --quick run is a smoke check of the script: its figures must never replace measured ones.
-    if args.quick or args.no_write:
-        print(f"(BENCHMARKS.md not updated: {'--quick' if args.quick else '--no-write'})")
-    else:
+    if records_figures(args):
         write_section(name, title, body)
+    else:
+        print(f"(BENCHMARKS.md not updated: {'--quick' if args.quick else '--no-write'})")
 
 
 def run_train(config: str, overrides: list[str], out: str) -> tuple[list[dict], float]:

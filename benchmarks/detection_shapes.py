@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import base_parser, command_line, finish, markdown_table, run_train  # noqa: E402
+from benchmarks._report import base_parser, command_line, finish, markdown_table, records_figures, run_train  # noqa: E402
 
 # recipe -> (config, iterations)
 RECIPES = {
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
             figures[name] = {"AP": last["AP"], "AP50": last["AP50"], "iterations": last["iter"],
                              "wall_s": wall, "config": config, "command": command_line(),
                              "date": time.strftime("%Y-%m-%d %H:%M")}
-    if not args.quick and not args.no_write:
+    if records_figures(args):
         os.makedirs(os.path.dirname(STORE), exist_ok=True)
         with open(STORE + ".tmp", "w", encoding="utf-8") as f:
             json.dump(figures, f, indent=2)
