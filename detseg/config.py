@@ -83,6 +83,10 @@ class RoIConfig:
     feature: Optional[str] = None  # backbone map to pool (default: the coarsest)
     levels: list[int] = field(default_factory=lambda: [6, 3, 2, 1])  # spp; [7] = Fast R-CNN
     mapping: Literal["sppnet", "fast_rcnn"] = "sppnet"
+    # spp: the pyramid of `levels`; roi_pool: levels[0] with Fast R-CNN's rounding; roi_align:
+    # bilinear levels[0] x levels[0] (from `feature`, or from multiscale_features, which imply it)
+    pooler: Literal["spp", "roi_pool", "roi_align"] = "spp"
+    aligned: bool = False  # roi_align: half-pixel shift (Detectron2's ROIAlignV2)
     fc_dims: list[int] = field(default_factory=lambda: [1024, 1024])
     dropout: float = 0.0
     batch_size_per_image: int = 128

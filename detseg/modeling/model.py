@@ -200,8 +200,9 @@ def build_head(name: str, cfg, backbone: nn.Module, num_classes: int) -> nn.Modu
                         **_region_kwargs(r))
     if name == "spp":
         return SPPHead(in_shapes=shapes, proposals=proposals, num_classes=num_classes, feature=feature,
-                       levels=r.levels, mapping=r.mapping, multiscale_features=r.multiscale_features,
-                       sampling_ratio=r.sampling_ratio, mask_head=mask_head, **_region_kwargs(r))
+                       levels=r.levels, mapping=r.mapping, pooler=r.pooler,
+                       multiscale_features=r.multiscale_features, sampling_ratio=r.sampling_ratio,
+                       aligned=r.aligned, mask_head=mask_head, **_region_kwargs(r))
     raise ValueError(f"unknown head {name!r} in model.heads; available: {', '.join(HEADS)}")
 
 

@@ -9,7 +9,8 @@ import warnings
 import torch
 
 logger = logging.getLogger(__name__)
-_SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", "bin_max_pool.cpp")]
+_SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
+            for name in ("bin_max_pool.cpp", "roi_align.cpp", "bindings.cpp")]
 
 
 def _build_dir() -> str:
@@ -28,10 +29,11 @@ def load_extension():
     try:
         from torch.utils.cpp_extension import load
         return load(
-            name="detseg_bin_max_pool",
+            name="detseg_cpu_ops",
             sources=_SOURCES,
             # -fopenmp: at::parallel_for only runs in parallel when compiled with OpenMP.
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            # -ffp-contract=off: no fused multiply-adds, so RoIAlign rounds as torchvision does.
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"],
             extra_ldflags=["-fopenmp"],
             build_directory=_build_dir(),
             verbose=False,

@@ -95,3 +95,82 @@ def bin_table(boxes: torch.Tensor, levels: Sequence[int | tuple[int, int]], spat
     if not tables:
         raise ValueError("levels must name at least one pyramid level")
     return torch.cat(tables, dim=1).to(torch.int32).contiguous()
+
+
+# --------------------------------------------------------------------------- RoIAlign samples
+
+
+def sample_table(rois: torch.Tensor, output_size: tuple[int, int], spatial_scale: float,
+                 sampling_ratio: int, aligned: bool, height: int, width: int):
+    """RoIAlign's bilinear sample points, per axis, for every RoI.
+
+    RoIAlign averages ``grid_h x grid_w`` bilinear samples per output bin. A sample's row and
+    column are independent, so each axis is tabulated on its own and a kernel combines row
+    entry ``iy`` with column entry ``ix``: corner weights ``h_y * h_x, h_y * l_x, l_y * h_x,
+    l_y * l_x`` at ``(lo_y, lo_x), (lo_y, hi_x), (hi_y, lo_x), (hi_y, hi_x)``, the sum divided by
+    ``max(grid_h * grid_w, 1)``. The arithmetic is torchvision's, operation for operation in the
+    rois' dtype (so a kernel that sums in the same order reproduces it bit for bit):
+    ``y = (start + p * bin) + ((i + 0.5) * bin) / grid``, a sample outside ``[-1, size]`` on
+    either axis contributes nothing, coordinates below 0 are clamped to 0 and the last row /
+    column is repeated at the far edge.
+
+    Args:
+        rois: ``Tensor[K, 5]`` (batch index, x1, y1, x2, y2), float32 or float64.
+        output_size: ``(pooled_h, pooled_w)``.
+        spatial_scale: feature-map size / image size.
+        sampling_ratio: samples per bin and axis; ``<= 0``: ``ceil(roi size / pooled size)``.
+        aligned: shift by -0.5 pixel (pixel-centre alignment, Detectron2's ``ROIAlignV2``).
+        height, width: feature-map size.
+
+    Returns:
+        ``(y_index, y_weight, x_index, x_weight, grid)``: ``y_index int32 [K, PH, SY, 2]`` =
+        (lo, hi) row of each sample, ``lo = -1`` where the sample contributes nothing (outside
+        the map or beyond this RoI's grid); ``y_weight [K, PH, SY, 2]`` = (h, l) = (1 - frac,
+        frac); likewise ``x_*`` with ``[K, PW, SX, 2]``; ``grid int32 [K, 2]`` = (grid_h,
+        grid_w) of each RoI (``SY`` / ``SX`` are their maxima).
+    """
+    dtype = rois.dtype
+    ph, pw = output_size
+    offset = 0.5 if aligned else 0.0
+    scale = torch.tensor(spatial_scale, dtype=dtype, device=rois.device)
+    start = rois[:, 1:3] * scale - offset  # (x, y)
+    size = rois[:, 3:5] * scale - offset - start
+    if not aligned:
+        size = size.clamp(min=1.0)  # malformed RoIs count as 1x1, as in torchvision
+    pooled = torch.tensor([pw, ph], dtype=dtype, device=rois.device)
+    bin_size = size / pooled
+    if sampling_ratio > 0:
+        grid = torch.full_like(bin_size, sampling_ratio, dtype=torch.int32)
+    else:
+        # ceil(roi / pooled) converted to int; NaN and negative sizes give an empty grid.
+        grid = torch.nan_to_num(torch.ceil(bin_size), nan=0.0).clamp(min=0).to(torch.int32)
+    xs = _axis_samples(start[:, 0], bin_size[:, 0], grid[:, 0], pw, width)
+    ys = _axis_samples(start[:, 1], bin_size[:, 1], grid[:, 1], ph, height)
+    return ys[0], ys[1], xs[0], xs[1], grid.flip(1).contiguous()
+
+
+def _axis_samples(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, pooled: int,
+                  limit: int):
+    """One axis of ``sample_table``: ``(index int32 [K, P, S, 2], weight [K, P, S, 2])``."""
+    k, dtype, dev = start.shape[0], start.dtype, start.device
+    s = int(grid.max()) if k else 0
+    p = torch.arange(pooled, dtype=dtype, device=dev)
+    i = torch.arange(s, dtype=dtype, device=dev) + 0.5
+    first = start[:, None] + p[None] * bin_size[:, None]  # [K, P]
+    within = (i[None] * bin_size[:, None]) / grid[:, None].to(dtype)  # [K, S]
+    pos = first[:, :, None] + within[:, None, :]  # [K, P, S]
+    # !(pos >= -1 && pos <= limit) rather than the reverse, so NaN counts as outside.
+    valid = (pos >= -1.0) & (pos <= limit)
+    valid &= (torch.arange(s, device=dev)[None, None] < grid[:, None, None])
+    pos = torch.where(pos <= 0, torch.zeros((), dtype=dtype, device=dev), pos)
+    pos = torch.where(valid, pos, torch.zeros((), dtype=dtype, device=dev))
+    lo = pos.to(torch.int32)  # truncation == floor for pos >= 0
+    edge = lo >= limit - 1
+    lo = torch.where(edge, torch.full_like(lo, limit - 1), lo)
+    hi = torch.where(edge, lo, lo + 1)
+    pos = torch.where(edge, lo.to(dtype), pos)
+    frac = pos - lo.to(dtype)
+    lo = torch.where(valid, lo, torch.full_like(lo, -1))
+    index = torch.stack([lo, hi], -1).contiguous()
+    weight = torch.stack([1.0 - frac, frac], -1).contiguous()
+    return index, weight

@@ -84,3 +84,66 @@ def bin_max_pool_backward(grad: torch.Tensor, argmax: torch.Tensor, batch_idx: t
     rows = batch_idx.long()[:, None, None].expand(k, c, b)[keep]
     grad_in.index_put_((rows, target), grad[keep], accumulate=True)
     return grad_in.reshape(n, c, h, w)
+
+
+# --------------------------------------------------------------------------- RoIAlign
+
+
+def _corners(table):
+    """Per sample-pair ``(iy, ix)``: validity [K, PH, PW] and the four corners' (row, col, weight)."""
+    yi, yw, xi, xw = table
+    for iy in range(yi.shape[2]):
+        ylo, yhi = yi[:, :, iy, 0].long()[:, :, None], yi[:, :, iy, 1].long()[:, :, None]
+        hy, ly = yw[:, :, iy, 0][:, :, None], yw[:, :, iy, 1][:, :, None]
+        for ix in range(xi.shape[2]):
+            xlo, xhi = xi[:, :, ix, 0].long()[:, None, :], xi[:, :, ix, 1].long()[:, None, :]
+            hx, lx = xw[:, :, ix, 0][:, None, :], xw[:, :, ix, 1][:, None, :]
+            valid = (ylo >= 0) & (xlo >= 0)  # [K, PH, PW]
+            yl, xl = ylo.clamp(min=0), xlo.clamp(min=0)
+            yield valid, [(yl, xl, hy * hx), (yl, xhi, hy * lx), (yhi, xl, ly * hx), (yhi, xhi, ly * lx)]
+
+
+def roi_align_forward(input: torch.Tensor, batch_idx: torch.Tensor, y_index, y_weight, x_index,
+                      x_weight, grid) -> torch.Tensor:
+    """RoIAlign from ``_geometry.sample_table``'s table, as tensor operations (any dtype / device).
+
+    Args:
+        input: ``Tensor[N, C, H, W]``; batch_idx: ``int64 Tensor[K]``; the rest: the table.
+
+    Returns:
+        ``Tensor[K, C, PH, PW]``.
+    """
+    n, c, h, w = input.shape
+    k, ph, pw = y_index.shape[0], y_index.shape[1], x_index.shape[1]
+    acc = input.new_zeros((k, ph, pw, c))
+    if acc.numel() == 0 or h * w == 0:
+        return acc.permute(0, 3, 1, 2).contiguous()
+    nhwc = input.permute(0, 2, 3, 1)
+    b = batch_idx.long()[:, None, None]
+    for valid, corners in _corners((y_index, y_weight.to(input.dtype), x_index, x_weight.to(input.dtype))):
+        val = None
+        for y, x, wt in corners:  # corner order and left-to-right sum as the kernels
+            term = wt[..., None] * nhwc[b, y, x]
+            val = term if val is None else val + term
+        acc = acc + torch.where(valid[..., None], val, torch.zeros((), dtype=acc.dtype, device=acc.device))
+    count = (grid[:, 0] * grid[:, 1]).clamp(min=1).to(input.dtype)
+    return (acc / count[:, None, None, None]).permute(0, 3, 1, 2).contiguous()
+
+
+def roi_align_backward(grad: torch.Tensor, batch_idx: torch.Tensor, y_index, y_weight, x_index,
+                       x_weight, grid, n: int, h: int, w: int) -> torch.Tensor:
+    """Gradient of ``roi_align_forward`` w.r.t. its input: ``Tensor[N, C, H, W]``."""
+    k, c = grad.shape[:2]
+    gin = grad.new_zeros((n, h, w, c))
+    if grad.numel() == 0 or h * w == 0:
+        return gin.permute(0, 3, 1, 2).contiguous()
+    g = grad.permute(0, 2, 3, 1)  # [K, PH, PW, C]
+    count = (grid[:, 0] * grid[:, 1]).clamp(min=1).to(grad.dtype)[:, None, None, None]
+    b = batch_idx.long()[:, None, None]
+    for valid, corners in _corners((y_index, y_weight.to(grad.dtype), x_index, x_weight.to(grad.dtype))):
+        for y, x, wt in corners:
+            share = g * wt[..., None] / count
+            shape = valid.shape
+            gin.index_put_((b.expand(shape)[valid], y.expand(shape)[valid], x.expand(shape)[valid]),
+                           share[valid], accumulate=True)
+    return gin.permute(0, 3, 1, 2).contiguous()

@@ -65,7 +65,8 @@ def _kernels():
     return forward, backward
 
 
-def _block(c: int) -> int:
+def block_size(c: int) -> int:
+    """Channels per program: the next power of two, 16 to 128."""
     return max(16, min(128, 1 << (max(c, 1) - 1).bit_length()))
 
 
@@ -79,7 +80,7 @@ def bin_max_pool_forward(input: torch.Tensor, batch_idx: torch.Tensor, bins: tor
     if k * b * c == 0:
         return out.zero_(), arg.fill_(-1)
     nhwc = input.permute(0, 2, 3, 1).contiguous()
-    block = _block(c)
+    block = block_size(c)
     grid = (k * b, (c + block - 1) // block)
     forward[grid](nhwc, batch_idx.long().contiguous(), bins.contiguous(), out, arg, c, b, h, w,
                   INIT=_INIT[input.dtype], BLOCK_C=block)
@@ -94,7 +95,7 @@ def bin_max_pool_backward(grad: torch.Tensor, argmax: torch.Tensor, batch_idx: t
     acc_dtype = torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else grad.dtype
     gin = torch.zeros((n, c, h, w), dtype=acc_dtype, device=grad.device)
     if k * b * c > 0:
-        block = _block(c)
+        block = block_size(c)
         grid = (k * b, (c + block - 1) // block)
         backward[grid](grad.contiguous(), argmax.contiguous(), batch_idx.long().contiguous(), gin,
                        c, b, h * w, BLOCK_C=block)

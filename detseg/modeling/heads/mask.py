@@ -12,8 +12,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import MultiScaleRoIAlign, roi_align
 
+from ...ops import MultiScaleRoIAlign, roi_align
 from ...structures import Instances
 from ..backbones import ShapeSpec
 

@@ -9,8 +9,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
+from ...ops import roi_align
 from ..backbones import ShapeSpec, coarsest
 from .region import RegionHead
 from .sliding_window import run_until

@@ -1,8 +1,10 @@
 """SPPNet / Fast R-CNN head (He et al. 2014; Girshick 2015): one backbone pass, every proposal
 pooled from the shared feature map, then fc layers, softmax and class-specific box regression.
 
-``levels=(6, 3, 2, 1)`` with the SPPNet coordinate mapping is SPPNet; ``levels=(7,)`` with
-``mapping="fast_rcnn"`` is Fast R-CNN's RoI pooling; with an RPN as the proposal source it is
+The pooler picks the method: ``"spp"`` with ``levels=(6, 3, 2, 1)`` and the SPPNet coordinate
+mapping is SPPNet; ``"roi_pool"`` (one ``levels[0] x levels[0]`` level, Fast R-CNN's rounding) is
+Fast R-CNN's RoI pooling; ``"roi_align"`` (bilinear, ``levels[0] x levels[0]``, from one map or
+from the FPN level each box's size picks) is Mask R-CNN's. With an RPN as the proposal source it is
 Faster R-CNN.
 """
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from torch import Tensor, nn
-from torchvision.ops import MultiScaleRoIAlign
 
-from ...ops.roi_pool import SpatialPyramidPool
+from ...ops import MultiScaleRoIAlign, SpatialPyramidPool
 from ..backbones import ShapeSpec, coarsest
 from .region import RegionHead
+
+
+POOLERS = ("spp", "roi_pool", "roi_align")
 
 
 class SPPHead(RegionHead):
@@ -23,34 +27,42 @@ class SPPHead(RegionHead):
     Args (keyword-only):
         in_shapes: ``backbone.output_shape()``.
         feature: which feature map to pool (default: the coarsest).
-        levels: pyramid sizes; mapping: ``"sppnet"`` or ``"fast_rcnn"``.
-        multiscale_features: instead of ``feature``, pool each box from one of these FPN levels
-            chosen by its size (FPN's level mapping), with RoIAlign at ``levels[0]`` and
-            ``sampling_ratio`` (torchvision's ``MultiScaleRoIAlign``, as its Faster / Mask R-CNN).
+        pooler: ``"spp"`` (pyramid of ``levels``, coordinate ``mapping`` ``"sppnet"`` or
+            ``"fast_rcnn"``), ``"roi_pool"`` (``levels[0]``, Fast R-CNN's mapping) or
+            ``"roi_align"`` (``levels[0]``, ``sampling_ratio``, ``aligned``).
+        multiscale_features: pool each box with RoIAlign from one of these FPN levels, chosen by
+            its size (FPN's level mapping, as torchvision's Faster / Mask R-CNN); implies
+            ``pooler="roi_align"``.
         proposals, num_classes and the rest: see ``RegionHead``.
     """
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], proposals: nn.Module, num_classes: int,
                  feature: Optional[str] = None, levels: Sequence[int] = (6, 3, 2, 1),
-                 mapping: str = "sppnet", multiscale_features: Optional[Sequence[str]] = None,
-                 sampling_ratio: int = 2, **kwargs):
+                 mapping: str = "sppnet", pooler: str = "spp",
+                 multiscale_features: Optional[Sequence[str]] = None, sampling_ratio: int = 2,
+                 aligned: bool = False, **kwargs):
+        if pooler not in POOLERS:
+            raise ValueError(f"SPP head: pooler must be one of {POOLERS}, got {pooler!r}")
         if multiscale_features:
-            unknown = [n for n in multiscale_features if n not in in_shapes]
-            if unknown:
-                raise ValueError(f"SPP head: backbone has no features {unknown}; it has {sorted(in_shapes)}")
+            pooler = "roi_align"
+        names = list(multiscale_features or [feature or coarsest(in_shapes)])
+        unknown = [n for n in names if n not in in_shapes]
+        if unknown:
+            raise ValueError(f"SPP head: backbone has no features {unknown}; it has {sorted(in_shapes)}")
+        spec = in_shapes[names[0]]
+        if pooler == "roi_align":
             size = levels[0]
-            pool = MultiScaleRoIAlign(list(multiscale_features), size, sampling_ratio)
-            width = in_shapes[multiscale_features[0]].channels * size * size
+            # One map or several: the pooler infers each map's scale from its size.
+            pool = MultiScaleRoIAlign(names, size, sampling_ratio, aligned=aligned)
+            width = spec.channels * size * size
         else:
-            feature = feature or coarsest(in_shapes)
-            if feature not in in_shapes:
-                raise ValueError(f"SPP head: backbone has no feature {feature!r}; it has {sorted(in_shapes)}")
-            spec = in_shapes[feature]
-            pool = SpatialPyramidPool(levels, 1.0 / spec.stride, mapping)
+            pool = SpatialPyramidPool(levels[:1] if pooler == "roi_pool" else levels, 1.0 / spec.stride,
+                                      "fast_rcnn" if pooler == "roi_pool" else mapping)
             width = pool.out_features(spec.channels)
+        feature = names[0]
         super().__init__(proposals=proposals, num_classes=num_classes, in_features=width, **kwargs)
         self.feature = feature
-        self.multiscale = bool(multiscale_features)
+        self.multiscale = pooler == "roi_align"
         self.pool = pool
 
     def region_features(self, features: dict, batch: dict, boxes: list[Tensor], **kwargs) -> Tensor:

@@ -7,6 +7,8 @@
 // contiguous channels, which the compiler vectorises; RoIs are split across threads.
 // Backward splits channels across threads, so no two threads write the same gradient cell,
 // and adds in RoI-then-bin order, the same order as torchvision's kernel.
+#include "ops.h"
+
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -119,9 +121,4 @@ at::Tensor bin_max_pool_backward(const at::Tensor& grad, const at::Tensor& argma
                               H * W);
   });
   return grad_in;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &bin_max_pool_forward, "bin max pooling forward (CPU)");
-  m.def("backward", &bin_max_pool_backward, "bin max pooling backward (CPU)");
 }

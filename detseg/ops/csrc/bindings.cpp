@@ -1,0 +1,11 @@
+// Python bindings of the CPU kernels (one extension module for the whole op family).
+#include <torch/extension.h>
+
+#include "ops.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &bin_max_pool_forward, "bin max pooling forward (CPU)");
+  m.def("backward", &bin_max_pool_backward, "bin max pooling backward (CPU)");
+  m.def("roi_align_forward", &roi_align_forward, "RoIAlign forward from a sample table (CPU)");
+  m.def("roi_align_backward", &roi_align_backward, "RoIAlign backward from a sample table (CPU)");
+}
