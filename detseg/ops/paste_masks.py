@@ -13,9 +13,13 @@ loops, and allocates a float image per mask).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ._fx import fx_leaf
 
 
 def _resize_weights(sizes: Tensor, length: int, m: int) -> Tensor:
@@ -37,6 +41,7 @@ def _resize_weights(sizes: Tensor, length: int, m: int) -> Tensor:
     return w * (dst < sizes[:, None]).to(w.dtype)[..., None]
 
 
+@fx_leaf
 def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], threshold: float = 0.5,
                 chunk: int = 32) -> Tensor:
     """Paste mask probabilities into the image and threshold them.
@@ -54,8 +59,19 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], thres
     """
     if masks.dim() == 4:
         masks = masks[:, 0]
-    n, m = masks.shape[0], masks.shape[-1]
+    if masks.dim() != 3 or boxes.dim() != 2 or boxes.shape[1] != 4 or len(boxes) != len(masks):
+        raise ValueError(f"paste_masks needs masks [N, M, M] and boxes [N, 4], got {tuple(masks.shape)} "
+                         f"and {tuple(boxes.shape)}")
     h, w = image_size
+    return paste_masks_op(masks, boxes, int(h), int(w), threshold, int(chunk))
+
+
+@torch.library.custom_op("detseg::paste_masks", mutates_args=())
+def paste_masks_op(masks: Tensor, boxes: Tensor, height: int, width: int, threshold: Optional[float],
+                   chunk: int) -> Tensor:
+    """``paste_masks`` as one op (shape-only fake below), so compile and export see one call."""
+    n, m = masks.shape[0], masks.shape[-1]
+    h, w = height, width
     masks = F.pad(masks.to(torch.float32), (1, 1, 1, 1))  # one zero cell all round
     scale = (m + 2) / m
     b = boxes.to(torch.float32)
@@ -82,3 +98,9 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], thres
         value = local >= threshold if threshold is not None else local
         out[idx[:, None, None], rows[:, :, None], cols[:, None, :]] = value
     return out[:, :h, :w]
+
+
+@paste_masks_op.register_fake
+def _(masks, boxes, height, width, threshold, chunk):
+    dtype = torch.bool if threshold is not None else torch.float32
+    return masks.new_empty((masks.shape[0], height, width), dtype=dtype)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from . import _reference
 from ._ext import load_extension
+from ._fx import fx_leaf
 from ._geometry import sample_table
 from ._rois import Rois, pair, roi_tensor
 
@@ -96,7 +97,7 @@ def _backward(ctx, grad):
 roi_align_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.fx.wrap
+@fx_leaf
 def roi_align(input: Tensor, boxes: Rois, output_size: Union[int, tuple[int, int]],
               spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
     """RoIAlign (He et al. 2017); same call and result as ``torchvision.ops.roi_align``.

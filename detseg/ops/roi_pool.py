@@ -15,18 +15,29 @@ from torch import Tensor, nn
 
 from . import _reference
 from ._ext import load_extension
+from ._fx import fx_leaf
 from ._geometry import MAPPINGS, bin_table
+from ._rois import roi_tensor
 
 Level = Union[int, tuple[int, int]]
 
 
 def backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str:
-    """Which kernel runs for tensors of this device and dtype: "triton", "cpp" or "reference"."""
+    """Which kernel runs for tensors of this device and dtype: "triton", "cpp" or "reference".
+
+    Off the GPU, float16 / bfloat16 are computed in float32, so they take the float32 kernel.
+    """
     if torch.device(device).type == "cuda":
         return "triton"
-    if dtype in (torch.float32, torch.float64) and load_extension() is not None:
+    if load_extension() is not None:
         return "cpp"
     return "reference"
+
+
+def _kernel_for(t: Tensor) -> str:
+    kind = backend(t.device, t.dtype)
+    # The C++ kernel is compiled for float32 / float64; other dtypes reach it upcast by _pool.
+    return "reference" if kind == "cpp" and t.dtype not in (torch.float32, torch.float64) else kind
 
 
 @torch.library.custom_op("detseg::bin_max_pool", mutates_args=())
@@ -38,7 +49,7 @@ def bin_max_pool(input: Tensor, batch_idx: Tensor, bins: Tensor,
         (``[K, C, B]``, argmax ``int32 [K, C, B]``); the C++ kernel skips the argmax (returns
         ``[0, C, B]``) when ``with_argmax`` is False, i.e. when no gradient is wanted.
     """
-    kind = backend(input.device, input.dtype)
+    kind = _kernel_for(input)
     if kind == "triton":
         from . import roi_pool_triton
         return roi_pool_triton.bin_max_pool_forward(input, batch_idx, bins)
@@ -59,7 +70,7 @@ def _(input, batch_idx, bins, with_argmax=True):
 def bin_max_pool_backward(grad: Tensor, argmax: Tensor, batch_idx: Tensor, n: int, h: int,
                           w: int) -> Tensor:
     """Gradient of ``bin_max_pool``: each bin's gradient added at its argmax → ``[N, C, H, W]``."""
-    kind = backend(grad.device, grad.dtype)
+    kind = _kernel_for(grad)
     if kind == "triton":
         from . import roi_pool_triton
         return roi_pool_triton.bin_max_pool_backward(grad, argmax, batch_idx, n, h, w)
@@ -94,22 +105,6 @@ bin_max_pool.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------- public API
 
 
-def _split_rois(rois: Union[Tensor, Sequence[Tensor]], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(batch_idx int64 [K], boxes [K, 4]) from ``Tensor[K, 5]`` or a list of ``Tensor[L, 4]``."""
-    if isinstance(rois, (list, tuple)):
-        for i, r in enumerate(rois):
-            if r.dim() != 2 or r.shape[1] != 4:
-                raise ValueError(f"rois[{i}] must be Tensor[L, 4], got shape {tuple(r.shape)}")
-        boxes = torch.cat(list(rois), 0) if rois else torch.zeros((0, 4))
-        batch = torch.cat([torch.full((len(r),), i, dtype=torch.int64, device=r.device)
-                           for i, r in enumerate(rois)]) if rois else torch.zeros(0, dtype=torch.int64)
-        return batch, boxes.to(dtype)
-    if rois.dim() != 2 or rois.shape[1] != 5:
-        raise ValueError(f"rois must be Tensor[K, 5] (batch index, x1, y1, x2, y2) or a list of "
-                         f"Tensor[L, 4], got shape {tuple(rois.shape)}")
-    return rois[:, 0].long(), rois[:, 1:].to(dtype)
-
-
 def _level_sizes(levels: Sequence[Level]) -> list[tuple[int, int]]:
     sizes = []
     for lvl in levels:
@@ -129,14 +124,18 @@ def _pool(input: Tensor, rois, levels: list[tuple[int, int]], spatial_scale: flo
     if mapping not in MAPPINGS:
         raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
     geo_dtype = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
-    batch_idx, boxes = _split_rois(rois, geo_dtype)
-    batch_idx, boxes = batch_idx.to(input.device), boxes.to(input.device)
+    if input.dtype != geo_dtype and input.device.type != "cuda":
+        # float16 / bfloat16 off the GPU: a max is exact in float32, so pool there and cast back.
+        return _pool(input.to(geo_dtype), rois, levels, spatial_scale, mapping).to(input.dtype)
+    rois = roi_tensor(rois, geo_dtype, input.device)
+    batch_idx, boxes = rois[:, 0].long(), rois[:, 1:]
     bins = bin_table(boxes, levels, spatial_scale, mapping, input.shape[2], input.shape[3])
     # The argmax is only needed for the backward pass; inference skips it.
     out, _ = bin_max_pool(input, batch_idx, bins, input.requires_grad and torch.is_grad_enabled())
     return out
 
 
+@fx_leaf
 def roi_pool(input: Tensor, rois: Union[Tensor, Sequence[Tensor]],
              output_size: Union[int, tuple[int, int]], spatial_scale: float = 1.0) -> Tensor:
     """Fast R-CNN RoI max pooling; same call and result as ``torchvision.ops.roi_pool``.
@@ -155,6 +154,7 @@ def roi_pool(input: Tensor, rois: Union[Tensor, Sequence[Tensor]],
     return out.reshape(out.shape[0], out.shape[1], oh, ow)
 
 
+@fx_leaf
 def roi_spp_pool(input: Tensor, rois: Union[Tensor, Sequence[Tensor]],
                  levels: Sequence[Level] = (6, 3, 2, 1), spatial_scale: float = 1.0,
                  mapping: str = "sppnet") -> Tensor:
