@@ -11,6 +11,8 @@ from tests.conftest import ROOT, run_script
 @pytest.mark.parametrize("script,keys", [
     ("benchmarks/loader.py", ["images_per_s.workers_0", "images_per_s.workers_2"]),
     ("benchmarks/roi_pool.py", ["backend"]),
+    ("benchmarks/roi_align.py", ["speedup", "speedup_one_thread", "ms"]),
+    ("benchmarks/step_time.py", ["seconds_per_step", "ratios"]),
     ("benchmarks/fcn_shapes.py", ["mIoU", "pixel_acc", "wall_s"]),
     ("benchmarks/lineage.py", ["speedup", "ms", "naive_max_abs_diff"]),
     ("benchmarks/detection_shapes.py", ["sppnet"]),
@@ -32,6 +34,11 @@ def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
     assert "|" in r.stdout  # printed a table
     if script.endswith("roi_pool.py"):
         assert all(v["speedup"] > 0 for k, v in figures.items() if k != "backend")
+    if script.endswith("roi_align.py"):  # its script checks the outputs equal torchvision's first
+        assert set(figures["speedup"]) == {"box", "fpn", "mask"}
+        assert all(v > 0 for case in figures["speedup"].values() for v in case.values())
+    if script.endswith("step_time.py"):
+        assert len(figures["seconds_per_step"]) == 7 and all(v > 0 for v in figures["seconds_per_step"].values())
     if script.endswith("lineage.py"):
         assert set(figures["speedup"]) == {"spp_vs_rcnn", "fast_rcnn_vs_rcnn", "conv_vs_naive_sliding"}
         assert figures["naive_max_abs_diff"] <= 1e-4

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Trainer:
     def __init__(self, cfg, model, make_train_loader: Callable[[int], object],
                  evaluate: Optional[Callable[[torch.nn.Module], dict]], output_dir: str, meta: dict):
         self.cfg, self.s = cfg, cfg.solver
+        keep_freed_memory()  # no page faults on each step's large temporaries (see memory.py)
         self.device = torch.device(_pick_device(cfg.runtime.device))
         self.model = model.to(self.device)
         self.cuda = self.device.type == "cuda"

@@ -1,0 +1,130 @@
+"""Training-step time of the shapes detection recipes: RoIPool vs RoIAlign box heads, Faster vs
+Mask R-CNN, and detseg's RoIAlign vs torchvision's inside the same step.
+
+Each variant builds its recipe's model from the same seed and runs the same pre-loaded batches
+(data loading excluded: it is the same for all) through the trainer's own step: autocast as
+configured, forward, backward, gradient clipping, AdamW. The figure is the median step time after
+warm-up steps. "torchvision RoIAlign" swaps torchvision.ops.roi_align into detseg's poolers, the
+way the library pooled before it had its own kernel.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import statistics  # noqa: E402
+
+import torch  # noqa: E402
+
+from benchmarks._report import base_parser, finish, markdown_table  # noqa: E402
+
+FASTER = "configs/faster_rcnn_resnet18_shapes.yaml"
+MASK = "configs/mask_rcnn_resnet18_fpn_shapes.yaml"
+VARIANTS = [  # (name, config, overrides, use torchvision's roi_align)
+    ("Faster R-CNN, RoIPool box head (recipe)", FASTER, [], False),
+    ("Faster R-CNN, RoIAlign box head", FASTER, ["model.roi.pooler=roi_align"], False),
+    ("Faster R-CNN, RoIAlign box head, torchvision kernel", FASTER, ["model.roi.pooler=roi_align"], True),
+    ("Mask R-CNN, RoIPool box head (recipe)", MASK, [], False),
+    ("Mask R-CNN, RoIPool box head (recipe), torchvision kernel", MASK, [], True),
+    ("Mask R-CNN, RoIAlign box head", MASK, ["model.roi.pooler=roi_align"], False),
+    ("Mask R-CNN, RoIAlign box head, torchvision kernel", MASK, ["model.roi.pooler=roi_align"], True),
+]
+
+
+@contextlib.contextmanager
+def torchvision_roi_align(enabled: bool):
+    """Route detseg's RoIAlign call sites to torchvision's kernel while ``enabled``."""
+    if not enabled:
+        yield
+        return
+    import torchvision
+
+    from detseg.modeling.heads import mask
+    from detseg.ops import multiscale_roi_align
+    saved = multiscale_roi_align.roi_align, mask.roi_align
+    multiscale_roi_align.roi_align = mask.roi_align = torchvision.ops.roi_align
+    try:
+        yield
+    finally:
+        multiscale_roi_align.roi_align, mask.roi_align = saved
+
+
+def load_batches(n: int) -> list:
+    from detseg.config import load_config
+    from detseg.data.build import build_dataset, build_train_loader, resolve_splits
+    cfg = load_config(MASK, ["data.num_workers=0"])  # masks included; the box recipes ignore them
+    torch.manual_seed(0)
+    ds = build_dataset(cfg, resolve_splits(cfg)["train"], train=True, with_masks=True)
+    it = iter(build_train_loader(cfg, ds, 0))
+    return [next(it) for _ in range(n)], ds
+
+
+def step_times(config: str, overrides: list[str], batches: list, ds, warmup: int, tv: bool) -> list[float]:
+    from detseg.config import load_config
+    from detseg.engine.trainer import Trainer
+    from detseg.modeling.model import build_model
+    cfg = load_config(config, ["data.num_workers=0", *overrides])
+    torch.manual_seed(0)
+    model = build_model(cfg, ds.num_classes)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, model, lambda start: iter(()), None, tmp, {})
+    times = []
+    with torchvision_roi_align(tv):
+        for i, batch in enumerate(batches):
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
+                loss = trainer.train_model(batch)["loss"]
+            trainer.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), cfg.solver.clip_grad_norm or 1e9)
+            trainer.optimizer.step()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv=None) -> int:
+    p = base_parser(__doc__)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=4)
+    args = p.parse_args(argv)
+    steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
+    batches, ds = load_batches(steps + warmup)
+    figures, medians = {"seconds_per_step": {}}, {}
+    for name, config, overrides, tv in VARIANTS:
+        times = step_times(config, overrides, batches, ds, warmup, tv)
+        medians[name] = statistics.median(times)
+        figures["seconds_per_step"][name] = medians[name]
+        print(f"{name}: {medians[name]:.3f} s/step", flush=True)
+    base = medians[VARIANTS[0][0]]
+    rows = [[name, " ".join(ov) or "-", f"{medians[name]:.3f}", f"{medians[name] / base:.2f}"]
+            for name, _, ov, _ in VARIANTS]
+    ratios = {
+        "roi_align_vs_roi_pool_faster": medians[VARIANTS[1][0]] / base,
+        "mask_vs_faster_roi_pool": medians[VARIANTS[3][0]] / base,
+        "mask_vs_faster_roi_align": medians[VARIANTS[5][0]] / medians[VARIANTS[1][0]],
+        "mask_vs_faster_roi_pool_torchvision_kernel": medians[VARIANTS[4][0]] / base,
+        "torchvision_kernel_vs_detseg_faster": medians[VARIANTS[2][0]] / medians[VARIANTS[1][0]],
+    }
+    figures["ratios"] = ratios
+    body = markdown_table(["variant", "overrides", "s per step (median)", "vs Faster R-CNN RoIPool"], rows)
+    body += (f"\n\nMedian of {steps} training steps after {warmup} warm-up steps, the same pre-loaded "
+             f"batches (8 images, data loading excluded) for every variant, torch threads "
+             f"{torch.get_num_threads()}. RoIAlign box head / RoIPool box head: "
+             f"**{ratios['roi_align_vs_roi_pool_faster']:.2f}x**; Mask / Faster R-CNN step with the recipe's "
+             f"RoIPool box head **{ratios['mask_vs_faster_roi_pool']:.2f}x**, with RoIAlign box heads "
+             f"**{ratios['mask_vs_faster_roi_align']:.2f}x** (with torchvision's RoIAlign kernel in the recipe's mask "
+             f"head: {ratios['mask_vs_faster_roi_pool_torchvision_kernel']:.2f}x); torchvision's RoIAlign kernel in the same "
+             f"Faster R-CNN step: {ratios['torchvision_kernel_vs_detseg_faster']:.2f}x detseg's.")
+    finish(args, "step_time", "Training step time: RoIPool vs RoIAlign, Faster vs Mask R-CNN (CPU)", body,
+           figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
