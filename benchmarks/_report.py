@@ -35,6 +35,38 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda: where both sides run (CUDA: timed with CUDA events, synchronised)")
+
+
+def device_time(device, fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """``median_time`` on the CPU; on a CUDA device the median of CUDA-event intervals, each
+    taken after the GPU finished all earlier work, so queued kernels are counted where they run."""
+    import torch
+    if torch.device(device).type != "cuda":
+        return median_time(fn, repeats, warmup)
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def device_label(device) -> str:
+    """'' on the CPU; ' (CUDA, <GPU name>)' on a GPU: section titles and names keep them apart."""
+    import torch
+    dev = torch.device(device)
+    return "" if dev.type != "cuda" else f" (CUDA, {torch.cuda.get_device_name(dev)})"
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

@@ -1,4 +1,5 @@
-"""RoI / SPP pooling speed on CPU: detseg vs torchvision.ops.roi_pool, same inputs, one run.
+"""RoI / SPP pooling speed: detseg vs torchvision.ops.roi_pool, same inputs, one run (CPU, or
+both on a GPU with --device cuda: detseg's Triton kernels vs torchvision's CUDA kernels).
 
 (a) 7x7, 512 RoIs on 1x256x50x68, boxes up to 300 px, scale 1/16 (forward; forward+backward)
 (b) 7x7, 2000 RoIs on 1x512x64x64, boxes up to 500 px, scale 1/16
@@ -15,18 +16,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from benchmarks._report import base_parser, finish, markdown_table, median_time  # noqa: E402
+from benchmarks._report import (add_device_arg, base_parser, device_label, device_time,  # noqa: E402
+                                finish, markdown_table)
 from detseg.ops import backend, roi_pool, roi_spp_pool  # noqa: E402
 
 
-def make_case(k: int, c: int, h: int, w: int, max_box: float, seed: int = 0):
+def make_case(k: int, c: int, h: int, w: int, max_box: float, seed: int = 0, device: str = "cpu"):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, c, h, w, generator=g)
     img_w, img_h = w * 16, h * 16
     wh = torch.rand(k, 2, generator=g) * (max_box - 16) + 16
     xy = torch.rand(k, 2, generator=g) * (torch.tensor([img_w, img_h]) - wh)
     rois = torch.cat([torch.zeros(k, 1), xy, xy + wh], 1)
-    return x, rois
+    return x.to(device), rois.to(device)
 
 
 def fwd_bwd(fn, x):
@@ -38,27 +40,30 @@ def fwd_bwd(fn, x):
 
 
 def main(argv=None) -> int:
-    args = base_parser(__doc__).parse_args(argv)
+    p = base_parser(__doc__)
+    add_device_arg(p)
+    args = p.parse_args(argv)
+    dev = args.device
     repeats, warmup = (3, 1) if args.quick else (15, 3)
-    if args.quick and backend("cpu") == "reference":
+    if args.quick and backend(dev) == "reference":
         repeats = 1  # the pure-PyTorch fallback takes seconds per call
     tv = torchvision.ops.roi_pool
     cases = {
-        "a": make_case(512, 256, 50, 68, 300),
-        "b": make_case(2000, 512, 64, 64, 500, seed=1),
+        "a": make_case(512, 256, 50, 68, 300, device=dev),
+        "b": make_case(2000, 512, 64, 64, 500, seed=1, device=dev),
     }
     if args.quick:
-        cases["b"] = make_case(1000, 512, 64, 64, 500, seed=1)
-    rows, figures = [], {"backend": backend("cpu")}
+        cases["b"] = make_case(1000, 512, 64, 64, 500, seed=1, device=dev)
+    rows, figures = [], {"backend": backend(dev), "device": dev}
 
     def compare(name, ours, theirs, x):
         with torch.no_grad():
             assert torch.equal(ours(x), theirs(x)), f"{name}: results differ"
         # Warm-up runs let the first touches of fresh output buffers (page faults) settle.
-        t_ours = median_time(lambda: ours(x), repeats, warmup)
-        t_tv = median_time(lambda: theirs(x), repeats, warmup)
-        b_ours = median_time(fwd_bwd(ours, x), repeats, warmup)
-        b_tv = median_time(fwd_bwd(theirs, x), repeats, warmup)
+        t_ours = device_time(dev, lambda: ours(x), repeats, warmup)
+        t_tv = device_time(dev, lambda: theirs(x), repeats, warmup)
+        b_ours = device_time(dev, fwd_bwd(ours, x), repeats, warmup)
+        b_tv = device_time(dev, fwd_bwd(theirs, x), repeats, warmup)
         for kind, o, t in (("forward", t_ours, t_tv), ("forward+backward", b_ours, b_tv)):
             rows.append([name, kind, f"{t * 1e3:.1f}", f"{o * 1e3:.1f}", f"{t / o:.1f}x"])
             figures[f"{name}.{kind}"] = {"torchvision_ms": t * 1e3, "detseg_ms": o * 1e3,
@@ -77,7 +82,9 @@ def main(argv=None) -> int:
     body = markdown_table(["case", "pass", "torchvision ms", "detseg ms", "speed-up"], rows)
     body += (f"\n\nMedians of {repeats} runs after {warmup} warm-up(s); detseg backend: "
              f"`{figures['backend']}`; outputs checked identical before timing.")
-    finish(args, "roi_pool", "RoI / SPP pooling (CPU)", body, figures)
+    label = device_label(dev)
+    finish(args, "roi_pool" + ("_cuda" if label else ""), f"RoI / SPP pooling{label or ' (CPU)'}", body,
+           figures)
     return 0
 
 

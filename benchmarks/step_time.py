@@ -113,14 +113,15 @@ def main(argv=None) -> int:
     }
     figures["ratios"] = ratios
     body = markdown_table(["variant", "overrides", "s per step (median)", "vs Faster R-CNN RoIPool"], rows)
+    r = {k: f"{v:.2f}x" for k, v in ratios.items()}
     body += (f"\n\nMedian of {steps} training steps after {warmup} warm-up steps, the same pre-loaded "
              f"batches (8 images, data loading excluded) for every variant, torch threads "
              f"{torch.get_num_threads()}. RoIAlign box head / RoIPool box head: "
-             f"**{ratios['roi_align_vs_roi_pool_faster']:.2f}x**; Mask / Faster R-CNN step with the recipe's "
-             f"RoIPool box head **{ratios['mask_vs_faster_roi_pool']:.2f}x**, with RoIAlign box heads "
-             f"**{ratios['mask_vs_faster_roi_align']:.2f}x** (with torchvision's RoIAlign kernel in the recipe's mask "
-             f"head: {ratios['mask_vs_faster_roi_pool_torchvision_kernel']:.2f}x); torchvision's RoIAlign kernel in the same "
-             f"Faster R-CNN step: {ratios['torchvision_kernel_vs_detseg_faster']:.2f}x detseg's.")
+             f"**{r['roi_align_vs_roi_pool_faster']}**; Mask / Faster R-CNN step with the recipe's RoIPool "
+             f"box head **{r['mask_vs_faster_roi_pool']}**, with RoIAlign box heads "
+             f"**{r['mask_vs_faster_roi_align']}** (with torchvision's RoIAlign kernel in the recipe's mask "
+             f"head: {r['mask_vs_faster_roi_pool_torchvision_kernel']}); torchvision's RoIAlign kernel in "
+             f"the same Faster R-CNN step: {r['torchvision_kernel_vs_detseg_faster']} detseg's.")
     finish(args, "step_time", "Training step time: RoIPool vs RoIAlign, Faster vs Mask R-CNN (CPU)", body,
            figures)
     return 0

@@ -1,5 +1,5 @@
-"""CPU inference per image: detseg vs torchvision, identical Mask R-CNN (or Faster R-CNN)
-ResNet-50-FPN weights and inputs.
+"""Inference per image: detseg vs torchvision, identical Mask R-CNN (or Faster R-CNN)
+ResNet-50-FPN weights and inputs, on the CPU or (--device cuda) both on a GPU.
 
 A 640x480 photo (coco_tiny when present, else a synthetic image) resized to 800 inside each model,
 score threshold 0 so both return 100 detections (with masks pasted at the photo's size). Weights
@@ -16,14 +16,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import ROOT, base_parser, finish, markdown_table, median_time  # noqa: E402
+from benchmarks._report import (ROOT, add_device_arg, base_parser, device_label, device_time,  # noqa: E402
+                                finish, markdown_table)
 
 
 def main(argv=None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--model", choices=["mask_rcnn", "faster_rcnn"], default="mask_rcnn")
     p.add_argument("--repeats", type=int, default=5)
+    add_device_arg(p)
     args = p.parse_args(argv)
+    dev = args.device
     if args.quick:
         args.repeats = 1
 
@@ -49,6 +52,7 @@ def main(argv=None) -> int:
     build = maskrcnn_resnet50_fpn if args.model == "mask_rcnn" else fasterrcnn_resnet50_fpn
     tv = build(weights=None, weights_backbone=None, box_score_thresh=0.0).eval()
     ckpt = from_torchvision(tv.state_dict(), args.model)
+    tv = tv.to(dev)
     predictors = {}
     for name, fast in (("detseg", True), ("detseg exact", False)):
         cfg = from_dict(ckpt["config"])
@@ -56,8 +60,8 @@ def main(argv=None) -> int:
         model = build_model(cfg, ckpt["num_classes"])
         model.load_state_dict(ckpt["model"])
         predictors[name] = Predictor(model, cfg, ckpt["class_names"], ckpt["label_map"]["cat_ids"],
-                                     channels_last=fast, fold_bn=fast)
-    x = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+                                     device=dev, channels_last=fast, fold_bn=fast)
+    x = (torch.from_numpy(image).permute(2, 0, 1).float() / 255).to(dev)
 
     def run_tv():
         with torch.no_grad():
@@ -66,15 +70,15 @@ def main(argv=None) -> int:
             out["masks"] = out["masks"] >= 0.5
         return out
 
-    times = {"torchvision": median_time(run_tv, args.repeats)}
+    times = {"torchvision": device_time(dev, run_tv, args.repeats)}
     outputs = {"torchvision": run_tv()}
     for name, pred in predictors.items():
-        times[name] = median_time(lambda: pred(image), args.repeats)
+        times[name] = device_time(dev, lambda: pred(image), args.repeats)
         outputs[name] = pred(image)["instances"]
-    ref = outputs["torchvision"]
+    ref = {k: v.cpu() for k, v in outputs["torchvision"].items()}
     agreement = {}
     for name in predictors:
-        inst = outputs[name]
+        inst = outputs[name].to("cpu")
         iou = box_iou(inst.boxes, ref["boxes"]) if len(inst) and len(ref["boxes"]) else torch.zeros(1, 1)
         same_count = len(inst) == len(ref["boxes"])
         agreement[name] = {"detections": len(inst),
@@ -94,9 +98,11 @@ def main(argv=None) -> int:
     body += ("\n\nWith random weights and a score threshold of 0 the 100 kept detections are near-ties, "
              "so the default mode's float-rounding differences (channels-last kernels, folded BN) can swap "
              "a few of them; the exact mode reproduces torchvision's boxes.")
-    finish(args, "vs_torchvision", "Mask R-CNN R50-FPN on CPU: detseg vs torchvision", body,
+    label = device_label(dev)
+    finish(args, "vs_torchvision" + ("_cuda" if label else ""),
+           f"Mask R-CNN R50-FPN on {label.strip(' ()') or 'CPU'}: detseg vs torchvision", body,
            {"seconds": times, "speedup": {k: times["torchvision"] / v for k, v in times.items()},
-            "agreement": agreement, "model": args.model})
+            "agreement": agreement, "model": args.model, "device": dev})
     return 0
 
 

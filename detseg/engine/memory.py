@@ -36,6 +36,7 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl and other libcs have no mallopt
         return False
-    ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1 and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
+    ok = (mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
+          and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1)
     logger.debug("glibc mallopt for training: %s", "set" if ok else "refused")
     return ok

@@ -112,7 +112,6 @@ class Model(nn.Module):
         losses["loss"] = sum(losses.values())
         return losses
 
-
     @staticmethod
     def _mask_head_name(heads) -> Optional[str]:
         return next((n for n, h in heads.items() if getattr(h, "mask_head", None) is not None), None)

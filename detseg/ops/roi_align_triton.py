@@ -15,85 +15,8 @@ from .roi_pool_triton import block_size
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def forward(in_ptr, batch_ptr, yi_ptr, yw_ptr, xi_ptr, xw_ptr, grid_ptr, out_ptr,
-                C, H, W, PH, PW, SY, SX, BLOCK_C: tl.constexpr):
-        # One program: one output bin (RoI k, row ph, column pw) and a block of channels of the
-        # channels-last map.
-        pid = tl.program_id(0)
-        k = pid // (PH * PW)
-        ph = (pid // PW) % PH
-        pw = pid % PW
-        n = tl.load(batch_ptr + k)
-        gh = tl.load(grid_ptr + 2 * k)
-        gw = tl.load(grid_ptr + 2 * k + 1)
-        offs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = offs < C
-        acc = tl.zeros([BLOCK_C], yw_ptr.dtype.element_ty)
-        for iy in range(0, gh):
-            ye = ((k * PH + ph) * SY + iy) * 2
-            ylo = tl.load(yi_ptr + ye)
-            yhi = tl.load(yi_ptr + ye + 1)
-            hy = tl.load(yw_ptr + ye)
-            ly = tl.load(yw_ptr + ye + 1)
-            for ix in range(0, gw):
-                xe = ((k * PW + pw) * SX + ix) * 2
-                xlo = tl.load(xi_ptr + xe)
-                xhi = tl.load(xi_ptr + xe + 1)
-                hx = tl.load(xw_ptr + xe)
-                lx = tl.load(xw_ptr + xe + 1)
-                m = cmask & (ylo >= 0) & (xlo >= 0)
-                yl = tl.maximum(ylo, 0)
-                xl = tl.maximum(xlo, 0)
-                row_lo = (n * H + yl) * W
-                row_hi = (n * H + yhi) * W
-                v1 = tl.load(in_ptr + (row_lo + xl) * C + offs, mask=m, other=0.0)
-                v2 = tl.load(in_ptr + (row_lo + xhi) * C + offs, mask=m, other=0.0)
-                v3 = tl.load(in_ptr + (row_hi + xl) * C + offs, mask=m, other=0.0)
-                v4 = tl.load(in_ptr + (row_hi + xhi) * C + offs, mask=m, other=0.0)
-                acc += (hy * hx) * v1 + (hy * lx) * v2 + (ly * hx) * v3 + (ly * lx) * v4
-        count = tl.maximum(gh * gw, 1).to(acc.dtype)
-        tl.store(out_ptr + (k * C + offs) * (PH * PW) + ph * PW + pw, acc / count, mask=cmask)
-
-    @triton.jit
-    def backward(grad_ptr, batch_ptr, yi_ptr, yw_ptr, xi_ptr, xw_ptr, grid_ptr, gin_ptr,
-                 C, H, W, PH, PW, SY, SX, BLOCK_C: tl.constexpr):
-        pid = tl.program_id(0)
-        k = pid // (PH * PW)
-        ph = (pid // PW) % PH
-        pw = pid % PW
-        n = tl.load(batch_ptr + k)
-        gh = tl.load(grid_ptr + 2 * k)
-        gw = tl.load(grid_ptr + 2 * k + 1)
-        offs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = offs < C
-        g = tl.load(grad_ptr + (k * C + offs) * (PH * PW) + ph * PW + pw, mask=cmask, other=0.0)
-        g = g / tl.maximum(gh * gw, 1).to(g.dtype)
-        plane = (n * C + offs) * (H * W)
-        for iy in range(0, gh):
-            ye = ((k * PH + ph) * SY + iy) * 2
-            ylo = tl.load(yi_ptr + ye)
-            yhi = tl.load(yi_ptr + ye + 1)
-            hy = tl.load(yw_ptr + ye)
-            ly = tl.load(yw_ptr + ye + 1)
-            for ix in range(0, gw):
-                xe = ((k * PW + pw) * SX + ix) * 2
-                xlo = tl.load(xi_ptr + xe)
-                xhi = tl.load(xi_ptr + xe + 1)
-                hx = tl.load(xw_ptr + xe)
-                lx = tl.load(xw_ptr + xe + 1)
-                m = cmask & (ylo >= 0) & (xlo >= 0)
-                yl = tl.maximum(ylo, 0)
-                xl = tl.maximum(xlo, 0)
-                tl.atomic_add(gin_ptr + plane + yl * W + xl, g * (hy * hx), mask=m)
-                tl.atomic_add(gin_ptr + plane + yl * W + xhi, g * (hy * lx), mask=m)
-                tl.atomic_add(gin_ptr + plane + yhi * W + xl, g * (ly * hx), mask=m)
-                tl.atomic_add(gin_ptr + plane + yhi * W + xhi, g * (ly * lx), mask=m)
-
-    return forward, backward
+    from . import _roi_align_triton_kernels as k
+    return k.forward, k.backward
 
 
 def _launch(kernel, tensor, batch_idx, table, dst, c: int, h: int, w: int):

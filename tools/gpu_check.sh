@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The CUDA path's proof, one command on a machine with an NVIDIA GPU:
+#
+#     bash tools/gpu_check.sh [REPORT_DIR]        (default: gpu_report/)
+#
+# Makes sure detseg and its test dependencies import (installing them with pip when they do not:
+# from PyPI, or with no network from wheels placed in .whl/), then runs the GPU tests
+# (tests/gpu, plus the op tests on the same device), the CUDA benchmarks of RoI pooling, RoIAlign
+# and whole-model inference against torchvision's CUDA kernels, and writes REPORT_DIR/report.md
+# with every output. Exit status: 0 only if a GPU was found and every step passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-gpu_report}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 DETSEG_NO_PROGRESS=1
+
+if ! "$PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    echo "gpu_check: torch sees no CUDA device; nothing to check" | tee "$OUT/report.md"
+    exit 1
+fi
+if ! "$PY" -c "import detseg, albumentations, pycocotools, pytest, cv2.ximgproc" 2>/dev/null; then
+    if [ -d .whl ]; then
+        "$PY" -m pip install -q --no-index --find-links .whl -e ".[dev]" || exit 1
+    else
+        "$PY" -m pip install -q -e ".[dev]" || exit 1
+    fi
+fi
+
+status=0
+step() {  # step NAME COMMAND...: run, keep its output, remember a failure
+    local name=$1; shift
+    echo "== $name: $*"
+    "$@" > "$OUT/$name.txt" 2>&1
+    local rc=$?
+    tail -n 40 "$OUT/$name.txt"
+    [ $rc -eq 0 ] || { echo "== $name FAILED (exit $rc)"; status=1; }
+    echo "$name $rc" >> "$OUT/steps.txt"
+}
+: > "$OUT/steps.txt"
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+step tests "$PY" -m pytest -q -p no:cacheprovider tests/gpu tests/ops
+step roi_pool "$PY" benchmarks/roi_pool.py --device cuda --no-write --json "$OUT/roi_pool_cuda.json"
+step roi_align "$PY" benchmarks/roi_align.py --device cuda --no-write --json "$OUT/roi_align_cuda.json"
+step vs_torchvision "$PY" benchmarks/vs_torchvision.py --device cuda --no-write --json "$OUT/vs_torchvision_cuda.json"
+
+{
+    echo "# detseg GPU check"
+    echo
+    echo "$(date -u +%Y-%m-%dT%H:%MZ), $("$PY" -c 'import torch; print(torch.cuda.get_device_name(), "torch", torch.__version__)')"
+    echo
+    echo '| step | exit |'
+    echo '|---|---|'
+    while read -r name rc; do echo "| $name | $rc |"; done < "$OUT/steps.txt"
+    for name in tests roi_pool roi_align vs_torchvision; do
+        echo; echo "## $name"; echo; echo '```'; tail -n 60 "$OUT/$name.txt"; echo '```'
+    done
+} > "$OUT/report.md"
+echo "gpu_check: report in $OUT/report.md (status $status)"
+exit $status
