@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     add_device_arg(p)
     args = p.parse_args(argv)
     dev = args.device
-    repeats, warmup = (3, 1) if args.quick else (15, 3)
+    repeats, warmup = (1, 1) if args.quick else (15, 3)
     if args.quick and backend(dev) == "reference":
         repeats = 1  # the pure-PyTorch fallback takes seconds per call
     tv = torchvision.ops.roi_pool
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
         "b": make_case(2000, 512, 64, 64, 500, seed=1, device=dev),
     }
     if args.quick:
-        cases["b"] = make_case(1000, 512, 64, 64, 500, seed=1, device=dev)
+        cases["b"] = make_case(250, 512, 64, 64, 500, seed=1, device=dev)
     rows, figures = [], {"backend": backend(dev), "device": dev}
 
     def compare(name, ours, theirs, x):

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=4)
     args = p.parse_args(argv)
-    steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
+    steps, warmup = (1, 0) if args.quick else (args.steps, args.warmup)
     batches, ds = load_batches(steps + warmup)
     figures, medians = {"seconds_per_step": {}}, {}
     for name, config, overrides, tv in VARIANTS:
