@@ -118,3 +118,25 @@ def test_receptive_field_of_resnet18():
     assert receptive_field(bb, "c2") == (43, 3 + 1 * 2 + 4 * 4)
     size, pad = receptive_field(bb, "c4")
     assert size == 211
+
+
+@pytest.mark.parametrize("pooler", ["spp", "roi_pool", "roi_align"])
+def test_region_head_pooler_choice(one_image, pooler):
+    """model.roi.pooler picks the pooling op; the head trains and predicts with each."""
+    from detseg.ops import MultiScaleRoIAlign, SpatialPyramidPool
+    _, ds, batch = one_image
+    cfg = load_config("configs/faster_rcnn_resnet18_shapes.yaml",
+                      [f"model.roi.pooler={pooler}", "model.roi.levels=[4,2,1]"])
+    torch.manual_seed(0)
+    model = build_model(cfg, ds.num_classes)
+    head = model.heads["spp"]
+    expected = {"spp": (SpatialPyramidPool, 21), "roi_pool": (SpatialPyramidPool, 16),
+                "roi_align": (MultiScaleRoIAlign, 16)}[pooler]
+    assert isinstance(head.pool, expected[0])
+    assert head.fc[0].in_features == 128 * expected[1]  # p3 channels x bins
+    losses = model(batch)
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    model.eval()
+    with torch.no_grad():
+        assert len(model(batch)["spp"]) == 1
