@@ -21,6 +21,24 @@ def _build_dir() -> str:
     return path
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels compute in: float32 / float64 as they are, float16 / bfloat16 in float32."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str:
+    """Which kernel runs for tensors of this device and dtype: "triton", "cpp" or "reference".
+
+    Off the GPU, float16 / bfloat16 are computed in float32, so they take the float32 kernel.
+    """
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "triton"
+    if kind == "cpu" and load_extension() is not None:
+        return "cpp"
+    return "reference"
+
+
 @functools.lru_cache(maxsize=None)
 def load_extension():
     """The compiled module, or None when ``DETSEG_NO_EXT=1`` or the build fails."""

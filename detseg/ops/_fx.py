@@ -6,14 +6,6 @@ import functools
 import torch.fx
 
 
-def _has_proxy(value) -> bool:
-    if isinstance(value, torch.fx.Proxy):
-        return True
-    if isinstance(value, (list, tuple)):
-        return any(_has_proxy(v) for v in value)
-    return False
-
-
 def fx_leaf(fn):
     """Record calls of ``fn`` that receive fx proxies as a single ``call_function`` node.
 
@@ -24,21 +16,21 @@ def fx_leaf(fn):
     """
     @functools.wraps(fn)
     def leaf(*args, **kwargs):
-        for value in (*args, *kwargs.values()):
-            if _has_proxy(value):
-                return value_tracer(args, kwargs).create_proxy("call_function", leaf, args, kwargs)
+        proxy = first_proxy((*args, *kwargs.values()))
+        if proxy is not None:
+            return proxy.tracer.create_proxy("call_function", leaf, args, kwargs)
         return fn(*args, **kwargs)
 
     return leaf
 
 
-def value_tracer(args, kwargs):
-    """The tracer of the first proxy among ``args`` / ``kwargs`` (lists searched too)."""
-    stack = [*args, *kwargs.values()]
-    while stack:
-        v = stack.pop(0)
+def first_proxy(values):
+    """The first fx proxy among ``values`` (lists and tuples searched too), or None."""
+    for v in values:
         if isinstance(v, torch.fx.Proxy):
-            return v.tracer
+            return v
         if isinstance(v, (list, tuple)):
-            stack.extend(v)
-    raise AssertionError("no fx proxy among the arguments")
+            found = first_proxy(v)
+            if found is not None:
+                return found
+    return None

@@ -11,6 +11,7 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from ._ext import compute_dtype
 from ._rois import pair, roi_tensor
 from .roi_align import roi_align
 
@@ -68,8 +69,7 @@ class MultiScaleRoIAlign(nn.Module):
         largest = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
         scales = [feature_scale(m.shape[-2:], largest) for m in maps]
         # Box coordinates stay float32 (float64 with a float64 map), whatever autocast made the maps.
-        rois = roi_tensor(boxes, torch.float64 if maps[0].dtype == torch.float64 else torch.float32,
-                          maps[0].device)
+        rois = roi_tensor(boxes, compute_dtype(maps[0].dtype), maps[0].device)
         if len(maps) == 1:
             return roi_align(maps[0], rois, self.output_size, scales[0], self.sampling_ratio,
                              self.aligned)

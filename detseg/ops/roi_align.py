@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _reference
-from ._ext import load_extension
+from ._ext import backend, compute_dtype, load_extension
 from ._fx import fx_leaf
 from ._geometry import sample_table
 from ._rois import Rois, pair, roi_tensor
@@ -23,17 +23,14 @@ from ._rois import Rois, pair, roi_tensor
 
 def _kernel(device: torch.device):
     """(forward, backward) kernel functions for tensors on ``device``."""
-    if device.type == "cuda":
+    kind = backend(device)
+    if kind == "triton":
         from . import roi_align_triton
         return roi_align_triton.roi_align_forward, roi_align_triton.roi_align_backward
-    ext = load_extension()
-    if device.type == "cpu" and ext is not None:
+    if kind == "cpp":
+        ext = load_extension()
         return ext.roi_align_forward, ext.roi_align_backward
     return _reference.roi_align_forward, _reference.roi_align_backward
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def _table(rois: Tensor, dtype, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned,
@@ -48,7 +45,7 @@ def _table(rois: Tensor, dtype, pooled_height, pooled_width, spatial_scale, samp
 def roi_align_op(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
                  pooled_width: int, sampling_ratio: int, aligned: bool) -> Tensor:
     """``[K, C, pooled_height, pooled_width]`` from ``input [N, C, H, W]`` and ``rois [K, 5]``."""
-    dtype = _compute_dtype(input.dtype)
+    dtype = compute_dtype(input.dtype)
     batch, table = _table(rois, dtype, pooled_height, pooled_width, spatial_scale, sampling_ratio,
                           aligned, input.shape[2], input.shape[3])
     forward, _ = _kernel(input.device)
@@ -65,7 +62,7 @@ def roi_align_backward_op(grad: Tensor, rois: Tensor, spatial_scale: float, pool
                           pooled_width: int, batch_size: int, channels: int, height: int, width: int,
                           sampling_ratio: int, aligned: bool) -> Tensor:
     """Gradient of ``detseg::roi_align`` w.r.t. its input: ``[batch_size, channels, height, width]``."""
-    dtype = _compute_dtype(grad.dtype)
+    dtype = compute_dtype(grad.dtype)
     batch, table = _table(rois, dtype, pooled_height, pooled_width, spatial_scale, sampling_ratio,
                           aligned, height, width)
     _, backward = _kernel(grad.device)
@@ -121,7 +118,7 @@ def roi_align(input: Tensor, boxes: Rois, output_size: Union[int, tuple[int, int
     if input.dim() != 4:
         raise ValueError(f"input must be Tensor[N, C, H, W], got shape {tuple(input.shape)}")
     oh, ow = pair(output_size)
-    rois = roi_tensor(boxes, _compute_dtype(input.dtype), input.device)
+    rois = roi_tensor(boxes, compute_dtype(input.dtype), input.device)
     return roi_align_op(input, rois, float(spatial_scale), oh, ow, int(sampling_ratio), bool(aligned))
 
 

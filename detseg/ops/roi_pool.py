@@ -14,30 +14,18 @@ import torch
 from torch import Tensor, nn
 
 from . import _reference
-from ._ext import load_extension
+from ._ext import backend, compute_dtype, load_extension
 from ._fx import fx_leaf
 from ._geometry import MAPPINGS, bin_table
-from ._rois import roi_tensor
+from ._rois import pair, roi_tensor
 
 Level = Union[int, tuple[int, int]]
-
-
-def backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str:
-    """Which kernel runs for tensors of this device and dtype: "triton", "cpp" or "reference".
-
-    Off the GPU, float16 / bfloat16 are computed in float32, so they take the float32 kernel.
-    """
-    if torch.device(device).type == "cuda":
-        return "triton"
-    if load_extension() is not None:
-        return "cpp"
-    return "reference"
 
 
 def _kernel_for(t: Tensor) -> str:
     kind = backend(t.device, t.dtype)
     # The C++ kernel is compiled for float32 / float64; other dtypes reach it upcast by _pool.
-    return "reference" if kind == "cpp" and t.dtype not in (torch.float32, torch.float64) else kind
+    return "reference" if kind == "cpp" and compute_dtype(t.dtype) != t.dtype else kind
 
 
 @torch.library.custom_op("detseg::bin_max_pool", mutates_args=())
@@ -106,12 +94,7 @@ bin_max_pool.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _level_sizes(levels: Sequence[Level]) -> list[tuple[int, int]]:
-    sizes = []
-    for lvl in levels:
-        lh, lw = (lvl, lvl) if isinstance(lvl, int) else tuple(lvl)
-        if lh <= 0 or lw <= 0:
-            raise ValueError(f"pyramid levels must be positive, got {lvl!r}")
-        sizes.append((int(lh), int(lw)))
+    sizes = [pair(lvl, "pyramid levels") for lvl in levels]
     if not sizes:
         raise ValueError("levels must name at least one pyramid level")
     return sizes
@@ -123,7 +106,7 @@ def _pool(input: Tensor, rois, levels: list[tuple[int, int]], spatial_scale: flo
         raise ValueError(f"input must be Tensor[N, C, H, W], got shape {tuple(input.shape)}")
     if mapping not in MAPPINGS:
         raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
-    geo_dtype = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
+    geo_dtype = compute_dtype(input.dtype)
     if input.dtype != geo_dtype and input.device.type != "cuda":
         # float16 / bfloat16 off the GPU: a max is exact in float32, so pool there and cast back.
         return _pool(input.to(geo_dtype), rois, levels, spatial_scale, mapping).to(input.dtype)
@@ -149,7 +132,7 @@ def roi_pool(input: Tensor, rois: Union[Tensor, Sequence[Tensor]],
     Returns:
         ``Tensor[K, C, h, w]``.
     """
-    oh, ow = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    oh, ow = pair(output_size)
     out = _pool(input, rois, [(oh, ow)], spatial_scale, "fast_rcnn")
     return out.reshape(out.shape[0], out.shape[1], oh, ow)
 
