@@ -76,7 +76,10 @@ def bin_table(boxes: torch.Tensor, levels: Sequence[int | tuple[int, int]], spat
 
     def bands(start: torch.Tensor, size: torch.Tensor, n: int, limit: int):
         idx = torch.arange(n, dtype=dtype, device=boxes.device)[None]
-        step = (size / n)[:, None]  # [K, 1], in the boxes' dtype like torchvision's kernels
+        # [K, 1], a true division in the boxes' dtype like torchvision's kernels. Not `size / n`:
+        # on CUDA, torch divides by a Python scalar as a multiply by its reciprocal, which rounds
+        # differently (a bin one cell off for some RoIs).
+        step = (size / torch.full_like(size, n))[:, None]
         lo = (torch.floor(idx * step) + start[:, None]).clamp(0, limit)
         hi = (torch.ceil((idx + 1) * step) + start[:, None]).clamp(0, limit)
         return lo, hi  # [K, n] each
