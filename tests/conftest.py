@@ -23,9 +23,17 @@ def shapes_data(tmp_path_factory):
     return shapes.generate(str(tmp_path_factory.mktemp("shapes") / "ds"), seed=3, num_train=24, num_val=8)
 
 
+def script_env(**extra: str) -> dict:
+    """The environment of a child Python process: this one's, ``extra`` added, and ``PYTHONPATH``
+    holding the checkout first, then what this process' ``PYTHONPATH`` holds (packages installed
+    with ``pip --target``, as on a machine without a writable site-packages)."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, **extra, "PYTHONPATH": path}
+
+
 def run_script(script: str, *args: str, timeout: float = 600, env: dict | None = None):
     """Run a tools/ or benchmarks/ script as a user would; returns CompletedProcess."""
-    full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    full_env = {**script_env(), **(env or {})}
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True,
                           text=True, timeout=timeout, env=full_env, cwd=ROOT)
 

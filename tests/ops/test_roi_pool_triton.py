@@ -1,12 +1,11 @@
 """The Triton (CUDA-path) kernels, run on the CPU by Triton's interpreter: RoI / SPP pooling
 against the reference, RoIAlign against torchvision."""
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, script_env
 
 pytest.importorskip("triton")
 
@@ -61,7 +60,7 @@ print("TRITON-OK")
 
 
 def test_triton_kernels_match_under_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
+    env = script_env(TRITON_INTERPRET="1")
     r = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, env=env,
                        timeout=600, cwd=ROOT)
     assert r.returncode == 0 and "TRITON-OK" in r.stdout, r.stderr[-3000:]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, run_script, script_env
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "data.min_size_train=[64]", "data.min_size_test=64",
         "data.max_size=96", "data.shapes.num_train=12", "data.shapes.num_val=4", "solver.warmup_iters=2"]
@@ -56,7 +56,7 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path, cache_env):
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "tools/train.py",
            "--config", "configs/fcn8s_resnet18_shapes.yaml", *TINY, "solver.max_iter=4",
            "solver.eval_period=4", "--device", "cpu", "--output-dir", str(out)]
-    env = {**os.environ, **cache_env, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env = script_env(**cache_env, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "parameters identical on all 2 ranks" in r.stderr
