@@ -62,18 +62,24 @@ def main(argv=None) -> int:
         theirs = lambda t, r=rois, s=size, st=stride: (  # noqa: E731
             torchvision.ops.roi_align(t, r, s, 1 / st, 2))
 
-        def fwd_bwd(fn):
+        def fwd_bwd(fn, inp=x, r=None):
             def run():
-                xx = x.detach().requires_grad_(True)
-                out = fn(xx)
+                xx = inp.detach().requires_grad_(True)
+                out = fn(xx) if r is None else fn(xx, r)
                 out.backward(torch.ones_like(out))
                 return xx.grad
             return run
 
-        with torch.no_grad():  # bit-equal on the CPU; GPU kernels may round sums differently
-            assert torch.allclose(ours(x), theirs(x), rtol=0, atol=0 if cpu else 1e-5), \
+        # On the CPU: bit-equal to torchvision. On a GPU the check is against torchvision's CPU
+        # result, not its CUDA one: torchvision's CUDA kernel fuses its sample positions into FMAs
+        # and differs from its own CPU result by up to ~2e-5 on these cases (seen on an H200),
+        # while detseg's Triton kernel reads the same sample table as its CPU kernel.
+        with torch.no_grad():
+            ref = theirs(x.cpu(), rois.cpu())
+            assert torch.allclose(ours(x).cpu(), ref, rtol=0, atol=0 if cpu else 1e-5), \
                 f"{name}: forward differs from torchvision"
-        assert torch.allclose(fwd_bwd(ours)(), fwd_bwd(theirs)(), rtol=0, atol=1e-4), \
+        ref_grad = fwd_bwd(theirs, x.cpu(), rois.cpu())()
+        assert torch.allclose(fwd_bwd(ours)().cpu(), ref_grad, rtol=0, atol=1e-4), \
             f"{name}: gradients differ"
         timed = {}
         passes = (("forward", lambda fn: (lambda: fn(x.detach()))), ("forward+backward", fwd_bwd))
@@ -98,7 +104,8 @@ def main(argv=None) -> int:
                            "detseg ms (1 thread)", "speed-up, 1 thread"], rows)
     body += (f"\n\nMedians of {repeats} runs after {warmup} warm-ups; detseg backend `{figures['backend']}`. "
              + ("Forward outputs are bit-identical to torchvision's" if cpu else
-                "Forward outputs equal torchvision's within 1e-5")
+                "Forward outputs equal torchvision's CPU result within 1e-5 (its CUDA kernel differs "
+                "from its own CPU one by up to ~2e-5)")
              + " and gradients within 1e-4 (checked before timing).")
     label = device_label(dev)
     finish(args, "roi_align" + ("_cuda" if label else ""),
