@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     from detseg.data.coco import CocoDataset
-    from detseg.modeling.proposals import selective_search as ss
+    from detseg.data import proposal_cache as ss
     try:
         jobs = _jobs(args)
     except (ConfigError, DataError) as e:

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detseg.config import ConfigError, load_config, to_dict, to_yaml  # noqa: E402
 from detseg.data.io import DataError  # noqa: E402
-from detseg.modeling.proposals.selective_search import ProposalError  # noqa: E402
+from detseg.data.proposal_cache import ProposalError  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -46,7 +46,7 @@ def load_proposals(cfg, splits: dict) -> dict:
     """{split: {image_id: boxes}} when region heads read selective-search proposals; the caches
     are computed once (tools/proposals.py does the same on its own) and reused afterwards."""
     from ..modeling.model import DETECTION_HEADS
-    from ..modeling.proposals import selective_search as ss
+    from . import proposal_cache as ss
 
     p = cfg.model.proposals
     region = [h for h in cfg.model.heads if h in DETECTION_HEADS and h != "sliding_window"]

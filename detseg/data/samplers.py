@@ -11,11 +11,11 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..engine import distributed
+from ..utils import rank, world_size
 
 
 def _dist_info() -> tuple[int, int]:
-    return distributed.rank(), distributed.world_size()
+    return rank(), world_size()
 
 
 class TrainingSampler(torch.utils.data.Sampler):

@@ -20,6 +20,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from ..utils import default_cache_dir  # noqa: F401  (also this module's name for it)
+
 CLASSES = ("circle", "rectangle", "triangle", "hexagon")
 # Non-contiguous COCO-style ids on purpose: the loader must map them to 0..K-1 and back.
 CATEGORY_IDS = (1, 2, 5, 9)
@@ -191,10 +193,6 @@ def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 6
 def split_paths(root: str) -> dict:
     return {s: {"ann_file": os.path.join(root, "annotations", f"instances_{s}.json"),
                 "image_dir": os.path.join(root, s)} for s in ("train", "val")}
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("DETSEG_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "detseg"))
 
 
 def ensure_shapes(seed: int = 0, num_train: int = 300, num_val: int = 60,

@@ -14,7 +14,7 @@ _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
 
 
 def _build_dir() -> str:
-    from detseg.data.shapes import default_cache_dir
+    from ..utils import default_cache_dir
     tag = torch.__version__.replace("+", "_").replace(".", "_")
     path = os.path.join(default_cache_dir(), "extensions", f"torch_{tag}")
     os.makedirs(path, exist_ok=True)

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from detseg.modeling.proposals.selective_search import load_cache
+from detseg.data.proposal_cache import load_cache
 from tests.conftest import run_script
 from tests.tools.test_train_script import TINY
 

@@ -7,8 +7,7 @@
 """
 from .precomputed import SelectiveSearchProposals
 from .rpn import RPN
-from .selective_search import ProposalError
 from .windows import DenseWindowProposals, dense_windows
 
-__all__ = ["SelectiveSearchProposals", "RPN", "ProposalError",
+__all__ = ["SelectiveSearchProposals", "RPN",
            "DenseWindowProposals", "dense_windows"]
