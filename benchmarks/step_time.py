@@ -25,14 +25,15 @@ from benchmarks._report import base_parser, finish, markdown_table  # noqa: E402
 
 FASTER = "configs/faster_rcnn_resnet18_shapes.yaml"
 MASK = "configs/mask_rcnn_resnet18_fpn_shapes.yaml"
+ALIGN = "model.heads.det.pooler=roi_align"
 VARIANTS = [  # (name, config, overrides, use torchvision's roi_align)
     ("Faster R-CNN, RoIPool box head (recipe)", FASTER, [], False),
-    ("Faster R-CNN, RoIAlign box head", FASTER, ["model.roi.pooler=roi_align"], False),
-    ("Faster R-CNN, RoIAlign box head, torchvision kernel", FASTER, ["model.roi.pooler=roi_align"], True),
+    ("Faster R-CNN, RoIAlign box head", FASTER, [ALIGN], False),
+    ("Faster R-CNN, RoIAlign box head, torchvision kernel", FASTER, [ALIGN], True),
     ("Mask R-CNN, RoIPool box head (recipe)", MASK, [], False),
     ("Mask R-CNN, RoIPool box head (recipe), torchvision kernel", MASK, [], True),
-    ("Mask R-CNN, RoIAlign box head", MASK, ["model.roi.pooler=roi_align"], False),
-    ("Mask R-CNN, RoIAlign box head, torchvision kernel", MASK, ["model.roi.pooler=roi_align"], True),
+    ("Mask R-CNN, RoIAlign box head", MASK, [ALIGN], False),
+    ("Mask R-CNN, RoIAlign box head, torchvision kernel", MASK, [ALIGN], True),
 ]
 
 

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     predictors = {}
     for name, fast in (("detseg", True), ("detseg exact", False)):
         cfg = from_dict(ckpt["config"])
-        cfg.model.roi.score_thresh = 0.0
+        cfg.model.heads["det"].score_thresh = 0.0
         model = build_model(cfg, ckpt["num_classes"])
         model.load_state_dict(ckpt["model"])
         predictors[name] = Predictor(model, cfg, ckpt["class_names"], ckpt["label_map"]["cat_ids"],

@@ -16,6 +16,7 @@ import torch
 
 from .config import Config, ConfigError, from_dict, load_config
 from .engine.checkpoint import CheckpointError, load_checkpoint
+from .modeling.heads import SEMANTIC
 from .structures import Instances
 
 ImageLike = Union[np.ndarray, torch.Tensor, str, os.PathLike]
@@ -98,23 +99,28 @@ class Predictor:
         batch = collate([self._sample(im, i) for i, im in enumerate(images)])
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
             out = self.model(batch)
-        results = [{} for _ in images]
+        results = [{"heads": {}} for _ in images]
         for name, pred in out.items():
+            kind = "panoptic" if name == "panoptic" else self.model.heads[name].output
             for i, ((h, w), (oh, ow)) in enumerate(zip(batch["image_sizes"], batch["orig_sizes"])):
-                if name == "fcn":
+                if kind == SEMANTIC:
                     logits = pred[i:i + 1, :, :h, :w].float()
                     logits = torch.nn.functional.interpolate(logits, size=(oh, ow), mode="bilinear",
                                                              align_corners=False)
-                    results[i]["semantic"] = logits.argmax(1)[0].to(torch.uint8).cpu()
-                elif name == "panoptic":
+                    value = logits.argmax(1)[0].to(torch.uint8).cpu()
+                elif kind == "panoptic":
                     seg, segments = pred[i]
                     seg = torch.nn.functional.interpolate(seg[None, None].float(), size=(oh, ow),
                                                           mode="nearest")[0, 0].to(torch.int32)
                     results[i]["panoptic"] = (seg.cpu(), segments)
+                    continue
                 else:
                     inst = pred[i]
                     inst = inst[inst.scores >= self.score_threshold]
-                    results[i]["instances"] = to_file_pixels(inst, inst.image_size, (oh, ow)).to("cpu")
+                    value = to_file_pixels(inst, inst.image_size, (oh, ow)).to("cpu")
+                results[i]["heads"][name] = value
+                # the first head of each kind also answers under the kind's own key
+                results[i].setdefault("semantic" if kind == SEMANTIC else "instances", value)
         return results
 
     def __call__(self, image: ImageLike) -> dict:
@@ -123,8 +129,9 @@ class Predictor:
 
         Returns:
             {"instances": ``Instances`` in the image's pixels (masks ``[N, H, W]`` bool when the
-            model predicts masks)} for detection heads, {"semantic": ``Tensor[H, W]`` uint8} for
-            an FCN head, {"panoptic": (``Tensor[H, W]`` int32 segment ids, segments)} when enabled.
+            head predicts masks)} from the first instance head, {"semantic": ``Tensor[H, W]``
+            uint8} from the first semantic head, {"panoptic": (``Tensor[H, W]`` int32 segment
+            ids, segments)} when enabled, and {"heads": {head name: its instances or map}}.
         """
         return self.predict_batch([image])[0]
 
@@ -167,7 +174,8 @@ def load_model(weights: str, *, config: Optional[str] = None, device: str = "aut
     problem = fit_report(model, state["model"])
     if problem:
         raise CheckpointError(f"{weights} does not fit the model its config describes "
-                              f"({cfg.model.backbone.name}, heads {cfg.model.heads}): {problem}")
+                              f"({cfg.model.backbone.name}, heads "
+                              f"{ {n: h.type for n, h in cfg.model.heads.items()} }): {problem}")
     model.load_state_dict(state["model"])
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

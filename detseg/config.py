@@ -13,7 +13,9 @@ error can name both the key and the file (or the command line) that set it:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,13 +46,8 @@ class BackboneConfig:
 
 
 @dataclass
-class FCNConfig:
-    variant: Literal["32s", "16s", "8s"] = "8s"
-
-
-@dataclass
 class ProposalConfig:
-    """Where region heads get their proposals: selective search, dense windows or an RPN."""
+    """Where a region head gets its proposals: selective search, dense windows or an RPN."""
 
     source: Literal["selective_search", "windows", "rpn"] = "rpn"
     # selective search: cached per split by tools/proposals.py (default file: beside the
@@ -77,40 +74,34 @@ class ProposalConfig:
 
 
 @dataclass
-class RoIConfig:
-    """Region heads (rcnn, spp): pooling or warping, fc layers, sampling, test-time filtering."""
+class MaskConfig:
+    """Mask R-CNN's mask branch on a region head's positive RoIs."""
 
-    feature: Optional[str] = None  # backbone map to pool (default: the coarsest)
-    levels: list[int] = field(default_factory=lambda: [6, 3, 2, 1])  # spp; [7] = Fast R-CNN
-    mapping: Literal["sppnet", "fast_rcnn"] = "sppnet"
-    # spp: the pyramid of `levels`; roi_pool: levels[0] with Fast R-CNN's rounding; roi_align:
-    # bilinear levels[0] x levels[0] (from `feature`, or from multiscale_features, which imply it)
-    pooler: Literal["spp", "roi_pool", "roi_align"] = "spp"
-    aligned: bool = False  # roi_align: half-pixel shift (Detectron2's ROIAlignV2)
-    fc_dims: list[int] = field(default_factory=lambda: [1024, 1024])
-    dropout: float = 0.0
-    batch_size_per_image: int = 128
-    fg_fraction: float = 0.25
-    fg_iou: float = 0.5
-    bg_iou: float = 0.5
-    bg_iou_low: float = 0.0
-    reg_iou: Optional[float] = None  # proposals training the box regressor (default fg_iou)
-    # pool each box from one of these FPN levels by its size (RoIAlign at levels[0]) instead
-    multiscale_features: Optional[list[str]] = None
+    feature: Optional[str] = None  # default: the stride-16 map
+    pooler_resolution: int = 14
     sampling_ratio: int = 2
-    min_box_size: float = 0.0  # test time: smaller boxes are dropped
-    classifier: Literal["softmax", "svm"] = "softmax"
-    svm_neg_iou: float = 0.3
-    warp_size: int = 224  # rcnn
-    context_pad: int = 16  # rcnn
-    pool_size: int = 6  # rcnn
-    score_thresh: float = 0.05
-    nms_thresh: float = 0.5
-    detections_per_image: int = 100
+    conv_dims: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    multiscale_features: Optional[list[str]] = None  # FPN levels chosen by box size, instead
+
+
+# Heads: ``model.heads`` maps an instance name to one of these, picked by its ``type``. A head type
+# of one's own registers its dataclass here (``register_head_config``; modeling's
+# ``register_head`` does it together with the head class).
 
 
 @dataclass
-class SlidingWindowConfig:
+class FCNHeadConfig:
+    """FCN semantic segmentation (``type: fcn``)."""
+
+    type: Literal["fcn"] = "fcn"
+    variant: Literal["32s", "16s", "8s"] = "8s"
+
+
+@dataclass
+class SlidingWindowHeadConfig:
+    """A window classifier slid over the image convolutionally, OverFeat-style (``type: sliding_window``)."""
+
+    type: Literal["sliding_window"] = "sliding_window"
     feature: Optional[str] = None  # default: the stride-16 map
     window_sizes: list[float] = field(default_factory=lambda: [32.0, 64.0, 128.0])
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
@@ -129,20 +120,74 @@ class SlidingWindowConfig:
 
 
 @dataclass
-class MaskConfig:
-    """Mask R-CNN's mask branch, attached to the model's region head (spp)."""
+class _ProposalHeadConfig:
+    """What the two proposal-based heads share: proposals, fc layers, sampling, test-time filtering."""
 
-    enabled: bool = False
-    feature: Optional[str] = None  # default: the stride-16 map
-    pooler_resolution: int = 14
+    feature: Optional[str] = None  # backbone map to read (default: the coarsest)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    fc_dims: list[int] = field(default_factory=lambda: [1024, 1024])
+    dropout: float = 0.0
+    batch_size_per_image: int = 128
+    fg_fraction: float = 0.25
+    fg_iou: float = 0.5
+    bg_iou: float = 0.5
+    bg_iou_low: float = 0.0
+    reg_iou: Optional[float] = None  # proposals training the box regressor (default fg_iou)
+    min_box_size: float = 0.0  # test time: smaller boxes are dropped
+    classifier: Literal["softmax", "svm"] = "softmax"
+    svm_neg_iou: float = 0.3
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+
+
+@dataclass
+class RCNNHeadConfig(_ProposalHeadConfig):
+    """R-CNN (``type: rcnn``): each proposal warped to a fixed size and run through the backbone."""
+
+    type: Literal["rcnn"] = "rcnn"
+    warp_size: int = 224
+    context_pad: int = 16
+    pool_size: int = 6
+
+
+@dataclass
+class RegionHeadConfig(_ProposalHeadConfig):
+    """A region head on the shared features (``type: region``): SPPNet, Fast / Faster R-CNN, and
+    Mask R-CNN with ``mask`` set."""
+
+    type: Literal["region"] = "region"
+    # spp: the pyramid of `levels`; roi_pool: levels[0] with Fast R-CNN's rounding; roi_align:
+    # bilinear levels[0] x levels[0] (from `feature`, or from multiscale_features, which imply it)
+    pooler: Literal["spp", "roi_pool", "roi_align"] = "spp"
+    levels: list[int] = field(default_factory=lambda: [6, 3, 2, 1])  # spp; [7] = Fast R-CNN
+    mapping: Literal["sppnet", "fast_rcnn"] = "sppnet"
+    aligned: bool = False  # roi_align: half-pixel shift (Detectron2's ROIAlignV2)
+    # pool each box from one of these FPN levels by its size (RoIAlign at levels[0]) instead
+    multiscale_features: Optional[list[str]] = None
     sampling_ratio: int = 2
-    conv_dims: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
-    multiscale_features: Optional[list[str]] = None  # FPN levels chosen by box size, instead
+    mask: Optional[MaskConfig] = None  # Mask R-CNN's mask branch; null: boxes only
+
+
+HEAD_CONFIGS: dict[str, type] = {"fcn": FCNHeadConfig, "sliding_window": SlidingWindowHeadConfig,
+                                 "rcnn": RCNNHeadConfig, "region": RegionHeadConfig}
+
+
+def register_head_config(type_name: str, cls: type) -> None:
+    """Make ``model.heads.<name>: {type: type_name, ...}`` read into dataclass ``cls``."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if "type" not in fields or fields["type"].default != type_name:
+        raise TypeError(f"{cls.__name__} needs a field `type` defaulting to {type_name!r}")
+    HEAD_CONFIGS[type_name] = cls
+
+
+class HeadConfig:
+    """Schema marker for one head's settings: the dataclass of ``HEAD_CONFIGS[type]``."""
 
 
 @dataclass
 class PanopticConfig:
-    """Merge an FCN head's semantic map with mask-head instances (needs both)."""
+    """Merge a semantic head's map with a mask head's instances (needs both)."""
 
     enabled: bool = False
     instance_score: float = 0.5  # instances below this score are left out
@@ -153,13 +198,8 @@ class PanopticConfig:
 @dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    # any of: fcn, sliding_window, rcnn, spp (SPPNet / Fast R-CNN / Faster R-CNN)
-    heads: list[str] = field(default_factory=lambda: ["fcn"])
-    fcn: FCNConfig = field(default_factory=FCNConfig)
-    proposals: ProposalConfig = field(default_factory=ProposalConfig)
-    roi: RoIConfig = field(default_factory=RoIConfig)
-    sliding_window: SlidingWindowConfig = field(default_factory=SlidingWindowConfig)
-    mask: MaskConfig = field(default_factory=MaskConfig)
+    # instance name -> head settings with a `type` (fcn, sliding_window, rcnn, region)
+    heads: dict[str, HeadConfig] = field(default_factory=lambda: {"seg": FCNHeadConfig()})
     panoptic: PanopticConfig = field(default_factory=PanopticConfig)
     # "model": images reach the model at their own size and are normalised, then resized with
     # bilinear interpolation to data.min_size_test / data.max_size inside it (torchvision's
@@ -380,6 +420,10 @@ def _type_name(tp: Any) -> str:
     if origin is list:
         (inner,) = typing.get_args(tp)
         return f"list of {_type_name(inner)}"
+    if origin is dict:
+        return f"mapping of name to {_type_name(typing.get_args(tp)[1])}"
+    if tp is HeadConfig:
+        return "head settings with a `type`"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
@@ -395,15 +439,27 @@ def _coerce(value: Any, tp: Any, key: str, sources: Sources) -> Any:
         )
 
     origin = typing.get_origin(tp)
+    if tp is HeadConfig:
+        return _head_config(value, key, sources, key.rpartition(".")[2])
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise fail()
         return _build(tp, value, key + ".", sources)
+    if origin is dict:
+        _, inner = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise fail()
+        if inner is HeadConfig:  # the name is the mapping's key (it may hold a dot: an error)
+            return {str(k): _head_config(v, f"{key}.{k}", sources, str(k)) for k, v in value.items()}
+        return {str(k): _coerce(v, inner, f"{key}.{k}", sources) for k, v in value.items()}
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise fail()
         return value
     if origin in (typing.Union, types.UnionType):
+        classes = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(classes) == 1:  # Optional[Section]: its own messages
+            return _coerce(value, classes[0], key, sources)
         for option in typing.get_args(tp):
             try:
                 return _coerce(value, option, key, sources)
@@ -446,6 +502,26 @@ def _coerce(value: Any, tp: Any, key: str, sources: Sources) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
 
+HEAD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RESERVED_HEAD_NAMES = ("loss", "panoptic")
+
+
+def _head_config(value: Any, key: str, sources: Sources, name: str) -> Any:
+    """One ``model.heads.<name>`` entry: the dataclass its ``type`` names."""
+    if not HEAD_NAME.fullmatch(name) or name in RESERVED_HEAD_NAMES:
+        raise ConfigError(f"config key '{key}' (from {_where(key, sources)}): a head name must be a "
+                          f"Python identifier other than {', '.join(RESERVED_HEAD_NAMES)}")
+    types_known = ", ".join(repr(t) for t in HEAD_CONFIGS)
+    if not isinstance(value, dict) or "type" not in value:
+        raise ConfigError(f"config key '{key}' (from {_where(key, sources)}): a head needs settings "
+                          f"with a `type`, one of {types_known}; got {value!r}")
+    cls = HEAD_CONFIGS.get(value["type"])
+    if cls is None:
+        raise ConfigError(f"config key '{key}.type' (from {_where(key + '.type', sources)}): unknown head "
+                          f"type {value['type']!r}; one of {types_known}")
+    return _build(cls, value, key + ".", sources)
+
+
 def _build(cls: type, data: dict, prefix: str, sources: Sources) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -461,8 +537,15 @@ def _build(cls: type, data: dict, prefix: str, sources: Sources) -> Any:
 
 
 def from_dict(data: dict, sources: Optional[Sources] = None, cls: type = Config) -> Any:
-    """Build and check a config dataclass from a plain mapping."""
-    return _build(cls, data, "", sources or {})
+    """Build and check a config dataclass from a plain mapping (the old head layout upgraded)."""
+    sources = {} if sources is None else sources
+    if cls is Config:
+        data = upgrade_legacy_heads(data, sources)
+        heads = (data.get("model") or {}).get("heads") if isinstance(data.get("model"), dict) else None
+        if isinstance(heads, dict) and not heads:
+            raise ConfigError(f"config key 'model.heads' (from {_where('model.heads', sources)}): "
+                              f"a model needs at least one head")
+    return _build(cls, data, "", sources)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -484,3 +567,72 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     tree, sources = load_yaml_tree(path) if path else ({}, {})
     tree = apply_overrides(tree, sources, list(overrides or []))
     return from_dict(tree, sources)
+
+
+# --------------------------------------------------------------------------- the old head layout
+
+# Before heads were named by type, ``model.heads`` was a list of head names and each head type
+# read a shared section: ``heads: [spp]`` with ``roi``, ``proposals``, ``mask`` (``enabled``), ``fcn``
+# and ``sliding_window``. Configs and checkpoints written that way still load: each old name
+# becomes a head of that name (so checkpoint keys ``heads.spp.*`` still fit) with its sections.
+LEGACY_TYPES = {"fcn": "fcn", "sliding_window": "sliding_window", "rcnn": "rcnn", "spp": "region"}
+LEGACY_SECTIONS = ("fcn", "sliding_window", "roi", "proposals", "mask")
+_logger = logging.getLogger(__name__)
+
+
+def _legacy_head(type_name: str, sections: dict, where: str) -> dict:
+    """The settings of one head of ``type_name`` from the old shared sections."""
+    cls = HEAD_CONFIGS[type_name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    head: dict = {}
+    section = {"fcn": "fcn", "sliding_window": "sliding_window"}.get(type_name, "roi")
+    head.update({k: v for k, v in (sections.get(section) or {}).items() if k in fields})
+    if "proposals" in fields and "proposals" in sections:
+        head["proposals"] = sections["proposals"]
+    mask = dict(sections.get("mask") or {})
+    if mask.pop("enabled", False) and type_name in ("region", "rcnn"):
+        if "mask" not in fields:
+            raise ConfigError(f"config key 'model.mask' (from {where}): the mask branch needs a region "
+                              f"head on shared features (type: region), not {type_name}")
+        head["mask"] = mask
+    return {**head, "type": type_name}
+
+
+def upgrade_legacy_heads(tree: dict, sources: Sources) -> dict:
+    """``tree`` with the old head layout (see ``LEGACY_TYPES``) rewritten into ``model.heads``;
+    logs one line when it rewrote anything."""
+    model = tree.get("model")
+    if not isinstance(model, dict):
+        return tree
+    heads = model.get("heads")
+    sections = {k: model[k] for k in LEGACY_SECTIONS if k in model}
+    if not isinstance(heads, list) and not sections:
+        return tree
+    where = _where("model.heads" if isinstance(heads, list) else f"model.{next(iter(sections))}", sources)
+    for name, value in sections.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key 'model.{name}' (from {_where('model.' + name, sources)}): "
+                              f"expected a mapping, got {value!r}")
+    if isinstance(heads, list) or heads is None:
+        names = ["fcn"] if heads is None else heads  # the old default: one FCN head
+        new = {}
+        for name in names:
+            if name not in LEGACY_TYPES:
+                raise ConfigError(f"config key 'model.heads' (from {where}): unknown head {name!r}; "
+                                  f"one of {', '.join(LEGACY_TYPES)} (old layout) or a mapping of "
+                                  f"name to settings with a `type`")
+            new[name] = _legacy_head(LEGACY_TYPES[name], sections, where)
+    elif isinstance(heads, dict):  # the new layout, with old sections (say, overrides) on top
+        new = {}
+        for name, head in heads.items():
+            kind = head.get("type") if isinstance(head, dict) else None
+            new[name] = (_merge(head, _legacy_head(kind, sections, where)) if kind in LEGACY_TYPES.values()
+                         else head)
+    else:
+        return tree  # the schema check reports it
+    _logger.warning("%s: old head layout (model.heads as a list, model.roi / proposals / mask / fcn / "
+                    "sliding_window); read as model.heads: %s", where,
+                    {n: h["type"] for n, h in new.items() if isinstance(h, dict)})
+    model = {k: v for k, v in model.items() if k not in LEGACY_SECTIONS}
+    model["heads"] = new
+    return {**tree, "model": model}

@@ -25,18 +25,18 @@ _RENAMES = [
     (r"^backbone\.body\.bn1\.", "backbone.body.stages.stem.1."),
     (r"^backbone\.body\.layer(\d)\.", lambda m: f"backbone.body.stages.c{int(m.group(1)) + 1}."),
     (r"^backbone\.fpn\.", "backbone.fpn."),
-    (r"^rpn\.head\.conv\.0\.0\.", "heads.spp.proposals.conv."),
-    (r"^rpn\.head\.conv\.", "heads.spp.proposals.conv."),  # older torchvision: a bare conv
-    (r"^rpn\.head\.cls_logits\.", "heads.spp.proposals.objectness."),
-    (r"^rpn\.head\.bbox_pred\.", "heads.spp.proposals.deltas."),
-    (r"^roi_heads\.box_head\.fc6\.", "heads.spp.fc.0."),
-    (r"^roi_heads\.box_head\.fc7\.", "heads.spp.fc.2."),
-    (r"^roi_heads\.box_predictor\.", "heads.spp.predictor."),
-    (r"^roi_heads\.mask_head\.(\d)\.0\.", lambda m: f"heads.spp.mask_head.convs.{2 * int(m.group(1))}."),
+    (r"^rpn\.head\.conv\.0\.0\.", "heads.det.proposals.conv."),
+    (r"^rpn\.head\.conv\.", "heads.det.proposals.conv."),  # older torchvision: a bare conv
+    (r"^rpn\.head\.cls_logits\.", "heads.det.proposals.objectness."),
+    (r"^rpn\.head\.bbox_pred\.", "heads.det.proposals.deltas."),
+    (r"^roi_heads\.box_head\.fc6\.", "heads.det.fc.0."),
+    (r"^roi_heads\.box_head\.fc7\.", "heads.det.fc.2."),
+    (r"^roi_heads\.box_predictor\.", "heads.det.predictor."),
+    (r"^roi_heads\.mask_head\.(\d)\.0\.", lambda m: f"heads.det.mask_head.convs.{2 * int(m.group(1))}."),
     (r"^roi_heads\.mask_head\.mask_fcn(\d)\.",
-     lambda m: f"heads.spp.mask_head.convs.{2 * (int(m.group(1)) - 1)}."),
-    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "heads.spp.mask_head.deconv."),
-    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "heads.spp.mask_head.predictor."),
+     lambda m: f"heads.det.mask_head.convs.{2 * (int(m.group(1)) - 1)}."),
+    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "heads.det.mask_head.deconv."),
+    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "heads.det.mask_head.predictor."),
 ]
 
 
@@ -89,19 +89,19 @@ def from_torchvision(state: dict, model: str) -> dict:
     if unknown:
         raise ConversionError(f"{len(unknown)} keys this converter does not know (e.g. {unknown[:3]}); "
                               f"expected torchvision's {ENUMS[model]} architecture")
-    if model == "faster_rcnn" and any(key.startswith("heads.spp.mask_head.") for key in out):
+    if model == "faster_rcnn" and any(key.startswith("heads.det.mask_head.") for key in out):
         raise ConversionError("this state dict has a mask head: convert it with --model mask_rcnn")
-    cls = out.get("heads.spp.predictor.cls_score.weight")
+    cls = out.get("heads.det.predictor.cls_score.weight")
     if cls is None or cls.shape[0] != k + 1:
         raise ConversionError(f"expected a {k + 1}-way classifier (COCO + background), got "
                               f"{None if cls is None else tuple(cls.shape)}")
     order = list(range(1, k + 1)) + [0]  # background moves from first to last
     for suffix in ("weight", "bias"):
-        key = f"heads.spp.predictor.cls_score.{suffix}"
+        key = f"heads.det.predictor.cls_score.{suffix}"
         out[key] = out[key][order]
-        key = f"heads.spp.predictor.bbox_pred.{suffix}"
+        key = f"heads.det.predictor.bbox_pred.{suffix}"
         out[key] = out[key][4:]  # torchvision's background box deltas: unused
-        key = f"heads.spp.mask_head.predictor.{suffix}"
+        key = f"heads.det.mask_head.predictor.{suffix}"
         if key in out:
             out[key] = out[key][1:]  # and its background mask channel
     cfg = load_config(os.path.join(_CONFIG_DIR, CONFIGS[model]))

@@ -85,4 +85,4 @@ def test_every_shipped_config_loads_and_builds(path):
     # weights: none here (no download); everything else exactly as shipped
     cfg = load_config(path, ["model.backbone.weights=null"])
     model = build_model(cfg, num_classes=3)
-    assert list(model.heads) == cfg.model.heads
+    assert list(model.heads) == list(cfg.model.heads)

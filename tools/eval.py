@@ -42,23 +42,27 @@ def main(argv=None) -> int:
 
     from detseg.api import load_model
     from detseg.config import apply_overrides, from_dict, to_dict
-    from detseg.data.build import build_dataset, build_val_loader, load_proposals, resolve_splits
+    from detseg.data.build import resolve_splits
     from detseg.evaluation.coco import format_per_class, write_json_atomic
-    from detseg.evaluation.runner import make_evaluate
+    from detseg.evaluation.runner import build_datasets_and_evaluator
+    from detseg.modeling.heads import head_class
     try:
         # the model exactly as the trainer evaluated it (no inference-time folding)
         predictor = load_model(args.weights, config=args.config, device=args.device, fold_bn=False)
         cfg = from_dict(apply_overrides(to_dict(predictor.cfg), {}, args.overrides))
         if args.ann_file:
             split = {"ann_file": args.ann_file, "image_dir": args.image_dir or os.path.dirname(args.ann_file)}
-            cfg.model.proposals.val_file = None  # a cache made for another dataset would not fit
+            for settings in cfg.model.heads.values():  # a cache made for another dataset would not fit
+                proposals = head_class(settings).proposal_settings(settings)
+                if proposals is not None:
+                    proposals.val_file = None
         else:
             split = resolve_splits(cfg).get("val")
             if split is None:
                 raise ConfigError("the config has no val split; pass --ann-file and --image-dir")
-        proposals = load_proposals(cfg, {"val": split}).get("val")
-        dataset = build_dataset(cfg, split, train=False, with_semantic="fcn" in cfg.model.heads,
-                                with_masks=cfg.model.mask.enabled, proposals=proposals)
+        out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(args.weights)), "eval")
+        datasets, evaluate = build_datasets_and_evaluator(cfg, {"val": split}, out_dir)
+        dataset = datasets["val"]
     except (CheckpointError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -66,9 +70,6 @@ def main(argv=None) -> int:
         print(f"error: {split['ann_file']} has categories {dataset.cat_ids}, the model was trained on "
               f"{predictor.cat_ids}", file=sys.stderr)
         return 2
-    out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(args.weights)), "eval")
-    loader = build_val_loader(cfg, dataset)
-    evaluate = make_evaluate(cfg, dataset, loader, out_dir)
     with torch.no_grad():
         metrics = evaluate(predictor.model)
     write_json_atomic(metrics, os.path.join(out_dir, "metrics.json"))

@@ -38,8 +38,11 @@ def _jobs(args) -> list[tuple[str, str, str | None, str, int]]:
             raise ConfigError("--ann-file needs --image-dir")
         return [(args.ann_file, args.image_dir, args.out, args.mode or "fast", args.max_per_image or 2000)]
     from detseg.data.build import resolve_splits
+    from detseg.modeling.model import data_needs
     cfg = load_config(args.config, args.overrides)
-    p = cfg.model.proposals
+    p = data_needs(cfg).proposals
+    if p is None:
+        raise ConfigError(f"{args.config}: no head of this config reads selective-search proposals")
     mode, limit = args.mode or p.mode, args.max_per_image or p.max_per_image
     splits = resolve_splits(cfg)
     out = [(splits["train"]["ann_file"], splits["train"]["image_dir"], p.train_file, mode, limit)]

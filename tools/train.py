@@ -86,7 +86,7 @@ def main(argv=None) -> int:
 
     try:
         return run(cfg, splits, args)
-    except (DataError, FloatingPointError, ProposalError) as e:
+    except (ConfigError, DataError, FloatingPointError, ProposalError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
@@ -94,28 +94,20 @@ def main(argv=None) -> int:
 def run(cfg, splits: dict, args) -> int:
     import torch
 
-    from detseg.data.build import build_dataset, build_train_loader, build_val_loader, load_proposals
+    from detseg.data.build import build_train_loader
     from detseg.engine import distributed as dist
     from detseg.engine.checkpoint import CheckpointError, load_checkpoint
     from detseg.engine.trainer import Trainer, seed_everything
-    from detseg.evaluation.runner import make_evaluate
+    from detseg.evaluation.runner import build_datasets_and_evaluator
     from detseg.modeling.model import build_model
 
     dist.init(cfg.runtime.device)  # before any sampler is built: they shard by rank
     seed_everything(cfg.runtime.seed, cfg.runtime.deterministic)
     output_dir = cfg.runtime.output_dir or (next_run_dir(args.config) if dist.is_main() else None)
     output_dir = dist.broadcast_object(output_dir)
-    needs_semantic = "fcn" in cfg.model.heads
-    proposals = load_proposals(cfg, splits)
-    masks = cfg.model.mask.enabled
-    train_ds = build_dataset(cfg, splits["train"], train=True, with_semantic=needs_semantic,
-                             with_masks=masks, proposals=proposals.get("train"))
-    val_ds = (build_dataset(cfg, splits["val"], train=False, with_semantic=needs_semantic,
-                            with_masks=masks, proposals=proposals.get("val"))
-              if splits.get("val") else None)
+    datasets, evaluate = build_datasets_and_evaluator(cfg, splits, output_dir)
+    train_ds = datasets["train"]
     model = build_model(cfg, train_ds.num_classes)
-    val_loader = build_val_loader(cfg, val_ds) if val_ds is not None else None
-    evaluate = make_evaluate(cfg, val_ds, val_loader, output_dir) if val_ds is not None else None
 
     meta = {"class_names": train_ds.class_names, "label_map": train_ds.label_map(),
             "num_classes": train_ds.num_classes}

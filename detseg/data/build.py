@@ -42,15 +42,26 @@ def build_dataset(cfg, split: dict, *, train: bool, with_masks=False, with_seman
                        transform=transform, on_bad_image=d.on_bad_image, proposals=proposals)
 
 
+def build_datasets(cfg, splits: dict) -> dict:
+    """``{split name: CocoDataset}`` for each split of ``splits`` that is set ("train" built for
+    training, any other for evaluation), with what the config's heads need: semantic maps,
+    instance masks, selective-search proposals (caches computed once and reused)."""
+    from ..modeling.model import data_needs
+    needs = data_needs(cfg)
+    proposals = load_proposals(cfg, splits)
+    return {name: build_dataset(cfg, split, train=name == "train", with_semantic=needs.semantic,
+                                with_masks=needs.masks, proposals=proposals.get(name))
+            for name, split in splits.items() if split is not None}
+
+
 def load_proposals(cfg, splits: dict) -> dict:
     """{split: {image_id: boxes}} when region heads read selective-search proposals; the caches
     are computed once (tools/proposals.py does the same on its own) and reused afterwards."""
-    from ..modeling.model import DETECTION_HEADS
+    from ..modeling.model import data_needs
     from . import proposal_cache as ss
 
-    p = cfg.model.proposals
-    region = [h for h in cfg.model.heads if h in DETECTION_HEADS and h != "sliding_window"]
-    if not region or p.source != "selective_search":
+    p = data_needs(cfg).proposals
+    if p is None:
         return {}
     out = {}
     for name, path in (("train", p.train_file), ("val", p.val_file)):

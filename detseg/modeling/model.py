@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from .backbones import build_backbone, coarsest
-from .heads import FCNHead
-
-HEADS = ("fcn", "sliding_window", "rcnn", "spp")
-DETECTION_HEADS = ("sliding_window", "rcnn", "spp")
+from ..config import ConfigError
+from .backbones import build_backbone
+from .heads import HEAD_TYPES, INSTANCES, SEMANTIC, Head, head_class
 
 
 class Model(nn.Module):
@@ -19,11 +18,9 @@ class Model(nn.Module):
 
     Args:
         backbone: module returning ``{name: Tensor[B, C, h, w]}`` with ``output_shape()``.
-        heads: ``{name: head}``; a head has ``forward_train(features, batch) -> {loss_name: loss}``
-            and ``forward_test(features, batch) -> predictions``. A head that runs the backbone
-            on inputs of its own (R-CNN's warped crops, the sliding window's padded image) sets
-            ``uses_backbone = True`` and is called with ``backbone=``; one that does not read
-            the shared full-image features sets ``needs_features = False``.
+        heads: ``{name: Head}`` (``detseg.modeling.heads.Head``: the head declares whether it
+            reads the shared features, runs the backbone itself, and returns instances or a
+            semantic map).
         pixel_mean, pixel_std: RGB normalisation applied to the uint8 images.
         resize: ``None`` (the data pipeline resizes), or (min_size, max_size): the model normalises
             each image at its own size, resizes it bilinearly so its short side is ``min_size``
@@ -32,7 +29,7 @@ class Model(nn.Module):
             resized sizes in ``batch["image_sizes"]``.
         panoptic: ``None``, or the keyword arguments of ``merge_panoptic``: in eval mode the
             output then also holds ``"panoptic"``, one (segment-id map, segments) per image,
-            from the ``fcn`` head's semantic map and the instances of the head with masks.
+            from the semantic head's map and the instances of the head with masks.
 
     ``forward(batch)`` (batch from ``detseg.data.transforms.collate``) returns in training mode
     ``{"loss": sum, <each head's losses>}`` and in eval mode ``{head name: predictions}``. Heads
@@ -45,14 +42,19 @@ class Model(nn.Module):
                  resize: Optional[tuple[int, int]] = None):
         super().__init__()
         self.resize = resize
-        if resize is not None and "fcn" in heads:
-            raise ValueError("in-model resizing is for detection heads "
-                             "(the FCN output would need resizing back)")
         if not heads:
             raise ValueError("a Model needs at least one head")
+        for name, head in heads.items():
+            if not isinstance(head, Head):
+                raise TypeError(f"head {name!r} ({type(head).__name__}) is not a "
+                                f"detseg.modeling.heads.Head")
+        if resize is not None and any(h.output == SEMANTIC for h in heads.values()):
+            raise ValueError("in-model resizing is for detection heads "
+                             "(a semantic map would need resizing back)")
         self.panoptic = panoptic
-        if panoptic is not None and ("fcn" not in heads or self._mask_head_name(heads) is None):
-            raise ValueError("panoptic output needs an 'fcn' head and a region head with a mask head")
+        if panoptic is not None and (self._head_of(heads, SEMANTIC) is None
+                                     or self._mask_head_name(heads) is None):
+            raise ValueError("panoptic output needs a semantic head and a region head with a mask head")
         self.backbone = backbone
         self.heads = nn.ModuleDict(heads)
         # Kept in [0, 1] units and applied after x / 255, the same float operations as
@@ -95,114 +97,71 @@ class Model(nn.Module):
             pixels, sizes = self.resize_inputs(pixels, batch["image_sizes"])
             batch = {**batch, "image_sizes": sizes}
         batch = {**batch, "pixels": pixels}
-        features = (self.backbone(pixels)
-                    if any(getattr(h, "needs_features", True) for h in self.heads.values()) else None)
+        features = self.backbone(pixels) if any(h.needs_features for h in self.heads.values()) else None
         call = "forward_train" if self.training else "forward_test"
         outputs = {}
         for name, head in self.heads.items():
-            extra = {"backbone": self.backbone} if getattr(head, "uses_backbone", False) else {}
+            extra = {"backbone": self.backbone} if head.uses_backbone else {}
             outputs[name] = getattr(head, call)(features, batch, **extra)
         if not self.training:
             if self.panoptic is not None:
                 outputs["panoptic"] = self._merge(outputs, batch)
             return outputs
-        losses: dict[str, torch.Tensor] = {}
+        # A loss name two heads share (two region heads both have loss_cls) is kept apart by
+        # the head's name: det_loss_cls, det2_loss_cls; unshared names stay as they are.
+        counts: dict[str, int] = {}
         for head_losses in outputs.values():
-            losses.update(head_losses)
+            for key in head_losses:
+                counts[key] = counts.get(key, 0) + 1
+        losses: dict[str, torch.Tensor] = {}
+        for name, head_losses in outputs.items():
+            losses.update({(f"{name}_{k}" if counts[k] > 1 else k): v for k, v in head_losses.items()})
         losses["loss"] = sum(losses.values())
         return losses
 
     @staticmethod
+    def _head_of(heads, output: str) -> Optional[str]:
+        return next((n for n, h in heads.items() if h.output == output), None)
+
+    @staticmethod
     def _mask_head_name(heads) -> Optional[str]:
-        return next((n for n, h in heads.items() if getattr(h, "mask_head", None) is not None), None)
+        return next((n for n, h in heads.items() if h.output == INSTANCES and h.predicts_masks), None)
 
     def _merge(self, outputs: dict, batch: dict) -> list:
         from .panoptic import merge_panoptic
-        semantic = outputs["fcn"].argmax(1)
+        semantic = outputs[self._head_of(self.heads, SEMANTIC)].argmax(1)
         instances = outputs[self._mask_head_name(self.heads)]
         return [merge_panoptic(semantic[i, :h, :w], inst, **self.panoptic)
                 for i, ((h, w), inst) in enumerate(zip(batch["image_sizes"], instances))]
 
 
-def build_proposals(cfg, in_shapes: dict, feature: str) -> nn.Module:
-    """The proposal source ``cfg.model.proposals`` describes, for a region head on ``feature``."""
-    from .proposals import RPN, DenseWindowProposals, SelectiveSearchProposals
-    p = cfg.model.proposals
-    if p.source == "selective_search":
-        return SelectiveSearchProposals(mode=p.mode, max_per_image=p.max_per_image)
-    if p.source == "windows":
-        return DenseWindowProposals(sizes=p.window_sizes, aspect_ratios=p.window_ratios,
-                                    stride=p.window_stride)
-    names = p.rpn_features or [feature]
-    unknown = [n for n in names if n not in in_shapes]
-    if unknown:
-        raise ValueError(f"model.proposals.rpn_features: backbone has no {unknown}; "
-                         f"it has {sorted(in_shapes)}")
-    if len(p.anchor_sizes) != len(names):
-        raise ValueError(f"model.proposals.anchor_sizes needs one list per RPN feature map "
-                         f"({len(names)}), got {len(p.anchor_sizes)}")
-    channels = {in_shapes[n].channels for n in names}
-    if len(channels) != 1:
-        raise ValueError(f"RPN feature maps {names} differ in channels {channels}; use an FPN")
-    return RPN(in_channels=channels.pop(), features=names, strides=[in_shapes[n].stride for n in names],
-               anchor_sizes=p.anchor_sizes, aspect_ratios=p.aspect_ratios,
-               pre_nms_top_n=tuple(p.pre_nms_top_n), post_nms_top_n=tuple(p.post_nms_top_n),
-               nms_thresh=p.nms_thresh, fg_iou=p.fg_iou, bg_iou=p.bg_iou,
-               batch_size_per_image=p.batch_size_per_image, positive_fraction=p.positive_fraction)
+def build_head(settings, backbone: nn.Module, num_classes: int) -> Head:
+    """One head from its settings (a ``model.heads`` entry): ``HEAD_TYPES[settings.type]``."""
+    if settings.type not in HEAD_TYPES:
+        raise ValueError(f"unknown head type {settings.type!r}; registered: {', '.join(HEAD_TYPES)}")
+    return head_class(settings).from_config(settings, backbone, num_classes)
 
 
-def _region_kwargs(r) -> dict:
-    return dict(fc_dims=tuple(r.fc_dims), dropout=r.dropout, batch_size_per_image=r.batch_size_per_image,
-                fg_fraction=r.fg_fraction, fg_iou=r.fg_iou, bg_iou=r.bg_iou, bg_iou_low=r.bg_iou_low,
-                reg_iou=r.reg_iou, classifier=r.classifier, svm_neg_iou=r.svm_neg_iou,
-                score_thresh=r.score_thresh, nms_thresh=r.nms_thresh,
-                detections_per_image=r.detections_per_image, min_box_size=r.min_box_size)
+@dataclass
+class DataNeeds:
+    """What a config's heads need from the data pipeline (known before the model is built)."""
+
+    semantic: bool  # per-pixel class maps
+    masks: bool  # instance masks
+    proposals: Optional[object]  # the ProposalConfig of heads reading selective-search caches
 
 
-def build_head(name: str, cfg, backbone: nn.Module, num_classes: int) -> nn.Module:
-    """One head of ``cfg.model.heads``, its channel counts read from ``backbone.output_shape()``."""
-    from .heads import RCNNHead, SlidingWindowHead, SPPHead
-    from .heads.sliding_window import context_margin, default_feature
-    m = cfg.model
-    shapes = backbone.output_shape()
-    if name == "fcn":
-        return FCNHead(in_shapes=shapes, num_classes=num_classes, variant=m.fcn.variant)
-    if name == "sliding_window":
-        s = m.sliding_window
-        feature = s.feature or default_feature(shapes)
-        return SlidingWindowHead(
-            in_shapes=shapes, num_classes=num_classes, feature=feature,
-            margin=context_margin(backbone, feature, shapes[feature].stride),
-            window_sizes=s.window_sizes, aspect_ratios=s.aspect_ratios, scales=s.scales, reduce=s.reduce,
-            hidden=s.hidden, mode=s.mode,
-            fg_iou=s.fg_iou, bg_iou=s.bg_iou, batch_size_per_image=s.batch_size_per_image,
-            fg_fraction=s.fg_fraction, hard_negative_fraction=s.hard_negative_fraction,
-            score_thresh=s.score_thresh, nms_thresh=s.nms_thresh,
-            detections_per_image=s.detections_per_image)
-    r = m.roi
-    feature = (r.multiscale_features or [None])[0] or r.feature or coarsest(shapes)
-    if feature not in shapes:
-        raise ValueError(f"model.roi.feature: backbone has no {feature!r}; it has {sorted(shapes)}")
-    proposals = build_proposals(cfg, shapes, feature)
-    mask_head = None
-    if m.mask.enabled:
-        if name == "rcnn":
-            raise ValueError("model.mask needs a shared feature map: attach it to the spp head, not rcnn")
-        from .heads.mask import MaskHead
-        mask_head = MaskHead(in_shapes=shapes, num_classes=num_classes, feature=m.mask.feature,
-                             pooler_resolution=m.mask.pooler_resolution,
-                             sampling_ratio=m.mask.sampling_ratio, conv_dims=m.mask.conv_dims,
-                             multiscale_features=m.mask.multiscale_features)
-    if name == "rcnn":
-        return RCNNHead(in_shapes=shapes, proposals=proposals, num_classes=num_classes, feature=feature,
-                        warp_size=r.warp_size, context_pad=r.context_pad, pool_size=r.pool_size,
-                        **_region_kwargs(r))
-    if name == "spp":
-        return SPPHead(in_shapes=shapes, proposals=proposals, num_classes=num_classes, feature=feature,
-                       levels=r.levels, mapping=r.mapping, pooler=r.pooler,
-                       multiscale_features=r.multiscale_features, sampling_ratio=r.sampling_ratio,
-                       aligned=r.aligned, mask_head=mask_head, **_region_kwargs(r))
-    raise ValueError(f"unknown head {name!r} in model.heads; available: {', '.join(HEADS)}")
+def data_needs(cfg) -> DataNeeds:
+    """What the heads of ``cfg.model.heads`` need from the dataset."""
+    heads = [(head_class(h), h) for h in cfg.model.heads.values()]
+    cached = [cls.proposal_settings(h) for cls, h in heads]
+    cached = [p for p in cached if p is not None and p.source == "selective_search"]
+    if len({(p.mode, p.max_per_image, p.train_file, p.val_file) for p in cached}) > 1:
+        raise ConfigError("model.heads: heads reading selective-search proposals must share their "
+                          "proposal settings (one cache per split)")
+    return DataNeeds(semantic=any(cls.output == SEMANTIC for cls, _ in heads),
+                     masks=any(cls.wants_masks(h) for cls, h in heads),
+                     proposals=cached[0] if cached else None)
 
 
 def build_model(cfg, num_classes: int) -> Model:
@@ -212,7 +171,7 @@ def build_model(cfg, num_classes: int) -> Model:
     backbone = build_backbone(bb.name, weights=bb.weights, freeze_at=bb.freeze_at, norm=bb.norm,
                               fpn=bb.fpn, fpn_channels=bb.fpn_channels, out_features=bb.out_features,
                               fpn_extra_pool=bb.fpn_extra_pool)
-    heads = {name: build_head(name, cfg, backbone, num_classes) for name in m.heads}
+    heads = {name: build_head(settings, backbone, num_classes) for name, settings in m.heads.items()}
     panoptic = None
     if m.panoptic.enabled:
         panoptic = {"instance_score": m.panoptic.instance_score, "overlap": m.panoptic.overlap,

@@ -27,7 +27,7 @@ def one_image(tmp_path_factory):
 @pytest.mark.parametrize("recipe,extra", [
     ("sliding_window", []),
     ("rcnn", []),
-    ("rcnn", ["model.roi.classifier=svm"]),
+    ("rcnn", ["model.heads.det.classifier=svm"]),
     ("sppnet", []),
     ("fast_rcnn", []),
     ("faster_rcnn", []),
@@ -38,7 +38,7 @@ def test_head_overfits_one_image_to_ap50_one(one_image, recipe, extra):
     cfg = load_config(f"configs/{recipe}_resnet18_shapes.yaml", ["model.backbone.norm=frozen_bn", *extra])
     torch.manual_seed(0)
     model = build_model(cfg, ds.num_classes)
-    head = cfg.model.heads[0]
+    (head,) = cfg.model.heads
     ap50 = []
 
     def check(out):
@@ -122,14 +122,14 @@ def test_receptive_field_of_resnet18():
 
 @pytest.mark.parametrize("pooler", ["spp", "roi_pool", "roi_align"])
 def test_region_head_pooler_choice(one_image, pooler):
-    """model.roi.pooler picks the pooling op; the head trains and predicts with each."""
+    """A region head's pooler picks the pooling op; the head trains and predicts with each."""
     from detseg.ops import MultiScaleRoIAlign, SpatialPyramidPool
     _, ds, batch = one_image
     cfg = load_config("configs/faster_rcnn_resnet18_shapes.yaml",
-                      [f"model.roi.pooler={pooler}", "model.roi.levels=[4,2,1]"])
+                      [f"model.heads.det.pooler={pooler}", "model.heads.det.levels=[4,2,1]"])
     torch.manual_seed(0)
     model = build_model(cfg, ds.num_classes)
-    head = model.heads["spp"]
+    head = model.heads["det"]
     expected = {"spp": (SpatialPyramidPool, 21), "roi_pool": (SpatialPyramidPool, 16),
                 "roi_align": (MultiScaleRoIAlign, 16)}[pooler]
     assert isinstance(head.pool, expected[0])
@@ -139,4 +139,4 @@ def test_region_head_pooler_choice(one_image, pooler):
     losses["loss"].backward()
     model.eval()
     with torch.no_grad():
-        assert len(model(batch)["spp"]) == 1
+        assert len(model(batch)["det"]) == 1

@@ -50,11 +50,11 @@ def test_loss_ignores_255_and_model_returns_losses_and_logits():
     model.train()
     losses = model({"images": images, "semantic": sem})
     assert set(losses) == {"loss", "loss_fcn"} and losses["loss"].requires_grad
-    logits = model.heads["fcn"](model.backbone(model.preprocess(images)), (64, 64))
+    logits = model.heads["seg"](model.backbone(model.preprocess(images)), (64, 64))
     manual = F.cross_entropy(logits[:, :, :32].permute(0, 2, 3, 1).reshape(-1, 3),
                              torch.ones(2 * 32 * 64, dtype=torch.long))
     assert torch.isfinite(losses["loss"])
     assert FCNHead.loss(logits, sem).item() == pytest.approx(manual.item(), rel=1e-4)
     model.eval()
     with torch.no_grad():
-        assert model({"images": images})["fcn"].shape == (2, 3, 64, 64)
+        assert model({"images": images})["seg"].shape == (2, 3, 64, 64)

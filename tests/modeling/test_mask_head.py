@@ -42,7 +42,7 @@ def test_mask_rcnn_overfits_one_image_to_mask_ap50_one(tmp_path):
 
     def check(out):
         ev = COCOEvaluator(split["ann_file"], ds.cat_ids, ds.class_names, iou_types=("bbox", "segm"))
-        ev.process(batch, out["spp"])
+        ev.process(batch, out["det"])
         seen.append(ev.evaluate()["segm_AP50"])
         return seen[-1] == 1.0
 
@@ -61,15 +61,15 @@ def test_multi_head_model_runs_the_backbone_once_and_returns_every_output(tmp_pa
     assert len(calls) == 1
     assert {"loss_fcn", "loss_rpn_cls", "loss_cls", "loss_box", "loss_mask"} <= set(losses)
     losses["loss"].backward()
-    assert model.heads["fcn"].score_top.weight.grad is not None
-    assert model.heads["spp"].mask_head.predictor.weight.grad is not None
+    assert model.heads["seg"].score_top.weight.grad is not None
+    assert model.heads["det"].mask_head.predictor.weight.grad is not None
     calls.clear()
     with torch.no_grad():
         out = model.eval()(batch)
     assert len(calls) == 1
     h, w = batch["image_sizes"][0]
-    assert out["fcn"].shape[1] == ds.num_classes + 1
-    assert isinstance(out["spp"][0], Instances) and out["spp"][0].masks is not None
+    assert out["seg"].shape[1] == ds.num_classes + 1
+    assert isinstance(out["det"][0], Instances) and out["det"][0].masks is not None
     pan, segments = out["panoptic"][0]
     assert pan.shape == (h, w)
 

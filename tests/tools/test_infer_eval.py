@@ -44,7 +44,10 @@ def test_load_model_api_returns_every_output_in_the_images_pixels(trained):
     predictor = load_model(str(out / "best.pth"), device="cpu")
     image = np.random.default_rng(0).integers(0, 255, (90, 130, 3), dtype=np.uint8)
     result = predictor(image)
-    assert set(result) == {"instances", "semantic", "panoptic"}
+    assert set(result) == {"instances", "semantic", "panoptic", "heads"}
+    # every head's own output, named after it; the first of each kind also under its kind's key
+    assert set(result["heads"]) == {"seg", "det"}
+    assert result["heads"]["det"] is result["instances"] and result["heads"]["seg"] is result["semantic"]
     inst = result["instances"]
     assert inst.image_size == (90, 130)
     assert inst.masks is None or inst.masks.shape[1:] == (90, 130)

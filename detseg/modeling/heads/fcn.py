@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config import FCNHeadConfig
 from ...structures import SEMANTIC_IGNORE as IGNORE
 from ..backbones import ShapeSpec
+from .base import SEMANTIC, Head
 
 
 def bilinear_kernel(channels: int, factor: int) -> torch.Tensor:
@@ -63,7 +65,7 @@ def fit_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x
 
 
-class FCNHead(nn.Module):
+class FCNHead(Head):
     """FCN-32s / 16s / 8s on backbone features.
 
     Args (keyword-only):
@@ -75,6 +77,13 @@ class FCNHead(nn.Module):
     Input: features dict; ``images_hw`` (H, W) of the padded input batch.
     Output: logits ``Tensor[B, K + 1, H, W]``.
     """
+
+    output = SEMANTIC
+    config_class = FCNHeadConfig
+
+    @classmethod
+    def from_config(cls, settings: FCNHeadConfig, backbone: nn.Module, num_classes: int) -> "FCNHead":
+        return cls(in_shapes=backbone.output_shape(), num_classes=num_classes, variant=settings.variant)
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, variant: str = "8s",
                  hidden: int = 256, dropout: float = 0.1):

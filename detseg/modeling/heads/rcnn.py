@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...config import RCNNHeadConfig
 from ...ops import roi_align
 from ..backbones import ShapeSpec, coarsest
+from ..proposals import build_proposals
 from .region import RegionHead
 from .sliding_window import run_until
 
@@ -69,6 +71,18 @@ class RCNNHead(RegionHead):
 
     uses_backbone = True
     needs_features = False
+    config_class = RCNNHeadConfig
+
+    @classmethod
+    def from_config(cls, settings: RCNNHeadConfig, backbone: nn.Module, num_classes: int) -> "RCNNHead":
+        shapes = backbone.output_shape()
+        feature = settings.feature or coarsest(shapes)
+        if feature not in shapes:
+            raise ValueError(f"R-CNN head: backbone has no feature {feature!r}; it has {sorted(shapes)}")
+        return cls(in_shapes=shapes, proposals=build_proposals(settings.proposals, shapes, feature),
+                   num_classes=num_classes, feature=feature, warp_size=settings.warp_size,
+                   context_pad=settings.context_pad, pool_size=settings.pool_size,
+                   **cls.settings_kwargs(settings))
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], proposals: nn.Module, num_classes: int,
                  feature: Optional[str] = None, warp_size: int = 224, context_pad: int = 16,

@@ -15,6 +15,7 @@ from torchvision.ops import box_iou
 
 from ...structures import Instances
 from ..box_coder import BoxCoder
+from .base import Head
 from ..sampling import match, sample
 from .box_predictor import BoxPredictor, classification_and_box_losses, deltas_to_boxes, detect
 
@@ -38,7 +39,7 @@ def hard_negatives(scores: Tensor, negative: Tensor, margin: float = 1.0) -> Ten
     return torch.nonzero(negative & (scores > -margin)).flatten()
 
 
-class RegionHead(nn.Module):
+class RegionHead(Head):
     """Base of the proposal-based heads.
 
     Args (keyword-only):
@@ -86,6 +87,24 @@ class RegionHead(nn.Module):
         self.coder = box_coder or BoxCoder()
         self.mask_head = mask_head
         self.min_box_size = min_box_size
+
+    @property
+    def predicts_masks(self) -> bool:
+        return self.mask_head is not None
+
+    @classmethod
+    def proposal_settings(cls, settings):
+        return settings.proposals
+
+    @staticmethod
+    def settings_kwargs(settings) -> dict:
+        """The keyword arguments of ``RegionHead`` that a ``_ProposalHeadConfig`` sets."""
+        s = settings
+        return dict(fc_dims=tuple(s.fc_dims), dropout=s.dropout, batch_size_per_image=s.batch_size_per_image,
+                    fg_fraction=s.fg_fraction, fg_iou=s.fg_iou, bg_iou=s.bg_iou, bg_iou_low=s.bg_iou_low,
+                    reg_iou=s.reg_iou, classifier=s.classifier, svm_neg_iou=s.svm_neg_iou,
+                    score_thresh=s.score_thresh, nms_thresh=s.nms_thresh,
+                    detections_per_image=s.detections_per_image, min_box_size=s.min_box_size)
 
     # -- to be provided by subclasses ---------------------------------------------------------
     def region_features(self, features: Optional[dict], batch: dict, boxes: list[Tensor],

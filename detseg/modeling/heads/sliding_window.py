@@ -31,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...config import SlidingWindowHeadConfig
 from ...structures import Instances
 from ..backbones import ShapeSpec, coarsest
+from .base import Head
 from ..box_coder import BoxCoder
 from ..sampling import BACKGROUND, match, sample
 from .box_predictor import classification_and_box_losses, deltas_to_boxes, detect
@@ -123,7 +125,7 @@ def scaled_windows(base: Sequence[tuple[int, int]],
     return out
 
 
-class SlidingWindowHead(nn.Module):
+class SlidingWindowHead(Head):
     """Window classifier at several scales and aspect ratios on one backbone feature map.
 
     Args (keyword-only):
@@ -151,6 +153,21 @@ class SlidingWindowHead(nn.Module):
 
     uses_backbone = True
     needs_features = False
+    config_class = SlidingWindowHeadConfig
+
+    @classmethod
+    def from_config(cls, settings: SlidingWindowHeadConfig, backbone: nn.Module,
+                    num_classes: int) -> "SlidingWindowHead":
+        shapes = backbone.output_shape()
+        feature = settings.feature or default_feature(shapes)
+        s = settings
+        return cls(in_shapes=shapes, num_classes=num_classes, feature=feature,
+                   margin=context_margin(backbone, feature, shapes[feature].stride),
+                   window_sizes=s.window_sizes, aspect_ratios=s.aspect_ratios, scales=s.scales,
+                   reduce=s.reduce, hidden=s.hidden, mode=s.mode, fg_iou=s.fg_iou, bg_iou=s.bg_iou,
+                   batch_size_per_image=s.batch_size_per_image, fg_fraction=s.fg_fraction,
+                   hard_negative_fraction=s.hard_negative_fraction, score_thresh=s.score_thresh,
+                   nms_thresh=s.nms_thresh, detections_per_image=s.detections_per_image)
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, margin: int,
                  feature: Optional[str] = None, window_sizes: Sequence[float] = (32, 64, 128),

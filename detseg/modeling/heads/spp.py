@@ -13,8 +13,10 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
+from ...config import RegionHeadConfig
 from ...ops import MultiScaleRoIAlign, SpatialPyramidPool
 from ..backbones import ShapeSpec, coarsest
+from ..proposals import build_proposals
 from .region import RegionHead
 
 
@@ -35,6 +37,32 @@ class SPPHead(RegionHead):
             ``pooler="roi_align"``.
         proposals, num_classes and the rest: see ``RegionHead``.
     """
+
+    config_class = RegionHeadConfig
+
+    @classmethod
+    def wants_masks(cls, settings: RegionHeadConfig) -> bool:
+        return settings.mask is not None
+
+    @classmethod
+    def from_config(cls, settings: RegionHeadConfig, backbone: nn.Module, num_classes: int) -> "SPPHead":
+        shapes = backbone.output_shape()
+        s = settings
+        feature = (s.multiscale_features or [None])[0] or s.feature or coarsest(shapes)
+        if feature not in shapes:
+            raise ValueError(f"region head: backbone has no feature {feature!r}; it has {sorted(shapes)}")
+        mask_head = None
+        if s.mask is not None:
+            from .mask import MaskHead
+            m = s.mask
+            mask_head = MaskHead(in_shapes=shapes, num_classes=num_classes, feature=m.feature,
+                                 pooler_resolution=m.pooler_resolution, sampling_ratio=m.sampling_ratio,
+                                 conv_dims=m.conv_dims, multiscale_features=m.multiscale_features)
+        return cls(in_shapes=shapes, proposals=build_proposals(s.proposals, shapes, feature),
+                   num_classes=num_classes, feature=feature, levels=s.levels, mapping=s.mapping,
+                   pooler=s.pooler, multiscale_features=s.multiscale_features,
+                   sampling_ratio=s.sampling_ratio, aligned=s.aligned, mask_head=mask_head,
+                   **cls.settings_kwargs(s))
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], proposals: nn.Module, num_classes: int,
                  feature: Optional[str] = None, levels: Sequence[int] = (6, 3, 2, 1),

@@ -9,5 +9,30 @@ from .precomputed import SelectiveSearchProposals
 from .rpn import RPN
 from .windows import DenseWindowProposals, dense_windows
 
-__all__ = ["SelectiveSearchProposals", "RPN",
+__all__ = ["build_proposals", "SelectiveSearchProposals", "RPN",
            "DenseWindowProposals", "dense_windows"]
+
+
+def build_proposals(p, in_shapes: dict, feature: str):
+    """The proposal source a head's ``ProposalConfig`` ``p`` describes, for a head on ``feature``
+    (``in_shapes``: ``backbone.output_shape()``)."""
+    if p.source == "selective_search":
+        return SelectiveSearchProposals(mode=p.mode, max_per_image=p.max_per_image)
+    if p.source == "windows":
+        return DenseWindowProposals(sizes=p.window_sizes, aspect_ratios=p.window_ratios,
+                                    stride=p.window_stride)
+    names = p.rpn_features or [feature]
+    unknown = [n for n in names if n not in in_shapes]
+    if unknown:
+        raise ValueError(f"proposals.rpn_features: backbone has no {unknown}; it has {sorted(in_shapes)}")
+    if len(p.anchor_sizes) != len(names):
+        raise ValueError(f"proposals.anchor_sizes needs one list per RPN feature map "
+                         f"({len(names)}), got {len(p.anchor_sizes)}")
+    channels = {in_shapes[n].channels for n in names}
+    if len(channels) != 1:
+        raise ValueError(f"RPN feature maps {names} differ in channels {channels}; use an FPN")
+    return RPN(in_channels=channels.pop(), features=names, strides=[in_shapes[n].stride for n in names],
+               anchor_sizes=p.anchor_sizes, aspect_ratios=p.aspect_ratios,
+               pre_nms_top_n=tuple(p.pre_nms_top_n), post_nms_top_n=tuple(p.post_nms_top_n),
+               nms_thresh=p.nms_thresh, fg_iou=p.fg_iou, bg_iou=p.bg_iou,
+               batch_size_per_image=p.batch_size_per_image, positive_fraction=p.positive_fraction)
