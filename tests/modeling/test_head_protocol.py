@@ -1,0 +1,155 @@
+"""Heads named by what they are: the ``model.heads`` mapping, the Head protocol, the old layout
+still loading, two region heads in one model, and a head of one's own (examples/)."""
+import json
+import logging
+import os
+import sys
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from detseg.config import ConfigError, MaskConfig, RegionHeadConfig, from_dict, load_config
+from detseg.data import shapes
+from detseg.data.coco import CocoDataset
+from detseg.data.transforms import collate, eval_transform
+from detseg.engine.checkpoint import save_atomic
+from detseg.modeling.backbones import build_backbone
+from detseg.modeling.model import Model, build_model, data_needs
+from tests.conftest import ROOT
+
+RPN = {"source": "rpn", "rpn_features": ["p3", "p4", "p5"], "anchor_sizes": [[16, 24], [32, 48], [64, 128]],
+       "pre_nms_top_n": [300, 100], "post_nms_top_n": [100, 50]}
+
+
+@pytest.fixture(scope="module")
+def one_image(tmp_path_factory):
+    root = tmp_path_factory.mktemp("protocol")
+    split = shapes.generate(str(root / "ds"), seed=5, num_train=1, num_val=0)["train"]
+    ds = CocoDataset(split["ann_file"], split["image_dir"], transform=eval_transform(128, 288),
+                     with_masks=True)
+    return split, ds, collate([ds[0]])
+
+
+def test_old_layout_loads_with_one_notice(tmp_path, caplog):
+    old = {"model": {"backbone": {"name": "resnet18", "fpn": True, "fpn_channels": 128},
+                     "heads": ["spp"], "proposals": RPN,
+                     "roi": {"feature": "p3", "levels": [7], "mapping": "fast_rcnn", "warp_size": 64},
+                     "mask": {"enabled": True, "feature": "p3", "conv_dims": [64, 64]}}}
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(old))
+    with caplog.at_level(logging.WARNING, logger="detseg.config"):
+        cfg = load_config(str(path))
+    notices = [r for r in caplog.records if "old head layout" in r.getMessage()]
+    assert len(notices) == 1 and str(path) in notices[0].getMessage()
+    (name, head), = cfg.model.heads.items()
+    assert name == "spp" and isinstance(head, RegionHeadConfig)
+    assert (head.feature, head.levels, head.mapping) == ("p3", [7], "fast_rcnn")
+    assert head.mask == MaskConfig(feature="p3", conv_dims=[64, 64])
+    assert head.proposals.rpn_features == ["p3", "p4", "p5"]
+    # an old section on top of the new layout (an old command-line override) reaches its heads
+    cfg = load_config(os.path.join(ROOT, "configs/faster_rcnn_resnet18_shapes.yaml"),
+                      ["model.roi.pooler=roi_align"])
+    assert cfg.model.heads["det"].pooler == "roi_align"
+
+
+def test_shipped_configs_use_the_new_layout(caplog):
+    import glob
+    with caplog.at_level(logging.WARNING, logger="detseg.config"):
+        for path in glob.glob(os.path.join(ROOT, "configs", "*.yaml")):
+            load_config(path)
+    assert not [r for r in caplog.records if "old head layout" in r.getMessage()]
+
+
+@pytest.mark.parametrize("heads,message", [
+    ({"det": {"type": "yolo"}}, "model.heads.det.type"),
+    ({"det": {"pooler": "spp"}}, "needs settings with a `type`"),
+    ({"det": {"type": "region", "pooler": "max"}}, "model.heads.det.pooler"),
+    ({"det": {"type": "region", "mask": {"feature": 3}}}, "model.heads.det.mask.feature"),
+    ({"bad.name": {"type": "fcn"}}, "Python identifier"),
+    ({"panoptic": {"type": "fcn"}}, "Python identifier"),
+    ({}, "at least one head"),
+    (["yolo"], "unknown head 'yolo'"),
+])
+def test_bad_head_settings_name_the_key(heads, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        from_dict({"model": {"heads": heads}})
+
+
+def test_old_checkpoint_with_old_keys_loads_and_predicts_the_same(tmp_path, one_image):
+    """A checkpoint written before the rename: config in the old layout, keys heads.spp.*."""
+    from detseg.api import load_model
+    _, ds, batch = one_image
+    old_cfg = {"model": {"backbone": {"name": "resnet18", "fpn": True, "fpn_channels": 128},
+                         "heads": ["spp"], "proposals": RPN, "fcn": {"variant": "8s"},
+                         "roi": {"feature": "p3", "levels": [7], "mapping": "fast_rcnn", "warp_size": 224,
+                                 "context_pad": 16, "score_thresh": 0.0},
+                         "mask": {"enabled": False, "feature": None},
+                         "sliding_window": {"feature": None}}}
+    torch.manual_seed(0)
+    model = build_model(from_dict(old_cfg), ds.num_classes).eval()
+    assert all(k.startswith(("backbone.", "heads.spp.")) for k in model.state_dict())
+    path = tmp_path / "old.pth"
+    save_atomic({"model": model.state_dict(), "config": old_cfg, "class_names": ds.class_names,
+                 "label_map": ds.label_map(), "num_classes": ds.num_classes}, str(path))
+    predictor = load_model(str(path), device="cpu", fold_bn=False, channels_last=False)
+    with torch.no_grad():
+        expected = model(batch)["spp"][0]
+        got = predictor.model(batch)["spp"][0]
+    assert len(expected) > 0 and torch.equal(got.boxes, expected.boxes)
+
+
+def test_two_region_heads_train_and_evaluate_side_by_side(one_image):
+    from detseg.evaluation.runner import make_evaluate
+    split, ds, batch = one_image
+    common = {"type": "region", "feature": "p3", "levels": [7], "fc_dims": [64], "proposals": RPN}
+    cfg = from_dict({"model": {"backbone": {"name": "resnet18", "fpn": True, "fpn_channels": 64,
+                                            "norm": "frozen_bn"},
+                               "heads": {"det": {**common, "mapping": "fast_rcnn"},
+                                         "det2": {**common, "pooler": "roi_align",
+                                                  "mask": {"feature": "p3", "conv_dims": [32]}}}}})
+    torch.manual_seed(0)
+    model = build_model(cfg, ds.num_classes)
+    assert type(model.heads["det"].pool) is not type(model.heads["det2"].pool)
+    losses = model.train()(batch)
+    # shared loss names are kept apart by head name; the mask loss is det2's alone
+    expected = {"det_loss_cls", "det2_loss_cls", "det_loss_rpn_cls", "det2_loss_rpn_cls", "loss_mask"}
+    assert expected <= set(losses)
+    assert "loss_cls" not in losses
+    losses["loss"].backward()
+    for name in ("det", "det2"):
+        assert model.heads[name].predictor.cls_score.weight.grad.abs().sum() > 0
+    assert data_needs(cfg).masks
+    evaluate = make_evaluate(cfg, ds, [batch], None)
+    with torch.no_grad():
+        metrics = evaluate(model.eval())
+    assert {"det_AP", "det2_AP", "det2_segm_AP"} <= set(metrics) and "det_segm_AP" not in metrics
+
+
+def test_model_takes_only_heads():
+    with pytest.raises(TypeError, match="not a detseg.modeling.heads.Head"):
+        Model(build_backbone("resnet18"), {"x": nn.Linear(2, 2)})
+
+
+def test_example_head_trains_through_config_model_trainer_and_evaluation(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("linear_seg_head", os.path.join(ROOT, "examples",
+                                                                                  "linear_seg_head.py"))
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # a dataclass resolves its annotations through its module
+    spec.loader.exec_module(example)
+    assert example.main(["--iterations", "60", "--output-dir", str(tmp_path)]) == 0
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    losses = [r["loss_linear_seg"] for r in records if "loss_linear_seg" in r]
+    assert len(losses) == 60  # logged every step; batches of 2 are noisy, so compare tenths
+    assert sum(losses[-6:]) < 0.8 * sum(losses[:6]), losses
+    evals = [r for r in records if "mIoU" in r]
+    assert evals and 0 < evals[-1]["mIoU"] <= 1
+    # the checkpoint names the head type; the API loads it and answers with its semantic map
+    from detseg.api import load_model
+    best = tmp_path / "best.pth"
+    assert best.exists()
+    predictor = load_model(str(best), device="cpu")
+    result = predictor(torch.zeros(3, 64, 80, dtype=torch.uint8))
+    assert result["semantic"].shape == (64, 80) and set(result["heads"]) == {"seg"}
