@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     from detseg.data.transforms import collate
     from detseg.modeling.backbones import build_backbone, coarsest
     from detseg.modeling.heads import RCNNHead, SlidingWindowHead, SPPHead
-    from detseg.modeling.heads.sliding_window import context_margin
+    from detseg.modeling.backbones import context_margin
     from detseg.modeling.model import Model
     from detseg.modeling.proposals import SelectiveSearchProposals
 

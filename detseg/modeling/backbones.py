@@ -323,3 +323,52 @@ def fold_frozen_batchnorm(module: nn.Module) -> int:
                     setattr(parent, name, nn.Identity())
                     folded += 1
     return folded
+
+
+# --------------------------------------------------------------------------- helpers for heads
+
+
+def receptive_field(backbone: nn.Module, feature: str) -> tuple[int, int]:
+    """Upper bounds (size, left padding) in pixels of the receptive field of one cell of
+    ``feature``, for a ``Backbone`` (stages run in order).
+
+    Walks the stages' convolutions and poolings in registration order, skipping ResNet's 1x1
+    shortcut projections. Parallel branches (Inception, dense blocks) are summed, which
+    over-estimates: a larger margin keeps the naive/convolutional equivalence exact, it only
+    costs time.
+    """
+    names = getattr(backbone, "stage_names", None)
+    if names is None or feature not in names:
+        raise ValueError("receptive_field needs a detseg Backbone (no FPN: its top-down path "
+                         f"widens every level's field); got {type(backbone).__name__}")
+    size, pad, jump = 1, 0, 1
+    for stage in names[: names.index(feature) + 1]:
+        for name, m in backbone.stages[stage].named_modules():
+            if "downsample" in name.split(".") or not isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                continue
+            k, s, p = (_pair(getattr(m, a))[0] for a in ("kernel_size", "stride", "padding"))
+            d = _pair(getattr(m, "dilation", 1))[0]
+            size += d * (k - 1) * jump
+            pad += p * jump
+            jump *= s
+    return size, pad
+
+
+def context_margin(backbone: nn.Module, feature: str, stride: int) -> int:
+    """Pixels of context beyond a window that its cells' receptive fields reach (either side)."""
+    size, pad = receptive_field(backbone, feature)
+    return max(pad, size - pad - stride)
+
+
+def run_until(backbone: nn.Module, x: torch.Tensor, feature: str) -> torch.Tensor:
+    """The backbone's ``feature`` map, without computing the stages after it when possible."""
+    names = getattr(backbone, "stage_names", None)
+    if names is None:
+        return backbone(x)[feature]
+    for name in names[: names.index(feature) + 1]:
+        x = backbone.stages[name](x)
+    return x
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)

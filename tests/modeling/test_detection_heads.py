@@ -8,8 +8,8 @@ from detseg.data import shapes
 from detseg.data.coco import CocoDataset
 from detseg.data.transforms import collate, eval_transform
 from detseg.evaluation.coco import COCOEvaluator
-from detseg.modeling.backbones import build_backbone
-from detseg.modeling.heads.sliding_window import SlidingWindowHead, context_margin, receptive_field
+from detseg.modeling.backbones import build_backbone, context_margin, receptive_field
+from detseg.modeling.heads.sliding_window import SlidingWindowHead
 from detseg.modeling.model import build_model
 from tests.conftest import overfit
 

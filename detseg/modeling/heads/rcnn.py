@@ -12,10 +12,9 @@ from torch import Tensor, nn
 
 from ...config import RCNNHeadConfig
 from ...ops import roi_align
-from ..backbones import ShapeSpec, coarsest
+from ..backbones import ShapeSpec, coarsest, run_until
 from ..proposals import build_proposals
 from .region import RegionHead
-from .sliding_window import run_until
 
 
 def context_boxes(boxes: Tensor, warp_size: int, context_pad: int) -> Tensor:

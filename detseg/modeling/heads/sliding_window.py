@@ -33,63 +33,17 @@ from torch import Tensor, nn
 
 from ...config import SlidingWindowHeadConfig
 from ...structures import Instances
-from ..backbones import ShapeSpec, coarsest
+from ..backbones import ShapeSpec, coarsest, context_margin, run_until
 from .base import Head
 from ..box_coder import BoxCoder
 from ..sampling import BACKGROUND, match, sample
 from .box_predictor import classification_and_box_losses, deltas_to_boxes, detect
 
 
-def receptive_field(backbone: nn.Module, feature: str) -> tuple[int, int]:
-    """Upper bounds (size, left padding) in pixels of the receptive field of one cell of
-    ``feature``, for a ``Backbone`` (stages run in order).
-
-    Walks the stages' convolutions and poolings in registration order, skipping ResNet's 1x1
-    shortcut projections. Parallel branches (Inception, dense blocks) are summed, which
-    over-estimates: a larger margin keeps the naive/convolutional equivalence exact, it only
-    costs time.
-    """
-    names = getattr(backbone, "stage_names", None)
-    if names is None or feature not in names:
-        raise ValueError("receptive_field needs a detseg Backbone (no FPN: its top-down path "
-                         f"widens every level's field); got {type(backbone).__name__}")
-    size, pad, jump = 1, 0, 1
-    for stage in names[: names.index(feature) + 1]:
-        for name, m in backbone.stages[stage].named_modules():
-            if "downsample" in name.split(".") or not isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-                continue
-            k, s, p = (_pair(getattr(m, a))[0] for a in ("kernel_size", "stride", "padding"))
-            d = _pair(getattr(m, "dilation", 1))[0]
-            size += d * (k - 1) * jump
-            pad += p * jump
-            jump *= s
-    return size, pad
-
-
-def context_margin(backbone: nn.Module, feature: str, stride: int) -> int:
-    """Pixels of context beyond a window that its cells' receptive fields reach (either side)."""
-    size, pad = receptive_field(backbone, feature)
-    return max(pad, size - pad - stride)
-
-
-def run_until(backbone: nn.Module, x: Tensor, feature: str) -> Tensor:
-    """The backbone's ``feature`` map, without computing the stages after it when possible."""
-    names = getattr(backbone, "stage_names", None)
-    if names is None:
-        return backbone(x)[feature]
-    for name in names[: names.index(feature) + 1]:
-        x = backbone.stages[name](x)
-    return x
-
-
 def default_feature(in_shapes: dict[str, ShapeSpec]) -> str:
     """The stride-16 map if there is one (OverFeat's classifier stride), else the coarsest."""
     by_stride = {s.stride: n for n, s in in_shapes.items()}
     return by_stride.get(16, coarsest(in_shapes))
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def window_cells(sizes: Sequence[float], aspect_ratios: Sequence[float],

@@ -51,6 +51,9 @@ class SPPHead(RegionHead):
         feature = (s.multiscale_features or [None])[0] or s.feature or coarsest(shapes)
         if feature not in shapes:
             raise ValueError(f"region head: backbone has no feature {feature!r}; it has {sorted(shapes)}")
+        # The proposal source first, then the mask branch, then this head's own layers: the order
+        # the parameters are drawn in (a seeded run initialises them as it always did).
+        proposals = build_proposals(s.proposals, shapes, feature)
         mask_head = None
         if s.mask is not None:
             from .mask import MaskHead
@@ -58,7 +61,7 @@ class SPPHead(RegionHead):
             mask_head = MaskHead(in_shapes=shapes, num_classes=num_classes, feature=m.feature,
                                  pooler_resolution=m.pooler_resolution, sampling_ratio=m.sampling_ratio,
                                  conv_dims=m.conv_dims, multiscale_features=m.multiscale_features)
-        return cls(in_shapes=shapes, proposals=build_proposals(s.proposals, shapes, feature),
+        return cls(in_shapes=shapes, proposals=proposals,
                    num_classes=num_classes, feature=feature, levels=s.levels, mapping=s.mapping,
                    pooler=s.pooler, multiscale_features=s.multiscale_features,
                    sampling_ratio=s.sampling_ratio, aligned=s.aligned, mask_head=mask_head,
