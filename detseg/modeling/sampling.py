@@ -74,3 +74,25 @@ def sample(matched: Tensor, batch_size: int, fg_fraction: float,
         return idx[perm.to(idx.device)]
 
     return pick(fg, n_fg), pick(bg, n_bg)
+
+
+def sampled_targets(candidates: Tensor, gt: Tensor, gt_labels: Tensor, matched: Tensor, fg: Tensor,
+                    bg: Tensor, coder, background: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Classification and box-regression targets of a drawn sample, foreground rows first.
+
+    Args:
+        candidates: ``Tensor[N, 4]``; gt / gt_labels: ``Tensor[G, 4]`` / ``Tensor[G]``;
+        matched: ``match``'s assignment; fg, bg: ``sample``'s (or a caller's) indices;
+        coder: a ``BoxCoder``; background: the class index of background rows.
+
+    Returns:
+        (sel ``Tensor[F + B]`` indices into ``candidates``, labels ``Tensor[F + B]`` int64,
+        box targets ``Tensor[F + B, 4]``: encoded for the F foreground rows, zero after).
+    """
+    sel = torch.cat([fg, bg])
+    labels = torch.full((len(sel),), background, dtype=torch.long, device=candidates.device)
+    targets = torch.zeros(len(sel), 4, device=candidates.device)
+    if len(fg):
+        labels[: len(fg)] = gt_labels.to(candidates.device)[matched[fg]]
+        targets[: len(fg)] = coder.encode(candidates[fg], gt[matched[fg]])
+    return sel, labels, targets

@@ -16,7 +16,7 @@ from torchvision.ops import box_iou
 from ...structures import Instances
 from ..box_coder import BoxCoder
 from .base import Head
-from ..sampling import match, sample
+from ..sampling import match, sample, sampled_targets
 from .box_predictor import BoxPredictor, classification_and_box_losses, deltas_to_boxes, detect
 
 
@@ -127,15 +127,11 @@ class RegionHead(Head):
             fg, bg = sample(matched, self.batch_size_per_image, self.fg_fraction)
             if self.classifier == "svm":  # every ground-truth box is an SVM positive
                 fg = torch.cat([torch.arange(len(gt), device=fg.device), fg[fg >= len(gt)]])
-            sel = torch.cat([fg, bg])
+            sel, labels, targets_ = sampled_targets(cand, gt, gt_labels, matched, fg, bg, self.coder,
+                                                    self.num_classes)
             rois = cand[sel]
-            labels = torch.full((len(sel),), self.num_classes, dtype=torch.long, device=props.device)
-            labels[: len(fg)] = gt_labels[matched[fg]]
-            targets_ = torch.zeros(len(sel), 4, device=props.device)
             regress = torch.zeros(len(sel), dtype=torch.bool, device=props.device)
-            if len(fg):
-                targets_[: len(fg)] = self.coder.encode(rois[: len(fg)], gt[matched[fg]])
-                regress[: len(fg)] = best[fg] >= self.reg_iou
+            regress[: len(fg)] = best[fg] >= self.reg_iou
             is_gt = sel < len(gt)
             gt_index = torch.full((len(sel),), -1, dtype=torch.long, device=props.device)
             gt_index[: len(fg)] = matched[fg]

@@ -36,7 +36,7 @@ from ...structures import Instances
 from ..backbones import ShapeSpec, coarsest, context_margin, run_until
 from .base import Head
 from ..box_coder import BoxCoder
-from ..sampling import BACKGROUND, match, sample
+from ..sampling import BACKGROUND, match, sample, sampled_targets
 from .box_predictor import classification_and_box_losses, deltas_to_boxes, detect
 
 
@@ -277,12 +277,7 @@ class SlidingWindowHead(Head):
             fg, bg = sample(matched, self.batch_size_per_image, self.fg_fraction)
             if self.hard_negative_fraction > 0:
                 bg = self.mine_negatives(out[:, : k + 1], matched, bg.numel())
-            sel = torch.cat([fg, bg])
-            lab = torch.full((len(sel),), k, dtype=torch.long, device=out.device)
-            lab[: len(fg)] = t["labels"].to(out.device)[matched[fg]]
-            tgt = torch.zeros(len(sel), 4, device=out.device)
-            if len(fg):
-                tgt[: len(fg)] = self.coder.encode(boxes[fg], gt[matched[fg]])
+            sel, lab, tgt = sampled_targets(boxes, gt, t["labels"], matched, fg, bg, self.coder, k)
             logits.append(out[sel, : k + 1])
             deltas.append(out[sel, k + 1:])
             labels.append(lab)
