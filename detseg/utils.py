@@ -1,10 +1,15 @@
-"""The few helpers every layer may use: the cache folder and the process's distributed rank.
+"""The few helpers every layer may use: the cache folder, atomic file writes, the process's
+distributed rank.
 
 The bottom of the import order (see ``tests/test_imports.py``): it imports nothing from detseg.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import tempfile
+from typing import IO, Any, Iterator
 
 
 def default_cache_dir() -> str:
@@ -23,3 +28,33 @@ def world_size() -> int:
     """Processes in the default process group (1 when not distributed)."""
     import torch.distributed as dist
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
+    """Write ``path`` all or nothing: the block writes a temp file in the same folder (``mode``
+    ``"wb"`` or ``"w"``), which then replaces ``path`` after an fsync. A crash or an error at any
+    point leaves the old file (or none), never a torn one; the temp file is removed.
+
+    The temp name keeps ``path``'s extension, for writers that go by it (``cv2.imwrite``):
+    the yielded file object has ``.name``.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json_atomic(obj: Any, path: str) -> None:
+    """``json.dump(obj)`` into ``path`` with ``atomic_write``."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f)

@@ -8,6 +8,8 @@ import os
 import cv2
 import numpy as np
 
+from .utils import atomic_write
+
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
 
@@ -64,9 +66,9 @@ def plot_curves(metrics_path: str, out_png: str) -> None:
                     continue
                 target.setdefault(k, []).append((it, float(v)))
     img = np.vstack([_panel(losses, "training loss"), _panel(evals, "evaluation")])
-    tmp = out_png + ".tmp.png"
-    cv2.imwrite(tmp, img)
-    os.replace(tmp, out_png)
+    with atomic_write(out_png) as f:
+        if not cv2.imwrite(f.name, img):
+            raise OSError(f"could not write {out_png}")
 
 
 # --------------------------------------------------------------------------- predictions

@@ -123,10 +123,10 @@ class Results:
 
 def _write_rgb(path: str, rgb) -> None:
     import cv2
-    tmp = path + ".tmp" + os.path.splitext(path)[1]
-    if not cv2.imwrite(tmp, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
+    from detseg.utils import atomic_write
+    with atomic_write(path) as f:  # cv2 writes by name, into the temp file atomic_write replaces
+        if not cv2.imwrite(f.name, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {path}")
 
 
 def run_images(paths: list[str], predictor, args, out_dir: str) -> int:

@@ -9,13 +9,13 @@ Cache file: a ``.npz`` (read with ``allow_pickle=False``) holding ``image_ids [N
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Optional
 
 import cv2
 import numpy as np
 
 from ..modeling.proposals.selective_search import selective_search
+from ..utils import atomic_write
 from .coco import load_coco
 from .io import read_image
 
@@ -31,18 +31,9 @@ def save_cache(path: str, proposals: dict[int, np.ndarray], mode: str, max_propo
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     boxes = (np.concatenate([proposals[int(i)] for i in ids]) if len(ids)
              else np.zeros((0, 4))).astype(np.float32).reshape(-1, 4)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".proposals-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, image_ids=ids, offsets=offsets, boxes=boxes, mode=np.asarray(mode),
-                     max_proposals=np.asarray(max_proposals))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, image_ids=ids, offsets=offsets, boxes=boxes, mode=np.asarray(mode),
+                 max_proposals=np.asarray(max_proposals))
 
 
 def load_cache(path: str) -> dict[int, np.ndarray]:

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from ..utils import write_json_atomic
 from .io import DataError, read_image_size
 
 
@@ -252,8 +253,5 @@ def fix_dataset(ann_file: str, image_dir: str, mode: str, out_file: Optional[str
 
     out = {**data, "images": images, "annotations": anns}
     out_file = out_file or fixed_path(ann_file, mode)
-    tmp = out_file + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(out, f)
-    os.replace(tmp, out_file)
+    write_json_atomic(out, out_file)
     return out_file, counts

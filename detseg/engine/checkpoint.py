@@ -12,11 +12,12 @@ import os
 import pickle
 import random
 import re
-import tempfile
 from typing import Optional
 
 import numpy as np
 import torch
+
+from ..utils import atomic_write
 
 logger = logging.getLogger(__name__)
 _ITER_RE = re.compile(r"model_(\d+)\.pth$")
@@ -27,21 +28,10 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: dict, path: str) -> None:
-    """``torch.save`` to a temp file in the same folder, then ``os.replace``: a crash at any
-    point leaves either the old file or the new one, never a torn one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` with ``utils.atomic_write``: a crash at any point leaves either the old file
+    or the new one, never a torn one."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str) -> dict:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
+
+from ..utils import write_json_atomic  # noqa: F401  (also this module's name for it: tools use it)
 
 logger = logging.getLogger(__name__)
 
@@ -35,20 +35,6 @@ def _api(backend: str):
                               "`pip install faster-coco-eval`") from None
         return COCO, COCOeval_faster
     raise ValueError(f"evaluator backend must be one of {BACKENDS}, got {backend!r}")
-
-
-def write_json_atomic(obj, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def to_file_pixels(inst, image_size: tuple[int, int], file_size: tuple[int, int]):
