@@ -31,27 +31,39 @@ def world_size() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
-    """Write ``path`` all or nothing: the block writes a temp file in the same folder (``mode``
-    ``"wb"`` or ``"w"``), which then replaces ``path`` after an fsync. A crash or an error at any
-    point leaves the old file (or none), never a torn one; the temp file is removed.
-
-    The temp name keeps ``path``'s extension, for writers that go by it (``cv2.imwrite``):
-    the yielded file object has ``.name``.
-    """
+def atomic_path(path: str, sync: bool = True) -> Iterator[str]:
+    """Write ``path`` all or nothing, for writers that take a file name (``cv2.imwrite``): the
+    block writes the yielded temp path (same folder, same extension), which then replaces
+    ``path`` (after an fsync when ``sync``). A crash or an error at any point leaves the old file
+    (or none), never a torn one; the temp file is removed."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        if sync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
+    """``atomic_path`` for a file object: the block writes the yielded file (``mode`` ``"wb"``
+    or ``"w"``, UTF-8)."""
+    with atomic_path(path, sync=False) as tmp:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def write_json_atomic(obj: Any, path: str) -> None:

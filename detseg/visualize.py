@@ -8,7 +8,7 @@ import os
 import cv2
 import numpy as np
 
-from .utils import atomic_write
+from .utils import atomic_path
 
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
@@ -66,8 +66,8 @@ def plot_curves(metrics_path: str, out_png: str) -> None:
                     continue
                 target.setdefault(k, []).append((it, float(v)))
     img = np.vstack([_panel(losses, "training loss"), _panel(evals, "evaluation")])
-    with atomic_write(out_png) as f:
-        if not cv2.imwrite(f.name, img):
+    with atomic_path(out_png) as tmp:
+        if not cv2.imwrite(tmp, img):
             raise OSError(f"could not write {out_png}")
 
 

@@ -123,9 +123,9 @@ class Results:
 
 def _write_rgb(path: str, rgb) -> None:
     import cv2
-    from detseg.utils import atomic_write
-    with atomic_write(path) as f:  # cv2 writes by name, into the temp file atomic_write replaces
-        if not cv2.imwrite(f.name, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+    from detseg.utils import atomic_path
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(tmp, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
             raise OSError(f"could not write {path}")
 
 
