@@ -36,6 +36,7 @@ from ...structures import Instances
 from ..backbones import ShapeSpec, coarsest, context_margin, run_until
 from .base import Head
 from ..box_coder import BoxCoder
+from ..proposals.windows import window_sizes
 from ..sampling import BACKGROUND, match, sample, sampled_targets
 from .box_predictor import classification_and_box_losses, deltas_to_boxes, detect
 
@@ -50,12 +51,10 @@ def window_cells(sizes: Sequence[float], aspect_ratios: Sequence[float],
                  stride: int) -> list[tuple[int, int]]:
     """Distinct (kh, kw) window shapes in feature cells for the given pixel sizes and ratios."""
     shapes = []
-    for s in sizes:
-        for r in aspect_ratios:
-            w = s / math.sqrt(r)
-            kh, kw = max(1, round(w * r / stride)), max(1, round(w / stride))
-            if (kh, kw) not in shapes:
-                shapes.append((kh, kw))
+    for w, h in window_sizes(sizes, aspect_ratios):
+        kh, kw = max(1, round(h / stride)), max(1, round(w / stride))
+        if (kh, kw) not in shapes:
+            shapes.append((kh, kw))
     return shapes
 
 

@@ -1,20 +1,27 @@
 """Dense multi-scale sliding windows: every size and aspect ratio at every stride step."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 
-def window_shapes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
-    """``Tensor[S * A, 2]`` (w, h) of each window: area ``size ** 2``, ``h / w = ratio``."""
+def window_sizes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> list[tuple[float, float]]:
+    """(w, h) in pixels of each window, size-major: area ``size ** 2``, ``h / w = ratio``. The
+    one statement of the window shapes that the dense windows and the sliding-window head use."""
     out = []
     for s in sizes:
         for r in aspect_ratios:
-            w = s / r ** 0.5
+            w = s / math.sqrt(r)
             out.append((w, w * r))
-    return torch.tensor(out, dtype=torch.float32)
+    return out
+
+
+def window_shapes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
+    """``Tensor[S * A, 2]`` float32 (w, h) of each window (``window_sizes``)."""
+    return torch.tensor(window_sizes(sizes, aspect_ratios), dtype=torch.float32)
 
 
 def dense_windows(image_size: tuple[int, int], sizes: Sequence[float], aspect_ratios: Sequence[float],
