@@ -136,7 +136,7 @@ def naive_estimate(head, model, batch, backbone, per_shape: int) -> tuple[float,
     """Extrapolated naive time for all windows, the window count, and the sampled max |diff|."""
     import torch
     pixels = model.preprocess(batch["images"])
-    b = {**batch, "pixels": pixels}
+    b = batch.replace(pixels=pixels)
     padded = head.padded_pixels(pixels, b["image_sizes"])[0]
     _, conv_out = head.score_windows(b, backbone)[0]
     total, count, diffs, start = 0.0, 0, [], 0

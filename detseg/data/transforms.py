@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..structures import Batch
 from .coco import IGNORE
 
 PAD_DIVISOR = 32
@@ -208,11 +209,11 @@ def _pad_to(n: int, divisor: int) -> int:
     return int(math.ceil(n / divisor) * divisor)
 
 
-def collate(items: list, divisor: int = PAD_DIVISOR) -> dict:
+def collate(items: list, divisor: int = PAD_DIVISOR) -> Batch:
     """Batch samples: pad images to a common size that is a multiple of ``divisor``.
 
     Returns:
-        dict with ``images`` uint8 ``[B, 3, Hp, Wp]`` (zero-padded bottom/right),
+        ``Batch`` (``detseg.structures``) with ``images`` uint8 ``[B, 3, Hp, Wp]`` (zero-padded bottom/right),
         ``image_sizes`` list of (h, w) before padding, ``orig_sizes`` list of the files' (h, w),
         ``image_ids``, ``targets`` (per-image dicts of boxes/labels/ignore_boxes/masks), and
         ``semantic`` uint8 ``[B, Hp, Wp]`` padded with 255 when the samples carry it, and
@@ -222,29 +223,28 @@ def collate(items: list, divisor: int = PAD_DIVISOR) -> dict:
     kept = [it for it in items if it is not None]
     skipped = len(items) - len(kept)
     if not kept:
-        return {"images": torch.zeros(0, 3, divisor, divisor, dtype=torch.uint8), "image_sizes": [],
-                "orig_sizes": [], "image_ids": [], "targets": [], "num_skipped": skipped}
+        return Batch(images=torch.zeros(0, 3, divisor, divisor, dtype=torch.uint8), num_skipped=skipped)
     hp = _pad_to(max(it["image"].shape[1] for it in kept), divisor)
     wp = _pad_to(max(it["image"].shape[2] for it in kept), divisor)
     images = torch.zeros(len(kept), 3, hp, wp, dtype=torch.uint8)
     for i, it in enumerate(kept):
         _, h, w = it["image"].shape
         images[i, :, :h, :w] = it["image"]
-    batch = {
-        "images": images,
-        "image_sizes": [tuple(it["image"].shape[1:]) for it in kept],
-        "orig_sizes": [tuple(it["orig_size"]) for it in kept],
-        "image_ids": [it["image_id"] for it in kept],
-        "targets": [{k: it[k] for k in ("boxes", "labels", "ignore_boxes", "masks") if k in it}
-                    for it in kept],
-        "num_skipped": skipped,
-    }
+    batch = Batch(
+        images=images,
+        image_sizes=[tuple(it["image"].shape[1:]) for it in kept],
+        orig_sizes=[tuple(it["orig_size"]) for it in kept],
+        image_ids=[it["image_id"] for it in kept],
+        targets=[{k: it[k] for k in ("boxes", "labels", "ignore_boxes", "masks") if k in it}
+                 for it in kept],
+        num_skipped=skipped,
+    )
     if "proposals" in kept[0]:
-        batch["proposals"] = [it["proposals"] for it in kept]
+        batch.proposals = [it["proposals"] for it in kept]
     if "semantic" in kept[0]:
         sem = torch.full((len(kept), hp, wp), IGNORE, dtype=torch.uint8)
         for i, it in enumerate(kept):
             h, w = it["semantic"].shape
             sem[i, :h, :w] = it["semantic"]
-        batch["semantic"] = sem
+        batch.semantic = sem
     return batch

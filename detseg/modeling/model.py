@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..structures import Batch
 from .backbones import build_backbone
 from .heads import HEAD_TYPES, INSTANCES, SEMANTIC, Head, head_class
 
@@ -89,14 +90,15 @@ class Model(nn.Module):
             o[:, : r.shape[1], : r.shape[2]] = r
         return out, [tuple(r.shape[1:]) for r in resized]
 
-    def forward(self, batch: dict) -> dict:
-        pixels = self.preprocess(batch["images"])
+    def forward(self, batch: Union[Batch, dict]) -> dict:
+        batch = Batch.of(batch)
+        pixels = self.preprocess(batch.images)
         if self.resize is not None:
             if self.training:
                 raise RuntimeError("in-model resizing (model.input_resize: model) is for inference only")
-            pixels, sizes = self.resize_inputs(pixels, batch["image_sizes"])
-            batch = {**batch, "image_sizes": sizes}
-        batch = {**batch, "pixels": pixels}
+            pixels, sizes = self.resize_inputs(pixels, batch.image_sizes)
+            batch = batch.replace(image_sizes=sizes)
+        batch = batch.replace(pixels=pixels)
         features = self.backbone(pixels) if any(h.needs_features for h in self.heads.values()) else None
         call = "forward_train" if self.training else "forward_test"
         outputs = {}

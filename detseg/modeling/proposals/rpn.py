@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from ...structures import clip_boxes, nonempty
+from ...structures import Batch, clip_boxes, nonempty
 from ..box_coder import BoxCoder
 from ..sampling import match, sample
 
@@ -106,7 +106,7 @@ class RPN(nn.Module):
         return out
 
     def forward(self, features: dict, batch: dict) -> tuple[list[Tensor], dict]:
-        image_hw = tuple((batch["pixels"] if "pixels" in batch else batch["images"]).shape[-2:])
+        image_hw = Batch.of(batch).padded_hw
         anchors = self.anchors(features, image_hw)
         objs, deltas = zip(*(self.head(features[n]) for n in self.features))
         levels = torch.cat([torch.full((a.shape[0],), i, device=a.device) for i, a in enumerate(anchors)])
