@@ -28,6 +28,17 @@ class ConfigError(ValueError):
     """A config key or value is wrong; the message names the key and where it came from."""
 
 
+def ranged(default: Any, *, ge: Optional[float] = None, gt: Optional[float] = None,
+           le: Optional[float] = None) -> Any:
+    """A dataclass field with ``default`` whose value (each element, for a list; unchecked when
+    None) must be >= ``ge`` / > ``gt`` / <= ``le``: checked when the config loads, so a bad value
+    is one line naming the key, not an error deep inside torch."""
+    meta = {"range": (ge, gt, le)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 # --------------------------------------------------------------------------- schema
 
 
@@ -221,8 +232,8 @@ class ShapesConfig:
     """The built-in synthetic dataset used when no ``data.train.ann_file`` is set."""
 
     seed: int = 0
-    num_train: int = 300
-    num_val: int = 60
+    num_train: int = ranged(300, ge=1)
+    num_val: int = ranged(60, ge=0)
     cache_dir: Optional[str] = None
 
 
@@ -231,12 +242,12 @@ class DataConfig:
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
-    batch_size: int = 8
-    num_workers: int = 2
+    batch_size: int = ranged(8, ge=1)
+    num_workers: int = ranged(2, ge=0)
     # Train resize: shortest edge picked at random from min_size_train, capped by max_size.
-    min_size_train: list[int] = field(default_factory=lambda: [112, 128, 144])
-    min_size_test: int = 128
-    max_size: int = 288
+    min_size_train: list[int] = ranged([112, 128, 144], ge=16)
+    min_size_test: int = ranged(128, ge=16)
+    max_size: int = ranged(288, ge=16)
     augment: Literal["default", "none"] = "default"
     keep_empty: bool = True
     sampler: Literal["random", "repeat_factor"] = "random"
@@ -247,30 +258,30 @@ class DataConfig:
 @dataclass
 class SolverConfig:
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    max_iter: int = 1700
-    warmup_iters: int = 100
-    warmup_factor: float = 0.001
+    lr: float = ranged(0.002, gt=0)
+    momentum: float = ranged(0.9, ge=0, le=1)
+    weight_decay: float = ranged(1e-4, ge=0)
+    max_iter: int = ranged(1700, ge=1)
+    warmup_iters: int = ranged(100, ge=0)
+    warmup_factor: float = ranged(0.001, gt=0, le=1)
     schedule: Literal["step", "cosine", "constant"] = "cosine"
     steps: list[int] = field(default_factory=list)
     gamma: float = 0.1
     plateau: bool = False
     plateau_patience: int = 2
     plateau_factor: float = 0.1
-    clip_grad_norm: Optional[float] = 10.0
+    clip_grad_norm: Optional[float] = ranged(10.0, gt=0)
     # Mixed precision: autocast in amp_dtype ("auto": float16 with a GradScaler on CUDA,
     # bfloat16 on CPU, where oneDNN runs bf16 convolutions ~1.4x faster on AVX512-BF16/AMX cores)
     amp: bool = False
     amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
     channels_last: bool = True
-    checkpoint_period: int = 425
-    eval_period: int = 425
+    checkpoint_period: int = ranged(425, ge=1)
+    eval_period: int = ranged(425, ge=1)
     best_metric: str = "mIoU"
     best_mode: Literal["max", "min"] = "max"
-    patience: Optional[int] = None
-    log_period: int = 10
+    patience: Optional[int] = ranged(None, ge=1)
+    log_period: int = ranged(10, ge=1)
 
 
 @dataclass
@@ -533,7 +544,24 @@ def _build(cls: type, data: dict, prefix: str, sources: Sources) -> Any:
                 f"valid keys under '{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(names))}"
             )
     kwargs = {k: _coerce(v, hints[k], prefix + k, sources) for k, v in data.items()}
+    for f in dataclasses.fields(cls):
+        if f.name in kwargs and "range" in f.metadata:
+            _check_range(kwargs[f.name], f.metadata["range"], prefix + f.name, sources)
     return cls(**kwargs)
+
+
+def _check_range(value: Any, bounds: tuple, key: str, sources: Sources) -> None:
+    ge, gt, le = bounds
+    for v in value if isinstance(value, list) else [value]:
+        if v is None:
+            continue
+        bad = (v != v or (ge is not None and v < ge) or (gt is not None and v <= gt)
+               or (le is not None and v > le))  # v != v: NaN
+        if bad:
+            need = " and ".join(t for t in (f">= {ge}" if ge is not None else "",
+                                            f"> {gt}" if gt is not None else "",
+                                            f"<= {le}" if le is not None else "") if t)
+            raise ConfigError(f"config key '{key}' (from {_where(key, sources)}): must be {need}, got {v!r}")
 
 
 def from_dict(data: dict, sources: Optional[Sources] = None, cls: type = Config) -> Any:

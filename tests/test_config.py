@@ -1,5 +1,6 @@
 import glob
 import os
+import re
 
 import pytest
 import yaml
@@ -86,3 +87,25 @@ def test_every_shipped_config_loads_and_builds(path):
     cfg = load_config(path, ["model.backbone.weights=null"])
     model = build_model(cfg, num_classes=3)
     assert list(model.heads) == list(cfg.model.heads)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("solver.lr=-0.01", "'solver.lr' (from command line): must be > 0, got -0.01"),
+    ("solver.lr=nan", "'solver.lr' (from command line): must be > 0, got nan"),
+    ("data.batch_size=0", "'data.batch_size' (from command line): must be >= 1"),
+    ("data.num_workers=-1", "'data.num_workers' (from command line): must be >= 0"),
+    ("solver.eval_period=0", "'solver.eval_period' (from command line): must be >= 1"),
+    ("solver.max_iter=0", "'solver.max_iter' (from command line): must be >= 1"),
+    ("data.min_size_test=0", "'data.min_size_test' (from command line): must be >= 16"),
+    ("data.min_size_train=[128, 0]", "'data.min_size_train' (from command line): must be >= 16, got 0"),
+    ("solver.momentum=1.5", "'solver.momentum' (from command line): must be >= 0 and <= 1"),
+])
+def test_out_of_range_values_are_refused_at_load(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_in_range_and_unset_values_load():
+    cfg = load_config(None, ["solver.patience=null", "solver.clip_grad_norm=null", "data.num_workers=0",
+                             "solver.lr=1e-5"])
+    assert cfg.solver.patience is None and cfg.solver.clip_grad_norm is None and cfg.solver.lr == 1e-5

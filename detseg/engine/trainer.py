@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import ConfigError
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .memory import keep_freed_memory
@@ -273,7 +274,7 @@ def _amp_dtype(s, device: torch.device) -> Optional[torch.dtype]:
     else:
         dtype = getattr(torch, s.amp_dtype)
     if dtype == torch.float16 and device.type != "cuda":
-        raise ValueError("solver.amp_dtype=float16 needs a CUDA device (on CPU use bfloat16 or auto)")
+        raise ConfigError("solver.amp_dtype=float16 needs a CUDA device (on CPU use bfloat16 or auto)")
     if device.type == "cpu" and not _cpu_has_native_bf16():
         logger.warning("solver.amp: this CPU has no native bfloat16 (AVX512-BF16 / AMX); bfloat16 "
                        "autocast may be slower than float32 here")
