@@ -450,8 +450,6 @@ def _coerce(value: Any, tp: Any, key: str, sources: Sources) -> Any:
         )
 
     origin = typing.get_origin(tp)
-    if tp is HeadConfig:
-        return _head_config(value, key, sources, key.rpartition(".")[2])
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise fail()
@@ -461,6 +459,9 @@ def _coerce(value: Any, tp: Any, key: str, sources: Sources) -> Any:
         if not isinstance(value, dict):
             raise fail()
         if inner is HeadConfig:  # the name is the mapping's key (it may hold a dot: an error)
+            if not value:
+                raise ConfigError(f"config key '{key}' (from {_where(key, sources)}): a model needs at "
+                                  f"least one head")
             return {str(k): _head_config(v, f"{key}.{k}", sources, str(k)) for k, v in value.items()}
         return {str(k): _coerce(v, inner, f"{key}.{k}", sources) for k, v in value.items()}
     if origin is Literal:
@@ -569,10 +570,6 @@ def from_dict(data: dict, sources: Optional[Sources] = None, cls: type = Config)
     sources = {} if sources is None else sources
     if cls is Config:
         data = upgrade_legacy_heads(data, sources)
-        heads = (data.get("model") or {}).get("heads") if isinstance(data.get("model"), dict) else None
-        if isinstance(heads, dict) and not heads:
-            raise ConfigError(f"config key 'model.heads' (from {_where('model.heads', sources)}): "
-                              f"a model needs at least one head")
     return _build(cls, data, "", sources)
 
 

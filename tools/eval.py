@@ -43,7 +43,8 @@ def main(argv=None) -> int:
     from detseg.api import load_model
     from detseg.config import apply_overrides, from_dict, to_dict
     from detseg.data.build import resolve_splits
-    from detseg.evaluation.coco import format_per_class, write_json_atomic
+    from detseg.evaluation.coco import format_per_class
+    from detseg.utils import write_json_atomic
     from detseg.evaluation.runner import build_datasets_and_evaluator
     from detseg.modeling.heads import head_class
     try:

@@ -116,7 +116,7 @@ class Results:
                 f.write("\n".join(lines) + ("\n" if lines else ""))
 
     def close(self) -> None:
-        from detseg.evaluation.coco import write_json_atomic
+        from detseg.utils import write_json_atomic
         write_json_atomic(self.records, os.path.join(self.out_dir, "results.json"))
         write_json_atomic(self.images, os.path.join(self.out_dir, "images.json"))
 
@@ -232,7 +232,7 @@ def run_video(source, predictor, args, out_dir: str) -> int:
     wall = time.perf_counter() - t0
     stats = {"frames": frames, "written": written, "video": writer.path, "codec": writer.codec,
              "fps": frames / wall if wall > 0 else 0.0, "memory": memory}
-    from detseg.evaluation.coco import write_json_atomic
+    from detseg.utils import write_json_atomic
     write_json_atomic(stats, os.path.join(out_dir, "video_stats.json"))
     logger.info("%s: %d frames, %.1f fps, codec %s", writer.path, written, stats["fps"], writer.codec)
     return 0

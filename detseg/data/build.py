@@ -48,19 +48,18 @@ def build_datasets(cfg, splits: dict) -> dict:
     instance masks, selective-search proposals (caches computed once and reused)."""
     from ..modeling.model import data_needs
     needs = data_needs(cfg)
-    proposals = load_proposals(cfg, splits)
+    proposals = load_proposals(needs.proposals, splits, cfg.data.num_workers)
     return {name: build_dataset(cfg, split, train=name == "train", with_semantic=needs.semantic,
                                 with_masks=needs.masks, proposals=proposals.get(name))
             for name, split in splits.items() if split is not None}
 
 
-def load_proposals(cfg, splits: dict) -> dict:
-    """{split: {image_id: boxes}} when region heads read selective-search proposals; the caches
-    are computed once (tools/proposals.py does the same on its own) and reused afterwards."""
-    from ..modeling.model import data_needs
+def load_proposals(p, splits: dict, workers: int = 0) -> dict:
+    """{split: {image_id: boxes}} for the selective-search settings ``p`` (``data_needs(cfg)
+    .proposals``; None: no head reads them, so ``{}``); the caches are computed once
+    (tools/proposals.py does the same on its own) and reused afterwards."""
     from . import proposal_cache as ss
 
-    p = data_needs(cfg).proposals
     if p is None:
         return {}
     out = {}
@@ -69,7 +68,7 @@ def load_proposals(cfg, splits: dict) -> dict:
         if split is None:
             continue
         path = ss.ensure_cache(split["ann_file"], split["image_dir"], path, p.mode, p.max_per_image,
-                               workers=cfg.data.num_workers)
+                               workers=workers)
         out[name] = ss.load_cache(path)
     return out
 

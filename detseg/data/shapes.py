@@ -20,7 +20,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from ..utils import default_cache_dir  # noqa: F401  (also this module's name for it)
+from ..utils import default_cache_dir
 
 CLASSES = ("circle", "rectangle", "triangle", "hexagon")
 # Non-contiguous COCO-style ids on purpose: the loader must map them to 0..K-1 and back.

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..utils import write_json_atomic  # noqa: F401  (also this module's name for it: tools use it)
+from ..utils import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

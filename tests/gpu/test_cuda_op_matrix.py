@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from detseg.ops import paste_masks
-from tests.ops.test_op_matrix import CASES, IDS, TOL, Direct, _paste_inputs, inputs
+from tests.ops.test_op_matrix import CASES, IDS, Direct, _paste_inputs, check_forward, check_gradcheck, inputs
 
 DEV = "cuda"
 
@@ -19,23 +19,13 @@ def on_cuda(x, rois):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_forward_against_float64_oracle_cuda(case, dtype, contiguous):
-    x, rois = inputs(dtype=dtype, contiguous=contiguous)
-    expected = case.oracle(x, rois)
-    xc, rc = on_cuda(x, rois.to(dtype if dtype in (torch.float32, torch.float64) else torch.float32))
-    if not contiguous:
-        assert not xc.is_contiguous()
-    out = case.fn(xc, rc)
-    assert out.device.type == "cuda" and out.dtype == dtype
-    tol = TOL[dtype]
-    torch.testing.assert_close(out.cpu().double(), expected.reshape(out.shape), rtol=tol, atol=tol)
+    check_forward(case, dtype, contiguous, DEV)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_gradcheck_cuda(case, seed):
-    x, rois = on_cuda(*inputs(seed, torch.float64, distinct=case.distinct))
-    x.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda t: case.fn(t, rois), (x,))
+    check_gradcheck(case, seed, True, DEV)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

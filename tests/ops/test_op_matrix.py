@@ -68,25 +68,37 @@ def inputs(seed=0, dtype=torch.float32, contiguous=True, distinct=False):
     return x, rois
 
 
+def check_forward(case, dtype, contiguous, device="cpu"):
+    """The op on ``device`` against the float64 oracle (on the CPU) of x's own rounded values."""
+    x, rois = inputs(dtype=dtype, contiguous=contiguous)
+    expected = case.oracle(x, rois)
+    rois = rois.to(dtype if dtype in (torch.float32, torch.float64) else torch.float32)
+    x, rois = x.to(device), rois.to(device)
+    assert x.is_contiguous() == contiguous
+    out = case.fn(x, rois)
+    assert out.device.type == torch.device(device).type and out.dtype == dtype
+    tol = TOL[dtype]
+    torch.testing.assert_close(out.cpu().double(), expected.reshape(out.shape), rtol=tol, atol=tol)
+
+
+def check_gradcheck(case, seed, contiguous, device="cpu"):
+    x, rois = inputs(seed, torch.float64, contiguous, distinct=case.distinct)
+    x, rois = x.to(device).requires_grad_(True), rois.to(device)
+    assert torch.autograd.gradcheck(lambda t: case.fn(t, rois), (x,))
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_forward_against_float64_oracle(case, dtype, contiguous):
-    x, rois = inputs(dtype=dtype, contiguous=contiguous)
-    out = case.fn(x, rois.to(dtype if dtype in (torch.float32, torch.float64) else torch.float32))
-    assert out.dtype == dtype
-    expected = case.oracle(x, rois)  # x's own (rounded) values, computed in float64
-    tol = TOL[dtype]
-    torch.testing.assert_close(out.double(), expected.reshape(out.shape), rtol=tol, atol=tol)
+    check_forward(case, dtype, contiguous)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_gradcheck(case, seed, contiguous):
-    x, rois = inputs(seed, torch.float64, contiguous, distinct=case.distinct)
-    x.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda t: case.fn(t, rois), (x,))
+    check_gradcheck(case, seed, contiguous)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

@@ -30,6 +30,8 @@ def register_head(type_name: str, cls: type[Head]) -> None:
 
 def head_class(settings) -> type[Head]:
     """The class of the head that ``settings`` (a head config dataclass) describes."""
+    if settings.type not in HEAD_TYPES:
+        raise ValueError(f"unknown head type {settings.type!r}; registered: {', '.join(HEAD_TYPES)}")
     return HEAD_TYPES[settings.type]
 
 

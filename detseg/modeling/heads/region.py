@@ -15,8 +15,8 @@ from torchvision.ops import box_iou
 
 from ...structures import Instances
 from ..box_coder import BoxCoder
-from .base import Head
 from ..sampling import match, sample, sampled_targets
+from .base import Head
 from .box_predictor import BoxPredictor, classification_and_box_losses, deltas_to_boxes, detect
 
 

@@ -34,10 +34,10 @@ from torch import Tensor, nn
 from ...config import SlidingWindowHeadConfig
 from ...structures import Instances
 from ..backbones import ShapeSpec, coarsest, context_margin, run_until
-from .base import Head
 from ..box_coder import BoxCoder
 from ..proposals.windows import window_sizes
 from ..sampling import BACKGROUND, match, sample, sampled_targets
+from .base import Head
 from .box_predictor import classification_and_box_losses, deltas_to_boxes, detect
 
 
