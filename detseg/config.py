@@ -219,6 +219,12 @@ class ModelConfig:
     # Normalisation applied inside the model so that data stays uint8 until the last moment.
     pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
     pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    # Fine-tuning: start from the tensors of this file that fit (a detseg checkpoint, e.g. a
+    # converted torchvision COCO detector, or a plain .pth / .safetensors state dict); class rows
+    # move by class name (case-insensitive). Optimizer, schedule and iteration start fresh.
+    init_from: Optional[str] = None
+    # {dataset class: the init_from file's class} for classes whose names differ
+    init_class_map: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -235,6 +241,8 @@ class ShapesConfig:
     num_train: int = ranged(300, ge=1)
     num_val: int = ranged(60, ge=0)
     cache_dir: Optional[str] = None
+    # Which shapes to draw (detseg.data.shapes.VOCABULARY); None: circle, rectangle, triangle, hexagon
+    classes: Optional[list[str]] = None
 
 
 @dataclass
@@ -253,6 +261,15 @@ class DataConfig:
     sampler: Literal["random", "repeat_factor"] = "random"
     repeat_threshold: float = 0.001
     on_bad_image: Literal["error", "skip"] = "error"
+
+
+@dataclass
+class FreezeConfig:
+    """Parts of the model kept frozen for the first ``iters`` iterations, then trained."""
+
+    # backbone, fpn, rpn, heads, mask, a head's name, or a module path such as heads.det.fc
+    parts: list[str] = field(default_factory=list)
+    iters: int = ranged(0, ge=0)
 
 
 @dataclass
@@ -282,6 +299,7 @@ class SolverConfig:
     best_mode: Literal["max", "min"] = "max"
     patience: Optional[int] = ranged(None, ge=1)
     log_period: int = ranged(10, ge=1)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import tempfile
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Optional
 
 
 def default_cache_dir() -> str:
@@ -66,7 +66,7 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
             os.fsync(f.fileno())
 
 
-def write_json_atomic(obj: Any, path: str) -> None:
+def write_json_atomic(obj: Any, path: str, indent: Optional[int] = None) -> None:
     """``json.dump(obj)`` into ``path`` with ``atomic_write``."""
     with atomic_write(path, "w") as f:
-        json.dump(obj, f)
+        json.dump(obj, f, indent=indent)

@@ -1,6 +1,9 @@
 """Write the built-in synthetic shapes dataset (COCO format) to a folder.
 
     python tools/make_shapes.py --out data/shapes --seed 0 --num-train 300 --num-val 60
+    python tools/make_shapes.py --out data/shapes2 --classes star ellipse cross circle triangle
+
+The output folder is replaced only when it is empty or an earlier shapes dataset.
 """
 from __future__ import annotations
 
@@ -12,10 +15,15 @@ from detseg.data import shapes
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder (replaced if it exists)")
+    p.add_argument("--out", required=True,
+                   help="output folder (replaced if it is an earlier shapes dataset; any other "
+                        "non-empty folder is refused)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-train", type=int, default=300)
     p.add_argument("--num-val", type=int, default=60)
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help=f"shapes to draw, from {', '.join(shapes.VOCABULARY)} (default: "
+                        f"{' '.join(shapes.CLASSES)})")
     return p
 
 
@@ -24,7 +32,11 @@ def main(argv=None) -> int:
     if args.num_train < 0 or args.num_val < 0:
         print("error: --num-train and --num-val must be >= 0", file=sys.stderr)
         return 2
-    paths = shapes.generate(args.out, args.seed, args.num_train, args.num_val)
+    try:
+        paths = shapes.generate(args.out, args.seed, args.num_train, args.num_val, args.classes)
+    except (ValueError, OSError) as e:  # NotShapesFolder, an unknown shape, an unwritable folder
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     for split, p in paths.items():
         print(f"{split}: {p['ann_file']}  images in {p['image_dir']}")
     return 0

@@ -3,6 +3,7 @@
     python tools/train.py                                  # FCN-8s ResNet-18 on built-in shapes
     python tools/train.py --config configs/fcn8s_vgg16_shapes.yaml solver.max_iter=2000
     python tools/train.py --config CFG --resume --output-dir runs/x
+    python tools/train.py --config CFG --init-from runs/coco/best.pth     # fine-tune
     python tools/train.py --config CFG --print-config
     python tools/train.py --config CFG --check-data
 
@@ -21,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detseg.config import ConfigError, load_config, to_dict, to_yaml  # noqa: E402
 from detseg.data.io import DataError  # noqa: E402
 from detseg.data.proposal_cache import ProposalError  # noqa: E402
+from detseg.utils import write_json_atomic  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -29,6 +31,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--resume", action="store_true", help="continue from the newest loadable checkpoint")
+    p.add_argument("--init-from", metavar="PATH",
+                   help="start from the weights of this checkpoint or state dict that fit "
+                        "(model.init_from; class rows move by class name); optimizer, schedule "
+                        "and iteration start fresh")
     p.add_argument("--output-dir", help="run folder (default: runs/<config name>/<n>)")
     p.add_argument("--eval-only", action="store_true", help="evaluate (best.pth or --weights) and exit")
     p.add_argument("--weights", help="checkpoint for --eval-only")
@@ -47,7 +53,8 @@ def next_run_dir(config_path: str | None, root: str = "runs") -> str:
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    # intermixed: overrides may come before or after the --options
+    args = get_parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides)
     if args.device:
@@ -56,6 +63,15 @@ def main(argv=None) -> int:
         overrides.append("runtime.deterministic=true")
     if args.output_dir:
         overrides.append(f"runtime.output_dir={args.output_dir}")
+    if args.init_from and args.resume:
+        print("error: --init-from and --resume: give one. --resume continues a run from its own "
+              "newest checkpoint (which already holds the initialised weights); --init-from starts "
+              "a new run. To make a fine-tuning run resumable with one command, set "
+              "model.init_from in its config: --resume then loads the run's checkpoint when there "
+              "is one and applies init_from only when there is none.", file=sys.stderr)
+        return 2
+    if args.init_from:
+        overrides.append(f"model.init_from={args.init_from}")
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as e:
@@ -64,6 +80,9 @@ def main(argv=None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    if cfg.model.init_from and not os.path.isfile(cfg.model.init_from):
+        print(f"config error: model.init_from: {cfg.model.init_from}: file not found", file=sys.stderr)
+        return 2
 
     from detseg.data.build import resolve_splits
     try:
@@ -97,6 +116,7 @@ def run(cfg, splits: dict, args) -> int:
     from detseg.data.build import build_train_loader
     from detseg.engine import distributed as dist
     from detseg.engine.checkpoint import CheckpointError, load_checkpoint
+    from detseg.engine.init_from import init_from
     from detseg.engine.trainer import Trainer, seed_everything
     from detseg.evaluation.runner import build_datasets_and_evaluator
     from detseg.modeling.model import build_model
@@ -126,8 +146,22 @@ def run(cfg, splits: dict, args) -> int:
             metrics = evaluate(trainer.model)
         print(json.dumps(metrics, indent=2))
         return 0
-    if args.resume and not trainer.resume():
-        logging.info("no loadable checkpoint in %s; starting from scratch", output_dir)
+    resumed = args.resume and trainer.resume()
+    if args.resume and not resumed:
+        logging.info("no loadable checkpoint in %s; starting %s", output_dir,
+                     "from model.init_from" if cfg.model.init_from else "from scratch")
+    if cfg.model.init_from and resumed:
+        logging.info("resumed: model.init_from (%s) is not applied again", cfg.model.init_from)
+    elif cfg.model.init_from:
+        try:
+            report = init_from(trainer.model, cfg.model.init_from, train_ds.class_names,
+                               cfg.model.init_class_map)
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        logging.info("%s", report.summary())
+        if dist.is_main():
+            write_json_atomic(report.as_dict(), os.path.join(output_dir, "init_report.json"), indent=1)
     if dist.is_main():
         import yaml
         with open(os.path.join(output_dir, "config.yaml"), "w", encoding="utf-8") as f:

@@ -13,6 +13,7 @@ from typing import Iterator, Optional
 import torch
 
 from .coco import CocoDataset
+from .io import DataError
 from .samplers import RepeatFactorSampler, TrainingSampler, repeat_factors
 from .shapes import ensure_shapes
 from .transforms import collate, eval_transform, train_transform
@@ -23,7 +24,10 @@ def resolve_splits(cfg) -> dict:
     d = cfg.data
     if d.train.ann_file is None:
         s = d.shapes
-        return ensure_shapes(s.seed, s.num_train, s.num_val, s.cache_dir)
+        try:
+            return ensure_shapes(s.seed, s.num_train, s.num_val, s.cache_dir, s.classes)
+        except ValueError as e:  # an unknown shape name
+            raise DataError(f"data.shapes.classes: {e}") from None
     splits = {"train": {"ann_file": d.train.ann_file, "image_dir": d.train.image_dir}, "val": None}
     if d.val.ann_file:
         splits["val"] = {"ann_file": d.val.ann_file, "image_dir": d.val.image_dir}

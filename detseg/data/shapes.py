@@ -1,7 +1,9 @@
 """Deterministic synthetic COCO-format dataset: the built-in default data.
 
-Each image holds 1-6 filled shapes (circle, rectangle, triangle, hexagon) of varied size and
-colour on a noisy or textured background; later shapes occlude earlier ones. Per split it writes
+Each image holds 1-6 filled shapes (circle, rectangle, triangle, hexagon by default; any of
+``VOCABULARY`` on request, so that a second dataset can share some classes with the first and
+not others) of varied size and colour on a noisy or textured background; later shapes occlude
+earlier ones. Per split it writes
 ``<split>/NNNNNN.png`` images, ``semantic_<split>/NNNNNN.png`` maps (0 background, k+1 for class k)
 and ``annotations/instances_<split>.json`` with polygon segmentations of each visible part.
 
@@ -23,8 +25,11 @@ import numpy as np
 from ..utils import default_cache_dir
 
 CLASSES = ("circle", "rectangle", "triangle", "hexagon")
-# Non-contiguous COCO-style ids on purpose: the loader must map them to 0..K-1 and back.
-CATEGORY_IDS = (1, 2, 5, 9)
+# Every shape that can be drawn, with its category id. Non-contiguous COCO-style ids on purpose:
+# the loader must map them to 0..K-1 and back. A shape keeps its id in every class list.
+VOCABULARY = {"circle": 1, "rectangle": 2, "triangle": 5, "hexagon": 9,
+              "star": 11, "ellipse": 12, "cross": 13, "pentagon": 14}
+CATEGORY_IDS = tuple(VOCABULARY[c] for c in CLASSES)
 FORMAT_VERSION = 2
 _SPLIT_SALT = {"train": 1, "val": 2}
 
@@ -49,23 +54,48 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _shape_polygon(rng: np.random.Generator, cls: int, cx: float, cy: float, r: float) -> np.ndarray:
-    """Outline of shape ``cls`` centred at (cx, cy) with size ``r``, as int32 points ``[P, 2]``."""
+def _shape_polygon(rng: np.random.Generator, name: str, cx: float, cy: float, r: float) -> np.ndarray:
+    """Outline of shape ``name`` centred at (cx, cy) with size ``r``, as int32 points ``[P, 2]``."""
     angle = rng.uniform(0, 2 * np.pi)
-    if CLASSES[cls] == "circle":
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    if name == "circle":
         t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
         pts = np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
-    elif CLASSES[cls] == "rectangle":
+    elif name == "rectangle":
         aspect = rng.uniform(0.5, 1.0)
         hw, hh = r, r * aspect
         corners = np.array([[-hw, -hh], [hw, -hh], [hw, hh], [-hw, hh]])
-        rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         pts = corners @ rot.T + [cx, cy]
+    elif name == "ellipse":
+        t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        local = np.stack([r * np.cos(t), r * rng.uniform(0.35, 0.6) * np.sin(t)], 1)
+        pts = local @ rot.T + [cx, cy]
+    elif name == "star":  # five points, inner radius 0.45 r
+        t = angle + np.arange(10) * np.pi / 5
+        rad = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
+        pts = np.stack([cx + rad * np.cos(t), cy + rad * np.sin(t)], 1)
+    elif name == "cross":  # a plus sign, arms 0.35 r thick
+        a, b = r, 0.35 * r
+        local = np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a],
+                          [-b, b], [-a, b], [-a, -b], [-b, -b]])
+        pts = local @ rot.T + [cx, cy]
     else:
-        n = 3 if CLASSES[cls] == "triangle" else 6
+        n = {"triangle": 3, "pentagon": 5, "hexagon": 6}[name]
         t = angle + np.arange(n) * 2 * np.pi / n
         pts = np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
     return np.round(pts).astype(np.int32)
+
+
+def check_classes(classes) -> tuple[str, ...]:
+    """``classes`` as a tuple (default ``CLASSES``); ValueError naming an unknown or repeated one."""
+    if classes is None:
+        return CLASSES
+    classes = tuple(classes)
+    unknown = [c for c in classes if c not in VOCABULARY]
+    if unknown or not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"shapes classes must be distinct names from {', '.join(VOCABULARY)}; got "
+                         f"{', '.join(classes) or 'none'}")
+    return classes
 
 
 def _mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
@@ -77,8 +107,9 @@ def _mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
     return polys
 
 
-def render_image(seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Draw one image.
+def render_image(seed: int, split: str, index: int,
+                 classes: tuple[str, ...] = CLASSES) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Draw one image with shapes of ``classes``.
 
     Returns:
         image (np.ndarray[H, W, 3] uint8 RGB), semantic (np.ndarray[H, W] uint8, 0 = background,
@@ -90,10 +121,10 @@ def render_image(seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndar
     owner = np.full((h, w), -1, dtype=np.int32)  # which shape is visible at each pixel
     labels = []
     for i in range(int(rng.integers(1, 7))):
-        cls = int(rng.integers(len(CLASSES)))
+        cls = int(rng.integers(len(classes)))
         r = rng.uniform(12, min(h, w) / 3.2)
         cx, cy = rng.uniform(r * 0.3, w - r * 0.3), rng.uniform(r * 0.3, h - r * 0.3)
-        pts = _shape_polygon(rng, cls, cx, cy, r)
+        pts = _shape_polygon(rng, classes[cls], cx, cy, r)
         m = np.zeros((h, w), dtype=np.uint8)
         cv2.fillPoly(m, [pts], 1)
         colour = rng.integers(0, 256, size=3)
@@ -112,7 +143,7 @@ def render_image(seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndar
     return image, semantic, instances
 
 
-def _instance_annotation(inst: dict, ann_id: int, image_id: int) -> Optional[dict]:
+def _instance_annotation(inst: dict, ann_id: int, image_id: int, category_id: int) -> Optional[dict]:
     polys = _mask_to_polygons(inst["mask"])
     if not polys:
         return None
@@ -121,7 +152,7 @@ def _instance_annotation(inst: dict, ann_id: int, image_id: int) -> Optional[dic
     return {
         "id": ann_id,
         "image_id": image_id,
-        "category_id": CATEGORY_IDS[inst["label"]],
+        "category_id": category_id,
         "bbox": [x0, y0, x1 - x0, y1 - y0],
         "area": int(inst["mask"].sum()),
         "segmentation": polys,
@@ -135,8 +166,9 @@ def _write_png(path: str, rgb_or_gray: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def write_split(root: str, split: str, num_images: int, seed: int) -> str:
-    """Write one split under ``root``; returns the annotation file's path."""
+def write_split(root: str, split: str, num_images: int, seed: int,
+                classes: tuple[str, ...] = CLASSES) -> str:
+    """Write one split of shapes of ``classes`` under ``root``; returns the annotation file's path."""
     os.makedirs(os.path.join(root, split), exist_ok=True)
     os.makedirs(os.path.join(root, f"semantic_{split}"), exist_ok=True)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
@@ -144,14 +176,14 @@ def write_split(root: str, split: str, num_images: int, seed: int) -> str:
     ann_id = 1
     for index in range(num_images):
         image_id = index + 1
-        image, semantic, instances = render_image(seed, split, index)
+        image, semantic, instances = render_image(seed, split, index, classes)
         name = f"{image_id:06d}.png"
         _write_png(os.path.join(root, split, name), image)
         _write_png(os.path.join(root, f"semantic_{split}", name), semantic)
         images.append({"id": image_id, "file_name": name,
                        "height": int(image.shape[0]), "width": int(image.shape[1])})
         for inst in instances:
-            ann = _instance_annotation(inst, ann_id, image_id)
+            ann = _instance_annotation(inst, ann_id, image_id, VOCABULARY[classes[inst["label"]]])
             if ann is not None:
                 annotations.append(ann)
                 ann_id += 1
@@ -159,8 +191,8 @@ def write_split(root: str, split: str, num_images: int, seed: int) -> str:
         "info": {"description": f"detseg shapes v{FORMAT_VERSION}", "seed": seed, "split": split},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": cid, "name": name, "supercategory": "shape"}
-                       for cid, name in zip(CATEGORY_IDS, CLASSES)],
+        "categories": [{"id": VOCABULARY[name], "name": name, "supercategory": "shape"}
+                       for name in classes],
     }
     ann_path = os.path.join(root, "annotations", f"instances_{split}.json")
     with open(ann_path, "w", encoding="utf-8") as f:
@@ -168,19 +200,43 @@ def write_split(root: str, split: str, num_images: int, seed: int) -> str:
     return ann_path
 
 
-def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 60) -> dict:
+class NotShapesFolder(FileExistsError):
+    """The output folder holds files that are not a shapes dataset; nothing is replaced."""
+
+
+def is_shapes_folder(path: str) -> bool:
+    """Whether ``path`` holds a dataset this module wrote (its annotation file says so)."""
+    ann = os.path.join(path, "annotations", "instances_train.json")
+    try:
+        with open(ann, encoding="utf-8") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return '"description":"detseg shapes v' in head
+
+
+def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 60,
+             classes=None) -> dict:
     """Write train and val splits into ``out_dir`` (atomically: built beside it, then renamed).
+
+    An existing ``out_dir`` is replaced only when it is empty or a shapes dataset written
+    earlier: a folder of anything else raises ``NotShapesFolder`` before a file is touched.
 
     Returns:
         {"train": {"ann_file", "image_dir"}, "val": {...}}
     """
+    classes = check_classes(classes)
     out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and (not os.listdir(out_dir)
+                                                                    or is_shapes_folder(out_dir))):
+        raise NotShapesFolder(f"{out_dir}: exists and is not an empty folder or a shapes dataset; "
+                              f"refusing to replace it (choose another --out)")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".shapes-", dir=parent)
     try:
-        write_split(tmp, "train", num_train, seed)
-        write_split(tmp, "val", num_val, seed)
+        write_split(tmp, "train", num_train, seed, classes)
+        write_split(tmp, "val", num_val, seed, classes)
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -196,11 +252,14 @@ def split_paths(root: str) -> dict:
 
 
 def ensure_shapes(seed: int = 0, num_train: int = 300, num_val: int = 60,
-                  cache_dir: Optional[str] = None) -> dict:
+                  cache_dir: Optional[str] = None, classes=None) -> dict:
     """Generate the shapes dataset into the cache on first use; reuse it afterwards."""
-    root = os.path.join(cache_dir or default_cache_dir(),
-                        f"shapes_v{FORMAT_VERSION}_seed{seed}_{num_train}_{num_val}")
+    classes = check_classes(classes)
+    name = f"shapes_v{FORMAT_VERSION}_seed{seed}_{num_train}_{num_val}"
+    if classes != CLASSES:
+        name += "_" + "-".join(classes)
+    root = os.path.join(cache_dir or default_cache_dir(), name)
     paths = split_paths(root)
     if not all(os.path.isfile(p["ann_file"]) for p in paths.values()):
-        generate(root, seed, num_train, num_val)
+        generate(root, seed, num_train, num_val, classes)
     return paths

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..config import ConfigError
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .freeze import PartFreezer
 from .memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
@@ -81,13 +82,10 @@ class Trainer:
         if self.s.channels_last:  # faster convolutions on CUDA and with oneDNN on CPU
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, self.s)
-        # Under torchrun the forward/backward runs through DDP; self.model stays the plain
-        # module for checkpoints and evaluation.
-        self.train_model = self.model
-        if dist.world_size() > 1:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.cuda else None,
-                find_unused_parameters=False)
+        # Built after the optimizer, which then holds the parts frozen for a while, too.
+        self.freezer = (PartFreezer(self.model, self.s.freeze.parts, self.s.freeze.iters)
+                        if self.s.freeze.parts and self.s.freeze.iters else None)
+        self.train_model = self._wrap()
         self.amp_dtype = _amp_dtype(self.s, self.device)
         # Loss scaling only for float16: bfloat16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler(
@@ -104,6 +102,25 @@ class Trainer:
         os.makedirs(output_dir, exist_ok=True)
         self.metrics_path = os.path.join(output_dir, "metrics.jsonl")
         self.tb = _tensorboard_writer(output_dir) if dist.is_main() else None
+
+    def _wrap(self) -> torch.nn.Module:
+        """The module the forward/backward runs through: under torchrun a DDP wrapper (built
+        anew whenever the set of trainable parameters changes, as DDP fixes it at
+        construction); self.model stays the plain module for checkpoints and evaluation."""
+        if dist.world_size() == 1:
+            return self.model
+        return torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.cuda else None,
+            find_unused_parameters=False)
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.freezer is not None:
+            self.freezer.hold_norms()
+
+    def _apply_freeze(self) -> None:
+        if self.freezer is not None and self.freezer.update(self.iter) and dist.world_size() > 1:
+            self.train_model = self._wrap()
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
@@ -160,7 +177,7 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             metrics = self.evaluate(self.model)
-        self.model.train()
+        self._train_mode()
         self.log({"iter": self.iter, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
         value = metrics.get(self.s.best_metric)
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -189,7 +206,7 @@ class Trainer:
                 schedule still runs to ``max_iter``); for tests and time-sliced jobs.
         """
         s = self.s
-        self.model.train()
+        self._train_mode()
         loader = iter(self.make_train_loader(self.iter))
         bar = tqdm(total=s.max_iter, initial=self.iter, desc="train", dynamic_ncols=True,
                    disable=os.environ.get("DETSEG_NO_PROGRESS") == "1" or not dist.is_main())
@@ -200,6 +217,7 @@ class Trainer:
                 batch = next(loader)
                 if not batch["image_ids"]:
                     continue  # every image of this batch was skipped as unreadable
+                self._apply_freeze()
                 lr = s.lr * lr_factor(self.iter, s) * self.plateau_scale
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr

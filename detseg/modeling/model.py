@@ -121,6 +121,27 @@ class Model(nn.Module):
         losses["loss"] = sum(losses.values())
         return losses
 
+    def parts(self) -> dict[str, list[str]]:
+        """Named parts (for freezing): ``{name: [module path, ...]}``.
+
+        ``backbone`` (the CNN without its FPN), ``fpn``, ``rpn`` (every head's learnt proposal
+        network), ``mask`` (every mask branch), ``heads`` and each head by its name; parts this
+        model lacks are left out.
+        """
+        has_fpn = isinstance(getattr(self.backbone, "fpn", None), nn.Module)
+        out = {"backbone": ["backbone.body" if has_fpn else "backbone"]}
+        if has_fpn:
+            out["fpn"] = ["backbone.fpn"]
+        rpn = [f"heads.{n}.proposals" for n, h in self.heads.items()
+               if isinstance(getattr(h, "proposals", None), nn.Module)
+               and any(True for _ in h.proposals.parameters())]
+        mask = [f"heads.{n}.mask_head" for n, h in self.heads.items()
+                if isinstance(getattr(h, "mask_head", None), nn.Module)]
+        out.update({"rpn": rpn, "mask": mask, "heads": ["heads"]})
+        # a head named like a part above (say "fpn") is still reachable as heads.<name>
+        out.update({name: [f"heads.{name}"] for name in self.heads if name not in out})
+        return {k: v for k, v in out.items() if v}
+
     @staticmethod
     def _head_of(heads, output: str) -> Optional[str]:
         return next((n for n, h in heads.items() if h.output == output), None)

@@ -12,6 +12,7 @@ from torchvision.ops import nms
 
 from ...structures import Instances, clip_boxes, nonempty
 from ..box_coder import BoxCoder
+from ..class_layout import BOX_DELTAS, SCORES_BG_LAST
 
 
 class BoxPredictor(nn.Module):
@@ -29,6 +30,12 @@ class BoxPredictor(nn.Module):
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
+
+    @staticmethod
+    def class_axes() -> dict:
+        """Class-dependent tensors (``detseg.modeling.class_layout``)."""
+        return {"cls_score.weight": {0: SCORES_BG_LAST}, "cls_score.bias": {0: SCORES_BG_LAST},
+                "bbox_pred.weight": {0: BOX_DELTAS}, "bbox_pred.bias": {0: BOX_DELTAS}}
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.cls_score(x), self.bbox_pred(x)

@@ -14,6 +14,7 @@ from torch import nn
 from ...config import FCNHeadConfig
 from ...structures import SEMANTIC_IGNORE as IGNORE
 from ..backbones import ShapeSpec
+from ..class_layout import BG_FIRST
 from .base import SEMANTIC, Head
 
 
@@ -121,6 +122,17 @@ class FCNHead(Head):
             stride = s.stride
         self.final_up = Upsample(k, stride)
         self.out_stride = stride
+
+    def class_axes(self) -> dict:
+        """Class-dependent tensors (``detseg.modeling.class_layout``): the score layers' output
+        maps and the deconvolutions, whose input and output channels are both the K + 1 maps."""
+        axes = {}
+        for name in ["score_top", *(f"score_skips.{i}" for i in range(len(self.score_skips)))]:
+            axes.update({f"{name}.weight": {0: BG_FIRST}, f"{name}.bias": {0: BG_FIRST}})
+        for name in [*(f"ups.{i}" for i in range(len(self.ups))), "final_up"]:
+            if self.get_submodule(name).factor > 1:
+                axes[f"{name}.deconv.weight"] = {0: BG_FIRST, 1: BG_FIRST}
+        return axes
 
     def forward(self, features: dict[str, torch.Tensor], images_hw: tuple[int, int]) -> torch.Tensor:
         x = self.score_top(self.fc(features[self.top]))

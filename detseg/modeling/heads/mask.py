@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ...ops import MultiScaleRoIAlign, roi_align
 from ...structures import Instances
 from ..backbones import ShapeSpec
+from ..class_layout import PER_CLASS
 
 
 def mask_targets(gt_masks: Tensor, matched: Tensor, rois: Tensor, size: int) -> Tensor:
@@ -87,6 +88,11 @@ class MaskHead(nn.Module):
     @property
     def resolution(self) -> int:
         return 2 * self.pooler_resolution
+
+    @staticmethod
+    def class_axes() -> dict:
+        """Class-dependent tensors (``detseg.modeling.class_layout``): one mask channel a class."""
+        return {"predictor.weight": {0: PER_CLASS}, "predictor.bias": {0: PER_CLASS}}
 
     def forward(self, features: dict, boxes: list[Tensor],
                 image_sizes: Optional[list[tuple[int, int]]] = None) -> Tensor:

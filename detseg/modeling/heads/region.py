@@ -15,6 +15,7 @@ from torchvision.ops import box_iou
 
 from ...structures import Instances
 from ..box_coder import BoxCoder
+from ..class_layout import PER_CLASS
 from ..sampling import match, sample, sampled_targets
 from .base import Head
 from .box_predictor import BoxPredictor, classification_and_box_losses, deltas_to_boxes, detect
@@ -91,6 +92,13 @@ class RegionHead(Head):
     @property
     def predicts_masks(self) -> bool:
         return self.mask_head is not None
+
+    def class_axes(self) -> dict:
+        """Class-dependent tensors of its own (the predictor and mask head declare theirs): the
+        per-class SVMs."""
+        if self.svm is None:
+            return {}
+        return {"svm.weight": {0: PER_CLASS}, "svm.bias": {0: PER_CLASS}}
 
     @classmethod
     def proposal_settings(cls, settings):

@@ -35,6 +35,7 @@ from ...config import SlidingWindowHeadConfig
 from ...structures import Instances
 from ..backbones import ShapeSpec, coarsest, context_margin, run_until
 from ..box_coder import BoxCoder
+from ..class_layout import BOX_DELTAS, SCORES_BG_LAST
 from ..proposals.windows import window_sizes
 from ..sampling import BACKGROUND, match, sample, sampled_targets
 from .base import Head
@@ -158,6 +159,13 @@ class SlidingWindowHead(Head):
         self.hard_negative_fraction = hard_negative_fraction
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
         self.detections_per_image, self.naive_batch_size = detections_per_image, naive_batch_size
+
+    def class_axes(self) -> dict:
+        """Class-dependent tensors (``detseg.modeling.class_layout``): each classifier's last
+        layer outputs K + 1 logits (background last), then 4K class-specific deltas."""
+        layout = SCORES_BG_LAST + BOX_DELTAS
+        return {f"classifiers.{i}.2.{p}": {0: layout}
+                for i in range(len(self.classifiers)) for p in ("weight", "bias")}
 
     # -- window scoring -----------------------------------------------------------------------
     def classify(self, fmap: Tensor, shape_index: int) -> Tensor:
