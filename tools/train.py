@@ -155,7 +155,7 @@ def run(cfg, splits: dict, args) -> int:
     elif cfg.model.init_from:
         try:
             report = init_from(trainer.model, cfg.model.init_from, train_ds.class_names,
-                               cfg.model.init_class_map)
+                               cfg.model.init_class_map, backbone=cfg.model.backbone.name)
         except CheckpointError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -25,11 +25,13 @@ from .checkpoint import CheckpointError, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-# Under this share of the model's backbone tensors loaded, the file is not a starting point for
+# Under this share of the model's backbone weights loaded, the file is not a starting point for
 # this architecture: refuse rather than train a mostly random network the user believes is not.
 MIN_BACKBONE_FIT = 0.5
-# Key prefixes of torchvision's own detection state dicts (not converted).
+# Key prefixes of torchvision's own detection state dicts (not converted), and of its ImageNet
+# classifiers (a backbone's weights: model.backbone.weights, not init_from).
 _TORCHVISION_DETECTION = ("roi_heads.", "rpn.head.")
+_TORCHVISION_CLASSIFIER = ("layer1.", "features.", "denseblock", "inception")
 
 
 class InitError(CheckpointError):
@@ -69,8 +71,9 @@ class InitReport:
         return "\n".join(lines)
 
 
-def read_init_file(path: str) -> tuple[dict[str, torch.Tensor], Optional[list[str]]]:
-    """(state dict, class names or None) from a detseg checkpoint or a plain state dict.
+def read_init_file(path: str) -> tuple[dict[str, torch.Tensor], Optional[list[str]], Optional[str]]:
+    """(state dict, class names or None, backbone name or None) from a detseg checkpoint or a
+    plain state dict.
 
     Raises:
         InitError: missing or unreadable file, pickled code, or no tensors.
@@ -81,13 +84,16 @@ def read_init_file(path: str) -> tuple[dict[str, torch.Tensor], Optional[list[st
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
-            return load_file(path), None
+            return load_file(path), None, None
         except (SafetensorError, OSError, ValueError) as e:
             raise InitError(f"{path}: not a readable .safetensors file ({e})") from None
     obj = load_checkpoint(path)  # weights_only=True: pickled code is refused, never run
-    names = None
+    names = backbone = None
     if isinstance(obj.get("model"), dict):
         names = obj.get("class_names")
+        cfg = obj.get("config")
+        if isinstance(cfg, dict):
+            backbone = ((cfg.get("model") or {}).get("backbone") or {}).get("name")
         obj = obj["model"]
     elif isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
@@ -98,7 +104,7 @@ def read_init_file(path: str) -> tuple[dict[str, torch.Tensor], Optional[list[st
         state = {k.removeprefix("module."): v for k, v in state.items()}
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         names = None
-    return state, names
+    return state, names, backbone if isinstance(backbone, str) else None
 
 
 def match_classes(model_classes: list[str], file_classes: list[str],
@@ -127,7 +133,7 @@ def match_classes(model_classes: list[str], file_classes: list[str],
 
 
 def init_from(model: nn.Module, path: str, model_classes: list[str],
-              class_map: Optional[dict[str, str]] = None) -> InitReport:
+              class_map: Optional[dict[str, str]] = None, backbone: Optional[str] = None) -> InitReport:
     """Load what fits of ``path`` into ``model`` in place; class rows move by class name.
 
     Args:
@@ -135,14 +141,21 @@ def init_from(model: nn.Module, path: str, model_classes: list[str],
         path: a detseg checkpoint or a plain state dict (.pth, .safetensors).
         model_classes: the model's class names (the training dataset's), in label order.
         class_map: ``{model class: file class}`` for classes whose names differ.
+        backbone: the model's backbone name (``model.backbone.name``): a detseg checkpoint of
+            another backbone is refused (ResNet-50's 3x3 convolutions have ResNet-18's shapes,
+            so shapes alone would half fit).
 
     Returns:
         An ``InitReport``.
 
     Raises:
-        InitError: the file cannot be read, or under half of the model's backbone fits.
+        InitError: the file cannot be read, is of another backbone, or under half of the
+            model's backbone weights fit.
     """
-    state, file_classes = read_init_file(path)
+    state, file_classes, file_backbone = read_init_file(path)
+    if backbone is not None and file_backbone is not None and file_backbone != backbone:
+        raise InitError(f"{path}: a {file_backbone} model; this config's backbone is {backbone} "
+                        f"(model.backbone.name): refusing to start from it")
     own = model.state_dict()
     axes = class_axes(model)
     k_new = len(model_classes)
@@ -213,21 +226,28 @@ def _class_tensor(key, mine, theirs, axes, source, k_new, report, out) -> Option
 
 
 def _check_backbone_fit(path: str, own: dict, report: InitReport, state: dict) -> None:
-    backbone = [k for k in own if k.startswith("backbone.")]
-    if not backbone:
+    """Refuse a file that fits under half of the backbone's weights, counted in numbers (small
+    normalisation vectors of another architecture often fit by chance; its convolutions do not)."""
+    backbone = [k for k in own if k.startswith("backbone.") and own[k].is_floating_point()]
+    total = sum(own[k].numel() for k in backbone)
+    if not total:
         return
-    fit = sum(k in report.loaded for k in backbone)
-    if fit >= MIN_BACKBONE_FIT * len(backbone):
+    loaded = set(report.loaded)
+    fit = sum(own[k].numel() for k in backbone if k in loaded)
+    if fit >= MIN_BACKBONE_FIT * total:
         return
-    hint = ""
     if any(k.startswith(_TORCHVISION_DETECTION) for k in state):
         hint = (" It looks like a torchvision detection state dict: convert it first with "
                 "tools/convert_weights.py.")
+    elif any(k.startswith(_TORCHVISION_CLASSIFIER) for k in state):
+        hint = (" It looks like an ImageNet classifier's weights: give it as model.backbone.weights "
+                "instead.")
     else:
         example = next((f"{k}: {why}" for k, why in report.reinitialised.items()
                         if k.startswith("backbone.")), "")
         hint = f" (e.g. {example}) Is it a model of another backbone?" if example else ""
-    raise InitError(f"{path}: only {fit} of the model's {len(backbone)} backbone tensors fit; "
+    raise InitError(f"{path}: only {100 * fit / total:.0f}% of the model's backbone weights "
+                    f"({sum(k in loaded for k in backbone)} of {len(backbone)} tensors) fit; "
                     f"refusing to start from it.{hint}")
 
 

@@ -44,3 +44,33 @@ def test_shapes_is_a_valid_varied_coco_dataset(shapes_data):
                                   "semantic_train", "000001.png"), cv2.IMREAD_UNCHANGED)
     agree = (item["semantic"].numpy() == png).mean()
     assert agree > 0.97
+
+
+def test_other_class_vocabularies_keep_each_shapes_category_id(tmp_path):
+    """A second dataset sharing some classes with the default one (fine-tuning's test bed)."""
+    from tools import make_shapes
+    out = tmp_path / "other"
+    assert make_shapes.main(["--out", str(out), "--classes", "star", "circle", "cross",
+                             "--num-train", "6", "--num-val", "1"]) == 0
+    with open(out / "annotations" / "instances_train.json") as f:
+        data = json.load(f)
+    assert [(c["id"], c["name"]) for c in data["categories"]] == [(11, "star"), (1, "circle"), (13, "cross")]
+    ds = CocoDataset(str(out / "annotations" / "instances_train.json"), str(out / "train"))
+    assert ds.class_names == ["circle", "star", "cross"]  # by category id, as for any COCO file
+    assert {a["category_id"] for a in data["annotations"]} == {1, 11, 13}
+    assert make_shapes.main(["--out", str(tmp_path / "x"), "--classes", "circle", "blob"]) == 1
+
+
+def test_a_folder_of_other_files_is_never_replaced(tmp_path, capsys):
+    from tools import make_shapes
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("years of work")
+    assert make_shapes.main(["--out", str(mine), "--num-train", "1", "--num-val", "1"]) == 1
+    assert "refusing to replace it" in capsys.readouterr().err
+    assert os.listdir(mine) == ["chapter1.tex"]
+    # An earlier shapes dataset is replaced, as before.
+    ds = tmp_path / "ds"
+    assert make_shapes.main(["--out", str(ds), "--num-train", "1", "--num-val", "1"]) == 0
+    assert make_shapes.main(["--out", str(ds), "--num-train", "2", "--num-val", "1"]) == 0
+    assert sorted(os.listdir(ds / "train")) == ["000001.png", "000002.png"]

@@ -55,10 +55,53 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path, cache_env):
     out = tmp_path / "ddp"
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "tools/train.py",
            "--config", "configs/fcn8s_resnet18_shapes.yaml", *TINY, "solver.max_iter=4",
-           "solver.eval_period=4", "--device", "cpu", "--output-dir", str(out)]
+           "solver.eval_period=4", "--device", "cpu", "--output-dir", str(out),
+           # the backbone joins training at iteration 2: DDP is rebuilt around the new set of
+           # trainable parameters, and the ranks must still end identical
+           "solver.freeze.parts=[backbone]", "solver.freeze.iters=2"]
     env = script_env(**cache_env, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "parameters identical on all 2 ranks" in r.stderr
     assert r.stdout.count("done:") == 1  # only rank 0 reports and writes
     assert os.path.exists(out / "model_0000004.pth")
+
+
+def test_fine_tuning_run_writes_its_init_report_and_resumes_without_reinitialising(
+        tmp_path, shapes_data, monkeypatch, capsys, caplog):
+    import torch
+
+    from detseg.config import load_config, to_dict
+    from detseg.modeling.model import build_model
+    from tools import train
+    monkeypatch.setenv("DETSEG_NO_PROGRESS", "1")
+    old_classes = ["hexagon", "star", "circle"]
+    cfg = load_config(None)
+    model = build_model(cfg, len(old_classes))
+    ckpt = tmp_path / "old.pth"
+    torch.save({"model": model.state_dict(), "class_names": old_classes, "config": to_dict(cfg)}, ckpt)
+    data = [f"data.train.ann_file={shapes_data['train']['ann_file']}",
+            f"data.train.image_dir={shapes_data['train']['image_dir']}"]
+    args = [*TINY, *data, "solver.max_iter=2", "solver.checkpoint_period=2", "solver.eval_period=100",
+            "--output-dir", str(tmp_path / "ft")]
+    assert train.main(["--init-from", str(ckpt), "--resume", *args]) == 2
+    assert "give one" in capsys.readouterr().err
+    assert train.main(["--init-from", str(tmp_path / "nope.pth"), *args]) == 2
+    assert "model.init_from: " in capsys.readouterr().err
+
+    assert train.main(["--init-from", str(ckpt), *args]) == 0
+    report = json.load(open(tmp_path / "ft" / "init_report.json"))
+    assert report["class_sources"] == {"circle": "circle", "rectangle": None, "triangle": None,
+                                       "hexagon": "hexagon"}
+    assert set(report["remapped"]) == {"heads.seg.score_top.weight", "heads.seg.score_top.bias",
+                                       *(f"heads.seg.score_skips.{i}.{p}" for i in (0, 1)
+                                         for p in ("weight", "bias")),
+                                       "heads.seg.ups.0.deconv.weight", "heads.seg.ups.1.deconv.weight",
+                                       "heads.seg.final_up.deconv.weight"}
+    assert not report["reinitialised"] and not report["ignored"]
+    # The same command with model.init_from in the config and --resume continues the run's own
+    # checkpoint and leaves init_from alone.
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert train.main(["--resume", f"model.init_from={ckpt}", *args]) == 0
+    assert "model.init_from" in caplog.text and "not applied again" in caplog.text
