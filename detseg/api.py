@@ -15,31 +15,12 @@ import numpy as np
 import torch
 
 from .config import Config, ConfigError, from_dict, load_config
-from .engine.checkpoint import CheckpointError, load_checkpoint
+from .engine.checkpoint import CheckpointError, fit_report, load_checkpoint
+from .utils import UsageError, check_device
 from .modeling.heads import SEMANTIC
 from .structures import Instances
 
 ImageLike = Union[np.ndarray, torch.Tensor, str, os.PathLike]
-
-
-def fit_report(model: torch.nn.Module, state: dict) -> Optional[str]:
-    """None when ``state`` fits ``model`` exactly, else one line saying what does not fit."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if not (missing or unexpected or shapes):
-        return None
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if shapes:
-        k = shapes[0]
-        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs "
-                     f"model {tuple(own[k].shape)})")
-    return "; ".join(parts)
 
 
 class Predictor:
@@ -150,7 +131,11 @@ def load_model(weights: str, *, config: Optional[str] = None, device: str = "aut
 
     Raises:
         CheckpointError: the file is not a detseg checkpoint or does not fit the architecture.
+        UsageError: a device this machine does not have, a score threshold outside [0, 1].
     """
+    device = check_device(device)  # before minutes of model building, not after
+    if not 0.0 <= score_threshold <= 1.0:  # also refuses NaN
+        raise UsageError(f"score threshold must be in [0, 1], got {score_threshold}")
     from .modeling.model import build_model
     state = load_checkpoint(weights)
     if "model" not in state:
@@ -177,8 +162,6 @@ def load_model(weights: str, *, config: Optional[str] = None, device: str = "aut
                               f"({cfg.model.backbone.name}, heads "
                               f"{ {n: h.type for n, h in cfg.model.heads.items()} }): {problem}")
     model.load_state_dict(state["model"])
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     return Predictor(model, cfg, names, cat_ids, device=device, score_threshold=score_threshold, half=half,
                      channels_last=channels_last, fold_bn=fold_bn)
 

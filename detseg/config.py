@@ -294,6 +294,7 @@ class SolverConfig:
     amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
     channels_last: bool = True
     checkpoint_period: int = ranged(425, ge=1)
+    keep_last: int = ranged(3, ge=1)  # model_<iter>.pth files kept (best.pth besides)
     eval_period: int = ranged(425, ge=1)
     best_metric: str = "mIoU"
     best_mode: Literal["max", "min"] = "max"

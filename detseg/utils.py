@@ -12,6 +12,60 @@ import tempfile
 from typing import IO, Any, Iterator, Optional
 
 
+class UsageError(ValueError):
+    """A device, output path or argument the user gave cannot be used; the message is one line
+    naming it (tools print it as ``error: ...`` and exit with status 2)."""
+
+
+def check_device(device: str) -> str:
+    """``device`` checked against this machine: ``"auto"`` resolved to ``cuda`` or ``cpu``.
+
+    Raises:
+        UsageError: an unknown device, CUDA without a GPU, a GPU index this machine lacks.
+    """
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r}: CUDA requested but no GPU is available "
+                             f"(torch.cuda.is_available() is False)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type != "cpu":
+        raise UsageError(f"device {device!r}: detseg runs on cpu or cuda (cuda:N), or auto")
+    return device
+
+
+def check_output_dir(path: str) -> str:
+    """Create the folder ``path`` if needed and check that a file can be written in it.
+
+    Raises:
+        UsageError: ``path`` is a file, lies under one, or cannot be created or written.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{path}: exists and is not a folder; give a folder for the output")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write the output here ({e.strerror or type(e).__name__})") from None
+    return path
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file under this process's umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def default_cache_dir() -> str:
     """Where detseg keeps what it makes once (built extensions, generated data):
     ``$DETSEG_CACHE``, else ``~/.cache/detseg``."""
@@ -40,6 +94,7 @@ def atomic_path(path: str, sync: bool = True) -> Iterator[str]:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
+    os.chmod(tmp, _file_mode())  # mkstemp makes 0600; the file should have the umask's mode
     try:
         yield tmp
         if sync:

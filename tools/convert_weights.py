@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     except (ConversionError, WeightsError) as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # an unwritable --output (nothing is left half-written: atomic)
+        print(f"error: {out}: cannot write the converted checkpoint ({e.strerror or e})", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
     return 0
 

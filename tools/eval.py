@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     from detseg.utils import write_json_atomic
     from detseg.evaluation.runner import build_datasets_and_evaluator
     from detseg.modeling.heads import head_class
+    from detseg.utils import UsageError, check_output_dir
     try:
         # the model exactly as the trainer evaluated it (no inference-time folding)
         predictor = load_model(args.weights, config=args.config, device=args.device, fold_bn=False)
@@ -61,10 +62,11 @@ def main(argv=None) -> int:
             split = resolve_splits(cfg).get("val")
             if split is None:
                 raise ConfigError("the config has no val split; pass --ann-file and --image-dir")
-        out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(args.weights)), "eval")
+        out_dir = check_output_dir(
+            args.output or os.path.join(os.path.dirname(os.path.abspath(args.weights)), "eval"))
         datasets, evaluate = build_datasets_and_evaluator(cfg, {"val": split}, out_dir)
         dataset = datasets["val"]
-    except (CheckpointError, ConfigError, DataError) as e:
+    except (CheckpointError, ConfigError, DataError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if dataset.cat_ids != predictor.cat_ids:

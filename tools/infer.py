@@ -47,7 +47,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def next_output_dir(root: str = os.path.join("runs", "infer")) -> str:
-    os.makedirs(root, exist_ok=True)
+    from detseg.utils import check_output_dir
+    check_output_dir(root)
     taken = [int(d) for d in os.listdir(root) if d.isdigit()]
     return os.path.join(root, str(max(taken, default=0) + 1))
 
@@ -246,15 +247,15 @@ def main(argv=None) -> int:
         return 2
     from detseg.api import load_model
     from detseg.config import ConfigError
+    from detseg.utils import UsageError, check_output_dir
     try:
+        out_dir = check_output_dir(args.output or next_output_dir())
         kind, what = classify_input(args.input)
         predictor = load_model(args.weights, config=args.config, device=args.device,
                                score_threshold=args.score_threshold, half=args.half)
-    except (DataError, CheckpointError, ConfigError) as e:
+    except (DataError, CheckpointError, ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out_dir = args.output or next_output_dir()
-    os.makedirs(out_dir, exist_ok=True)
     try:
         if kind == "images":
             failed = run_images(what, predictor, args, out_dir)

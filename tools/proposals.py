@@ -57,6 +57,9 @@ def main(argv=None) -> int:
 
     from detseg.data.coco import CocoDataset
     from detseg.data import proposal_cache as ss
+    if args.workers < 1 or (args.max_per_image is not None and args.max_per_image < 1):
+        print("error: --workers and --max-per-image must be >= 1", file=sys.stderr)
+        return 2
     try:
         jobs = _jobs(args)
     except (ConfigError, DataError) as e:
@@ -64,14 +67,17 @@ def main(argv=None) -> int:
         return 2
     for ann_file, image_dir, out, mode, limit in jobs:
         path = out or ss.default_cache_path(ann_file, mode)
-        if args.force or not os.path.isfile(path):
-            try:
+        try:
+            if args.force or not os.path.isfile(path):
                 props = ss.compute_for_dataset(ann_file, image_dir, mode, limit, args.workers)
-            except DataError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 1
-            ss.save_cache(path, props, mode, limit)
-        props = ss.load_cache(path)
+                ss.save_cache(path, props, mode, limit)
+            props = ss.load_cache(path)
+        except (DataError, ss.ProposalError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:  # an unwritable --out
+            print(f"error: {path}: cannot write the cache ({e.strerror or e})", file=sys.stderr)
+            return 1
         ds = CocoDataset(ann_file, image_dir)
         gt = {i: ds.load_annotations(i, ds.coco.imgs[i]["height"], ds.coco.imgs[i]["width"])["boxes"]
               for i in ds.ids}

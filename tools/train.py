@@ -22,7 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detseg.config import ConfigError, load_config, to_dict, to_yaml  # noqa: E402
 from detseg.data.io import DataError  # noqa: E402
 from detseg.data.proposal_cache import ProposalError  # noqa: E402
-from detseg.utils import write_json_atomic  # noqa: E402
+from detseg.engine.checkpoint import CheckpointError  # noqa: E402
+from detseg.modeling.backbones import WeightsError  # noqa: E402
+from detseg.utils import UsageError, check_device, check_output_dir, write_json_atomic  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -80,8 +82,17 @@ def main(argv=None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    try:
+        check_device(cfg.runtime.device)
+        if not args.check_data:  # the run folder, or runs/ where a numbered one will be made
+            check_output_dir(cfg.runtime.output_dir or "runs")
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if cfg.model.init_from and not os.path.isfile(cfg.model.init_from):
-        print(f"config error: model.init_from: {cfg.model.init_from}: file not found", file=sys.stderr)
+        print(f"config error: model.init_from: {cfg.model.init_from}: file not found (a COCO detector "
+              f"from torchvision: tools/convert_weights.py writes it, see weights/README.md)",
+              file=sys.stderr)
         return 2
 
     from detseg.data.build import resolve_splits
@@ -105,7 +116,7 @@ def main(argv=None) -> int:
 
     try:
         return run(cfg, splits, args)
-    except (ConfigError, DataError, FloatingPointError, ProposalError) as e:
+    except (ConfigError, DataError, FloatingPointError, ProposalError, CheckpointError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
@@ -115,7 +126,7 @@ def run(cfg, splits: dict, args) -> int:
 
     from detseg.data.build import build_train_loader
     from detseg.engine import distributed as dist
-    from detseg.engine.checkpoint import CheckpointError, load_checkpoint
+    from detseg.engine.checkpoint import fit_report, load_checkpoint
     from detseg.engine.init_from import init_from
     from detseg.engine.trainer import Trainer, seed_everything
     from detseg.evaluation.runner import build_datasets_and_evaluator
@@ -137,9 +148,15 @@ def run(cfg, splits: dict, args) -> int:
         path = args.weights or os.path.join(output_dir, "best.pth")
         try:
             state = load_checkpoint(path)
+            if not isinstance(state.get("model"), dict):
+                raise CheckpointError(f"{path}: holds no model state")
             trainer.model.load_state_dict(state["model"])
-        except (CheckpointError, RuntimeError, KeyError) as e:
-            print(f"error: {path}: {e}", file=sys.stderr)
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except RuntimeError:
+            print(f"error: {path}: does not fit the model this config builds "
+                  f"({fit_report(trainer.model, state['model'])})", file=sys.stderr)
             return 1
         trainer.model.eval()
         with torch.no_grad():

@@ -25,9 +25,10 @@ def resolve_splits(cfg) -> dict:
     if d.train.ann_file is None:
         s = d.shapes
         try:
-            return ensure_shapes(s.seed, s.num_train, s.num_val, s.cache_dir, s.classes)
+            splits = ensure_shapes(s.seed, s.num_train, s.num_val, s.cache_dir, s.classes)
         except ValueError as e:  # an unknown shape name
             raise DataError(f"data.shapes.classes: {e}") from None
+        return splits if s.num_val else {**splits, "val": None}
     splits = {"train": {"ann_file": d.train.ann_file, "image_dir": d.train.image_dir}, "val": None}
     if d.val.ann_file:
         splits["val"] = {"ann_file": d.val.ann_file, "image_dir": d.val.image_dir}

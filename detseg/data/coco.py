@@ -22,24 +22,86 @@ from pycocotools.coco import COCO
 
 from ..structures import SEMANTIC_IGNORE as IGNORE
 from .io import DataError, read_image
+from .validate import DROPPED, FATAL, SEGMENTATION, check_annotations, read_annotations
 
 logger = logging.getLogger(__name__)
 
 
-def load_coco(ann_file: str) -> COCO:
-    """Open a COCO annotation file quietly; failures name the file."""
-    if not os.path.isfile(ann_file):
-        raise DataError(f"{ann_file}: annotation file not found")
+def load_coco(ann_file: str, image_dir: Optional[str] = None) -> COCO:
+    """Open a COCO annotation file after the dataset doctor's checks (``validate``).
+
+    A file that cannot be trained or evaluated on (no categories, no images, duplicate ids, no
+    usable annotation, ...) is refused with a ``DataError`` naming the first problem. Annotations
+    with bad boxes or of unknown images are dropped, bad segmentations replaced by the box, and
+    boxes leaving their image clipped (when loaded), each kind logged once with a count and the
+    first ids.
+    """
+    data, problems = read_annotations(ann_file)
+    if data is None:
+        raise DataError(f"{ann_file}: {problems[0].detail}")
+    problems = check_annotations(data, ann_file)
+    fatal = [p for p in problems if p.kind in FATAL]
+    hint = f"tools/check_data.py {ann_file} {image_dir or 'IMAGE_DIR'} lists every problem"
+    if fatal:
+        p = fatal[0]
+        where = "".join(f" {k} {v}" for k, v in (("image", p.image_id), ("annotation", p.ann_id)) if v is not None)
+        more = f" (and {len(fatal) - 1} more problem(s) of this severity)" if len(fatal) > 1 else ""
+        raise DataError(f"{ann_file}:{where}: {p.detail}{more}; cannot use this file ({hint})")
+    data = _cleaned(data, problems, ann_file, hint)
     try:
         with contextlib.redirect_stdout(_io.StringIO()):
-            return COCO(ann_file)
-    except ValueError as e:  # json.JSONDecodeError is a ValueError
-        raise DataError(f"{ann_file}: not valid JSON ({e})") from None
+            coco = COCO()
+            coco.dataset = data
+            coco.createIndex()
     except (KeyError, TypeError, AssertionError) as e:
-        raise DataError(
-            f"{ann_file}: not a COCO annotation file ({type(e).__name__}: {e}); "
-            f"run tools/check_data.py on it"
-        ) from None
+        raise DataError(f"{ann_file}: not a COCO annotation file ({type(e).__name__}: {e}); {hint}") from None
+    return coco
+
+
+def _cleaned(data: dict, problems: list, ann_file: str, hint: str) -> dict:
+    """``data`` without the annotations ``DROPPED`` names, bad segmentations emptied (the box
+    then serves as the mask); one warning per kind of problem."""
+    by_kind: dict[str, list] = {}
+    for p in problems:
+        by_kind.setdefault(p.kind, []).append(p)
+    for kind, found in by_kind.items():
+        action = ("dropped" if kind in DROPPED else "replaced the segmentation by the box for" if kind in
+                  SEGMENTATION else "clipped to their image" if kind == "box_outside_image" else "noted")
+        ids = ", ".join(f"{p.ann_id}" for p in found[:3])
+        logger.warning("%s: %s %d annotation(s) with %s: %s (annotation ids %s%s); %s", ann_file, action,
+                       len(found), kind.replace("_", " "), found[0].detail, ids,
+                       ", ..." if len(found) > 3 else "", hint)
+    drop = {id(a) for a in _annotations_with(data, problems, DROPPED)}
+    blank = {id(a) for a in _annotations_with(data, problems, SEGMENTATION)}
+    if not drop and not blank:
+        return data
+    anns = [dict(a, segmentation=[]) if id(a) in blank else a
+            for a in data["annotations"] if id(a) not in drop]
+    return {**data, "annotations": anns}
+
+
+def _annotations_with(data: dict, problems: list, kinds: set) -> list:
+    """The annotation objects of ``data`` that problems of ``kinds`` point at (the n-th
+    annotation that is not an object, or repeats an id, is found by position)."""
+    wanted = [p for p in problems if p.kind in kinds]
+    if not wanted:
+        return []
+    anns = data["annotations"]
+    seen_ids, out = set(), []
+    flagged = {(p.ann_id, p.image_id) for p in wanted if p.kind not in ("bad_annotation", "duplicate_annotation_id")}
+    for a in anns:
+        if not isinstance(a, dict):
+            if "bad_annotation" in kinds:
+                out.append(a)
+            continue
+        if a.get("id") in seen_ids:
+            if "duplicate_annotation_id" in kinds:
+                out.append(a)
+            continue
+        seen_ids.add(a.get("id"))
+        if (a.get("id"), a.get("image_id")) in flagged:
+            out.append(a)
+    return out
 
 
 def _valid_bbox(bbox) -> bool:
@@ -109,7 +171,7 @@ class CocoDataset(torch.utils.data.Dataset):
                  on_bad_image: str = "error", proposals: Optional[dict] = None):
         self.ann_file = ann_file
         self.image_dir = image_dir
-        self.coco = load_coco(ann_file)
+        self.coco = load_coco(ann_file, image_dir)
         self.with_semantic = with_semantic
         self.with_masks = with_masks or with_semantic
         self.transform = transform
@@ -123,22 +185,13 @@ class CocoDataset(torch.utils.data.Dataset):
         self.label_of_cat = {cid: i for i, cid in enumerate(self.cat_ids)}
         self.class_names = [self.coco.cats[cid]["name"] for cid in self.cat_ids]
 
-        dropped = 0
+        # (load_coco refused undeclared categories and dropped unusable boxes, with a warning)
         ids = []
         for img_id in sorted(self.coco.getImgIds()):
             anns = self.coco.imgToAnns.get(img_id, [])
-            for ann in anns:
-                if ann.get("category_id") not in self.label_of_cat:
-                    raise DataError(f"{ann_file}: annotation {ann.get('id')} of image {img_id} "
-                                    f"has undeclared category_id {ann.get('category_id')}")
-                if not _valid_bbox(ann.get("bbox")):
-                    dropped += 1
             has_pos = any(not ann.get("iscrowd", 0) and _valid_bbox(ann.get("bbox")) for ann in anns)
             if has_pos or keep_empty:
                 ids.append(img_id)
-        if dropped:
-            logger.warning("%s: ignored %d annotations with a missing, non-finite or empty box; "
-                           "tools/check_data.py lists them", ann_file, dropped)
         self.ids = ids
 
     # -- label map -------------------------------------------------------------------------

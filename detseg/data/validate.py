@@ -4,6 +4,10 @@
 problem) and returns one ``Problem`` per defect, naming the file, image id and annotation id.
 ``fix_dataset`` writes a cleaned copy (``--fix clip`` repairs what can be repaired and drops the
 rest; ``--fix drop`` drops every bad item) and never touches the original.
+
+The dataset loader (``coco.CocoDataset``) runs the same JSON checks (``check_annotations``) and
+treats each kind as the sets below say: it refuses a file with a ``FATAL`` problem, and drops or
+repairs the rest with a warning that counts each kind.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from ..utils import write_json_atomic
-from .io import DataError, read_image_size
+from .io import DataError, read_image, read_image_size
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,16 @@ class Problem:
 
 # Problems --fix clip can repair in place (everything else is dropped).
 CLIPPABLE = {"box_outside_image", "size_mismatch"}
+# What the loader cannot train or evaluate on: it refuses the file.
+FATAL = {"missing_file", "unreadable_file", "bad_json", "missing_section", "no_images", "no_categories",
+         "duplicate_image_id", "duplicate_category_id", "bad_image_entry", "bad_category",
+         "unknown_category", "no_annotations"}
+# Annotations the loader leaves out (the rest of the image is kept).
+DROPPED = {"bad_annotation", "duplicate_annotation_id", "unknown_image", "bad_box", "nan_box", "empty_box",
+           "box_wholly_outside"}
+# Segmentations the loader replaces by the annotation's box (the object itself is kept).
+SEGMENTATION = {"bad_polygon", "polygon_odd_coords", "polygon_too_few_points", "bad_rle",
+                "rle_size_mismatch", "bad_segmentation"}
 
 
 def _is_num(v) -> bool:
@@ -67,36 +81,64 @@ def check_dataset(ann_file: str, image_dir: str, check_images: bool = True) -> l
     Args:
         ann_file: COCO JSON.
         image_dir: folder of the images.
-        check_images: open each image (header only) to check it exists, decodes and has the
-            width/height the JSON claims.
+        check_images: decode each image to check it exists, is a whole image (a truncated file
+            is found) and has the width/height the JSON claims.
     """
+    data, problems = read_annotations(ann_file)
+    if data is None:
+        return problems
+    problems += check_annotations(data, ann_file)
+    if check_images:
+        problems += check_image_files(data, ann_file, image_dir)
+    return problems
+
+
+def read_annotations(ann_file: str) -> tuple[Optional[dict], list[Problem]]:
+    """(the parsed JSON object or None, the problems reading it)."""
+    def fail(kind: str, detail: str) -> tuple[None, list[Problem]]:
+        return None, [Problem(ann_file, None, None, kind, detail)]
+
+    if not os.path.exists(ann_file):
+        return fail("missing_file", "annotation file not found")
+    if os.path.isdir(ann_file):
+        return fail("unreadable_file", "is a folder, not an annotation file")
+    try:
+        with open(ann_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        return fail("unreadable_file", f"cannot read ({e.strerror or e})")
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        return fail("bad_json", f"not valid JSON: {e}")
+    if not isinstance(data, dict):
+        return fail("bad_json", "top level is not an object")
+    return data, []
+
+
+def check_annotations(data: dict, ann_file: str) -> list[Problem]:
+    """The problems of a parsed COCO object (sections, ids, boxes, segmentations), in file order;
+    image files are not opened (``check_image_files`` does that)."""
     problems: list[Problem] = []
 
     def add(kind: str, detail: str, image_id=None, ann_id=None, file=ann_file):
         problems.append(Problem(file, image_id, ann_id, kind, detail))
 
-    try:
-        with open(ann_file, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        add("missing_file", "annotation file not found")
-        return problems
-    except (ValueError, UnicodeDecodeError) as e:
-        add("bad_json", f"not valid JSON: {e}")
-        return problems
-    if not isinstance(data, dict):
-        add("bad_json", "top level is not an object")
-        return problems
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             add("missing_section", f"'{key}' missing or not a list")
     images = data.get("images") if isinstance(data.get("images"), list) else []
     anns = data.get("annotations") if isinstance(data.get("annotations"), list) else []
     cats = data.get("categories") if isinstance(data.get("categories"), list) else []
+    if isinstance(data.get("images"), list) and not images:
+        add("no_images", "'images' is empty")
+    if isinstance(data.get("categories"), list) and not cats:
+        add("no_categories", "'categories' is empty: there is no class to learn")
 
     cat_ids = set()
     for c in cats:
-        cid = c.get("id") if isinstance(c, dict) else None
+        if not isinstance(c, dict) or not _is_num(c.get("id")) or not isinstance(c.get("name"), str):
+            add("bad_category", f"category without a numeric id and a name: {str(c)[:80]}")
+            continue
+        cid = c["id"]
         if cid in cat_ids:
             add("duplicate_category_id", f"category id {cid} declared twice")
         cat_ids.add(cid)
@@ -112,26 +154,11 @@ def check_dataset(ann_file: str, image_dir: str, check_images: bool = True) -> l
             continue
         h, w = img.get("height"), img.get("width")
         sizes[iid] = (h if _is_num(h) else None, w if _is_num(w) else None)
-        name = img.get("file_name")
-        if not isinstance(name, str):
+        if not isinstance(img.get("file_name"), str):
             add("bad_image_entry", "image has no file_name", image_id=iid)
-            continue
-        if not check_images:
-            continue
-        path = os.path.join(image_dir, name)
-        if not os.path.isfile(path):
-            add("missing_image", "image file not found", image_id=iid, file=path)
-            continue
-        try:
-            fh, fw = read_image_size(path)
-        except DataError as e:
-            add("unreadable_image", str(e).split(": ", 1)[-1], image_id=iid, file=path)
-            continue
-        if (h, w) != (fh, fw):
-            add("size_mismatch", f"JSON says {w}x{h}, file is {fw}x{fh}", image_id=iid, file=path)
-            sizes[iid] = (fh, fw)
 
     ann_ids = set()
+    usable = 0
     for ann in anns:
         if not isinstance(ann, dict):
             add("bad_annotation", f"annotation is not an object: {str(ann)[:80]}")
@@ -148,6 +175,7 @@ def check_dataset(ann_file: str, image_dir: str, check_images: bool = True) -> l
             add("unknown_category", f"category_id {ann.get('category_id')} is not declared", iid, aid)
         h, w = sizes[iid]
         bbox = ann.get("bbox")
+        good_box = False
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)):
             add("bad_box", f"bbox is not 4 numbers: {bbox!r}", iid, aid)
         elif not all(math.isfinite(v) for v in bbox):
@@ -155,11 +183,45 @@ def check_dataset(ann_file: str, image_dir: str, check_images: bool = True) -> l
         elif bbox[2] <= 0 or bbox[3] <= 0:
             add("empty_box", f"bbox has non-positive width or height: {bbox}", iid, aid)
         elif h is not None and w is not None and (
+                bbox[0] >= w or bbox[1] >= h or bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0):
+            add("box_wholly_outside", f"bbox {bbox} lies wholly outside the {w}x{h} image", iid, aid)
+        elif h is not None and w is not None and (
                 bbox[0] < 0 or bbox[1] < 0 or bbox[0] + bbox[2] > w + 1e-3 or bbox[1] + bbox[3] > h + 1e-3):
             add("box_outside_image", f"bbox {bbox} leaves the {w}x{h} image", iid, aid)
+            good_box = True
+        else:
+            good_box = True
         bad = _check_segmentation(ann.get("segmentation"), h, w)
         if bad:
             add(bad[0], bad[1], iid, aid)
+        usable += good_box and not ann.get("iscrowd", 0)
+    if images and cats and not usable:
+        add("no_annotations", "no usable (non-crowd, boxed) annotation in the whole file")
+    return problems
+
+
+def check_image_files(data: dict, ann_file: str, image_dir: str) -> list[Problem]:
+    """Decode each image of ``data["images"]``: missing, unreadable or truncated files, and sizes
+    that differ from the JSON's."""
+    problems: list[Problem] = []
+    seen = set()
+    for img in data.get("images") if isinstance(data.get("images"), list) else []:
+        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str) or img.get("id") in seen:
+            continue
+        iid = img.get("id")
+        seen.add(iid)
+        path = os.path.join(image_dir, img["file_name"])
+        if not os.path.isfile(path):
+            problems.append(Problem(path, iid, None, "missing_image", "image file not found"))
+            continue
+        try:
+            fh, fw = read_image(path).shape[:2]  # a whole decode: a truncated file fails here
+        except DataError as e:
+            problems.append(Problem(path, iid, None, "unreadable_image", str(e).split(": ", 1)[-1]))
+            continue
+        h, w = img.get("height"), img.get("width")
+        if (h, w) != (fh, fw):
+            problems.append(Problem(path, iid, None, "size_mismatch", f"JSON says {w}x{h}, file is {fw}x{fh}"))
     return problems
 
 

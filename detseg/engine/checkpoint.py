@@ -6,6 +6,7 @@ the label map (contiguous label → dataset category id).
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -38,6 +39,11 @@ def load_checkpoint(path: str) -> dict:
     """Read a checkpoint safely; code hidden in it is refused, never run."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint not found")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (0x80 ...)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+        raise CheckpointError(f"{path}: not a readable checkpoint (not a file torch.save wrote)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -90,3 +96,33 @@ def newest_loadable(folder: str) -> Optional[tuple[str, dict]]:
 def prune(folder: str, keep: int) -> None:
     for path in checkpoints_newest_first(folder)[keep:]:
         os.unlink(path)
+
+
+def remove_partial_writes(folder: str) -> int:
+    """Remove the temp files (``.tmp-*``) of writes a killed process never finished; returns
+    how many. Only for a run folder no other process is writing to."""
+    stale = glob.glob(os.path.join(folder, ".tmp-*"))
+    for path in stale:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    return len(stale)
+
+
+def fit_report(model: torch.nn.Module, state: dict) -> Optional[str]:
+    """None when ``state`` fits ``model`` exactly, else one line saying what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(getattr(state[k], "shape", ()))]
+    if not (missing or unexpected or shapes):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs "
+                     f"model {tuple(own[k].shape)})")
+    return "; ".join(parts)

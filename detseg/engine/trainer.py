@@ -100,6 +100,8 @@ class Trainer:
         self.plateau_scale = 1.0
         self.plateau_bad = 0
         os.makedirs(output_dir, exist_ok=True)
+        if dist.is_main() and (n := ckpt.remove_partial_writes(output_dir)):
+            logger.warning("removed %d unfinished file write(s) a killed run left in %s", n, output_dir)
         self.metrics_path = os.path.join(output_dir, "metrics.jsonl")
         self.tb = _tensorboard_writer(output_dir) if dist.is_main() else None
 
@@ -136,9 +138,14 @@ class Trainer:
     def save(self, name: Optional[str] = None) -> str:
         path = os.path.join(self.output_dir, name or f"model_{self.iter:07d}.pth")
         if dist.is_main():  # only rank 0 writes
-            ckpt.save_atomic(self.state(), path)
+            try:
+                ckpt.save_atomic(self.state(), path)
+            except OSError as e:  # a full disk, a folder made read-only mid-run
+                raise ckpt.CheckpointError(
+                    f"{path}: could not write the checkpoint ({e.strerror or type(e).__name__}); the "
+                    f"checkpoints already in {self.output_dir} are intact") from None
             if name is None:
-                ckpt.prune(self.output_dir, keep=3)
+                ckpt.prune(self.output_dir, keep=self.s.keep_last)
         return path
 
     def resume(self) -> bool:
@@ -146,7 +153,13 @@ class Trainer:
         if found is None:
             return False
         path, state = found
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise ckpt.CheckpointError(
+                f"{path}: --resume: the checkpoint is of another model than this config builds "
+                f"({ckpt.fit_report(self.model, state['model'])}). Train into a new "
+                f"--output-dir, or start from this checkpoint's weights with --init-from") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.iter = int(state["iteration"])
@@ -155,8 +168,27 @@ class Trainer:
         self.plateau_scale = float(state["scheduler"]["plateau_scale"])
         self.plateau_bad = int(state["scheduler"]["plateau_bad"])
         ckpt.set_rng_state(state["rng"])
+        self._trim_metrics()
         logger.info("resumed from %s at iteration %d", path, self.iter)
         return True
+
+    def _trim_metrics(self) -> None:
+        """Drop the metrics rows logged after the checkpoint resumed from (the resumed run logs
+        those iterations again) and a torn last line."""
+        if not dist.is_main() or not os.path.exists(self.metrics_path):
+            return
+        kept = []
+        with open(self.metrics_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if int(row.get("iter", 0)) <= self.iter:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        from ..utils import atomic_write
+        with atomic_write(self.metrics_path, "w") as f:
+            f.writelines(kept)
 
     # -- logging -----------------------------------------------------------------------------
     def log(self, record: dict) -> None:

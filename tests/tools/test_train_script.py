@@ -105,3 +105,32 @@ def test_fine_tuning_run_writes_its_init_report_and_resumes_without_reinitialisi
     with caplog.at_level("INFO"):
         assert train.main(["--resume", f"model.init_from={ckpt}", *args]) == 0
     assert "model.init_from" in caplog.text and "not applied again" in caplog.text
+
+
+def test_readme_fine_tuning_commands_on_a_converted_torchvision_detector(tmp_path, shapes_data, monkeypatch):
+    """README's "Train on your own data from a COCO-trained detector", with a seeded torchvision
+    file for the downloaded one, shapes for "mydata" and small sizes for speed."""
+    import torch
+    import torchvision
+
+    from tools import convert_weights, train
+    monkeypatch.setenv("DETSEG_NO_PROGRESS", "1")
+    torch.manual_seed(0)
+    tv = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    torch.save(tv.state_dict(), tmp_path / "fasterrcnn.pth")
+    converted = str(tmp_path / "faster_rcnn_r50_fpn_coco.pth")
+    assert convert_weights.main(["--model", "faster_rcnn", "--input", str(tmp_path / "fasterrcnn.pth"),
+                                 "--output", converted]) == 0
+    out = tmp_path / "mine"
+    data = [f"data.{s}.{k}={shapes_data[s][k]}" for s in ("train", "val") for k in ("ann_file", "image_dir")]
+    assert train.main(["--config", "configs/faster_rcnn_r50_fpn_finetune.yaml", "--output-dir", str(out),
+                       *data, f"model.init_from={converted}", "model.init_class_map={circle: sports ball}",
+                       "data.min_size_train=[96]", "data.min_size_test=96", "data.max_size=128",
+                       "data.num_workers=0", "solver.max_iter=2", "solver.freeze.iters=1",
+                       "solver.eval_period=2", "solver.checkpoint_period=2"]) == 0
+    report = json.load(open(out / "init_report.json"))
+    assert report["class_sources"] == {"circle": "sports ball", "rectangle": None, "triangle": None,
+                                       "hexagon": None}
+    assert {"heads.det.predictor.cls_score.weight", "heads.det.predictor.bbox_pred.bias"} <= set(report["remapped"])
+    assert not report["reinitialised"] and not report["ignored"]
+    assert os.path.exists(out / "best.pth")
