@@ -18,6 +18,7 @@ from .config import Config, ConfigError, from_dict, load_config
 from .engine.checkpoint import CheckpointError, fit_report, load_checkpoint
 from .utils import UsageError, check_device
 from .modeling.heads import SEMANTIC
+from .modeling.heads.fcn import labels_at
 from .structures import Instances
 
 ImageLike = Union[np.ndarray, torch.Tensor, str, os.PathLike]
@@ -85,10 +86,7 @@ class Predictor:
             kind = "panoptic" if name == "panoptic" else self.model.heads[name].output
             for i, ((h, w), (oh, ow)) in enumerate(zip(batch["image_sizes"], batch["orig_sizes"])):
                 if kind == SEMANTIC:
-                    logits = pred[i:i + 1, :, :h, :w].float()
-                    logits = torch.nn.functional.interpolate(logits, size=(oh, ow), mode="bilinear",
-                                                             align_corners=False)
-                    value = logits.argmax(1)[0].to(torch.uint8).cpu()
+                    value = labels_at(pred[i, :, :h, :w], (oh, ow)).cpu()
                 elif kind == "panoptic":
                     seg, segments = pred[i]
                     seg = torch.nn.functional.interpolate(seg[None, None].float(), size=(oh, ow),

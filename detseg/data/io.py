@@ -78,6 +78,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             return pil_to_rgb(img)
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file (format not recognised)") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: refused: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from None
 

@@ -58,3 +58,17 @@ def test_loss_ignores_255_and_model_returns_losses_and_logits():
     model.eval()
     with torch.no_grad():
         assert model({"images": images})["seg"].shape == (2, 3, 64, 64)
+
+
+def test_labels_at_in_bands_equals_one_upsampling():
+    """A huge photo's label map is made band by band; the labels are those of one F.interpolate
+    (the 8000 x 8000, 81-class case would need 20 GB in one piece)."""
+    from detseg.modeling.heads.fcn import labels_at
+    torch.manual_seed(0)
+    for c, h, w, size in [(5, 40, 60, (333, 517)), (81, 50, 50, (800, 801)), (3, 7, 9, (100, 64))]:
+        logits = torch.randn(c, h, w)
+        whole = torch.nn.functional.interpolate(logits[None], size=size, mode="bilinear",
+                                                align_corners=False)[0].argmax(0).to(torch.uint8)
+        assert torch.equal(labels_at(logits, size), whole)
+        banded = labels_at(logits, size, budget_bytes=c * size[1] * 4 * 7)  # 7 rows a band
+        assert (banded != whole).float().mean() < 1e-4  # only float ties may differ

@@ -154,3 +154,46 @@ class FCNHead(Head):
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-pixel cross entropy; ``target`` uint8/int ``[B, H, W]`` with 255 ignored."""
         return F.cross_entropy(logits, target.long(), ignore_index=IGNORE)
+
+
+def _source_index(out_size: int, in_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear (align_corners=False) sources of each output position along one axis, the way
+    ``F.interpolate`` computes them: (first index, second index, weight of the second)."""
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    return i0.to(device), i1.to(device), (src - i0).to(device)
+
+
+def labels_at(logits: torch.Tensor, size: tuple[int, int], budget_bytes: int = 256 << 20) -> torch.Tensor:
+    """The argmax of ``logits`` upsampled bilinearly to ``size``, in bounded memory.
+
+    Args:
+        logits: ``Tensor[C, h, w]`` class scores of one image.
+        size: (H, W) of the result.
+        budget_bytes: when the whole upsampled ``[C, H, W]`` float32 fits in this, one
+            ``F.interpolate``; else bands of output rows, each interpolated the same way (an
+            8000 x 8000 photo with 81 COCO classes would otherwise need 20 GB).
+
+    Returns:
+        ``Tensor[H, W]`` uint8 labels. Bands and the one-shot path agree except where two
+        classes tie to float rounding.
+    """
+    c, h, w = logits.shape
+    big_h, big_w = size
+    logits = logits.float()
+    if c * big_h * big_w * 4 <= budget_bytes:
+        up = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+        return up.argmax(0).to(torch.uint8)
+    x0, x1, lx = _source_index(big_w, w, logits.device)
+    y0, y1, ly = _source_index(big_h, h, logits.device)
+    # Width first for every input row (C x h x W), then each band of output rows from it.
+    wide = logits[:, :, x0] * (1 - lx) + logits[:, :, x1] * lx
+    rows = max(1, budget_bytes // max(1, c * big_w * 4))
+    out = torch.empty(big_h, big_w, dtype=torch.uint8, device=logits.device)
+    for start in range(0, big_h, rows):
+        sl = slice(start, start + rows)
+        band = wide[:, y0[sl]] * (1 - ly[sl, None]) + wide[:, y1[sl]] * ly[sl, None]
+        out[sl] = band.argmax(0).to(torch.uint8)
+    return out
