@@ -315,6 +315,12 @@ class RuntimeConfig:
 class EvaluatorConfig:
     # COCO AP through pycocotools, or faster-coco-eval (same numbers, faster)
     backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"
+    # confusion matrices, PR and F1 curves (metrics.json, diagnostics/*.png), detections counted
+    # from this score up in the confusion matrix and the P / R / F1 "at threshold" figures
+    diagnostics: bool = True
+    score_threshold: float = ranged(0.5, ge=0, le=1)
+    # the training losses on the val split, at each evaluation (val_loss, drawn in curves.png)
+    val_loss: bool = True
 
 
 @dataclass

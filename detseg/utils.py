@@ -59,6 +59,17 @@ def check_output_dir(path: str) -> str:
     return path
 
 
+def next_numbered_dir(root: str) -> str:
+    """``root/<n>`` for the next unused number n (1, 2, ...); ``root`` is created.
+
+    Raises:
+        UsageError: ``root`` cannot be created or written.
+    """
+    check_output_dir(root)
+    taken = [int(d) for d in os.listdir(root) if d.isdigit()]
+    return os.path.join(root, str(max(taken, default=0) + 1))
+
+
 def _file_mode() -> int:
     """The mode ``open()`` would give a new file under this process's umask."""
     mask = os.umask(0o022)

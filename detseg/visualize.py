@@ -42,9 +42,10 @@ def _panel(series: dict[str, list[tuple[float, float]]], title: str, w: int = 56
             cv2.polylines(img, [poly], False, colour, 2, cv2.LINE_AA)
         elif len(poly) == 1:
             cv2.circle(img, tuple(int(v) for v in poly[0]), 3, colour, -1)
-        # Legend in the title row, right of the title, clear of the axis labels.
-        cv2.putText(img, name, (left + 150 + 110 * i, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1,
-                    cv2.LINE_AA)
+        # Legend stacked in the plot's top-right corner, clear of the title and axis labels.
+        if i < 12:
+            cv2.putText(img, name[:18], (w - right - 130, top + 16 + 15 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.42,
+                        colour, 1, cv2.LINE_AA)
     return img
 
 
@@ -62,13 +63,95 @@ def plot_curves(metrics_path: str, out_png: str) -> None:
             for k, v in rec.items():
                 if k in ("iter", "lr", "time") or not isinstance(v, (int, float)):
                     continue
+                if k == "val_loss":  # beside the training loss: over-fitting shows as a gap
+                    losses.setdefault(k, []).append((it, float(v)))
+                    continue
                 if target is losses and not k.startswith("loss"):
                     continue
                 target.setdefault(k, []).append((it, float(v)))
-    img = np.vstack([_panel(losses, "training loss"), _panel(evals, "evaluation")])
-    with atomic_path(out_png) as tmp:
-        if not cv2.imwrite(tmp, img):
-            raise OSError(f"could not write {out_png}")
+    write_png(out_png, np.vstack([_panel(losses, "loss (training, validation)"),
+                                  _panel(evals, "evaluation")]))
+
+
+def write_png(path: str, bgr: np.ndarray) -> None:
+    """``cv2.imwrite`` all or nothing (``utils.atomic_path``); OSError when it cannot."""
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(tmp, bgr):
+            raise OSError(f"could not write {path}")
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def _text_strip(text: str, width: int, height: int, scale: float = 0.4) -> np.ndarray:
+    img = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(img, text[: max(1, width // 7)], (2, height // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (0, 0, 0), 1, cv2.LINE_AA)
+    return img
+
+
+def draw_confusion(matrix, labels: list[str], title: str = "confusion (rows: truth, columns: prediction)",
+                   cell: int = 0) -> np.ndarray:
+    """A confusion matrix as a BGR image: cells shaded by their share of the row, counts written
+    in them (up to 30 classes), class names along both axes."""
+    m = np.asarray(matrix, dtype=np.float64)
+    n = len(labels)
+    cell = cell or max(14, min(48, 640 // max(n, 1)))
+    name_w = 110
+    size = name_w + n * cell + 10
+    (title_w, _), _ = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+    img = np.full((size + 30, max(size, title_w + 10), 3), 255, np.uint8)
+    cv2.putText(img, title, (5, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    top = 30 + name_w
+    share = m / np.maximum(m.sum(1, keepdims=True), 1)
+    for i in range(n):
+        y = top + i * cell
+        img[y:y + cell, :name_w] = _text_strip(labels[i], name_w, cell)
+        strip = _text_strip(labels[i], name_w, cell)
+        img[30:30 + name_w, name_w + i * cell:name_w + (i + 1) * cell] = np.rot90(strip)[:, :cell]
+        for j in range(n):
+            x = name_w + j * cell
+            shade = int(255 - 200 * share[i, j])
+            colour = (shade, shade, 255) if i != j else (shade, 255, shade)  # BGR: red off, green on
+            cv2.rectangle(img, (x, y), (x + cell - 1, y + cell - 1), colour, -1)
+            if n <= 30 and m[i, j]:
+                cv2.putText(img, f"{int(m[i, j])}", (x + 2, y + cell // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX,
+                            0.33, (0, 0, 0), 1, cv2.LINE_AA)
+    return img
+
+
+def write_diagnostics(metrics: dict, folder: str) -> list[str]:
+    """PNG figures of every ``*diagnostics`` entry of ``metrics`` into ``folder``; returns their
+    paths. Detection: ``confusion.png``, ``pr_curves.png`` (precision against recall at IoU 0.5),
+    ``f1_threshold.png`` (F1 against score threshold); semantic: ``semantic_confusion.png``.
+    A head's name prefixes the files when the model has several."""
+    written = []
+    for key, diag in metrics.items():
+        if not key.endswith("diagnostics") or not isinstance(diag, dict):
+            continue
+        prefix = key[: -len("diagnostics")]
+        os.makedirs(folder, exist_ok=True)
+        figures = {}
+        if "pr_curves" in diag:
+            curves = diag["pr_curves"]
+            figures["confusion.png"] = draw_confusion(
+                diag["confusion"], diag["labels"],
+                f"boxes at IoU 0.5, score >= {diag['score_threshold']:g} (rows: truth, columns: prediction)")
+            figures["pr_curves.png"] = _panel(
+                {n: list(zip(c["recall"], c["precision"])) for n, c in curves.items()},
+                "precision (y) against recall (x), IoU 0.5")
+            figures["f1_threshold.png"] = _panel(
+                {n: [(s, 2 * p * r / max(p + r, 1e-12)) for s, p, r in
+                     zip(c["scores"], c["precision"], c["recall"])] for n, c in curves.items()},
+                "F1 (y) against score threshold (x)")
+        else:
+            figures["semantic_confusion.png"] = draw_confusion(diag["confusion"], diag["labels"],
+                                                               "pixels (rows: truth, columns: prediction)")
+        for name, img in figures.items():
+            path = os.path.join(folder, prefix + name)
+            write_png(path, img)
+            written.append(path)
+    return written
 
 
 # --------------------------------------------------------------------------- predictions

@@ -76,6 +76,9 @@ def main(argv=None) -> int:
     with torch.no_grad():
         metrics = evaluate(predictor.model)
     write_json_atomic(metrics, os.path.join(out_dir, "metrics.json"))
+    from detseg.visualize import write_diagnostics
+    for path in write_diagnostics(metrics, out_dir):
+        logging.info("wrote %s", path)
     for key in [k for k in metrics if k.endswith("per_class_AP")]:
         print(f"{key}:\n{format_per_class(metrics[key])}")
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}

@@ -46,13 +46,6 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def next_output_dir(root: str = os.path.join("runs", "infer")) -> str:
-    from detseg.utils import check_output_dir
-    check_output_dir(root)
-    taken = [int(d) for d in os.listdir(root) if d.isdigit()]
-    return os.path.join(root, str(max(taken, default=0) + 1))
-
-
 def classify_input(text: str) -> tuple[str, object]:
     """("webcam", index) | ("video", path) | ("images", [paths]); DataError when nothing matches."""
     from detseg.data.video import VIDEO_EXTENSIONS
@@ -247,9 +240,9 @@ def main(argv=None) -> int:
         return 2
     from detseg.api import load_model
     from detseg.config import ConfigError
-    from detseg.utils import UsageError, check_output_dir
+    from detseg.utils import UsageError, check_output_dir, next_numbered_dir
     try:
-        out_dir = check_output_dir(args.output or next_output_dir())
+        out_dir = check_output_dir(args.output or next_numbered_dir(os.path.join("runs", "infer")))
         kind, what = classify_input(args.input)
         predictor = load_model(args.weights, config=args.config, device=args.device,
                                score_threshold=args.score_threshold, half=args.half)

@@ -24,7 +24,8 @@ from detseg.data.io import DataError  # noqa: E402
 from detseg.data.proposal_cache import ProposalError  # noqa: E402
 from detseg.engine.checkpoint import CheckpointError  # noqa: E402
 from detseg.modeling.backbones import WeightsError  # noqa: E402
-from detseg.utils import UsageError, check_device, check_output_dir, write_json_atomic  # noqa: E402
+from detseg.utils import (UsageError, check_device, check_output_dir, next_numbered_dir,  # noqa: E402
+                          write_json_atomic)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -43,15 +44,14 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: runtime.device)")
     p.add_argument("--deterministic", action="store_true", help="seed everything, deterministic ops")
     p.add_argument("--check-data", action="store_true", help="run the dataset doctor and exit")
+    p.add_argument("--summary", action="store_true",
+                   help="after training, print parameters per part, FLOPs and images/s (tools/summary.py)")
     return p
 
 
 def next_run_dir(config_path: str | None, root: str = "runs") -> str:
     name = os.path.splitext(os.path.basename(config_path))[0] if config_path else "default"
-    base = os.path.join(root, name)
-    os.makedirs(base, exist_ok=True)
-    taken = [int(d) for d in os.listdir(base) if d.isdigit()]
-    return os.path.join(base, str(max(taken, default=0) + 1))
+    return next_numbered_dir(os.path.join(root, name))
 
 
 def main(argv=None) -> int:
@@ -191,6 +191,11 @@ def run(cfg, splits: dict, args) -> int:
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
     if main_rank:
         print(f"done: {output_dir} iteration {trainer.iter} {json.dumps(summary)}")
+        if args.summary:
+            from detseg.engine.summary import format_summary, summarize
+            batch = next(iter(build_train_loader(cfg, train_ds)))
+            size = (cfg.data.min_size_test, cfg.data.min_size_test)
+            print(format_summary(summarize(trainer.model, size, batch)))
     return 0
 
 

@@ -44,7 +44,8 @@ def load_coco(ann_file: str, image_dir: Optional[str] = None) -> COCO:
     hint = f"tools/check_data.py {ann_file} {image_dir or 'IMAGE_DIR'} lists every problem"
     if fatal:
         p = fatal[0]
-        where = "".join(f" {k} {v}" for k, v in (("image", p.image_id), ("annotation", p.ann_id)) if v is not None)
+        where = "".join(f" {k} {v}" for k, v in (("image", p.image_id), ("annotation", p.ann_id))
+                        if v is not None)
         more = f" (and {len(fatal) - 1} more problem(s) of this severity)" if len(fatal) > 1 else ""
         raise DataError(f"{ann_file}:{where}: {p.detail}{more}; cannot use this file ({hint})")
     data = _cleaned(data, problems, ann_file, hint)
@@ -88,7 +89,8 @@ def _annotations_with(data: dict, problems: list, kinds: set) -> list:
         return []
     anns = data["annotations"]
     seen_ids, out = set(), []
-    flagged = {(p.ann_id, p.image_id) for p in wanted if p.kind not in ("bad_annotation", "duplicate_annotation_id")}
+    flagged = {(p.ann_id, p.image_id) for p in wanted
+               if p.kind not in ("bad_annotation", "duplicate_annotation_id")}
     for a in anns:
         if not isinstance(a, dict):
             if "bad_annotation" in kinds:

@@ -221,7 +221,8 @@ def check_image_files(data: dict, ann_file: str, image_dir: str) -> list[Problem
             continue
         h, w = img.get("height"), img.get("width")
         if (h, w) != (fh, fw):
-            problems.append(Problem(path, iid, None, "size_mismatch", f"JSON says {w}x{h}, file is {fw}x{fh}"))
+            problems.append(Problem(path, iid, None, "size_mismatch",
+                                    f"JSON says {w}x{h}, file is {fw}x{fh}"))
     return problems
 
 

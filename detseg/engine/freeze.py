@@ -61,7 +61,8 @@ class PartFreezer:
         self.frozen = want
         n = sum(p.numel() for p in self.params)
         if want:
-            logger.info("freezing %s (%d parameters) until iteration %d", ", ".join(self.paths), n, self.iters)
+            logger.info("freezing %s (%d parameters) until iteration %d", ", ".join(self.paths), n,
+                        self.iters)
         else:
             logger.info("iteration %d: unfreezing %s (%d parameters); training everything", iteration,
                         ", ".join(self.paths), n)

@@ -218,6 +218,7 @@ class Trainer:
         if better:
             self.best, self.bad_evals, self.plateau_bad = value, 0, 0
             self.save("best.pth")
+            self._write_diagnostics(metrics)
         else:
             self.bad_evals += 1
             self.plateau_bad += 1
@@ -228,6 +229,17 @@ class Trainer:
             if self.s.patience is not None and self.bad_evals >= self.s.patience:
                 raise EarlyStop(f"{self.s.best_metric} did not improve for {self.bad_evals} evaluations")
         return metrics
+
+    def _write_diagnostics(self, metrics: dict) -> None:
+        """The best checkpoint's figures and numbers in ``diagnostics/`` (evaluation.diagnostics)."""
+        if not dist.is_main() or not any(k.endswith("diagnostics") for k in metrics):
+            return
+        from ..utils import write_json_atomic
+        from ..visualize import write_diagnostics
+        folder = os.path.join(self.output_dir, "diagnostics")
+        write_diagnostics(metrics, folder)
+        numbers = {k: v for k, v in metrics.items() if k.endswith("diagnostics")}
+        write_json_atomic({"iter": self.iter, **numbers}, os.path.join(folder, "diagnostics.json"))
 
     # -- the loop ----------------------------------------------------------------------------
     def train(self, stop_at: Optional[int] = None) -> dict:
@@ -300,10 +312,12 @@ class Trainer:
 
 
 def _tensorboard_writer(output_dir: str):
-    """A TensorBoard SummaryWriter when the tensorboard package is installed, else None."""
+    """A TensorBoard SummaryWriter into ``<output_dir>/tb`` (tensorboard is a dependency; a
+    broken install is a warning, not a failed run)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
+    except ImportError as e:
+        logger.warning("TensorBoard logging off: %s (pip install tensorboard)", e)
         return None
     return SummaryWriter(os.path.join(output_dir, "tb"))
 

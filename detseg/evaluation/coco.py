@@ -72,8 +72,13 @@ def instances_to_results(image_id: int, inst, cat_ids: Sequence[int]) -> list[di
 
 def evaluate_results(ann_file: str, results: list[dict], iou_type: str = "bbox",
                      backend: str = "pycocotools", class_names: Optional[Sequence[str]] = None,
-                     image_ids: Optional[Sequence[int]] = None) -> dict:
+                     image_ids: Optional[Sequence[int]] = None,
+                     diagnostics_threshold: Optional[float] = None) -> dict:
     """COCO AP of a results list against ``ann_file``.
+
+    Args:
+        diagnostics_threshold: when set (bbox only), also ``"diagnostics"``: the confusion
+            matrix at this score threshold, PR and F1 curves (``evaluation.diagnostics``).
 
     Returns:
         {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class_AP": {name: AP}} with AP in
@@ -85,7 +90,17 @@ def evaluate_results(ann_file: str, results: list[dict], iou_type: str = "bbox",
     cat_ids = sorted(gt.getCatIds())
     names = list(class_names) if class_names else [gt.cats[c]["name"] for c in cat_ids]
     if not results:
-        return {**{k: 0.0 for k in STAT_NAMES}, "per_class_AP": {n: 0.0 for n in names}}
+        stats = {**{k: 0.0 for k in STAT_NAMES}, "per_class_AP": {n: 0.0 for n in names}}
+        if diagnostics_threshold is not None and iou_type == "bbox":
+            from .diagnostics import confusion_matrix
+            ids = image_ids if image_ids is not None else gt.getImgIds()
+            stats["diagnostics"] = {
+                "score_threshold": diagnostics_threshold, "labels": [*names, "background"],
+                "confusion": confusion_matrix(gt, [], ids, cat_ids).tolist(),
+                "pr_curves": {n: {"recall": [], "precision": [], "scores": [], "num_gt": None}
+                              for n in names},
+                "f1": {}}
+        return stats
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, iou_type)
@@ -102,7 +117,25 @@ def evaluate_results(ann_file: str, results: list[dict], iou_type: str = "bbox",
         p = p[p > -1]
         per_class[name] = float(p.mean()) if p.size else float("nan")
     stats["per_class_AP"] = per_class
+    if diagnostics_threshold is not None and iou_type == "bbox":
+        stats["diagnostics"] = _diagnostics(ann_file, gt, ev, results, image_ids, cat_ids, names,
+                                            backend, diagnostics_threshold)
     return stats
+
+
+def _diagnostics(ann_file, gt, ev, results, image_ids, cat_ids, names, backend, threshold) -> dict:
+    from .diagnostics import detection_diagnostics
+    if backend != "pycocotools":  # the PR curves read pycocotools' per-image matches
+        from pycocotools.coco import COCO as PyCOCO
+        from pycocotools.cocoeval import COCOeval as PyCOCOeval
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = PyCOCO(ann_file)
+            ev = PyCOCOeval(gt, gt.loadRes(results), "bbox")
+            if image_ids is not None:
+                ev.params.imgIds = sorted(int(i) for i in image_ids)
+            ev.evaluate()
+    ids = ev.params.imgIds
+    return detection_diagnostics(gt, ev, results, ids, cat_ids, names, threshold)
 
 
 def format_per_class(per_class: dict) -> str:
@@ -123,14 +156,16 @@ class COCOEvaluator:
         iou_types: ``("bbox",)`` or ``("bbox", "segm")``.
         backend: ``"pycocotools"`` or ``"faster_coco_eval"``.
         output_dir: where ``coco_results.json`` is written (None: not written).
+        diagnostics_threshold: also the box diagnostics (``evaluate_results``) at this score.
     """
 
     def __init__(self, ann_file: str, cat_ids: Sequence[int], class_names: Sequence[str],
                  iou_types: Sequence[str] = ("bbox",), backend: str = "pycocotools",
-                 output_dir: Optional[str] = None):
+                 output_dir: Optional[str] = None, diagnostics_threshold: Optional[float] = None):
         _api(backend)
         self.ann_file, self.cat_ids, self.class_names = ann_file, list(cat_ids), list(class_names)
         self.iou_types, self.backend, self.output_dir = tuple(iou_types), backend, output_dir
+        self.diagnostics_threshold = diagnostics_threshold
         self.reset()
 
     def reset(self) -> None:
@@ -158,7 +193,7 @@ class COCOEvaluator:
         for iou_type in self.iou_types:
             res = results if iou_type == "bbox" else [r for r in results if "segmentation" in r]
             stats = evaluate_results(self.ann_file, res, iou_type, self.backend, self.class_names,
-                                     image_ids)
+                                     image_ids, self.diagnostics_threshold)
             prefix = "" if iou_type == "bbox" else f"{iou_type}_"
             metrics.update({prefix + k: v for k, v in stats.items()})
         return metrics

@@ -1,8 +1,12 @@
-"""One evaluation callable for whatever heads a model has: mIoU for FCN, COCO AP for detectors."""
+"""One evaluation callable for whatever heads a model has: mIoU for FCN, COCO AP for detectors,
+the diagnostics of each (``evaluation.diagnostics``), and the training losses on the val split."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable, Optional
+
+import torch
 
 from .coco import COCOEvaluator, format_per_class
 from .semseg import SemSegEvaluator
@@ -15,10 +19,12 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
 
     Semantic heads add ``mIoU`` / ``pixel_acc``; instance heads add COCO ``AP``, ``AP50`` ...
     (box, and mask for heads with masks), each prefixed with the head's name when the model has
-    more than one head of that kind.
+    more than one head of that kind; ``diagnostics`` (``cfg.evaluator.diagnostics``) and
+    ``val_loss`` (``cfg.evaluator.val_loss``: the summed training losses, averaged over batches).
     """
     from ..modeling.heads import INSTANCES, SEMANTIC, head_class
     kinds = {name: head_class(settings) for name, settings in cfg.model.heads.items()}
+    threshold = cfg.evaluator.score_threshold if cfg.evaluator.diagnostics else None
     semantic = [n for n, cls in kinds.items() if cls.output == SEMANTIC]
     detectors = [n for n, cls in kinds.items() if cls.output == INSTANCES]
 
@@ -30,8 +36,10 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
                                     iou_types=("bbox", "segm")
                                     if kinds[name].wants_masks(cfg.model.heads[name])
                                     else ("bbox",),
-                                    backend=cfg.evaluator.backend, output_dir=output_dir)
+                                    backend=cfg.evaluator.backend, output_dir=output_dir,
+                                    diagnostics_threshold=threshold)
                 for name in detectors}
+        loss_sum, loss_batches = torch.zeros(()), torch.zeros(())
         for batch in loader:
             if not batch["image_ids"]:
                 continue
@@ -40,10 +48,21 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
                 ev.process(batch, outputs[name])
             for name, ev in coco.items():
                 ev.process(batch, outputs[name])
+            if cfg.evaluator.val_loss and can_score_losses(model):
+                loss_sum += validation_loss(model, batch)
+                loss_batches += 1
         metrics: dict = {}
+        if loss_batches:
+            from ..engine import distributed as dist
+            dist.all_reduce_sum(loss_sum)
+            dist.all_reduce_sum(loss_batches)
+            metrics["val_loss"] = float(loss_sum / loss_batches)
         for name, ev in semseg.items():
             prefix = f"{name}_" if len(semantic) > 1 else ""
-            metrics.update({prefix + k: v for k, v in ev.evaluate().items()})
+            stats = ev.evaluate()
+            if not cfg.evaluator.diagnostics:
+                stats.pop("diagnostics", None)
+            metrics.update({prefix + k: v for k, v in stats.items()})
         for name, ev in coco.items():
             stats = ev.evaluate()
             for key in [k for k in stats if k.endswith("per_class_AP")]:
@@ -53,6 +72,36 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
         return metrics
 
     return evaluate
+
+
+def can_score_losses(model) -> bool:
+    """Whether ``model`` can compute its training losses outside training: not an in-model resize
+    (torchvision-style imported detectors resize inside the model at inference only)."""
+    return getattr(model, "resize", None) is None
+
+
+def validation_loss(model, batch) -> torch.Tensor:
+    """The model's summed training loss on ``batch``, as a number, without changing anything:
+    no gradients, normalisation and dropout in inference mode (running statistics untouched),
+    and the random draws of proposal sampling taken from a forked generator, so that a run
+    with validation losses trains exactly as one without."""
+    norms = [m for m in model.modules()
+             if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout, torch.nn.Dropout2d))]
+    devices = [model.device] if getattr(model, "device", torch.device("cpu")).type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices), _training_mode(model, norms):
+        return model(batch)["loss"].detach().float().cpu()
+
+
+@contextlib.contextmanager
+def _training_mode(model, held):
+    was = model.training
+    model.train()
+    for m in held:
+        m.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
 
 
 def build_datasets_and_evaluator(cfg, splits: dict, output_dir: Optional[str]):

@@ -53,9 +53,11 @@ class SemSegEvaluator:
         present = union > 0
         iou = torch.where(present, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
         total = conf.sum()
+        per_class = {name: float(v) for name, v in zip(self.names, iou.tolist())}
         return {
             "mIoU": float(iou[present].mean()) if present.any() else float("nan"),
             "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
-            "IoU": {name: float(v) for name, v in zip(self.names, iou.tolist())},
+            "IoU": per_class,
+            "diagnostics": {"labels": list(self.names), "confusion": self.conf.tolist(), "IoU": per_class},
         }
 

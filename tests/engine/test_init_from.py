@@ -100,7 +100,8 @@ def test_heads_give_the_old_outputs_for_matched_classes(tmp_path):
     for j, s in enumerate(SOURCE):
         if s is not None:
             torch.testing.assert_close(n[:, j], o[:, s], rtol=0, atol=1e-6)
-            torch.testing.assert_close(n[:, 4 + 4 * j:8 + 4 * j], o[:, 5 + 4 * s:9 + 4 * s], rtol=0, atol=1e-6)
+            torch.testing.assert_close(n[:, 4 + 4 * j:8 + 4 * j], o[:, 5 + 4 * s:9 + 4 * s],
+                                       rtol=0, atol=1e-6)
     torch.testing.assert_close(n[:, 3], o[:, 4], rtol=0, atol=1e-6)  # background
 
     # FCN-8s: score layers and deconvolutions both carry classes; a model whose deconvolutions

@@ -61,8 +61,8 @@ def test_kill_during_checkpoint_save_then_resume(tmp_path, shapes_data, monkeypa
     assert mode == 0o666 & ~umask  # as a plain open() would make it, not mkstemp's 0600
 
 
-def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path, shapes_data,
-                                                                          monkeypatch, capsys):
+def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(
+        tmp_path, shapes_data, monkeypatch, capsys):
     import errno
 
     from detseg.engine import checkpoint

@@ -100,3 +100,34 @@ def test_cpu_amp_trains_in_bfloat16_and_float16_needs_cuda(tmp_path, shapes_data
     bad = small_cfg(tmp_path / "f16", "solver.amp=true", "solver.amp_dtype=float16")
     with pytest.raises(ValueError, match="amp_dtype=float16"):
         make_trainer(bad, shapes_data)
+
+
+def test_validation_loss_is_logged_and_does_not_change_training(tmp_path, shapes_data, monkeypatch):
+    """val_loss at each evaluation, in metrics.jsonl and TensorBoard; a run computing it trains
+    to the very same weights as one that does not (no gradients, BatchNorm statistics untouched,
+    proposal sampling on a forked random stream)."""
+    from detseg.data.build import build_val_loader
+    from detseg.evaluation.runner import make_evaluate
+    monkeypatch.setenv("DETSEG_NO_PROGRESS", "1")
+    weights = {}
+    for flag in ("true", "false"):
+        cfg = small_cfg(tmp_path / flag, "solver.max_iter=4", "solver.eval_period=2",
+                        f"evaluator.val_loss={flag}")
+        val = build_dataset(cfg, shapes_data["val"], train=False, with_semantic=True)
+        evaluate = make_evaluate(cfg, val, build_val_loader(cfg, val), None)
+        trainer = make_trainer(cfg, shapes_data, evaluate)
+        trainer.train()
+        weights[flag] = trainer.model.state_dict()
+    assert all(torch.equal(weights["true"][k], weights["false"][k]) for k in weights["true"])
+    evals = [json.loads(x) for x in open(tmp_path / "true" / "metrics.jsonl") if "mIoU" in x]
+    assert [e["iter"] for e in evals] == [2, 4] and all(e["val_loss"] > 0 for e in evals)
+    assert not any("val_loss" in x for x in open(tmp_path / "false" / "metrics.jsonl"))
+    # The best checkpoint's diagnostics: the semantic confusion matrix, as numbers and a figure.
+    diag = json.load(open(tmp_path / "true" / "diagnostics" / "diagnostics.json"))
+    assert len(diag["diagnostics"]["confusion"]) == 5
+    assert os.path.exists(tmp_path / "true" / "diagnostics" / "semantic_confusion.png")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "true" / "tb"))
+    events.Reload()
+    assert [s.step for s in events.Scalars("val_loss")] == [2, 4]
+    assert len(events.Scalars("loss")) >= 1

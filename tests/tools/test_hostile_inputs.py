@@ -119,14 +119,16 @@ CASES = [
      "'categories' missing"),
     ("train", ["data.train.ann_file={empty_categories.json}", "data.train.image_dir={train_dir}"], 1,
      "'categories' is empty"),
-    ("train", ["data.train.ann_file={empty.json}", "data.train.image_dir={train_dir}"], 1, "'images' is empty"),
+    ("train", ["data.train.ann_file={empty.json}", "data.train.image_dir={train_dir}"], 1,
+     "'images' is empty"),
     ("train", ["data.train.ann_file={dup_images.json}", "data.train.image_dir={train_dir}"], 1,
      "image id appears twice"),
     ("train", ["data.train.ann_file={no_annotations.json}", "data.train.image_dir={train_dir}"], 1,
      "no usable (non-crowd, boxed) annotation"),
     ("train", ["data.train.ann_file={unknown_category.json}", "data.train.image_dir={train_dir}"], 1,
      "category_id 999 is not declared"),
-    ("train", ["data.train.ann_file={list.json}", "data.train.image_dir={train_dir}"], 1, "top level is not an object"),
+    ("train", ["data.train.ann_file={list.json}", "data.train.image_dir={train_dir}"], 1,
+     "top level is not an object"),
     ("train", ["data.shapes.classes=[blob]"], 1, "data.shapes.classes"),
     # train: weights, checkpoints
     ("train", [*DATA, "model.backbone.weights={text.pth}"], 1, "not a loadable weights file"),
@@ -148,7 +150,8 @@ CASES = [
               "--output", "/proc/detseg_eval"], 2, "cannot write the output here"),
     # infer
     ("infer", ["--weights", "{ckpt}", "--input", "{image}", "--score-threshold", "2"], 2, "score threshold"),
-    ("infer", ["--weights", "{ckpt}", "--input", "{image}", "--score-threshold", "nan"], 2, "score threshold"),
+    ("infer", ["--weights", "{ckpt}", "--input", "{image}", "--score-threshold", "nan"], 2,
+     "score threshold"),
     ("infer", ["--weights", "{ckpt}", "--input", "{folder}/nope.jpg"], 2, "nope.jpg"),
     ("infer", ["--weights", "{ckpt}", "--input", "{image}", "--batch-size", "0"], 2, "--batch-size"),
     ("infer", ["--weights", "{ckpt}", "--input", "{image}", "--output", "{a_file}"], 2, "is not a folder"),
@@ -170,12 +173,15 @@ CASES = [
     # proposals
     ("proposals", ["--ann-file", "{folder}/missing.json", "--image-dir", "{folder}"], 1, "not found"),
     ("proposals", ["--ann-file", "{train_ann}"], 2, "--ann-file needs --image-dir"),
-    ("proposals", ["--ann-file", "{train_ann}", "--image-dir", "{train_dir}", "--workers", "0"], 2, "--workers"),
+    ("proposals", ["--ann-file", "{train_ann}", "--image-dir", "{train_dir}", "--workers", "0"], 2,
+     "--workers"),
     # convert_weights
     ("convert_weights", ["--model", "faster_rcnn", "--input", "{folder}/nope.pth"], 1, "not found"),
     ("convert_weights", ["--model", "faster_rcnn", "--input", "{ckpt}"], 1, "converter does not know"),
-    ("convert_weights", ["--model", "faster_rcnn", "--input", "{evil.pth}"], 1, "not a loadable weights file"),
-    ("convert_weights", ["--model", "faster_rcnn", "--input", "GARBAGE_ENUM"], 1, "neither a file nor a member"),
+    ("convert_weights", ["--model", "faster_rcnn", "--input", "{evil.pth}"], 1,
+     "not a loadable weights file"),
+    ("convert_weights", ["--model", "faster_rcnn", "--input", "GARBAGE_ENUM"], 1,
+     "neither a file nor a member"),
 ]
 
 

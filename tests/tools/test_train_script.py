@@ -131,6 +131,7 @@ def test_readme_fine_tuning_commands_on_a_converted_torchvision_detector(tmp_pat
     report = json.load(open(out / "init_report.json"))
     assert report["class_sources"] == {"circle": "sports ball", "rectangle": None, "triangle": None,
                                        "hexagon": None}
-    assert {"heads.det.predictor.cls_score.weight", "heads.det.predictor.bbox_pred.bias"} <= set(report["remapped"])
+    assert {"heads.det.predictor.cls_score.weight",
+            "heads.det.predictor.bbox_pred.bias"} <= set(report["remapped"])
     assert not report["reinitialised"] and not report["ignored"]
     assert os.path.exists(out / "best.pth")
