@@ -10,23 +10,29 @@ at several iteration counts. Every run is ``tools/train.py`` as a user runs it.
 """
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import base_parser, finish, markdown_table, run_train  # noqa: E402
+from benchmarks._report import (base_parser, command_line, finish, markdown_table,  # noqa: E402
+                                records_figures, run_train)
 
 NEW_CLASSES = "[star,ellipse,cross,circle,triangle]"
 # task -> (config, metric, pre-training iterations, fine-tuning / scratch iterations, its data)
 TASKS = {
     "faster_rcnn": ("configs/faster_rcnn_resnet18_shapes.yaml", "AP", 600, 480,
                     ["data.shapes.num_train=300"]),
-    "fcn8s": ("configs/fcn8s_resnet18_shapes.yaml", "mIoU", 1000, 480, ["data.shapes.num_train=300"]),
+    "fcn8s": ("configs/fcn8s_resnet18_shapes.yaml", "mIoU", 800, 400, ["data.shapes.num_train=300"]),
 }
 EVALS = 6  # evaluations along each fine-tuning / scratch run
+# Figures of the last full run of each task, so that ``--only`` reruns one and keeps the other
+# (each task's table says when and by which command it was made).
+STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "finetune.json")
 
 
 def second_data(seed: int, num_val: int, quick: bool) -> list[str]:
@@ -94,8 +100,10 @@ def table(name: str, task: dict) -> str:
             label = "fine-tuned from pre-trained" if mode == "finetune" else "from scratch"
             rows.append([seed, label, *values, *tail])
     pre = task["pretrain"]
+    made = f"; run {task['date']}, `{task['command']}`" if task.get("date") else ""
+    made += f"; {task['note']}" if task.get("note") else ""
     return (f"**{name}** (`{TASKS[name][0]}`; pre-trained {pre['iterations']} iterations on the "
-            f"built-in shapes: {metric} {pre[metric]:.3f} there)\n\n" + markdown_table(header, rows))
+            f"built-in shapes: {metric} {pre[metric]:.3f} there{made})\n\n" + markdown_table(header, rows))
 
 
 def summary(task: dict) -> dict:
@@ -118,6 +126,9 @@ def main(argv=None) -> int:
         names = names[:1]
     seeds = args.seeds[:1] if args.quick else args.seeds
     results = {}
+    if not args.quick and os.path.exists(STORE):
+        with open(STORE, encoding="utf-8") as f:
+            results = {k: v for k, v in json.load(f).items() if k in TASKS}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             try:
@@ -125,6 +136,13 @@ def main(argv=None) -> int:
             except RuntimeError as e:
                 print(e, file=sys.stderr)
                 return 1
+            results[name].update(date=time.strftime("%Y-%m-%d %H:%M"), command=command_line())
+            if records_figures(args):
+                os.makedirs(os.path.dirname(STORE), exist_ok=True)
+                with open(STORE + ".tmp", "w", encoding="utf-8") as f:
+                    json.dump(results, f, indent=1)
+                os.replace(STORE + ".tmp", STORE)
+    results = {name: results[name] for name in TASKS if name in results}
     sums = {name: summary(task) for name, task in results.items()}
     figures = {"finetune": {}, "scratch": {}, "speedup": {}, "gain": {}, "runs": results}
     keys = {"AP": "box_ap", "mIoU": "mIoU"}
@@ -138,7 +156,7 @@ def main(argv=None) -> int:
     rows = [[name, s["metric"], f"{s['scratch']:.3f}", f"{s['finetune']:.3f}", f"{s['gain']:+.3f}",
              f"{s['speedup_min']:.1f}x"] for name, s in sums.items()]
     body += "\n\n" + markdown_table(
-        ["task", "metric", f"from scratch, final (mean of {len(seeds)} seeds)", "fine-tuned, final",
+        ["task", "metric", "from scratch, final (mean of the seeds)", "fine-tuned, final",
          "gain", "iterations to scratch's final: speedup (worst seed)"], rows)
     body += (f"\n\nSecond dataset: shapes {NEW_CLASSES} (circle and triangle shared with the "
              f"pre-training data, star, ellipse and cross new), seed 100 + run seed, 300 train / "

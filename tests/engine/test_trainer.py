@@ -83,8 +83,14 @@ def test_nan_loss_stops_with_image_ids_and_keeps_last_checkpoint(tmp_path, shape
 
 
 def test_cpu_amp_trains_in_bfloat16_and_float16_needs_cuda(tmp_path, shapes_data, monkeypatch):
+    from detseg.engine import trainer as trainer_module
     monkeypatch.setenv("DETSEG_NO_PROGRESS", "1")
-    cfg = small_cfg(tmp_path / "amp", "solver.max_iter=4", "solver.amp=true")
+    # "auto" picks bfloat16 only where the CPU runs it natively; emulated it is ~25x slower.
+    auto = small_cfg(tmp_path / "auto", "solver.max_iter=4", "solver.amp=true")
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(trainer_module, "_cpu_has_native_bf16", lambda: native)
+        assert trainer_module._amp_dtype(auto.solver, torch.device("cpu")) == expected
+    cfg = small_cfg(tmp_path / "amp", "solver.max_iter=4", "solver.amp=true", "solver.amp_dtype=bfloat16")
     trainer = make_trainer(cfg, shapes_data)
     assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
     seen = []
