@@ -7,6 +7,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO_TINY = os.path.join(ROOT, "..", "shared", "data", "coco_tiny")
 
+# Tests give child processes fresh data caches (DETSEG_CACHE); the C++ kernel is built once in
+# the usual cache and shared with them, instead of a 35-second build per child process.
+if "DETSEG_EXT_CACHE" not in os.environ:
+    from detseg.utils import default_cache_dir
+    os.environ["DETSEG_EXT_CACHE"] = os.path.join(default_cache_dir(), "extensions")
+
 
 def coco_tiny_split(split: str) -> tuple[str, str]:
     """(ann_file, image_dir) of ../shared/data/coco_tiny, skipping the test when it is absent."""

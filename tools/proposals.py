@@ -57,8 +57,9 @@ def main(argv=None) -> int:
 
     from detseg.data.coco import CocoDataset
     from detseg.data import proposal_cache as ss
-    if args.workers < 1 or (args.max_per_image is not None and args.max_per_image < 1):
-        print("error: --workers and --max-per-image must be >= 1", file=sys.stderr)
+    if args.workers < 0 or (args.max_per_image is not None and args.max_per_image < 1):
+        print("error: --workers must be >= 0 (0: in this process) and --max-per-image >= 1",
+              file=sys.stderr)
         return 2
     try:
         jobs = _jobs(args)

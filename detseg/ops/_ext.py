@@ -14,9 +14,12 @@ _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
 
 
 def _build_dir() -> str:
+    """``$DETSEG_EXT_CACHE`` (a build shared by processes with different data caches), else
+    ``<cache>/extensions``; one folder per torch version."""
     from ..utils import default_cache_dir
     tag = torch.__version__.replace("+", "_").replace(".", "_")
-    path = os.path.join(default_cache_dir(), "extensions", f"torch_{tag}")
+    root = os.environ.get("DETSEG_EXT_CACHE") or os.path.join(default_cache_dir(), "extensions")
+    path = os.path.join(root, f"torch_{tag}")
     os.makedirs(path, exist_ok=True)
     return path
 

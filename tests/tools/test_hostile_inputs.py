@@ -173,7 +173,7 @@ CASES = [
     # proposals
     ("proposals", ["--ann-file", "{folder}/missing.json", "--image-dir", "{folder}"], 1, "not found"),
     ("proposals", ["--ann-file", "{train_ann}"], 2, "--ann-file needs --image-dir"),
-    ("proposals", ["--ann-file", "{train_ann}", "--image-dir", "{train_dir}", "--workers", "0"], 2,
+    ("proposals", ["--ann-file", "{train_ann}", "--image-dir", "{train_dir}", "--workers", "-1"], 2,
      "--workers"),
     # convert_weights
     ("convert_weights", ["--model", "faster_rcnn", "--input", "{folder}/nope.pth"], 1, "not found"),
