@@ -25,14 +25,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    from detseg.engine.summary import median_seconds
+    return median_seconds(fn, repeats, warmup)
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:

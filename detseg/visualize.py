@@ -172,12 +172,14 @@ def _label(img: np.ndarray, text: str, x: int, y: int, colour) -> None:
                 cv2.LINE_AA)
 
 
-def draw_instances(image: np.ndarray, instances, class_names: list[str], alpha: float = 0.45) -> np.ndarray:
-    """Boxes with class name and score, and translucent mask overlays, on a copy of ``image``.
+def draw_instances(image: np.ndarray, instances, class_names: list[str], alpha: float = 0.45,
+                   scores: bool = True) -> np.ndarray:
+    """Boxes with class name (and score), and translucent mask overlays, on a copy of ``image``.
 
     Args:
         image: ``np.ndarray[H, W, 3]`` RGB uint8; instances: ``Instances`` in its pixels (masks
             ``[N, H, W]`` when present).
+        scores: write each score after its class name (ground truth has none to show).
     """
     out = image.copy()
     colours = palette(len(class_names))
@@ -192,7 +194,8 @@ def draw_instances(image: np.ndarray, instances, class_names: list[str], alpha: 
         c = colours[int(instances.labels[i])]
         x0, y0, x1, y1 = (int(round(v)) for v in instances.boxes[i].tolist())
         cv2.rectangle(out, (x0, y0), (x1, y1), tuple(int(v) for v in c), 2)
-        _label(out, f"{class_names[int(instances.labels[i])]} {float(instances.scores[i]):.2f}", x0, y0, c)
+        name = class_names[int(instances.labels[i])]
+        _label(out, f"{name} {float(instances.scores[i]):.2f}" if scores else name, x0, y0, c)
     return out
 
 

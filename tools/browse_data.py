@@ -92,7 +92,7 @@ def main(argv=None) -> int:
             failed += 1
             continue
         image = sample["image"].permute(1, 2, 0).numpy()
-        picture = draw_instances(image, sample_instances(sample), ds.class_names)
+        picture = draw_instances(image, sample_instances(sample), ds.class_names, scores=False)
         drawn.append((sample["image_id"], picture))
     try:
         if args.sheet and drawn:

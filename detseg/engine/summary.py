@@ -53,14 +53,16 @@ def count_flops(model: nn.Module, batch: dict) -> dict[str, int]:
     return {"total": counter.get_total_flops(), **per_module}
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs (the
+    GPU's queued work waited for after each, when there is one)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -73,7 +75,7 @@ def images_per_second(model: nn.Module, batch: dict, repeats: int = 3) -> float:
     def run():
         with torch.no_grad():
             model(batch)
-    return len(batch["image_ids"]) / _median_seconds(run, repeats)
+    return len(batch["image_ids"]) / median_seconds(run, repeats)
 
 
 def train_images_per_second(model: nn.Module, batch, repeats: int = 3, lr: float = 1e-4) -> float:
@@ -88,7 +90,7 @@ def train_images_per_second(model: nn.Module, batch, repeats: int = 3, lr: float
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return len(batch["image_ids"]) / _median_seconds(step, repeats)
+    return len(batch["image_ids"]) / median_seconds(step, repeats)
 
 
 def summarize(model: nn.Module, size: tuple[int, int], train_batch=None, repeats: int = 3,
