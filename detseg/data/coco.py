@@ -72,38 +72,13 @@ def _cleaned(data: dict, problems: list, ann_file: str, hint: str) -> dict:
         logger.warning("%s: %s %d annotation(s) with %s: %s (annotation ids %s%s); %s", ann_file, action,
                        len(found), kind.replace("_", " "), found[0].detail, ids,
                        ", ..." if len(found) > 3 else "", hint)
-    drop = {id(a) for a in _annotations_with(data, problems, DROPPED)}
-    blank = {id(a) for a in _annotations_with(data, problems, SEGMENTATION)}
+    drop = {p.index for p in problems if p.kind in DROPPED}
+    blank = {p.index for p in problems if p.kind in SEGMENTATION}
     if not drop and not blank:
         return data
-    anns = [dict(a, segmentation=[]) if id(a) in blank else a
-            for a in data["annotations"] if id(a) not in drop]
+    anns = [dict(a, segmentation=[]) if i in blank else a
+            for i, a in enumerate(data["annotations"]) if i not in drop]
     return {**data, "annotations": anns}
-
-
-def _annotations_with(data: dict, problems: list, kinds: set) -> list:
-    """The annotation objects of ``data`` that problems of ``kinds`` point at (the n-th
-    annotation that is not an object, or repeats an id, is found by position)."""
-    wanted = [p for p in problems if p.kind in kinds]
-    if not wanted:
-        return []
-    anns = data["annotations"]
-    seen_ids, out = set(), []
-    flagged = {(p.ann_id, p.image_id) for p in wanted
-               if p.kind not in ("bad_annotation", "duplicate_annotation_id")}
-    for a in anns:
-        if not isinstance(a, dict):
-            if "bad_annotation" in kinds:
-                out.append(a)
-            continue
-        if a.get("id") in seen_ids:
-            if "duplicate_annotation_id" in kinds:
-                out.append(a)
-            continue
-        seen_ids.add(a.get("id"))
-        if (a.get("id"), a.get("image_id")) in flagged:
-            out.append(a)
-    return out
 
 
 def _valid_bbox(bbox) -> bool:

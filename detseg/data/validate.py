@@ -11,6 +11,7 @@ repairs the rest with a warning that counts each kind.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -28,6 +29,7 @@ class Problem:
     ann_id: Optional[int]
     kind: str  # short machine-readable code, e.g. "box_outside_image"
     detail: str
+    index: Optional[int] = None  # position in the file's "annotations" list, for annotation problems
 
 
 # Problems --fix clip can repair in place (everything else is dropped).
@@ -119,8 +121,8 @@ def check_annotations(data: dict, ann_file: str) -> list[Problem]:
     image files are not opened (``check_image_files`` does that)."""
     problems: list[Problem] = []
 
-    def add(kind: str, detail: str, image_id=None, ann_id=None, file=ann_file):
-        problems.append(Problem(file, image_id, ann_id, kind, detail))
+    def add(kind: str, detail: str, image_id=None, ann_id=None, file=ann_file, index=None):
+        problems.append(Problem(file, image_id, ann_id, kind, detail, index))
 
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
@@ -159,41 +161,42 @@ def check_annotations(data: dict, ann_file: str) -> list[Problem]:
 
     ann_ids = set()
     usable = 0
-    for ann in anns:
+    for index, ann in enumerate(anns):
+        add_ann = functools.partial(add, index=index)  # the loader drops / repairs by position
         if not isinstance(ann, dict):
-            add("bad_annotation", f"annotation is not an object: {str(ann)[:80]}")
+            add_ann("bad_annotation", f"annotation is not an object: {str(ann)[:80]}")
             continue
         aid, iid = ann.get("id"), ann.get("image_id")
         if aid in ann_ids:
-            add("duplicate_annotation_id", "annotation id appears twice", iid, aid)
+            add_ann("duplicate_annotation_id", "annotation id appears twice", iid, aid)
             continue
         ann_ids.add(aid)
         if iid not in sizes:
-            add("unknown_image", f"annotation for image id {iid}, which is not in 'images'", iid, aid)
+            add_ann("unknown_image", f"annotation for image id {iid}, which is not in 'images'", iid, aid)
             continue
         if ann.get("category_id") not in cat_ids:
-            add("unknown_category", f"category_id {ann.get('category_id')} is not declared", iid, aid)
+            add_ann("unknown_category", f"category_id {ann.get('category_id')} is not declared", iid, aid)
         h, w = sizes[iid]
         bbox = ann.get("bbox")
         good_box = False
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)):
-            add("bad_box", f"bbox is not 4 numbers: {bbox!r}", iid, aid)
+            add_ann("bad_box", f"bbox is not 4 numbers: {bbox!r}", iid, aid)
         elif not all(math.isfinite(v) for v in bbox):
-            add("nan_box", f"bbox has NaN or infinite values: {bbox}", iid, aid)
+            add_ann("nan_box", f"bbox has NaN or infinite values: {bbox}", iid, aid)
         elif bbox[2] <= 0 or bbox[3] <= 0:
-            add("empty_box", f"bbox has non-positive width or height: {bbox}", iid, aid)
+            add_ann("empty_box", f"bbox has non-positive width or height: {bbox}", iid, aid)
         elif h is not None and w is not None and (
                 bbox[0] >= w or bbox[1] >= h or bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0):
-            add("box_wholly_outside", f"bbox {bbox} lies wholly outside the {w}x{h} image", iid, aid)
+            add_ann("box_wholly_outside", f"bbox {bbox} lies wholly outside the {w}x{h} image", iid, aid)
         elif h is not None and w is not None and (
                 bbox[0] < 0 or bbox[1] < 0 or bbox[0] + bbox[2] > w + 1e-3 or bbox[1] + bbox[3] > h + 1e-3):
-            add("box_outside_image", f"bbox {bbox} leaves the {w}x{h} image", iid, aid)
+            add_ann("box_outside_image", f"bbox {bbox} leaves the {w}x{h} image", iid, aid)
             good_box = True
         else:
             good_box = True
         bad = _check_segmentation(ann.get("segmentation"), h, w)
         if bad:
-            add(bad[0], bad[1], iid, aid)
+            add_ann(bad[0], bad[1], iid, aid)
         usable += good_box and not ann.get("iscrowd", 0)
     if images and cats and not usable:
         add("no_annotations", "no usable (non-crowd, boxed) annotation in the whole file")
