@@ -106,8 +106,8 @@ def draw_confusion(matrix, labels: list[str], title: str = "confusion (rows: tru
     share = m / np.maximum(m.sum(1, keepdims=True), 1)
     for i in range(n):
         y = top + i * cell
-        img[y:y + cell, :name_w] = _text_strip(labels[i], name_w, cell)
         strip = _text_strip(labels[i], name_w, cell)
+        img[y:y + cell, :name_w] = strip
         img[30:30 + name_w, name_w + i * cell:name_w + (i + 1) * cell] = np.rot90(strip)[:, :cell]
         for j in range(n):
             x = name_w + j * cell

@@ -40,6 +40,7 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
                                     diagnostics_threshold=threshold)
                 for name in detectors}
         loss_sum, loss_batches = torch.zeros(()), torch.zeros(())
+        score_losses = cfg.evaluator.val_loss and can_score_losses(model)
         for batch in loader:
             if not batch["image_ids"]:
                 continue
@@ -48,7 +49,7 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
                 ev.process(batch, outputs[name])
             for name, ev in coco.items():
                 ev.process(batch, outputs[name])
-            if cfg.evaluator.val_loss and can_score_losses(model):
+            if score_losses:
                 loss_sum += validation_loss(model, batch)
                 loss_batches += 1
         metrics: dict = {}
