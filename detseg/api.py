@@ -24,6 +24,37 @@ from .structures import Instances
 ImageLike = Union[np.ndarray, torch.Tensor, str, os.PathLike]
 
 
+def prepare_image(image: ImageLike, transform, index: int, proposals=None) -> dict:
+    """A sample for ``collate`` from an image (array, tensor or path) through ``transform`` (the
+    data pipeline's eval resize, or None): ``image`` uint8 ``[3, h, w]`` and the file's ``orig_size``;
+    ``proposals`` (``[P, 4]`` in the file's pixels) are resized with the image.
+
+    Raises:
+        ValueError: not an RGB uint8 image; DataError: an unreadable file.
+    """
+    from .data.io import read_image
+    if isinstance(image, (str, os.PathLike)):
+        image = read_image(image)
+    if isinstance(image, torch.Tensor):  # [3, H, W] or [H, W, 3] uint8
+        image = image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image.numpy()
+    image = np.ascontiguousarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    s = {"image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+         "ignore_boxes": np.zeros((0, 4), np.float32)}
+    if proposals is not None:
+        s["proposals"] = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
+    if transform is not None:
+        s = transform(s)
+    out = {"image": torch.from_numpy(np.ascontiguousarray(s["image"].transpose(2, 0, 1))),
+           "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+           "ignore_boxes": torch.zeros(0, 4), "image_id": index, "orig_size": (h, w)}
+    if proposals is not None:
+        out["proposals"] = torch.from_numpy(s["proposals"])
+    return out
+
+
 class Predictor:
     """A model in eval mode with its preprocessing and its classes.
 
@@ -55,30 +86,14 @@ class Predictor:
         self.transform = (eval_transform(cfg.data.min_size_test, cfg.data.max_size)
                           if cfg.model.input_resize == "data" else None)  # else the model resizes
 
-    def _sample(self, image: ImageLike, index: int) -> dict:
-        from .data.io import read_image
-        if isinstance(image, (str, os.PathLike)):
-            image = read_image(image)
-        if isinstance(image, torch.Tensor):  # [3, H, W] or [H, W, 3] uint8
-            image = image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image.numpy()
-        image = np.ascontiguousarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
-        h, w = image.shape[:2]
-        s = {"image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
-             "ignore_boxes": np.zeros((0, 4), np.float32)}
-        if self.transform is not None:
-            s = self.transform(s)
-        return {"image": torch.from_numpy(np.ascontiguousarray(s["image"].transpose(2, 0, 1))),
-                "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
-                "ignore_boxes": torch.zeros(0, 4), "image_id": index, "orig_size": (h, w)}
-
     @torch.no_grad()
-    def predict_batch(self, images: Sequence[ImageLike]) -> list[dict]:
-        """One result dict per image (see ``__call__``)."""
+    def predict_batch(self, images: Sequence[ImageLike], proposals: Optional[Sequence] = None) -> list[dict]:
+        """One result dict per image (see ``__call__``); ``proposals``: per image ``[P, 4]`` boxes
+        in its file's pixels, for heads that read selective-search proposals (default: computed)."""
         from .data.transforms import collate
         from .evaluation.coco import to_file_pixels
-        batch = collate([self._sample(im, i) for i, im in enumerate(images)])
+        given = [None] * len(images) if proposals is None else list(proposals)
+        batch = collate([prepare_image(im, self.transform, i, p) for i, (im, p) in enumerate(zip(images, given))])
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
             out = self.model(batch)
         results = [{"heads": {}} for _ in images]
@@ -102,9 +117,9 @@ class Predictor:
                 results[i].setdefault("semantic" if kind == SEMANTIC else "instances", value)
         return results
 
-    def __call__(self, image: ImageLike) -> dict:
+    def __call__(self, image: ImageLike, proposals=None) -> dict:
         """Run on one image (``np.ndarray [H, W, 3]`` RGB uint8, a ``[3, H, W]`` uint8 tensor, or a
-        file path).
+        file path); ``proposals`` as in ``predict_batch``.
 
         Returns:
             {"instances": ``Instances`` in the image's pixels (masks ``[N, H, W]`` bool when the
@@ -112,7 +127,7 @@ class Predictor:
             uint8} from the first semantic head, {"panoptic": (``Tensor[H, W]`` int32 segment
             ids, segments)} when enabled, and {"heads": {head name: its instances or map}}.
         """
-        return self.predict_batch([image])[0]
+        return self.predict_batch([image], None if proposals is None else [proposals])[0]
 
 
 def load_model(weights: str, *, config: Optional[str] = None, device: str = "auto",
@@ -121,7 +136,9 @@ def load_model(weights: str, *, config: Optional[str] = None, device: str = "aut
     """Build the model a checkpoint describes and load its weights.
 
     Args:
-        weights: a detseg checkpoint (``best.pth``, ``model_*.pth`` or a converted one).
+        weights: a detseg checkpoint (``best.pth``, ``model_*.pth`` or a converted one), or a
+            file exported by ``tools/export.py`` (``.onnx``, ``.pt2``): then the result is a
+            ``detseg.exported.ExportedPredictor`` with the same calls and results.
         config: optionally a config file that replaces the checkpoint's own (architecture
             changes then fail with a clear mismatch report).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
@@ -131,9 +148,14 @@ def load_model(weights: str, *, config: Optional[str] = None, device: str = "aut
         CheckpointError: the file is not a detseg checkpoint or does not fit the architecture.
         UsageError: a device this machine does not have, a score threshold outside [0, 1].
     """
+    from .exported import is_exported, load_exported
+    if is_exported(weights) and device == "auto":
+        device = "cpu"  # ONNX Runtime's CPU provider is the one every install has
     device = check_device(device)  # before minutes of model building, not after
     if not 0.0 <= score_threshold <= 1.0:  # also refuses NaN
         raise UsageError(f"score threshold must be in [0, 1], got {score_threshold}")
+    if is_exported(weights):
+        return load_exported(weights, device=device, score_threshold=score_threshold, config=config)
     from .modeling.model import build_model
     state = load_checkpoint(weights)
     if "model" not in state:

@@ -33,7 +33,7 @@ class Instances:
         for name, t in (("scores", scores), ("labels", labels), ("masks", masks)):
             if t is not None and t.shape[0] != n:
                 raise ValueError(f"Instances: {name} has {t.shape[0]} entries, boxes have {n}")
-        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.image_size = (as_size(image_size[0]), as_size(image_size[1]))
         self.boxes, self.scores, self.labels, self.masks = boxes, scores, labels, masks
 
     def __len__(self) -> int:
@@ -54,6 +54,12 @@ class Instances:
 
     def __repr__(self) -> str:
         return f"Instances(num={len(self)}, image_size={self.image_size}, masks={self.masks is not None})"
+
+
+def as_size(value) -> Union[int, torch.SymInt]:
+    """``int(value)``, except that a symbolic size (``torch.export`` tracing) stays symbolic:
+    ``int()`` would bake the example image's size into the exported graph."""
+    return value if isinstance(value, torch.SymInt) else int(value)
 
 
 def clip_boxes(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:

@@ -79,15 +79,17 @@ class Model(nn.Module):
         min_size, max_size = self.resize
         resized = []
         for img, (h, w) in zip(pixels, image_sizes):
-            scale = min(min_size / min(h, w), max_size / max(h, w))
+            # torch.sym_min / sym_max, not min / max: under torch.export h and w are symbolic and
+            # min() would fix the exported graph to the example's orientation. The size is what
+            # interpolate(scale_factor=scale, recompute_scale_factor=True) computes: floor(h * scale).
+            scale = torch.sym_min(min_size / torch.sym_min(h, w), max_size / torch.sym_max(h, w))
+            size = (math.floor(h * scale), math.floor(w * scale))
             resized.append(torch.nn.functional.interpolate(
-                img[None, :, :h, :w], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
-                align_corners=False)[0])
-        hp = int(math.ceil(max(r.shape[1] for r in resized) / 32) * 32)
-        wp = int(math.ceil(max(r.shape[2] for r in resized) / 32) * 32)
-        out = pixels.new_zeros(len(resized), 3, hp, wp)
-        for o, r in zip(out, resized):
-            o[:, : r.shape[1], : r.shape[2]] = r
+                img[None, :, :h, :w], size=size, mode="bilinear", align_corners=False)[0])
+        hp = max(r.shape[1] for r in resized)
+        wp = max(r.shape[2] for r in resized)
+        hp, wp = (hp + 31) // 32 * 32, (wp + 31) // 32 * 32
+        out = torch.stack([torch.nn.functional.pad(r, (0, wp - r.shape[2], 0, hp - r.shape[1])) for r in resized])
         return out, [tuple(r.shape[1:]) for r in resized]
 
     def forward(self, batch: Union[Batch, dict]) -> dict:

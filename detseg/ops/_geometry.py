@@ -68,7 +68,14 @@ def bin_table(boxes: torch.Tensor, levels: Sequence[int | tuple[int, int]], spat
         ``int32 Tensor[K, sum(l * l), 4]`` (h_start, h_end, w_start, w_end).
     """
     dtype = boxes.dtype if boxes.dtype in (torch.float32, torch.float64) else torch.float32
-    win = roi_windows(boxes.to(dtype), spatial_scale, mapping)
+    return window_bins(roi_windows(boxes.to(dtype), spatial_scale, mapping), levels, height, width)
+
+
+def window_bins(win: torch.Tensor, levels: Sequence[int | tuple[int, int]], height: int,
+                width: int) -> torch.Tensor:
+    """``bin_table`` from windows already mapped to the feature map (``roi_windows``' output,
+    ``Tensor[K, 4]`` inclusive (x_start, y_start, x_end, y_end), float32 or float64)."""
+    dtype, boxes = win.dtype, win
     x0, y0, x1, y1 = win.unbind(1)
     roi_w = torch.clamp(x1 - x0 + 1, min=1)
     roi_h = torch.clamp(y1 - y0 + 1, min=1)

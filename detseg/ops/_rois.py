@@ -24,7 +24,8 @@ def roi_tensor(rois: Rois, dtype: torch.dtype, device: torch.device) -> Tensor:
         if not rois:
             return torch.zeros((0, 5), dtype=dtype, device=device)
         boxes = torch.cat([r.to(device=device, dtype=dtype) for r in rois], 0)
-        batch = torch.cat([torch.full((len(r), 1), i, dtype=dtype, device=device)
+        # r.shape[0], not len(r): under torch.export the count is symbolic, len() would need an int
+        batch = torch.cat([torch.full((r.shape[0], 1), i, dtype=dtype, device=device)
                            for i, r in enumerate(rois)])
         return torch.cat([batch, boxes], 1)
     if not isinstance(rois, Tensor) or rois.dim() != 2 or rois.shape[1] != 5:

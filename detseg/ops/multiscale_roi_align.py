@@ -75,7 +75,7 @@ class MultiScaleRoIAlign(nn.Module):
                              self.aligned)
         k_min, k_max = int(-math.log2(scales[0])), int(-math.log2(scales[-1]))
         levels = fpn_levels(rois[:, 1:], k_min, k_max, self.canonical_scale, self.canonical_level)
-        out = maps[0].new_zeros((len(rois), maps[0].shape[1]) + self.output_size)
+        out = maps[0].new_zeros((rois.shape[0], maps[0].shape[1]) + self.output_size)
         for level, (fmap, scale) in enumerate(zip(maps, scales)):
             idx = torch.where(levels == level)[0]
             pooled = roi_align(fmap, rois[idx], self.output_size, scale, self.sampling_ratio,

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from . import _reference
 from ._ext import backend, compute_dtype, load_extension
 from ._fx import fx_leaf
-from ._geometry import MAPPINGS, bin_table
+from ._geometry import MAPPINGS, bin_table, roi_windows, window_bins
 from ._rois import pair, roi_tensor
 
 Level = Union[int, tuple[int, int]]
@@ -90,6 +90,28 @@ def _backward(ctx, grad_out, _grad_argmax):
 bin_max_pool.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("detseg::window_max_pool", mutates_args=())
+def window_max_pool(input: Tensor, windows: Tensor, level_sizes: list[int]) -> Tensor:
+    """Max pooling as exported graphs hold it: ``[K, C, B]`` like ``bin_max_pool``, from
+    ``windows [K, 5]`` (batch index, then ``roi_windows``' inclusive feature-map window) and the
+    levels' ``(rows, cols)`` flattened into ``level_sizes``.
+
+    Its bins are ONNX ``MaxRoiPool``'s with ``spatial_scale=1`` on these windows (same rounding),
+    so it exports as one ``MaxRoiPool`` per level, whichever mapping made the windows. Inference
+    only (no gradient).
+    """
+    sizes = list(zip(level_sizes[::2], level_sizes[1::2]))
+    bins = window_bins(windows[:, 1:], sizes, input.shape[2], input.shape[3])
+    out, _ = bin_max_pool(input, windows[:, 0].long(), bins, False)
+    return out
+
+
+@window_max_pool.register_fake
+def _(input, windows, level_sizes):
+    bins = sum(h * w for h, w in zip(level_sizes[::2], level_sizes[1::2]))
+    return input.new_empty((windows.shape[0], input.shape[1], bins))
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -111,6 +133,9 @@ def _pool(input: Tensor, rois, levels: list[tuple[int, int]], spatial_scale: flo
         # float16 / bfloat16 off the GPU: a max is exact in float32, so pool there and cast back.
         return _pool(input.to(geo_dtype), rois, levels, spatial_scale, mapping).to(input.dtype)
     rois = roi_tensor(rois, geo_dtype, input.device)
+    if torch.compiler.is_exporting():
+        windows = torch.cat([rois[:, :1], roi_windows(rois[:, 1:], spatial_scale, mapping)], dim=1)
+        return window_max_pool(input, windows, [v for size in levels for v in size])
     batch_idx, boxes = rois[:, 0].long(), rois[:, 1:]
     bins = bin_table(boxes, levels, spatial_scale, mapping, input.shape[2], input.shape[3])
     # The argmax is only needed for the backward pass; inference skips it.

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import nms
 
 from ...structures import Instances, clip_boxes, nonempty
+from ...ops.nms import batched_nms
 from ..box_coder import BoxCoder
 from ..class_layout import BOX_DELTAS, SCORES_BG_LAST
 
@@ -87,39 +87,12 @@ def detect(boxes: Tensor, scores: Tensor, image_size: tuple[int, int], *, score_
     b, s = boxes[rows, labels], scores[rows, labels]
     ok = nonempty(b, min_size)
     b, s, labels = b[ok], s[ok], labels[ok]
-    kept = top_k_nms(b.float(), s.float(), labels, nms_thresh, max_detections)
+    kept = batched_nms(b.float(), s.float(), labels, nms_thresh, max_keep=max_detections, num_classes=k,
+                       search=True)
     return Instances(image_size, b[kept], s[kept], labels[kept])
-
-
-def class_wise_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float) -> Tensor:
-    """NMS within each class; kept indices by decreasing score (torchvision's per-class path)."""
-    keep = [idx[nms(boxes[idx], scores[idx], iou)]
-            for idx in (torch.nonzero(labels == c).flatten() for c in torch.unique(labels))]
-    if not keep:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    keep = torch.cat(keep)
-    return keep[scores[keep].argsort(descending=True, stable=True)]
-
-
-def top_k_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, k: int) -> Tensor:
-    """The ``k`` best survivors of class-wise NMS, without running NMS on every candidate.
-
-    Whether a box survives depends only on higher-scoring boxes of its class. So NMS over the
-    ``n`` highest-scoring candidates decides those candidates exactly, and once ``k`` of them
-    survive no lower-scoring candidate can enter the top ``k``: the result equals
-    ``class_wise_nms(...)[:k]`` while touching a fraction of the boxes (with a score threshold of
-    0, Mask R-CNN has ~90k candidates per image, and full NMS dominated the head's time).
-    """
-    order = scores.argsort(descending=True, stable=True)
-    n = max(4 * k, 1024)
-    while True:
-        top = order[:n]
-        kept = class_wise_nms(boxes[top], scores[top], labels[top], iou)
-        if len(kept) >= k or n >= len(order):
-            return top[kept[:k]]
-        n *= 4
 
 
 def deltas_to_boxes(coder: BoxCoder, deltas: Tensor, reference: Tensor) -> Tensor:
     """Decode ``Tensor[R, 4K]`` deltas against ``Tensor[R, 4]`` references → ``Tensor[R, K, 4]``."""
-    return coder.decode(deltas, reference).reshape(deltas.shape[0], -1, 4)
+    # the class count from the width, not -1: an empty batch of RoIs reshapes too
+    return coder.decode(deltas, reference).reshape(deltas.shape[0], deltas.shape[1] // 4, 4)

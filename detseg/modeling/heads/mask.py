@@ -131,13 +131,17 @@ class MaskHead(nn.Module):
         Paste them into an image with ``detseg.ops.paste_masks(masks, boxes, size)``.
         """
         logits = self(features, [inst.boxes for inst in instances], [inst.image_size for inst in instances])
-        labels = torch.cat([inst.labels for inst in instances]) if instances else None
-        probs = (torch.sigmoid(logits[torch.arange(len(labels), device=logits.device), labels])
-                 if logits.shape[0] else logits.new_zeros(0, self.resolution, self.resolution))
+        if not instances:
+            return []
+        labels = torch.cat([inst.labels for inst in instances])
+        # gather, not a branch on the count: no detections is a valid (empty) case, also in an
+        # exported graph where the count is symbolic
+        m = logits.shape[-1]
+        probs = torch.sigmoid(logits.gather(1, labels.view(-1, 1, 1, 1).expand(-1, 1, m, m))[:, 0])
         out, start = [], 0
         for inst in instances:
-            n = len(inst)
-            out.append(Instances(inst.image_size, inst.boxes, inst.scores, inst.labels,
-                                 probs[start:start + n]))
+            n = inst.boxes.shape[0]
+            rows = slice(None) if len(instances) == 1 else slice(start, start + n)
+            out.append(Instances(inst.image_size, inst.boxes, inst.scores, inst.labels, probs[rows]))
             start += n
         return out

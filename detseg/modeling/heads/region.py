@@ -211,12 +211,13 @@ class RegionHead(Head):
         x = self.fc(self.region_features(features, batch, proposals, **kwargs))
         logits, deltas = self.predictor(x)
         scores = self.class_scores(x, logits)
-        boxes = deltas_to_boxes(self.coder, deltas, torch.cat(proposals)) if len(x) else \
-            deltas.new_zeros(0, self.num_classes, 4)
+        boxes = deltas_to_boxes(self.coder, deltas, torch.cat(proposals))
+        # per-image slices by shape, not len(): exported graphs have symbolic proposal counts
         out, start = [], 0
         for props, hw in zip(proposals, batch["image_sizes"]):
-            n = len(props)
-            out.append(detect(boxes[start:start + n], scores[start:start + n], hw,
+            n = props.shape[0]
+            rows = slice(None) if len(proposals) == 1 else slice(start, start + n)
+            out.append(detect(boxes[rows], scores[rows], hw,
                               score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
                               max_detections=self.detections_per_image, min_size=self.min_box_size))
             start += n

@@ -11,8 +11,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
+from ...ops.nms import batched_nms
 from ...structures import Batch, clip_boxes, nonempty
 from ..box_coder import BoxCoder
 from ..sampling import match, sample
@@ -137,7 +137,8 @@ class RPN(nn.Module):
             lv = levels[sel]
             keep = nonempty(boxes, self.min_size) & (scores >= self.score_thresh)
             boxes, scores, lv = boxes[keep], scores[keep], lv[keep]
-            keep = batched_nms(boxes, scores, lv, self.nms_thresh)[:post]
+            keep = batched_nms(boxes, scores, lv, self.nms_thresh, max_keep=post,
+                               num_classes=len(per_level))
             out.append(boxes[keep])
         return out
 

@@ -1,0 +1,284 @@
+"""Export a trained model as one graph, image in and detections out: ONNX or ``torch.export``.
+
+    from detseg import load_model
+    from detseg.export import export
+    export(load_model("runs/x/best.pth", device="cpu"), "model.onnx")    # or "model.pt2"
+
+The graph (``ExportGraph``) holds everything the eager predictor does after reading the file:
+padding to a multiple of 32, normalisation, the in-model resize of torchvision-style configs,
+every head, box decoding, class-wise NMS, top-k, scaling the boxes to the file's pixels and,
+for semantic heads, the bilinear upsampling to the file's size and the argmax. What stays outside:
+
+- the data pipeline's resize of configs with ``model.input_resize: data`` (an OpenCV resize; the
+  metadata says the sizes, and ``ExportedPredictor`` applies it as ``Predictor`` does);
+- pasting the ``28 x 28`` mask probabilities into the image (``detseg.ops.paste_masks``): the graph
+  returns them with their boxes, the way Mask R-CNN defines its output;
+- selective search, which is not a network: heads that read selective-search proposals take
+  them as an input, ``Tensor[P, 4]`` in the pixels of the image given.
+
+Inputs: ``image`` uint8 ``[3, H, W]`` RGB (any H, W), ``file_size`` int64 ``[2]`` (the file's
+height, width: the size results are given in), then ``proposals`` where a head needs them. Outputs,
+per head in the model's order: ``<head>.boxes [N, 4]``, ``<head>.scores [N]``, ``<head>.labels
+[N]`` (int64, ``0..K-1``) and ``<head>.masks [N, 28, 28]`` for instance heads, ``<head>.labels``
+uint8 ``[h, w]`` (0 background, ``k + 1`` class ``k``) for semantic heads. One image per call.
+
+The file carries its class names, category ids, inputs, outputs and resize in its metadata
+(ONNX ``metadata_props``, the ``.pt2`` archive's ``detseg.json``); ``EXPORT_FORMAT`` versions it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data.transforms import PAD_DIVISOR
+from .modeling.heads import SEMANTIC
+from .modeling.proposals import SelectiveSearchProposals
+from .utils import UsageError, atomic_path
+
+# Bumped whenever the inputs, outputs or metadata change meaning: a runner refuses other versions.
+EXPORT_FORMAT = 1
+FORMATS = ("onnx", "pt2")
+DEFAULT_OPSET = 18  # RoiAlign's half_pixel mode needs 16; onnxscript's ops are opset 18
+
+
+class ExportGraph(nn.Module):
+    """A ``Model`` as one traceable function of one image (see the module docstring).
+
+    Args:
+        model: a ``detseg.modeling.model.Model`` in eval mode.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+        self.head_names = list(model.heads)
+        self.selective_search = next((h.proposals for h in model.heads.values()
+                                      if isinstance(getattr(h, "proposals", None), SelectiveSearchProposals)),
+                                     None)
+        self.needs_proposals = self.selective_search is not None
+
+    def output_names(self) -> list[str]:
+        names = []
+        for name, head in self.model.heads.items():
+            if head.output == SEMANTIC:
+                names.append(f"{name}.labels")
+            else:
+                names += [f"{name}.boxes", f"{name}.scores", f"{name}.labels"]
+                if head.predicts_masks:
+                    names.append(f"{name}.masks")
+        return names
+
+    def input_names(self) -> list[str]:
+        return ["image", "file_size"] + (["proposals"] if self.needs_proposals else [])
+
+    def forward(self, image: Tensor, file_size: Tensor, proposals: Optional[Tensor] = None) -> tuple:
+        h, w = image.shape[1], image.shape[2]
+        # the zero padding collate() gives a batch, to the same multiple of 32
+        hp = (h + PAD_DIVISOR - 1) // PAD_DIVISOR * PAD_DIVISOR
+        wp = (w + PAD_DIVISOR - 1) // PAD_DIVISOR * PAD_DIVISOR
+        batch = {"images": F.pad(image[None], (0, wp - w, 0, hp - h)), "image_sizes": [(h, w)]}
+        if proposals is not None:
+            batch["proposals"] = [proposals.float()]
+        out = self.model(batch)
+        fh, fw = file_size.to(torch.float64).unbind(0)
+        results: list[Tensor] = []
+        for name, head in self.model.heads.items():
+            pred = out[name]
+            if head.output == SEMANTIC:
+                oh, ow = file_size.tolist()
+                torch._check(oh > 0)
+                torch._check(ow > 0)
+                # as labels_at: bilinear upsampling of the scores to the file's size, then argmax
+                up = F.interpolate(pred[:, :, :h, :w].float(), size=(oh, ow), mode="bilinear",
+                                   align_corners=False)[0]
+                results.append(up.argmax(0).to(torch.uint8))
+                continue
+            inst = pred[0]
+            ih, iw = inst.image_size
+            # to_file_pixels' scale factors: file / predicted size, in float64, then the boxes' dtype
+            f = torch.stack([fw / iw, fh / ih, fw / iw, fh / ih]).to(inst.boxes.dtype)
+            results += [inst.boxes * f, inst.scores, inst.labels]
+            if head.predicts_masks:
+                results.append(inst.masks)
+        return tuple(results)
+
+
+def metadata(predictor, graph: ExportGraph) -> dict:
+    """What a runner needs besides the graph: classes, inputs, outputs, resize."""
+    from . import __version__
+    cfg = predictor.cfg
+    heads = {name: {"type": cfg.model.heads[name].type, "output": head.output,
+                    "masks": bool(getattr(head, "predicts_masks", False))}
+             for name, head in graph.model.heads.items()}
+    return {"export_format": EXPORT_FORMAT, "detseg_version": __version__,
+            "class_names": list(predictor.class_names), "cat_ids": [int(c) for c in predictor.cat_ids],
+            "inputs": graph.input_names(), "outputs": graph.output_names(), "heads": heads,
+            "input_resize": cfg.model.input_resize,
+            "min_size_test": cfg.data.min_size_test, "max_size": cfg.data.max_size,
+            "backbone": cfg.model.backbone.name,
+            "selective_search": None if graph.selective_search is None else {
+                "mode": graph.selective_search.mode, "max_per_image": graph.selective_search.max_per_image}}
+
+
+def example_inputs(graph: ExportGraph, size: tuple[int, int] = (320, 416)) -> tuple:
+    """Inputs to trace with: a random image, its size, and a few proposals when needed."""
+    g = torch.Generator().manual_seed(0)
+    h, w = size
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+    args: tuple = (image, torch.tensor([h, w], dtype=torch.int64))
+    if graph.needs_proposals:
+        xy = torch.rand(24, 2, generator=g) * torch.tensor([w / 2, h / 2])
+        args += (torch.cat([xy, xy + 16 + torch.rand(24, 2, generator=g) * torch.tensor([w / 2, h / 2])], 1),)
+    return args
+
+
+def trace(graph: ExportGraph, example: tuple) -> torch.export.ExportedProgram:
+    """``torch.export`` with the image's height and width (and the proposal count) dynamic."""
+    dyn = torch.export.Dim.DYNAMIC
+    shapes: tuple = ({1: dyn, 2: dyn}, None) + (({0: dyn},) if len(example) > 2 else ())
+    with torch.no_grad():
+        return torch.export.export(graph, example, dynamic_shapes=shapes, strict=False)
+
+
+def export(predictor, path: str, *, fmt: Optional[str] = None, opset: int = DEFAULT_OPSET) -> dict:
+    """Write ``predictor``'s model to ``path`` as ONNX (``.onnx``) or ``torch.export`` (``.pt2``).
+
+    Args:
+        predictor: a ``detseg.Predictor`` (``load_model``); its model is exported on the CPU in
+            float32, without the fp16 autocast or channels-last layout of its eager runs.
+        fmt: ``"onnx"`` or ``"pt2"`` (default: from the file extension).
+
+    Returns:
+        the metadata written into the file.
+
+    Raises:
+        UsageError: an unknown format, an opset below 16, a panoptic-only output.
+        ImportError: ONNX export without ``onnxscript`` / ``onnx`` installed.
+    """
+    fmt = fmt or os.path.splitext(path)[1].lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"{path}: export format must be one of {', '.join(FORMATS)} (from --format or "
+                         f"the file extension), got {fmt!r}")
+    if fmt == "onnx" and opset < 16:
+        raise UsageError(f"--opset {opset}: ONNX RoiAlign with half-pixel boxes needs opset 16 or later")
+    model = predictor.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
+    graph = ExportGraph(model)
+    meta = metadata(predictor, graph)
+    example = example_inputs(graph)
+    program = trace(graph, example)
+    with atomic_path(path) as tmp:
+        if fmt == "pt2":
+            torch.export.save(program, tmp, extra_files={"detseg.json": json.dumps(meta)})
+        else:
+            _write_onnx(program, example, tmp, meta, graph, opset)
+    return meta
+
+
+def _write_onnx(program, example, path: str, meta: dict, graph: ExportGraph, opset: int) -> None:
+    import onnx
+
+    from .ops.onnx import export_onnx
+    onnx_program = export_onnx(program, example, None, opset_version=opset,
+                               input_names=graph.input_names(), output_names=graph.output_names())
+    model = onnx_program.model_proto
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f"detseg.{key}", json.dumps(value)
+    onnx.save_model(model, path)
+
+
+class ParityError(RuntimeError):
+    """An exported file's results differ from the eager model's beyond float rounding."""
+
+
+# What "the same result" means for an export (float rounding of a different runtime, no more)
+BOX_TOL, SCORE_TOL = 1e-2, 1e-4
+
+
+def compare_predictions(eager: dict, exported: dict) -> dict:
+    """Largest differences between two result dicts of one image (``Predictor`` outputs).
+
+    Returns:
+        ``{head: {"count": (n eager, n exported), "box": px, "score": ..., "labels_equal": bool,
+        "mask_pixels": differing fraction}}`` for instance heads, ``{"pixels": differing
+        fraction}`` for semantic heads.
+    """
+    out = {}
+    for name, a in eager["heads"].items():
+        b = exported["heads"][name]
+        if isinstance(a, Tensor):
+            out[name] = {"pixels": float((a != b).float().mean()) if a.shape == b.shape else 1.0}
+            continue
+        row = {"count": (len(a), len(b))}
+        if len(a) == len(b) and len(a):
+            row.update(box=float((a.boxes - b.boxes).abs().max()), score=float((a.scores - b.scores).abs().max()),
+                       labels_equal=bool((a.labels == b.labels).all()))
+            if a.masks is not None:
+                row["mask_pixels"] = float((a.masks != b.masks).float().mean())
+        out[name] = row
+    return out
+
+
+def parity_problems(diff: dict) -> list[str]:
+    """The differences of ``compare_predictions`` that are more than float rounding."""
+    problems = []
+    for name, row in diff.items():
+        if "pixels" in row:
+            if row["pixels"] > 0:
+                problems.append(f"{name}: {row['pixels']:.2%} of the label map differs")
+            continue
+        if row["count"][0] != row["count"][1]:
+            problems.append(f"{name}: {row['count'][0]} detections eagerly, {row['count'][1]} exported")
+        elif row["count"][0]:
+            if row["box"] > BOX_TOL or row["score"] > SCORE_TOL or not row["labels_equal"]:
+                problems.append(f"{name}: boxes differ by up to {row['box']:.3g} px, scores by "
+                                f"{row['score']:.3g}, labels equal: {row['labels_equal']}")
+    return problems
+
+
+def test_image(size: tuple[int, int] = (300, 400)):
+    """A deterministic photo stand-in: a gradient with filled shapes, ``np.ndarray [H, W, 3]``."""
+    import cv2
+    import numpy as np
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 255 // (h + w)], -1).astype(np.uint8)
+    cv2.circle(img, (w // 4, h // 3), min(h, w) // 6, (220, 40, 40), -1)
+    cv2.rectangle(img, (w // 2, h // 2), (w // 2 + w // 4, h // 2 + h // 3), (30, 200, 60), -1)
+    cv2.fillPoly(img, [np.array([[w // 8, h - 10], [w // 3, h // 2], [w // 2, h - 10]], np.int32)], (40, 60, 220))
+    return img
+
+
+def check_parity(predictor, path: str, images=None) -> dict:
+    """Run the exported file beside ``predictor`` on ``images`` (default: ``test_image()``).
+
+    Returns:
+        the ``compare_predictions`` rows, one per image (under its index).
+
+    Raises:
+        ParityError: naming the first difference beyond float rounding.
+    """
+    import numpy as np
+
+    from .exported import ExportedPredictor
+    images = [test_image()] if images is None else list(images)
+    runner = ExportedPredictor(path, score_threshold=predictor.score_threshold)
+    report = {}
+    for i, image in enumerate(images):
+        # OpenCV's selective search gives other boxes on each call: both sides get the same ones
+        proposals = None
+        if runner.meta["selective_search"] is not None:
+            from .modeling.proposals.selective_search import selective_search
+            proposals = selective_search(np.asarray(image), runner.meta["selective_search"]["mode"],
+                                         runner.meta["selective_search"]["max_per_image"])
+        diff = compare_predictions(predictor(image, proposals), runner(image, proposals))
+        problems = parity_problems(diff)
+        if problems:
+            raise ParityError(f"image {i}: " + "; ".join(problems))
+        report[str(i)] = diff
+    return report

@@ -1,0 +1,177 @@
+"""Run an exported model (``.onnx`` through ONNX Runtime, ``.pt2`` through ``torch.export``) with
+the same calls and results as ``detseg.Predictor``.
+
+    from detseg import load_model
+    predictor = load_model("model.onnx")     # ExportedPredictor; load_model("best.pth") is eager
+    out = predictor("photo.jpg")              # {"instances": ..., "semantic": ..., "heads": {...}}
+
+What the graph leaves outside (``detseg.export``) happens here exactly as the eager predictor
+does it: the data pipeline's resize, selective search for heads that read proposals, pasting the
+28 x 28 masks into the image, and the score threshold.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .engine.checkpoint import CheckpointError
+from .export import EXPORT_FORMAT
+from .structures import Instances
+from .utils import UsageError
+
+EXPORTED_SUFFIXES = (".onnx", ".pt2")
+REQUIRED_KEYS = ("export_format", "detseg_version", "class_names", "cat_ids", "inputs", "outputs", "heads",
+                 "input_resize", "min_size_test", "max_size", "selective_search")
+
+
+def is_exported(path: str) -> bool:
+    return str(path).lower().endswith(EXPORTED_SUFFIXES)
+
+
+def read_metadata(path: str, raw: dict) -> dict:
+    """Checked metadata from the file's ``detseg.*`` entries (``raw``: key → JSON text).
+
+    Raises:
+        CheckpointError: one line naming the file and what is missing or of another version.
+    """
+    missing = [k for k in REQUIRED_KEYS if k not in raw]
+    if "export_format" in missing:
+        raise CheckpointError(f"{path}: not a detseg export (no detseg.export_format in its metadata); "
+                              f"export a detseg checkpoint with tools/export.py")
+    try:
+        meta = {k: json.loads(v) for k, v in raw.items()}
+    except ValueError as e:
+        raise CheckpointError(f"{path}: unreadable detseg metadata ({e})") from None
+    if meta["export_format"] != EXPORT_FORMAT:
+        from . import __version__
+        raise CheckpointError(f"{path}: exported by detseg {meta.get('detseg_version', '?')} in export format "
+                              f"{meta['export_format']}; this detseg ({__version__}) reads format "
+                              f"{EXPORT_FORMAT}: export the checkpoint again with this version")
+    if missing:
+        raise CheckpointError(f"{path}: metadata key detseg.{missing[0]} is missing; export the checkpoint "
+                              f"again with tools/export.py")
+    return meta
+
+
+class _OnnxRunner:
+    def __init__(self, path: str, device: torch.device):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UsageError("running .onnx files needs ONNX Runtime: pip install -e \".[export]\"") from None
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        try:
+            self.session = ort.InferenceSession(path, providers=providers)
+        except Exception as e:  # ORT raises its own exception types for unreadable files
+            raise CheckpointError(f"{path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.raw = {k[len("detseg."):]: v for k, v in meta.items() if k.startswith("detseg.")}
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        feed = {n: t.numpy() for n, t in zip(self.names, inputs)}
+        return [torch.from_numpy(a) for a in self.session.run(None, feed)]
+
+
+class _Pt2Runner:
+    def __init__(self, path: str, device: torch.device):
+        from . import ops  # noqa: F401  the graph calls detseg's ops: register them first
+        extra = {"detseg.json": ""}
+        try:
+            program = torch.export.load(path, extra_files=extra)
+        except Exception as e:  # a truncated or foreign archive
+            raise CheckpointError(f"{path}: torch.export cannot load it: {str(e).splitlines()[0]}") from None
+        try:
+            self.raw = {k: json.dumps(v) for k, v in json.loads(extra["detseg.json"] or "{}").items()}
+        except ValueError:
+            self.raw = {}
+        self.module = program.module()
+        self.device = device
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        with torch.no_grad():
+            out = self.module(*[t.to(self.device) if t.is_floating_point() or t.dtype == torch.uint8 else t
+                                for t in inputs])
+        return [t.cpu() for t in out]
+
+
+class ExportedPredictor:
+    """An exported file with ``Predictor``'s interface (``__call__``, ``predict_batch``,
+    ``class_names``, ``cat_ids``).
+
+    Args:
+        path: ``.onnx`` or ``.pt2`` written by ``detseg.export`` / ``tools/export.py``.
+        device: ``"cpu"`` or ``"cuda[:i]"`` (ONNX Runtime's CUDA provider where installed).
+        score_threshold: instances below it are dropped.
+    """
+
+    def __init__(self, path: str, *, device: str = "cpu", score_threshold: float = 0.0):
+        from .data.transforms import eval_transform
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path}: no such file")
+        self.path, self.device = path, torch.device(device)
+        self.runner = (_OnnxRunner if path.lower().endswith(".onnx") else _Pt2Runner)(path, self.device)
+        self.meta = read_metadata(path, self.runner.raw)
+        self.class_names, self.cat_ids = list(self.meta["class_names"]), list(self.meta["cat_ids"])
+        self.score_threshold = score_threshold
+        self.transform = (eval_transform(self.meta["min_size_test"], self.meta["max_size"])
+                          if self.meta["input_resize"] == "data" else None)
+
+    def _inputs(self, sample: dict) -> list[torch.Tensor]:
+        image = sample["image"]
+        inputs = [image, torch.tensor(sample["orig_size"], dtype=torch.int64)]
+        ss = self.meta["selective_search"]
+        if ss is not None and "proposals" in sample:
+            inputs.append(sample["proposals"])
+        elif ss is not None:  # as SelectiveSearchProposals does for images without cached proposals
+            from .modeling.proposals.selective_search import selective_search
+            boxes = selective_search(image.permute(1, 2, 0).numpy(), ss["mode"], ss["max_per_image"])
+            inputs.append(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        return inputs
+
+    def predict_batch(self, images, proposals=None) -> list[dict]:
+        """One result dict per image, as ``Predictor.predict_batch`` (the graph takes one image at
+        a time)."""
+        from .api import prepare_image
+        from .ops.paste_masks import paste_masks
+        given = [None] * len(images) if proposals is None else list(proposals)
+        results = []
+        for i, (im, props) in enumerate(zip(images, given)):
+            sample = prepare_image(im, self.transform, i, props)
+            outputs = dict(zip(self.meta["outputs"], self.runner(self._inputs(sample))))
+            oh, ow = sample["orig_size"]
+            result: dict = {"heads": {}}
+            for name, head in self.meta["heads"].items():
+                if head["output"] == "semantic":
+                    value = outputs[f"{name}.labels"]
+                else:
+                    masks = outputs.get(f"{name}.masks")
+                    inst = Instances((oh, ow), outputs[f"{name}.boxes"], outputs[f"{name}.scores"],
+                                     outputs[f"{name}.labels"], masks)
+                    inst = inst[inst.scores >= self.score_threshold]
+                    if masks is not None:
+                        inst.masks = paste_masks(inst.masks, inst.boxes, (oh, ow))
+                    value = inst
+                result["heads"][name] = value
+                result.setdefault("semantic" if head["output"] == "semantic" else "instances", value)
+            results.append(result)
+        return results
+
+    def __call__(self, image, proposals=None) -> dict:
+        return self.predict_batch([image], None if proposals is None else [proposals])[0]
+
+
+def load_exported(path: str, *, device: str = "cpu", score_threshold: float = 0.0,
+                  config: Optional[str] = None) -> ExportedPredictor:
+    """``ExportedPredictor`` for ``load_model``; an exported file carries its architecture, so a
+    ``config`` is refused."""
+    if config is not None:
+        raise UsageError(f"{path} is an exported model: it carries its own architecture, --config does "
+                         f"not apply")
+    return ExportedPredictor(path, device=device, score_threshold=score_threshold)

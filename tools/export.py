@@ -1,0 +1,79 @@
+"""Export a trained detseg model to ONNX or torch.export (.pt2): image in, detections out.
+
+    python tools/export.py --weights runs/x/best.pth --format onnx             # runs/x/best.onnx
+    python tools/export.py --weights weights/mask_rcnn_r50_fpn_coco.pth --format pt2 --output m.pt2
+    python tools/infer.py --weights runs/x/best.onnx --input photo.jpg         # ONNX Runtime
+
+The file takes one RGB uint8 image [3, H, W] of any size (plus its file size, and proposals for
+selective-search heads) and returns boxes, scores, labels and 28x28 masks, or a label map; class
+names and category ids are in its metadata (see detseg/export.py). After writing, the file is run
+on a test image beside the eager model and the largest differences are printed (--no-check skips).
+Exit status: 0 written (and checked), 1 the export or check failed, 2 bad arguments or checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, help="a detseg checkpoint")
+    p.add_argument("--format", choices=["onnx", "pt2"], help="default: from --output's extension, else onnx")
+    p.add_argument("--output", help="file to write (default: the checkpoint's path with the format's extension)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 16 or later)")
+    p.add_argument("--config", help="config replacing the checkpoint's own (architecture must match)")
+    p.add_argument("--no-check", action="store_true", help="skip running the file beside the eager model")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    from detseg.api import load_model
+    from detseg.config import ConfigError
+    from detseg.engine.checkpoint import CheckpointError
+    from detseg.export import DEFAULT_OPSET, ParityError, check_parity, export
+    from detseg.utils import UsageError
+    fmt = args.format or (os.path.splitext(args.output)[1].lstrip(".").lower() if args.output else "onnx")
+    out = args.output or os.path.splitext(args.weights)[0] + "." + fmt
+    try:
+        if fmt not in ("onnx", "pt2"):
+            raise UsageError(f"{out}: cannot tell the format from the extension; pass --format onnx|pt2")
+        if args.opset is not None and fmt != "onnx":
+            raise UsageError("--opset applies to ONNX only")
+        if os.path.isdir(out):
+            raise UsageError(f"{out}: is a folder; --output names the file to write")
+        if not os.access(os.path.dirname(os.path.abspath(out)) or ".", os.W_OK):
+            raise UsageError(f"{out}: its folder does not exist or is not writable")
+        predictor = load_model(args.weights, config=args.config, device="cpu")
+        meta = export(predictor, out, fmt=fmt, opset=args.opset or DEFAULT_OPSET)
+    except (CheckpointError, ConfigError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {out}: cannot write the exported model ({e.strerror or e})", file=sys.stderr)
+        return 1
+    except Exception as e:  # torch.export / the ONNX exporter: their messages run to pages
+        print(f"error: exporting {args.weights} failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}",
+              file=sys.stderr)
+        return 1
+    report = {"output": out, "format": fmt, "outputs": meta["outputs"]}
+    if not args.no_check:
+        try:
+            report["check"] = check_parity(predictor, out)
+        except ParityError as e:
+            print(f"error: {out}: {e}", file=sys.stderr)
+            return 1
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
