@@ -93,7 +93,8 @@ class Predictor:
         from .data.transforms import collate
         from .evaluation.coco import to_file_pixels
         given = [None] * len(images) if proposals is None else list(proposals)
-        batch = collate([prepare_image(im, self.transform, i, p) for i, (im, p) in enumerate(zip(images, given))])
+        batch = collate([prepare_image(im, self.transform, i, p)
+                         for i, (im, p) in enumerate(zip(images, given))])
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
             out = self.model(batch)
         results = [{"heads": {}} for _ in images]

@@ -57,9 +57,9 @@ class ExportGraph(nn.Module):
         super().__init__()
         self.model = model.eval()
         self.head_names = list(model.heads)
-        self.selective_search = next((h.proposals for h in model.heads.values()
-                                      if isinstance(getattr(h, "proposals", None), SelectiveSearchProposals)),
-                                     None)
+        self.selective_search = next(
+            (h.proposals for h in model.heads.values()
+             if isinstance(getattr(h, "proposals", None), SelectiveSearchProposals)), None)
         self.needs_proposals = self.selective_search is not None
 
     def output_names(self) -> list[str]:
@@ -78,10 +78,16 @@ class ExportGraph(nn.Module):
 
     def forward(self, image: Tensor, file_size: Tensor, proposals: Optional[Tensor] = None) -> tuple:
         h, w = image.shape[1], image.shape[2]
-        # the zero padding collate() gives a batch, to the same multiple of 32
-        hp = (h + PAD_DIVISOR - 1) // PAD_DIVISOR * PAD_DIVISOR
-        wp = (w + PAD_DIVISOR - 1) // PAD_DIVISOR * PAD_DIVISOR
-        batch = {"images": F.pad(image[None], (0, wp - w, 0, hp - h)), "image_sizes": [(h, w)]}
+        if self.model.resize is None:
+            # the zero padding collate() gives a batch, to the same multiple of 32
+            hp = (h + PAD_DIVISOR - 1) // PAD_DIVISOR * PAD_DIVISOR
+            wp = (w + PAD_DIVISOR - 1) // PAD_DIVISOR * PAD_DIVISOR
+            images = F.pad(image[None], (0, wp - w, 0, hp - h))
+        else:
+            # the model resizes (and pads) the image itself; padding it first would only be
+            # cropped off again, and would tie the graph to whether the example needed padding
+            images = image[None]
+        batch = {"images": images, "image_sizes": [(h, w)]}
         if proposals is not None:
             batch["proposals"] = [proposals.float()]
         out = self.model(batch)
@@ -133,7 +139,8 @@ def example_inputs(graph: ExportGraph, size: tuple[int, int] = (320, 416)) -> tu
     args: tuple = (image, torch.tensor([h, w], dtype=torch.int64))
     if graph.needs_proposals:
         xy = torch.rand(24, 2, generator=g) * torch.tensor([w / 2, h / 2])
-        args += (torch.cat([xy, xy + 16 + torch.rand(24, 2, generator=g) * torch.tensor([w / 2, h / 2])], 1),)
+        wh = 16 + torch.rand(24, 2, generator=g) * torch.tensor([w / 2, h / 2])
+        args += (torch.cat([xy, xy + wh], 1),)
     return args
 
 
@@ -166,24 +173,38 @@ def export(predictor, path: str, *, fmt: Optional[str] = None, opset: int = DEFA
                          f"the file extension), got {fmt!r}")
     if fmt == "onnx" and opset < 16:
         raise UsageError(f"--opset {opset}: ONNX RoiAlign with half-pixel boxes needs opset 16 or later")
-    model = predictor.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
-    graph = ExportGraph(model)
-    meta = metadata(predictor, graph)
-    example = example_inputs(graph)
-    program = trace(graph, example)
-    with atomic_path(path) as tmp:
-        if fmt == "pt2":
-            torch.export.save(program, tmp, extra_files={"detseg.json": json.dumps(meta)})
-        else:
-            _write_onnx(program, example, tmp, meta, graph, opset)
-    return meta
+    return Traced(predictor).write(path, fmt, opset=opset)
+
+
+class Traced:
+    """A predictor's model traced once (``torch.export``), to write in one format or both.
+
+    Args:
+        predictor: as in ``export``.
+    """
+
+    def __init__(self, predictor):
+        model = predictor.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
+        self.graph = ExportGraph(model)
+        self.meta = metadata(predictor, self.graph)
+        self.example = example_inputs(self.graph)
+        self.program = trace(self.graph, self.example)
+
+    def write(self, path: str, fmt: str, *, opset: int = DEFAULT_OPSET) -> dict:
+        """Write ``path`` atomically as ``fmt`` (``"onnx"`` or ``"pt2"``); returns the metadata."""
+        with atomic_path(path) as tmp:
+            if fmt == "pt2":
+                torch.export.save(self.program, tmp, extra_files={"detseg.json": json.dumps(self.meta)})
+            else:
+                _write_onnx(self.program, self.example, tmp, self.meta, self.graph, opset)
+        return self.meta
 
 
 def _write_onnx(program, example, path: str, meta: dict, graph: ExportGraph, opset: int) -> None:
     import onnx
 
     from .ops.onnx import export_onnx
-    onnx_program = export_onnx(program, example, None, opset_version=opset,
+    onnx_program = export_onnx(program, example, None, opset_version=opset, verbose=False,
                                input_names=graph.input_names(), output_names=graph.output_names())
     model = onnx_program.model_proto
     for key, value in meta.items():
@@ -216,12 +237,36 @@ def compare_predictions(eager: dict, exported: dict) -> dict:
             continue
         row = {"count": (len(a), len(b))}
         if len(a) == len(b) and len(a):
-            row.update(box=float((a.boxes - b.boxes).abs().max()), score=float((a.scores - b.scores).abs().max()),
+            order = tie_order(a, b)
+            row["reordered"] = int((order != torch.arange(len(b))).sum())
+            b = b[order]
+            exported["heads"][name] = b  # aligned with the eager rows, for callers comparing masks
+            row.update(box=float((a.boxes - b.boxes).abs().max()),
+                       score=float((a.scores - b.scores).abs().max()),
                        labels_equal=bool((a.labels == b.labels).all()))
             if a.masks is not None:
                 row["mask_pixels"] = float((a.masks != b.masks).float().mean())
         out[name] = row
     return out
+
+
+def tie_order(a, b) -> Tensor:
+    """Indices that align ``b``'s detections with ``a``'s: the identity, except where two
+    detections' scores tie to float rounding (within ``SCORE_TOL``) and the runtimes ranked them
+    the other way round; then the tied row with ``a``'s label and box is taken."""
+    order = torch.arange(len(b))
+    used = torch.zeros(len(b), dtype=torch.bool)
+    for i in range(len(a)):
+        fits = ((a.labels[i] == b.labels) & ((a.boxes[i] - b.boxes).abs().amax(1) <= BOX_TOL)
+                & ((a.scores[i] - b.scores).abs() <= SCORE_TOL) & ~used)
+        if fits[i]:
+            j = i
+        elif fits.any():
+            j = int(torch.nonzero(fits)[0])
+        else:  # no match: the first unused row, which the tolerances will then report
+            j = i if not used[i] else int(torch.nonzero(~used)[0])
+        order[i], used[j] = j, True
+    return order
 
 
 def parity_problems(diff: dict) -> list[str]:
@@ -241,7 +286,7 @@ def parity_problems(diff: dict) -> list[str]:
     return problems
 
 
-def test_image(size: tuple[int, int] = (300, 400)):
+def synthetic_photo(size: tuple[int, int] = (300, 400)):
     """A deterministic photo stand-in: a gradient with filled shapes, ``np.ndarray [H, W, 3]``."""
     import cv2
     import numpy as np
@@ -250,12 +295,13 @@ def test_image(size: tuple[int, int] = (300, 400)):
     img = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 255 // (h + w)], -1).astype(np.uint8)
     cv2.circle(img, (w // 4, h // 3), min(h, w) // 6, (220, 40, 40), -1)
     cv2.rectangle(img, (w // 2, h // 2), (w // 2 + w // 4, h // 2 + h // 3), (30, 200, 60), -1)
-    cv2.fillPoly(img, [np.array([[w // 8, h - 10], [w // 3, h // 2], [w // 2, h - 10]], np.int32)], (40, 60, 220))
+    triangle = np.array([[w // 8, h - 10], [w // 3, h // 2], [w // 2, h - 10]], np.int32)
+    cv2.fillPoly(img, [triangle], (40, 60, 220))
     return img
 
 
 def check_parity(predictor, path: str, images=None) -> dict:
-    """Run the exported file beside ``predictor`` on ``images`` (default: ``test_image()``).
+    """Run the exported file beside ``predictor`` on ``images`` (default: ``synthetic_photo()``).
 
     Returns:
         the ``compare_predictions`` rows, one per image (under its index).
@@ -266,7 +312,7 @@ def check_parity(predictor, path: str, images=None) -> dict:
     import numpy as np
 
     from .exported import ExportedPredictor
-    images = [test_image()] if images is None else list(images)
+    images = [synthetic_photo()] if images is None else list(images)
     runner = ExportedPredictor(path, score_threshold=predictor.score_threshold)
     report = {}
     for i, image in enumerate(images):

@@ -15,7 +15,6 @@ import json
 import os
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 from .engine.checkpoint import CheckpointError
@@ -48,12 +47,12 @@ def read_metadata(path: str, raw: dict) -> dict:
         raise CheckpointError(f"{path}: unreadable detseg metadata ({e})") from None
     if meta["export_format"] != EXPORT_FORMAT:
         from . import __version__
-        raise CheckpointError(f"{path}: exported by detseg {meta.get('detseg_version', '?')} in export format "
-                              f"{meta['export_format']}; this detseg ({__version__}) reads format "
+        raise CheckpointError(f"{path}: exported by detseg {meta.get('detseg_version', '?')} in export "
+                              f"format {meta['export_format']}; this detseg ({__version__}) reads format "
                               f"{EXPORT_FORMAT}: export the checkpoint again with this version")
     if missing:
-        raise CheckpointError(f"{path}: metadata key detseg.{missing[0]} is missing; export the checkpoint "
-                              f"again with tools/export.py")
+        raise CheckpointError(f"{path}: metadata key detseg.{missing[0]} is missing; export the "
+                              f"checkpoint again with tools/export.py")
     return meta
 
 

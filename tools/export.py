@@ -24,7 +24,7 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="a detseg checkpoint")
     p.add_argument("--format", choices=["onnx", "pt2"], help="default: from --output's extension, else onnx")
-    p.add_argument("--output", help="file to write (default: the checkpoint's path with the format's extension)")
+    p.add_argument("--output", help="file to write (default: the checkpoint's path, the format's extension)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 16 or later)")
     p.add_argument("--config", help="config replacing the checkpoint's own (architecture must match)")
     p.add_argument("--no-check", action="store_true", help="skip running the file beside the eager model")

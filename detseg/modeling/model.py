@@ -1,7 +1,6 @@
 """``Model(backbone, heads)``: one backbone pass per batch, every head reads the same features."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -81,15 +80,17 @@ class Model(nn.Module):
         for img, (h, w) in zip(pixels, image_sizes):
             # torch.sym_min / sym_max, not min / max: under torch.export h and w are symbolic and
             # min() would fix the exported graph to the example's orientation. The size is what
-            # interpolate(scale_factor=scale, recompute_scale_factor=True) computes: floor(h * scale).
+            # interpolate(scale_factor=scale, recompute_scale_factor=True) computes: floor(h * scale),
+            # here as sym_int (truncation, the floor of a positive size), which .pt2 files can store.
             scale = torch.sym_min(min_size / torch.sym_min(h, w), max_size / torch.sym_max(h, w))
-            size = (math.floor(h * scale), math.floor(w * scale))
+            size = (torch.sym_int(h * scale), torch.sym_int(w * scale))
             resized.append(torch.nn.functional.interpolate(
                 img[None, :, :h, :w], size=size, mode="bilinear", align_corners=False)[0])
         hp = max(r.shape[1] for r in resized)
         wp = max(r.shape[2] for r in resized)
         hp, wp = (hp + 31) // 32 * 32, (wp + 31) // 32 * 32
-        out = torch.stack([torch.nn.functional.pad(r, (0, wp - r.shape[2], 0, hp - r.shape[1])) for r in resized])
+        out = torch.stack([torch.nn.functional.pad(r, (0, wp - r.shape[2], 0, hp - r.shape[1]))
+                           for r in resized])
         return out, [tuple(r.shape[1:]) for r in resized]
 
     def forward(self, batch: Union[Batch, dict]) -> dict:

@@ -17,8 +17,20 @@ from .roi_align import roi_align
 
 
 def feature_scale(feature_size: Sequence[int], image_size: Sequence[int]) -> float:
-    """The power of two closest to ``feature / image`` size (on the height axis, as torchvision)."""
-    return 2.0 ** round(math.log2(float(feature_size[0]) / float(image_size[0])))
+    """The power of two closest to ``feature / image`` size (on the height axis, as torchvision).
+
+    Under ``torch.export`` the sizes are symbolic; the scale (the level's stride) is the same for
+    every image, so the example's sizes decide it without tying the graph to them.
+    """
+    f, i = (_concrete(v) for v in (feature_size[0], image_size[0]))
+    return 2.0 ** round(math.log2(float(f) / float(i)))
+
+
+def _concrete(size) -> int:
+    if isinstance(size, torch.SymInt):
+        from torch.fx.experimental.symbolic_shapes import guarding_hint_or_throw
+        return guarding_hint_or_throw(size)  # the example's value, without a guard on it
+    return int(size)
 
 
 def fpn_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224,

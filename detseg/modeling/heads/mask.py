@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops import MultiScaleRoIAlign, roi_align
-from ...structures import Instances
+from ...structures import Instances, as_size
 from ..backbones import ShapeSpec
 from ..class_layout import PER_CLASS
 
@@ -101,7 +101,7 @@ class MaskHead(nn.Module):
         if self.multiscale is not None:
             if image_sizes is None:
                 raise TypeError("a multi-level mask head needs image_sizes")
-            x = self.multiscale(features, boxes, [tuple(int(v) for v in hw) for hw in image_sizes])
+            x = self.multiscale(features, boxes, [tuple(as_size(v) for v in hw) for hw in image_sizes])
         else:
             fmap = features[self.feature]
             x = roi_align(fmap, [b.to(fmap.dtype) for b in boxes], self.pooler_resolution,

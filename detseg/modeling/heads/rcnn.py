@@ -101,7 +101,10 @@ class RCNNHead(RegionHead):
         crops = warp_regions(batch["pixels"], batch["image_sizes"], boxes, self.warp_size,
                              self.context_pad)
         out = []
-        for chunk in crops.split(self.crop_batch_size):
+        # An exported graph runs every crop in one batch: the number of chunks would depend on the
+        # proposal count, which the graph does not fix (its memory grows with the proposals given).
+        chunks = [crops] if torch.compiler.is_exporting() else crops.split(self.crop_batch_size)
+        for chunk in chunks:
             fmap = run_until(backbone, chunk, self.feature)
             out.append(F.adaptive_max_pool2d(fmap, self.pool_size).flatten(1))
         return torch.cat(out) if out else crops.new_zeros(0, self.in_features)

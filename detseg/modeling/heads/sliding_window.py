@@ -205,16 +205,55 @@ class SlidingWindowHead(Head):
         boxes = torch.stack([x0, y0, x0 + kw * s, y0 + kh * s], dim=1).float()
         return gy, gx, boxes
 
+    def windows_on_grid(self, image_size, shape: tuple[int, int], grid: tuple[int, int]):
+        """``windows`` as a mask over the classifier's whole output grid ``(rows, cols)``: the
+        same windows in the same (row-major) order, with no Python branch on the image's size,
+        so that an exported graph serves every size (``windows`` builds its ranges from
+        ``max(0, ...)`` of the size, which ``torch.export`` can only keep by fixing it)."""
+        h, w = image_size
+        kh, kw = shape
+        s, m = self.stride, self.margin // self.stride
+        ys = torch.arange(grid[0])[:, None]
+        xs = torch.arange(grid[1])[None, :]
+        inside = (ys >= m) & (ys < m + h // s - kh + 1) & (xs >= m) & (xs < m + w // s - kw + 1)
+        # row-major, as windows' meshgrid; 1-D nonzero and gathers (the ONNX exporter takes
+        # neither the 2-D nonzero's size bound nor a remainder by a symbolic width)
+        cells = torch.nonzero(inside.reshape(-1)).flatten()
+        # a finite bound on the count: the exporter sums the shapes' counts, and int64 overflows
+        torch._check(cells.shape[0] <= 1 << 40)
+        gy = ys.expand(grid).reshape(-1)[cells]
+        gx = xs.expand(grid).reshape(-1)[cells]
+        x0, y0 = (gx - m) * s, (gy - m) * s
+        boxes = torch.stack([x0, y0, x0 + kw * s, y0 + kh * s], dim=1).float()
+        return gy, gx, boxes
+
+    def _score_exported(self, fmap: Tensor, image_sizes) -> list[tuple[Tensor, Tensor]]:
+        """``score_windows`` of the convolutional mode as ``torch.export`` traces it: the map is
+        zero-padded by a window's size at the bottom and right, so every shape's classifier has
+        an output even on an image smaller than the window (such a shape then selects no cell;
+        cells it does select never reach the padding)."""
+        per_image: list[list] = [[] for _ in image_sizes]
+        for j, shape in enumerate(self.shapes):
+            out = self.classify(F.pad(fmap, (0, shape[1], 0, shape[0])), j)
+            for i, hw in enumerate(image_sizes):
+                gy, gx, boxes = self.windows_on_grid(hw, shape, tuple(out.shape[-2:]))
+                per_image[i].append((boxes.to(out.device), out[i, :, gy, gx].t()))
+        return [(torch.cat([b for b, _ in parts]), torch.cat([o for _, o in parts]))
+                for parts in per_image]
+
     def score_windows(self, batch: dict, backbone: nn.Module) -> list[tuple[Tensor, Tensor]]:
         """Per image: (windows ``Tensor[N, 4]``, outputs ``Tensor[N, (K + 1) + 4K]``)."""
         padded = self.padded_pixels(batch["pixels"], batch["image_sizes"])
         if self.mode == "naive":
             return self._score_naive(padded, batch["image_sizes"], backbone)
         fmap = self.reduce(run_until(backbone, padded, self.feature))
+        if torch.compiler.is_exporting():
+            return self._score_exported(fmap, batch["image_sizes"])
         per_image: list[list] = [[] for _ in batch["image_sizes"]]
         for j, shape in enumerate(self.shapes):
             where = [self.windows(hw, shape) for hw in batch["image_sizes"]]
-            if not any(len(boxes) for _, _, boxes in where):
+            # boxes.shape[0], not len(boxes): len() would fix an exported graph's window count
+            if not any(boxes.shape[0] for _, _, boxes in where):
                 continue  # larger than every image (its kernel may not even fit the map)
             out = self.classify(fmap, j)  # [B, D, Ho, Wo]
             for i, (gy, gx, boxes) in enumerate(where):
@@ -299,8 +338,7 @@ class SlidingWindowHead(Head):
         results = []
         for (boxes, out), hw in zip(self.score_windows(batch, backbone), batch["image_sizes"]):
             scores = F.softmax(out[:, : k + 1], dim=1)[:, :k]
-            pred = deltas_to_boxes(self.coder, out[:, k + 1:], boxes) if len(boxes) else \
-                out.new_zeros(0, k, 4)
+            pred = deltas_to_boxes(self.coder, out[:, k + 1:], boxes)
             results.append(detect(pred, scores, hw, score_thresh=self.score_thresh,
                                   nms_thresh=self.nms_thresh, max_detections=self.detections_per_image))
         return results

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ...config import RegionHeadConfig
 from ...ops import MultiScaleRoIAlign, SpatialPyramidPool
+from ...structures import as_size
 from ..backbones import ShapeSpec, coarsest
 from ..proposals import build_proposals
 from .region import RegionHead
@@ -99,7 +100,7 @@ class SPPHead(RegionHead):
     def region_features(self, features: dict, batch: dict, boxes: list[Tensor], **kwargs) -> Tensor:
         """Pooled ``Tensor[sum R_i, C * sum(l * l)]``."""
         if self.multiscale:
-            sizes = [tuple(int(v) for v in hw) for hw in batch["image_sizes"]]
+            sizes = [tuple(as_size(v) for v in hw) for hw in batch["image_sizes"]]
             return self.pool(features, boxes, sizes).flatten(1)
         fmap = features[self.feature]
         return self.pool(fmap.contiguous(), [b.to(fmap.dtype) for b in boxes])

@@ -1,0 +1,229 @@
+"""Every head exported to ONNX (run by ONNX Runtime) and torch.export (.pt2) gives the eager
+model's results on two coco_tiny photos (synthetic stand-ins without ../shared), and
+tools/export.py, tools/infer.py and load_model take the files.
+
+The models are randomly initialised: their near-uniform scores make ties and many detections,
+a harder case for parity than a trained model's few confident ones.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from detseg import load_model
+from detseg.config import load_config, to_dict
+from detseg.engine.checkpoint import CheckpointError
+from detseg.modeling.model import build_model
+from tests.conftest import COCO_TINY, ROOT
+
+ort = pytest.importorskip("onnxruntime")  # the test command installs the [export] extra
+onnx = pytest.importorskip("onnx")
+
+from detseg.export import BOX_TOL, SCORE_TOL, Traced, compare_predictions, synthetic_photo  # noqa: E402
+from detseg.exported import ExportedPredictor  # noqa: E402
+
+CLASSES = ["circle", "rectangle", "triangle"]
+# head -> (config, overrides, ONNX operators the graph must hold)
+HEADS = {
+    "fcn8s": ("fcn8s_resnet18_shapes", [], {"ArgMax", "ConvTranspose"}),
+    "sliding_window": ("sliding_window_resnet18_shapes", [], {"NonMaxSuppression"}),
+    "rcnn": ("rcnn_resnet18_shapes", [], {"NonMaxSuppression"}),
+    "sppnet": ("sppnet_resnet18_shapes", [], {"MaxRoiPool", "NonMaxSuppression"}),
+    "fast_rcnn": ("fast_rcnn_resnet18_shapes", [], {"MaxRoiPool", "NonMaxSuppression"}),
+    "faster_rcnn": ("faster_rcnn_resnet18_shapes", [], {"NonMaxSuppression"}),
+    "mask_rcnn_fpn": ("mask_rcnn_resnet18_fpn_shapes", [], {"RoiAlign", "NonMaxSuppression"}),
+    # torchvision's R50-FPN recipe (in-model resize, RoIAlign, mask head) on a ResNet-18 for time
+    "torchvision_mask_rcnn": ("mask_rcnn_r50_fpn_coco", ["model.backbone.name=resnet18",
+                                                         "data.min_size_test=320", "data.max_size=480"],
+                              {"RoiAlign", "NonMaxSuppression", "Resize"}),
+}
+
+
+def photos() -> list:
+    """Two coco_tiny photos of different sizes, or two synthetic images without ../shared."""
+    folder = os.path.join(COCO_TINY, "val2017")
+    if os.path.isdir(folder):
+        from detseg.data.io import read_image
+        return [read_image(os.path.join(folder, f)) for f in sorted(os.listdir(folder))[:2]]
+    return [synthetic_photo((300, 400)), synthetic_photo((257, 181))]
+
+
+def make_checkpoint(path, config: str, overrides: list) -> str:
+    cfg = load_config(os.path.join(ROOT, "configs", config + ".yaml"), overrides)
+    cfg.model.backbone.weights = None
+    torch.manual_seed(0)
+    model = build_model(cfg, len(CLASSES))
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "class_names": CLASSES,
+                "label_map": {"cat_ids": [1, 2, 3], "class_names": CLASSES}}, str(path))
+    return str(path)
+
+
+def same_proposals(predictor, image):
+    """OpenCV's selective search gives other boxes on each call: both sides get the same ones."""
+    heads = predictor.model.heads.values()
+    from detseg.modeling.proposals import SelectiveSearchProposals
+    if not any(isinstance(getattr(h, "proposals", None), SelectiveSearchProposals) for h in heads):
+        return None
+    from detseg.modeling.proposals.selective_search import selective_search
+    return selective_search(image, "fast", 500)
+
+
+def assert_same(eager: dict, exported: dict, image_size) -> None:
+    diff = compare_predictions(eager, exported)
+    for name, row in diff.items():
+        if "pixels" in row:  # FCN label maps: identical but where two classes tie to rounding
+            differ = eager["heads"][name] != exported["heads"][name]
+            if differ.any():
+                top2 = eager["_scores"][name].topk(2, dim=0).values  # upsampled scores [2, H, W]
+                assert (top2[0] - top2[1])[differ].max() < 1e-4, (name, row)
+            continue
+        assert row["count"][0] == row["count"][1], (name, row)
+        assert row["count"][0] > 0, "a random-init detector finds something in a photo"
+        assert row["box"] <= BOX_TOL and row["score"] <= SCORE_TOL and row["labels_equal"], (name, row)
+        a, b = eager["heads"][name], exported["heads"][name]
+        if a.masks is not None:
+            assert a.masks.shape == b.masks.shape == (len(a),) + tuple(image_size)
+            # masks differ only where the pasted probability sits at the 0.5 threshold's rounding
+            from detseg.ops.paste_masks import paste_masks
+            differ = a.masks != b.masks
+            if differ.any():
+                probs = paste_masks(eager["_probs"], a.boxes, tuple(image_size), threshold=None)
+                assert (probs[differ] - 0.5).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_exported_files_reproduce_the_eager_model(head, tmp_path):
+    config, overrides, ops = HEADS[head]
+    ckpt = make_checkpoint(tmp_path / "model.pth", config, overrides)
+    predictor = load_model(ckpt, device="cpu")
+    traced = Traced(predictor)  # one trace, both formats
+    traced.write(str(tmp_path / "model.onnx"), "onnx")
+    traced.write(str(tmp_path / "model.pt2"), "pt2")
+    graph_ops = {n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node}
+    assert ops <= graph_ops, ops - graph_ops
+    runners = [ExportedPredictor(str(tmp_path / f"model.{fmt}")) for fmt in ("onnx", "pt2")]
+    for image in photos():
+        proposals = same_proposals(predictor, image)
+        eager = predictor(image, proposals)
+        # the raw outputs too, to tell float ties from real differences
+        from detseg.api import prepare_image
+        from detseg.data.transforms import collate
+        batch = collate([prepare_image(image, predictor.transform, 0, proposals)])
+        with torch.no_grad():
+            raw = predictor.model(batch)
+        if "det" in raw and raw["det"][0].masks is not None:
+            eager["_probs"] = raw["det"][0].masks
+        h, w = batch.image_sizes[0]
+        eager["_scores"] = {n: torch.nn.functional.interpolate(v[:, :, :h, :w], size=image.shape[:2],
+                                                               mode="bilinear", align_corners=False)[0]
+                            for n, v in raw.items() if isinstance(v, torch.Tensor)}
+        for runner in runners:
+            assert_same(eager, runner(image, proposals), image.shape[:2])
+
+
+@pytest.fixture(scope="module")
+def mask_rcnn_files(tmp_path_factory):
+    """A Mask R-CNN checkpoint, its .onnx / .pt2 exports written by tools/export.py, and the
+    tool's reports."""
+    import contextlib
+    import io
+
+    from tools import export as export_tool
+    root = tmp_path_factory.mktemp("export")
+    ckpt = make_checkpoint(root / "model.pth", "mask_rcnn_resnet18_fpn_shapes", [])
+    reports = {}
+    for fmt in ("onnx", "pt2"):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert export_tool.main(["--weights", ckpt, "--format", fmt]) == 0
+        reports[fmt] = json.loads(out.getvalue().strip().splitlines()[-1])
+    return root, reports
+
+
+def test_export_tool_writes_metadata_and_checks_parity(mask_rcnn_files):
+    root, reports = mask_rcnn_files
+    for fmt, report in reports.items():
+        assert report["output"] == str(root / f"model.{fmt}")  # beside the checkpoint by default
+        assert report["outputs"] == ["det.boxes", "det.scores", "det.labels", "det.masks"]
+        counts = report["check"]["0"]["det"]["count"]
+        assert counts[0] == counts[1] > 0
+    meta = {p.key: p.value for p in onnx.load(str(root / "model.onnx")).metadata_props}
+    assert json.loads(meta["detseg.class_names"]) == CLASSES
+    assert json.loads(meta["detseg.cat_ids"]) == [1, 2, 3]
+
+
+def test_infer_runs_exported_files_with_the_eager_results(mask_rcnn_files, tmp_path):
+    from tools import infer
+    mask_rcnn_files = mask_rcnn_files[0]
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    import cv2
+    for i, image in enumerate(photos()):
+        cv2.imwrite(str(image_dir / f"{i}.png"), image[..., ::-1])
+    results = {}
+    for name in ("model.pth", "model.onnx", "model.pt2"):
+        out = tmp_path / name
+        assert infer.main(["--weights", str(mask_rcnn_files / name), "--input", str(image_dir),
+                           "--output", str(out), "--score-threshold", "0.3"]) == 0
+        results[name] = json.loads((out / "results.json").read_text())
+        assert sorted(os.path.splitext(f)[0] for f in os.listdir(out)) == ["0", "1", "images", "results"]
+    ref = results["model.pth"]
+    assert ref, "the random-init model detects something above 0.3"
+    for name in ("model.onnx", "model.pt2"):
+        got = list(results[name])
+        assert len(got) == len(ref)
+        for a in ref:  # each eager result has its twin (in order, but for float-tied scores)
+            twin = next(b for b in got
+                        if (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+                        and np.allclose(a["bbox"], b["bbox"], atol=BOX_TOL)
+                        and abs(a["score"] - b["score"]) <= SCORE_TOL)
+            got.remove(twin)
+
+
+def _rewrite_metadata(src, dst, key, value):
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    if value is None:
+        props.pop(key)
+    else:
+        props[key] = value
+    del model.metadata_props[:]
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save_model(model, str(dst))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("detseg.export_format", "99", "export format 99"),
+    ("detseg.class_names", None, "detseg.class_names is missing"),
+    ("detseg.export_format", None, "not a detseg export"),
+])
+def test_files_of_another_version_or_missing_metadata_are_refused(mask_rcnn_files, tmp_path, key, value,
+                                                                  message, capsys):
+    from tools import infer
+    mask_rcnn_files = mask_rcnn_files[0]
+    bad = tmp_path / "bad.onnx"
+    _rewrite_metadata(mask_rcnn_files / "model.onnx", bad, key, value)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(str(bad))
+    assert infer.main(["--weights", str(bad), "--input", str(mask_rcnn_files / "model.pth"),
+                       "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(bad) in err[0]
+
+
+def test_export_tool_refuses_bad_arguments_in_one_line(mask_rcnn_files, tmp_path, capsys):
+    from tools import export as export_tool
+    ckpt = str(mask_rcnn_files[0] / "model.pth")
+    cases = [["--weights", ckpt, "--output", str(tmp_path / "m.tflite")],
+             ["--weights", ckpt, "--format", "onnx", "--opset", "13", "--output", str(tmp_path / "m.onnx")],
+             ["--weights", str(tmp_path / "missing.pth")],
+             ["--weights", ckpt, "--output", str(tmp_path / "no" / "such" / "dir" / "m.onnx")]]
+    for argv in cases:
+        assert export_tool.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), (argv, err)
+    assert not list(tmp_path.glob("*.onnx"))
