@@ -79,7 +79,7 @@ class _OnnxRunner:
 
 
 class _Pt2Runner:
-    def __init__(self, path: str, device: torch.device):
+    def __init__(self, path: str, device: torch.device, compile: bool = False):
         from . import ops  # noqa: F401  the graph calls detseg's ops: register them first
         extra = {"detseg.json": ""}
         try:
@@ -91,6 +91,8 @@ class _Pt2Runner:
         except ValueError:
             self.raw = {}
         self.module = program.module()
+        if compile:  # inductor, shapes dynamic from the start (the export's own dimensions)
+            self.module = torch.compile(self.module, dynamic=True)
         self.device = device
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -108,14 +110,22 @@ class ExportedPredictor:
         path: ``.onnx`` or ``.pt2`` written by ``detseg.export`` / ``tools/export.py``.
         device: ``"cpu"`` or ``"cuda[:i]"`` (ONNX Runtime's CUDA provider where installed).
         score_threshold: instances below it are dropped.
+        compile: ``.pt2`` only: run the graph through ``torch.compile`` (the first image of a
+            new size compiles, tens of seconds; later calls are faster than eager).
     """
 
-    def __init__(self, path: str, *, device: str = "cpu", score_threshold: float = 0.0):
+    def __init__(self, path: str, *, device: str = "cpu", score_threshold: float = 0.0,
+                 compile: bool = False):
         from .data.transforms import eval_transform
         if not os.path.isfile(path):
             raise CheckpointError(f"{path}: no such file")
         self.path, self.device = path, torch.device(device)
-        self.runner = (_OnnxRunner if path.lower().endswith(".onnx") else _Pt2Runner)(path, self.device)
+        if path.lower().endswith(".onnx"):
+            if compile:
+                raise UsageError(f"{path}: torch.compile runs .pt2 files; ONNX Runtime runs .onnx")
+            self.runner = _OnnxRunner(path, self.device)
+        else:
+            self.runner = _Pt2Runner(path, self.device, compile)
         self.meta = read_metadata(path, self.runner.raw)
         self.class_names, self.cat_ids = list(self.meta["class_names"]), list(self.meta["cat_ids"])
         self.score_threshold = score_threshold
@@ -174,3 +184,40 @@ def load_exported(path: str, *, device: str = "cpu", score_threshold: float = 0.
         raise UsageError(f"{path} is an exported model: it carries its own architecture, --config does "
                          f"not apply")
     return ExportedPredictor(path, device=device, score_threshold=score_threshold)
+
+
+def cached_path(weights: str, fmt: str = "onnx") -> str:
+    """Where ``cached_export`` keeps the export of checkpoint ``weights``: detseg's cache,
+    ``exports/<hash of the file's bytes>-format<EXPORT_FORMAT>.<fmt>``."""
+    import hashlib
+
+    from .utils import default_cache_dir
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    name = f"{digest.hexdigest()[:20]}-format{EXPORT_FORMAT}.{fmt}"
+    return os.path.join(default_cache_dir(), "exports", name)
+
+
+def cached_export(weights: str, fmt: str = "onnx") -> tuple[str, bool]:
+    """The export of checkpoint ``weights`` at ``cached_path``, written the first time.
+
+    Returns:
+        (path of the exported file, whether it was already there).
+    """
+    path = cached_path(weights, fmt)
+    if os.path.isfile(path):
+        return path, True
+    from .api import load_model
+    from .export import export
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    export(load_model(weights, device="cpu"), path, fmt=fmt)
+    return path, False
+
+
+def has_panoptic(weights: str) -> bool:
+    """Whether a checkpoint's config merges panoptic output (which exported graphs leave out)."""
+    from .engine.checkpoint import load_checkpoint
+    config = load_checkpoint(weights).get("config") or {}
+    return bool(((config.get("model") or {}).get("panoptic") or {}).get("enabled"))

@@ -182,6 +182,33 @@ def test_infer_runs_exported_files_with_the_eager_results(mask_rcnn_files, tmp_p
             got.remove(twin)
 
 
+def test_infer_auto_backend_takes_a_cached_export(mask_rcnn_files, tmp_path, monkeypatch, capsys):
+    """--backend auto runs ONNX Runtime once the checkpoint's export is in the cache (here the
+    fixture's file, put where cached_export keeps it), eager otherwise; options only eager runs
+    support are refused with ONNX Runtime in one line."""
+    import shutil
+
+    from detseg.exported import cached_path
+    from tools import infer
+    root = mask_rcnn_files[0]
+    monkeypatch.setenv("DETSEG_CACHE", str(tmp_path / "cache"))
+    image = tmp_path / "a.png"
+    import cv2
+    cv2.imwrite(str(image), photos()[0][..., ::-1])
+    args = infer.get_parser().parse_args(["--weights", str(root / "model.pth"), "--input", str(image)])
+    assert infer.choose_backend(args, *infer.classify_input(str(image))) == "eager"  # 1 image, no export
+    os.makedirs(tmp_path / "cache" / "exports")
+    shutil.copy(root / "model.onnx", cached_path(str(root / "model.pth")))
+    assert infer.choose_backend(args, *infer.classify_input(str(image))) == "onnxruntime"
+    assert infer.main(["--weights", str(root / "model.pth"), "--input", str(image), "--output",
+                       str(tmp_path / "out"), "--score-threshold", "0.3"]) == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())
+    assert infer.main(["--weights", str(root / "model.pth"), "--input", str(image), "--backend",
+                       "onnxruntime", "--half", "--output", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --backend onnxruntime") and "--half" in err[-1]
+
+
 def _rewrite_metadata(src, dst, key, value):
     model = onnx.load(str(src))
     props = {p.key: p.value for p in model.metadata_props}
