@@ -116,7 +116,7 @@ class ExportGraph(nn.Module):
 
 def metadata(predictor, graph: ExportGraph) -> dict:
     """What a runner needs besides the graph: classes, inputs, outputs, resize."""
-    from . import __version__
+    from .utils import __version__
     cfg = predictor.cfg
     heads = {name: {"type": cfg.model.heads[name].type, "output": head.output,
                     "masks": bool(getattr(head, "predicts_masks", False))}

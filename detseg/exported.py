@@ -46,7 +46,7 @@ def read_metadata(path: str, raw: dict) -> dict:
     except ValueError as e:
         raise CheckpointError(f"{path}: unreadable detseg metadata ({e})") from None
     if meta["export_format"] != EXPORT_FORMAT:
-        from . import __version__
+        from .utils import __version__
         raise CheckpointError(f"{path}: exported by detseg {meta.get('detseg_version', '?')} in export "
                               f"format {meta['export_format']}; this detseg ({__version__}) reads format "
                               f"{EXPORT_FORMAT}: export the checkpoint again with this version")

@@ -11,6 +11,8 @@ import os
 import tempfile
 from typing import IO, Any, Iterator, Optional
 
+__version__ = "0.1.0"  # pyproject.toml's version; exported files record it
+
 
 class UsageError(ValueError):
     """A device, output path or argument the user gave cannot be used; the message is one line
