@@ -11,6 +11,7 @@ does it: the data pipeline's resize, selective search for heads that read propos
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Optional, Sequence
@@ -189,15 +190,22 @@ def load_exported(path: str, *, device: str = "cpu", score_threshold: float = 0.
 def cached_path(weights: str, fmt: str = "onnx") -> str:
     """Where ``cached_export`` keeps the export of checkpoint ``weights``: detseg's cache,
     ``exports/<hash of the file's bytes>-format<EXPORT_FORMAT>.<fmt>``."""
-    import hashlib
-
     from .utils import default_cache_dir
+    stat = os.stat(weights)
+    name = f"{_digest(os.path.abspath(weights), stat.st_mtime_ns, stat.st_size)}-format{EXPORT_FORMAT}.{fmt}"
+    return os.path.join(default_cache_dir(), "exports", name)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    """First 20 hex digits of the file's SHA-256, read once per (path, mtime, size): infer.py asks
+    for the cached path when choosing its backend and again when exporting."""
+    import hashlib
     digest = hashlib.sha256()
-    with open(weights, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    name = f"{digest.hexdigest()[:20]}-format{EXPORT_FORMAT}.{fmt}"
-    return os.path.join(default_cache_dir(), "exports", name)
+    return digest.hexdigest()[:20]
 
 
 def cached_export(weights: str, fmt: str = "onnx") -> tuple[str, bool]:
