@@ -26,7 +26,9 @@ class SelectiveSearchProposals(nn.Module):
     def forward(self, features, batch: dict) -> tuple[list[Tensor], dict]:
         given = batch.get("proposals")
         if given is not None:
-            return [p[: self.max_per_image].float() for p in given], {}
+            # sym_min, not a plain slice bound: an exported graph would otherwise be traced with
+            # (and guard on) the example's count being below max_per_image
+            return [p[: torch.sym_min(p.shape[0], self.max_per_image)].float() for p in given], {}
         out = []
         for i, (h, w) in enumerate(batch["image_sizes"]):
             image = batch["images"][i, :, :h, :w].permute(1, 2, 0).cpu().numpy()
