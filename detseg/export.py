@@ -303,6 +303,18 @@ def synthetic_photo(size: tuple[int, int] = (300, 400)):
     return img
 
 
+def fixed_proposals(meta: dict, image):
+    """Selective-search proposals ``[P, 4]`` for ``image`` (file pixels) when the exported file's
+    heads read them (``meta``: its metadata), else None. OpenCV's selective search gives other
+    boxes on each call, so a comparison hands the same ones to both sides."""
+    import numpy as np
+    settings = meta["selective_search"]
+    if settings is None:
+        return None
+    from .modeling.proposals.selective_search import selective_search
+    return selective_search(np.asarray(image), settings["mode"], settings["max_per_image"])
+
+
 def check_parity(predictor, path: str, images=None) -> dict:
     """Run the exported file beside ``predictor`` on ``images`` (default: ``synthetic_photo()``).
 
@@ -312,19 +324,12 @@ def check_parity(predictor, path: str, images=None) -> dict:
     Raises:
         ParityError: naming the first difference beyond float rounding.
     """
-    import numpy as np
-
     from .exported import ExportedPredictor
     images = [synthetic_photo()] if images is None else list(images)
     runner = ExportedPredictor(path, score_threshold=predictor.score_threshold)
     report = {}
     for i, image in enumerate(images):
-        # OpenCV's selective search gives other boxes on each call: both sides get the same ones
-        proposals = None
-        if runner.meta["selective_search"] is not None:
-            from .modeling.proposals.selective_search import selective_search
-            proposals = selective_search(np.asarray(image), runner.meta["selective_search"]["mode"],
-                                         runner.meta["selective_search"]["max_per_image"])
+        proposals = fixed_proposals(runner.meta, image)
         diff = compare_predictions(predictor(image, proposals), runner(image, proposals))
         problems = parity_problems(diff)
         if problems:

@@ -21,7 +21,8 @@ from tests.conftest import COCO_TINY, ROOT
 ort = pytest.importorskip("onnxruntime")  # the test command installs the [export] extra
 onnx = pytest.importorskip("onnx")
 
-from detseg.export import BOX_TOL, SCORE_TOL, Traced, compare_predictions, synthetic_photo  # noqa: E402
+from detseg.export import (BOX_TOL, SCORE_TOL, Traced, compare_predictions, fixed_proposals,  # noqa: E402
+                           synthetic_photo)
 from detseg.exported import ExportedPredictor  # noqa: E402
 
 CLASSES = ["circle", "rectangle", "triangle"]
@@ -63,16 +64,6 @@ def make_checkpoint(path, config: str, overrides: list) -> str:
     torch.save({"model": model.state_dict(), "config": to_dict(cfg), "class_names": CLASSES,
                 "label_map": {"cat_ids": [1, 2, 3], "class_names": CLASSES}}, str(path))
     return str(path)
-
-
-def same_proposals(predictor, image):
-    """OpenCV's selective search gives other boxes on each call: both sides get the same ones."""
-    heads = predictor.model.heads.values()
-    from detseg.modeling.proposals import SelectiveSearchProposals
-    if not any(isinstance(getattr(h, "proposals", None), SelectiveSearchProposals) for h in heads):
-        return None
-    from detseg.modeling.proposals.selective_search import selective_search
-    return selective_search(image, "fast", 500)
 
 
 def assert_same(eager: dict, exported: dict, image_size) -> None:
@@ -121,7 +112,7 @@ def check_on_photos(predictor, folder, ops: set) -> None:
     assert ops <= graph_ops, ops - graph_ops
     runners = [ExportedPredictor(str(folder / f"model.{fmt}")) for fmt in ("onnx", "pt2")]
     for image in photos():
-        proposals = same_proposals(predictor, image)
+        proposals = fixed_proposals(runners[0].meta, image)
         eager = predictor(image, proposals)
         # the raw outputs too, to tell float ties from real differences
         from detseg.api import prepare_image
