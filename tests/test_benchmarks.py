@@ -20,6 +20,7 @@ from tests.conftest import ROOT, run_script
     ("benchmarks/paste_masks.py", ["speedup", "mismatches"]),
     ("benchmarks/vs_torchvision.py", ["seconds", "speedup", "agreement"]),
     ("benchmarks/finetune.py", ["finetune", "scratch", "speedup"]),
+    ("benchmarks/vs_torchvision_training.py", ["detseg", "torchvision", "speedup", "ap_gain", "runs"]),
 ])
 def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
     out = tmp_path / "figures.json"
@@ -54,3 +55,49 @@ def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
         assert figures["speedup"]["iterations"] >= 0
     if script.endswith("detection_shapes.py"):
         assert 0 <= figures["sppnet"]["AP50"] <= 1
+    if script.endswith("vs_torchvision_training.py"):
+        assert {(r["impl"], r["iterations"]) for r in figures["runs"]} == {("detseg", 4), ("torchvision", 4)}
+        assert all(0 <= figures[impl]["box_ap"] <= 1 for impl in ("detseg", "torchvision"))
+        assert figures["speedup"]["train_step"] > 0
+
+
+def test_torchvision_training_peer_follows_the_recipe(tmp_path):
+    """The peer of benchmarks/vs_torchvision_training.py is torchvision's MaskRCNN with the Mask
+    R-CNN recipe's settings; it trains on detseg batches and predicts in the files' pixels."""
+    import torch
+
+    from benchmarks.vs_torchvision_training import torchvision_detector
+    from detseg.config import load_config
+    from detseg.data import shapes
+    from detseg.data.coco import CocoDataset
+    from detseg.data.transforms import collate, eval_transform
+
+    cfg = load_config(str(Path(ROOT) / "configs/mask_rcnn_resnet18_fpn_shapes.yaml"))
+    head = cfg.model.heads["det"]
+    torch.manual_seed(0)
+    peer = torchvision_detector(cfg, 4)
+    net = peer.net
+    assert net.rpn._pre_nms_top_n == dict(zip(("training", "testing"), head.proposals.pre_nms_top_n))
+    assert net.rpn._post_nms_top_n == dict(zip(("training", "testing"), head.proposals.post_nms_top_n))
+    assert net.rpn.anchor_generator.sizes == tuple(tuple(s) for s in head.proposals.anchor_sizes)
+    assert net.roi_heads.box_roi_pool.featmap_names == ["p3"]
+    assert net.roi_heads.fg_bg_sampler.batch_size_per_image == head.batch_size_per_image
+    assert net.roi_heads.box_predictor.cls_score.out_features == 5
+    assert len([m for m in net.roi_heads.mask_head.modules() if isinstance(m, torch.nn.Conv2d)]) == \
+        len(head.mask.conv_dims)
+    features = net.backbone(torch.zeros(1, 3, 64, 64))
+    assert list(features) == ["p3", "p4", "p5"]  # no extra pooled level: the RPN reads p3-p5
+    assert all(f.shape[1] == cfg.model.backbone.fpn_channels for f in features.values())
+
+    split = shapes.generate(str(tmp_path / "ds"), seed=5, num_train=2, num_val=0)["train"]
+    ds = CocoDataset(split["ann_file"], split["image_dir"], with_masks=True,
+                     transform=eval_transform(96, 288))
+    batch = collate([ds[0], ds[1]])
+    losses = peer.train()(batch)
+    assert torch.isfinite(losses["loss"]) and "loss_mask" in losses
+    with torch.no_grad():
+        out = peer.eval()(batch)["det"]
+    for inst, file_size in zip(out, batch.orig_sizes):
+        assert inst.image_size == tuple(file_size) != tuple(batch.image_sizes[0])
+        assert inst.masks.dtype == torch.bool and tuple(inst.masks.shape[1:]) == tuple(file_size)
+        assert len(inst) == 0 or (inst.boxes[:, 2] <= file_size[1] + 1e-3).all()

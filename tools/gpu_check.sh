@@ -6,7 +6,8 @@
 # Makes sure detseg and its test dependencies import (installing them with pip when they do not:
 # from PyPI, or with no network from wheels placed in .whl/), then runs the GPU tests
 # (tests/gpu, plus the op tests on the same device), the CUDA benchmarks of RoI pooling, RoIAlign
-# and whole-model inference against torchvision's CUDA kernels, and writes REPORT_DIR/report.md
+# and whole-model inference against torchvision's CUDA kernels (GPU_CHECK_TRAINING=1: and training
+# from scratch against torchvision's detectors), and writes REPORT_DIR/report.md
 # with every output. STEP_TIMEOUT (seconds, default 1200) bounds each step;
 # GPU_CHECK_TESTS (default "tests/gpu tests/ops") picks the test paths.
 # Exit status: 0 only if a GPU was found and every step passed.
@@ -50,6 +51,12 @@ WRITE=--no-write
 step roi_pool "$PY" benchmarks/roi_pool.py --device cuda $WRITE --json "$OUT/roi_pool_cuda.json"
 step roi_align "$PY" benchmarks/roi_align.py --device cuda $WRITE --json "$OUT/roi_align_cuda.json"
 step vs_torchvision "$PY" benchmarks/vs_torchvision.py --device cuda $WRITE --json "$OUT/vs_torchvision_cuda.json"
+# GPU_CHECK_TRAINING=1: also train detseg's and torchvision's Faster / Mask R-CNN from scratch
+# (two seeds each, GPU_CHECK_JOBS runs sharing the GPU at a time; box / mask AP, no timings)
+if [ "${GPU_CHECK_TRAINING:-0}" = 1 ]; then
+    step training "$PY" benchmarks/vs_torchvision_training.py --device cuda --jobs "${GPU_CHECK_JOBS:-8}" \
+        --no-write --json "$OUT/vs_torchvision_training_cuda.json"
+fi
 
 {
     echo "# detseg GPU check"
@@ -59,7 +66,8 @@ step vs_torchvision "$PY" benchmarks/vs_torchvision.py --device cuda $WRITE --js
     echo '| step | exit |'
     echo '|---|---|'
     while read -r name rc; do echo "| $name | $rc |"; done < "$OUT/steps.txt"
-    for name in tests roi_pool roi_align vs_torchvision; do
+    for name in tests roi_pool roi_align vs_torchvision training; do
+        [ -f "$OUT/$name.txt" ] || continue
         echo; echo "## $name"; echo; echo '```'; tail -n 60 "$OUT/$name.txt"; echo '```'
     done
 } > "$OUT/report.md"
