@@ -22,6 +22,17 @@ per head in the model's order: ``<head>.boxes [N, 4]``, ``<head>.scores [N]``, `
 [N]`` (int64, ``0..K-1``) and ``<head>.masks [N, 28, 28]`` for instance heads, ``<head>.labels``
 uint8 ``[h, w]`` (0 background, ``k + 1`` class ``k``) for semantic heads. One image per call.
 
+Batches where the heads allow: a model whose heads are all semantic (FCN) and that does not
+resize inside itself takes ``images`` uint8 ``[B, 3, H, W]`` instead (any B; images of one size,
+from files of one size, such as a video's frames) and returns ``<head>.labels [B, h, w]``; the
+metadata says ``"batch": true``. Instance heads keep per-image proposal lists, NMS and output
+counts, so their graphs take one image.
+
+Image sizes are dynamic unless ``static_size=(H, W)`` (``tools/export.py --static H W``): then the
+graph is for files of that size only (a fixed camera, runtimes that build for one shape), its
+image input has the size such a file has after the data pipeline's resize, and the metadata's
+``static_size`` lets a runner refuse other files in one line.
+
 The file carries its class names, category ids, inputs, outputs and resize in its metadata
 (ONNX ``metadata_props``, the ``.pt2`` archive's ``detseg.json``); ``EXPORT_FORMAT`` versions it.
 """
@@ -41,7 +52,8 @@ from .modeling.proposals import SelectiveSearchProposals
 from .utils import UsageError, atomic_path
 
 # Bumped whenever the inputs, outputs or metadata change meaning: a runner refuses other versions.
-EXPORT_FORMAT = 1
+# 2: semantic-only graphs take a batch of images (metadata "batch"); "static_size".
+EXPORT_FORMAT = 2
 FORMATS = ("onnx", "pt2")
 DEFAULT_OPSET = 18  # RoiAlign's half_pixel mode needs 16; onnxscript's ops are opset 18
 
@@ -61,6 +73,9 @@ class ExportGraph(nn.Module):
             (h.proposals for h in model.heads.values()
              if isinstance(getattr(h, "proposals", None), SelectiveSearchProposals)), None)
         self.needs_proposals = self.selective_search is not None
+        # a batch dimension where every head is per-pixel and no per-image resize runs inside
+        self.batched = (all(h.output == SEMANTIC for h in model.heads.values()) and model.resize is None
+                        and model.panoptic is None)
 
     def output_names(self) -> list[str]:
         names = []
@@ -74,15 +89,16 @@ class ExportGraph(nn.Module):
         return names
 
     def input_names(self) -> list[str]:
+        if self.batched:
+            return ["images", "file_size"]
         return ["image", "file_size"] + (["proposals"] if self.needs_proposals else [])
 
     def forward(self, image: Tensor, file_size: Tensor, proposals: Optional[Tensor] = None) -> tuple:
+        if self.batched:
+            return self.forward_batch(image, file_size)
         h, w = image.shape[1], image.shape[2]
         if self.model.resize is None:
-            # the zero padding collate() gives a batch, to the same multiple of 32
-            hp = (h + PAD_DIVISOR - 1) // PAD_DIVISOR * PAD_DIVISOR
-            wp = (w + PAD_DIVISOR - 1) // PAD_DIVISOR * PAD_DIVISOR
-            images = F.pad(image[None], (0, wp - w, 0, hp - h))
+            images = _pad(image[None])
         else:
             # the model resizes (and pads) the image itself; padding it first would only be
             # cropped off again, and would tie the graph to whether the example needed padding
@@ -96,13 +112,7 @@ class ExportGraph(nn.Module):
         for name, head in self.model.heads.items():
             pred = out[name]
             if head.output == SEMANTIC:
-                oh, ow = file_size.tolist()
-                torch._check(oh > 0)
-                torch._check(ow > 0)
-                # as labels_at: bilinear upsampling of the scores to the file's size, then argmax
-                up = F.interpolate(pred[:, :, :h, :w].float(), size=(oh, ow), mode="bilinear",
-                                   align_corners=False)[0]
-                results.append(up.argmax(0).to(torch.uint8))
+                results.append(_label_maps(pred, h, w, file_size)[0])
                 continue
             inst = pred[0]
             ih, iw = inst.image_size
@@ -113,9 +123,37 @@ class ExportGraph(nn.Module):
                 results.append(inst.masks)
         return tuple(results)
 
+    def forward_batch(self, images: Tensor, file_size: Tensor) -> tuple:
+        """``images`` uint8 ``[B, 3, H, W]`` of one size → per head ``labels [B, h, w]``; what
+        ``Model.forward`` does for semantic heads, without its per-image size list (whose length
+        would fix B)."""
+        h, w = images.shape[2], images.shape[3]
+        padded = _pad(images)
+        features = self.model.backbone(self.model.preprocess(padded))
+        return tuple(_label_maps(head.forward_test(features, {"images": padded}), h, w, file_size)
+                     for head in self.model.heads.values())
 
-def metadata(predictor, graph: ExportGraph) -> dict:
-    """What a runner needs besides the graph: classes, inputs, outputs, resize."""
+
+def _pad(images: Tensor) -> Tensor:
+    """``[B, 3, H, W]`` zero-padded bottom / right to multiples of 32, as ``collate`` pads a batch."""
+    h, w = images.shape[2], images.shape[3]
+    hp = (h + PAD_DIVISOR - 1) // PAD_DIVISOR * PAD_DIVISOR
+    wp = (w + PAD_DIVISOR - 1) // PAD_DIVISOR * PAD_DIVISOR
+    return F.pad(images, (0, wp - w, 0, hp - h))
+
+
+def _label_maps(logits: Tensor, h, w, file_size: Tensor) -> Tensor:
+    """uint8 ``[B, oh, ow]`` labels of ``logits [B, C, Hp, Wp]`` cropped to ``h x w`` and, as
+    ``labels_at`` does, upsampled bilinearly to the file's size before the argmax."""
+    oh, ow = file_size.tolist()
+    torch._check(oh > 0)
+    torch._check(ow > 0)
+    up = F.interpolate(logits[:, :, :h, :w].float(), size=(oh, ow), mode="bilinear", align_corners=False)
+    return up.argmax(1).to(torch.uint8)
+
+
+def metadata(predictor, graph: ExportGraph, static_size: Optional[tuple[int, int]] = None) -> dict:
+    """What a runner needs besides the graph: classes, inputs, outputs, resize, fixed file size."""
     from .utils import __version__
     cfg = predictor.cfg
     heads = {name: {"type": cfg.model.heads[name].type, "output": head.output,
@@ -124,7 +162,8 @@ def metadata(predictor, graph: ExportGraph) -> dict:
     return {"export_format": EXPORT_FORMAT, "detseg_version": __version__,
             "class_names": list(predictor.class_names), "cat_ids": [int(c) for c in predictor.cat_ids],
             "inputs": graph.input_names(), "outputs": graph.output_names(), "heads": heads,
-            "input_resize": cfg.model.input_resize,
+            "input_resize": cfg.model.input_resize, "batch": graph.batched,
+            "static_size": None if static_size is None else [int(v) for v in static_size],
             "min_size_test": cfg.data.min_size_test, "max_size": cfg.data.max_size,
             "backbone": cfg.model.backbone.name,
             "selective_search": None if graph.selective_search is None else {
@@ -132,10 +171,12 @@ def metadata(predictor, graph: ExportGraph) -> dict:
 
 
 def example_inputs(graph: ExportGraph, size: tuple[int, int] = (320, 416)) -> tuple:
-    """Inputs to trace with: a random image, its size, and a few proposals when needed."""
+    """Inputs to trace with: a random image (two for a batched graph: a batch of one would be
+    traced as a fixed size of one), its size, and a few proposals when needed."""
     g = torch.Generator().manual_seed(0)
     h, w = size
-    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+    image = torch.randint(0, 256, ((2,) if graph.batched else ()) + (3, h, w), dtype=torch.uint8,
+                          generator=g)
     args: tuple = (image, torch.tensor([h, w], dtype=torch.int64))
     if graph.needs_proposals:
         xy = torch.rand(24, 2, generator=g) * torch.tensor([w / 2, h / 2])
@@ -144,21 +185,27 @@ def example_inputs(graph: ExportGraph, size: tuple[int, int] = (320, 416)) -> tu
     return args
 
 
-def trace(graph: ExportGraph, example: tuple) -> torch.export.ExportedProgram:
-    """``torch.export`` with the image's height and width (and the proposal count) dynamic."""
+def trace(graph: ExportGraph, example: tuple, dynamic_size: bool = True) -> torch.export.ExportedProgram:
+    """``torch.export`` with the image's height and width (unless ``dynamic_size`` is False), the
+    batch of a batched graph and the proposal count dynamic."""
     dyn = torch.export.Dim.DYNAMIC
-    shapes: tuple = ({1: dyn, 2: dyn}, None) + (({0: dyn},) if len(example) > 2 else ())
+    image = {1: dyn, 2: dyn} if dynamic_size else {}
+    if graph.batched:
+        image = {0: dyn, **{d + 1: v for d, v in image.items()}}
+    shapes: tuple = (image, None) + (({0: dyn},) if len(example) > 2 else ())
     with torch.no_grad():
         return torch.export.export(graph, example, dynamic_shapes=shapes, strict=False)
 
 
-def export(predictor, path: str, *, fmt: Optional[str] = None, opset: int = DEFAULT_OPSET) -> dict:
+def export(predictor, path: str, *, fmt: Optional[str] = None, opset: int = DEFAULT_OPSET,
+           static_size: Optional[tuple[int, int]] = None) -> dict:
     """Write ``predictor``'s model to ``path`` as ONNX (``.onnx``) or ``torch.export`` (``.pt2``).
 
     Args:
         predictor: a ``detseg.Predictor`` (``load_model``); its model is exported on the CPU in
             float32, without the fp16 autocast or channels-last layout of its eager runs.
         fmt: ``"onnx"`` or ``"pt2"`` (default: from the file extension).
+        static_size: (H, W): a graph for files of this size only (see the module docstring).
 
     Returns:
         the metadata written into the file.
@@ -173,22 +220,32 @@ def export(predictor, path: str, *, fmt: Optional[str] = None, opset: int = DEFA
                          f"the file extension), got {fmt!r}")
     if fmt == "onnx" and opset < 16:
         raise UsageError(f"--opset {opset}: ONNX RoiAlign with half-pixel boxes needs opset 16 or later")
-    return Traced(predictor).write(path, fmt, opset=opset)
+    return Traced(predictor, static_size).write(path, fmt, opset=opset)
 
 
 class Traced:
     """A predictor's model traced once (``torch.export``), to write in one format or both.
 
     Args:
-        predictor: as in ``export``.
+        predictor, static_size: as in ``export``.
     """
 
-    def __init__(self, predictor):
+    def __init__(self, predictor, static_size: Optional[tuple[int, int]] = None):
         model = predictor.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
         self.graph = ExportGraph(model)
-        self.meta = metadata(predictor, self.graph)
-        self.example = example_inputs(self.graph)
-        self.program = trace(self.graph, self.example)
+        self.meta = metadata(predictor, self.graph, static_size)
+        if static_size is None:
+            self.example = example_inputs(self.graph)
+        else:  # the size a file of static_size has after the data pipeline's resize
+            if min(static_size) < 1:
+                raise UsageError(f"--static {static_size[0]} {static_size[1]}: sizes must be positive")
+            from .api import prepare_image
+            import numpy as np
+            blank = np.zeros(tuple(static_size) + (3,), np.uint8)
+            shape = prepare_image(blank, predictor.transform, 0)["image"].shape
+            self.example = example_inputs(self.graph, tuple(shape[1:]))
+            self.example = (self.example[0], torch.tensor(static_size, dtype=torch.int64)) + self.example[2:]
+        self.program = trace(self.graph, self.example, dynamic_size=static_size is None)
 
     def write(self, path: str, fmt: str, *, opset: int = DEFAULT_OPSET) -> dict:
         """Write ``path`` atomically as ``fmt`` (``"onnx"`` or ``"pt2"``); returns the metadata."""
@@ -316,7 +373,8 @@ def fixed_proposals(meta: dict, image):
 
 
 def check_parity(predictor, path: str, images=None) -> dict:
-    """Run the exported file beside ``predictor`` on ``images`` (default: ``synthetic_photo()``).
+    """Run the exported file beside ``predictor`` on ``images`` (default: ``synthetic_photo()``, at
+    the file's static size if it has one).
 
     Returns:
         the ``compare_predictions`` rows, one per image (under its index).
@@ -325,8 +383,9 @@ def check_parity(predictor, path: str, images=None) -> dict:
         ParityError: naming the first difference beyond float rounding.
     """
     from .exported import ExportedPredictor
-    images = [synthetic_photo()] if images is None else list(images)
     runner = ExportedPredictor(path, score_threshold=predictor.score_threshold)
+    size = runner.meta["static_size"]
+    images = [synthetic_photo(tuple(size) if size else (300, 400))] if images is None else list(images)
     report = {}
     for i, image in enumerate(images):
         proposals = fixed_proposals(runner.meta, image)

@@ -25,7 +25,7 @@ from .utils import UsageError
 
 EXPORTED_SUFFIXES = (".onnx", ".pt2")
 REQUIRED_KEYS = ("export_format", "detseg_version", "class_names", "cat_ids", "inputs", "outputs", "heads",
-                 "input_resize", "min_size_test", "max_size", "selective_search")
+                 "input_resize", "min_size_test", "max_size", "selective_search", "batch", "static_size")
 
 
 def is_exported(path: str) -> bool:
@@ -146,35 +146,65 @@ class ExportedPredictor:
         return inputs
 
     def predict_batch(self, images, proposals=None) -> list[dict]:
-        """One result dict per image, as ``Predictor.predict_batch`` (the graph takes one image at
-        a time)."""
+        """One result dict per image, as ``Predictor.predict_batch``. A batched graph
+        (``meta["batch"]``: semantic heads) runs each run of consecutive images of one size in
+        one call; other graphs take one image per call."""
         from .api import prepare_image
-        from .ops.paste_masks import paste_masks
         given = [None] * len(images) if proposals is None else list(proposals)
-        results = []
-        for i, (im, props) in enumerate(zip(images, given)):
-            sample = prepare_image(im, self.transform, i, props)
-            outputs = dict(zip(self.meta["outputs"], self.runner(self._inputs(sample))))
-            oh, ow = sample["orig_size"]
-            result: dict = {"heads": {}}
-            for name, head in self.meta["heads"].items():
-                if head["output"] == "semantic":
-                    value = outputs[f"{name}.labels"]
-                else:
-                    masks = outputs.get(f"{name}.masks")
-                    inst = Instances((oh, ow), outputs[f"{name}.boxes"], outputs[f"{name}.scores"],
-                                     outputs[f"{name}.labels"], masks)
-                    inst = inst[inst.scores >= self.score_threshold]
-                    if masks is not None:
-                        inst.masks = paste_masks(inst.masks, inst.boxes, (oh, ow))
-                    value = inst
-                result["heads"][name] = value
-                result.setdefault("semantic" if head["output"] == "semantic" else "instances", value)
-            results.append(result)
+        samples = [prepare_image(im, self.transform, i, props)
+                   for i, (im, props) in enumerate(zip(images, given))]
+        static = self.meta["static_size"]
+        for s in samples:
+            if static and tuple(s["orig_size"]) != tuple(static):
+                raise UsageError(f"{self.path}: exported for {static[0]}x{static[1]} images (--static); "
+                                 f"image {s['image_id']} is {s['orig_size'][0]}x{s['orig_size'][1]}: "
+                                 f"export again without --static, or resize it first")
+        if not self.meta["batch"]:
+            return [self._result(s, dict(zip(self.meta["outputs"], self.runner(self._inputs(s)))))
+                    for s in samples]
+        results: list[dict] = []
+        for group in _same_size_runs(samples):
+            stacked = torch.stack([s["image"] for s in group])
+            outputs = self.runner([stacked, torch.tensor(group[0]["orig_size"], dtype=torch.int64)])
+            for i, s in enumerate(group):
+                results.append(self._result(s, {n: v[i] for n, v in zip(self.meta["outputs"], outputs)}))
         return results
+
+    def _result(self, sample: dict, outputs: dict) -> dict:
+        """The result dict of one image from the graph's outputs for it."""
+        from .ops.paste_masks import paste_masks
+        oh, ow = sample["orig_size"]
+        result: dict = {"heads": {}}
+        for name, head in self.meta["heads"].items():
+            if head["output"] == "semantic":
+                value = outputs[f"{name}.labels"]
+            else:
+                masks = outputs.get(f"{name}.masks")
+                inst = Instances((oh, ow), outputs[f"{name}.boxes"], outputs[f"{name}.scores"],
+                                 outputs[f"{name}.labels"], masks)
+                inst = inst[inst.scores >= self.score_threshold]
+                if masks is not None:
+                    inst.masks = paste_masks(inst.masks, inst.boxes, (oh, ow))
+                value = inst
+            result["heads"][name] = value
+            result.setdefault("semantic" if head["output"] == "semantic" else "instances", value)
+        return result
 
     def __call__(self, image, proposals=None) -> dict:
         return self.predict_batch([image], None if proposals is None else [proposals])[0]
+
+
+def _same_size_runs(samples: list) -> list[list]:
+    """``samples`` split into runs of consecutive ones with the same image and file size (a
+    batched graph takes one image size and one file size per call)."""
+    runs: list[list] = []
+    for s in samples:
+        key = (tuple(s["image"].shape), tuple(s["orig_size"]))
+        if runs and (tuple(runs[-1][0]["image"].shape), tuple(runs[-1][0]["orig_size"])) == key:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return runs
 
 
 def load_exported(path: str, *, device: str = "cpu", score_threshold: float = 0.0,

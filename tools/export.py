@@ -2,12 +2,15 @@
 
     python tools/export.py --weights runs/x/best.pth --format onnx             # runs/x/best.onnx
     python tools/export.py --weights weights/mask_rcnn_r50_fpn_coco.pth --format pt2 --output m.pt2
+    python tools/export.py --weights runs/x/best.pth --static 720 1280          # 720x1280 files only
     python tools/infer.py --weights runs/x/best.onnx --input photo.jpg         # ONNX Runtime
 
-The file takes one RGB uint8 image [3, H, W] of any size (plus its file size, and proposals for
-selective-search heads) and returns boxes, scores, labels and 28x28 masks, or a label map; class
-names and category ids are in its metadata (see detseg/export.py). After writing, the file is run
-on a test image beside the eager model and the largest differences are printed (--no-check skips).
+The file takes one RGB uint8 image [3, H, W] of any size (--dynamic, the default; FCN models a
+batch [B, 3, H, W] of one size; --static H W: files of that size only) plus its file size, and
+proposals for selective-search heads, and returns boxes, scores, labels and 28x28 masks, or label
+maps; class names and category ids are in its metadata (see detseg/export.py). After writing, the
+file is run on a test image beside the eager model and the largest differences are printed
+(--no-check skips).
 Exit status: 0 written (and checked), 1 the export or check failed, 2 bad arguments or checkpoint.
 """
 from __future__ import annotations
@@ -28,6 +31,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 16 or later)")
     p.add_argument("--config", help="config replacing the checkpoint's own (architecture must match)")
     p.add_argument("--no-check", action="store_true", help="skip running the file beside the eager model")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--dynamic", action="store_true", default=True,
+                      help="any image size, and any batch for FCN models (the default)")
+    size.add_argument("--static", nargs=2, type=int, metavar=("H", "W"),
+                      help="a graph with fixed shapes for files of H x W pixels only")
     return p
 
 
@@ -45,12 +53,15 @@ def main(argv=None) -> int:
             raise UsageError(f"{out}: cannot tell the format from the extension; pass --format onnx|pt2")
         if args.opset is not None and fmt != "onnx":
             raise UsageError("--opset applies to ONNX only")
+        if args.static and min(args.static) < 1:
+            raise UsageError(f"--static {args.static[0]} {args.static[1]}: sizes must be positive")
         if os.path.isdir(out):
             raise UsageError(f"{out}: is a folder; --output names the file to write")
         if not os.access(os.path.dirname(os.path.abspath(out)) or ".", os.W_OK):
             raise UsageError(f"{out}: its folder does not exist or is not writable")
         predictor = load_model(args.weights, config=args.config, device="cpu")
-        meta = export(predictor, out, fmt=fmt, opset=args.opset or DEFAULT_OPSET)
+        meta = export(predictor, out, fmt=fmt, opset=args.opset or DEFAULT_OPSET,
+                      static_size=tuple(args.static) if args.static else None)
     except (CheckpointError, ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -64,7 +75,8 @@ def main(argv=None) -> int:
         print(f"error: exporting {args.weights} failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}",
               file=sys.stderr)
         return 1
-    report = {"output": out, "format": fmt, "outputs": meta["outputs"]}
+    report = {"output": out, "format": fmt, "inputs": meta["inputs"], "outputs": meta["outputs"],
+              "batch": meta["batch"], "static_size": meta["static_size"]}
     if not args.no_check:
         try:
             report["check"] = check_parity(predictor, out)

@@ -29,16 +29,20 @@ CLASSES = ["circle", "rectangle", "triangle"]
 # head -> (config, overrides, ONNX operators the graph must hold)
 HEADS = {
     "fcn8s": ("fcn8s_resnet18_shapes", [], {"ArgMax", "ConvTranspose"}),
+    "fcn16s": ("fcn8s_resnet18_shapes", ["model.heads.seg.variant=16s"], {"ArgMax", "ConvTranspose"}),
+    "fcn32s": ("fcn8s_resnet18_shapes", ["model.heads.seg.variant=32s"], {"ArgMax", "ConvTranspose"}),
     # four window shapes (two sizes, two ratios) instead of the recipe's nine: the same graph
     # pieces, a third of the export time
     "sliding_window": ("sliding_window_resnet18_shapes", ["model.heads.det.window_sizes=[16,32]",
                                                           "model.heads.det.aspect_ratios=[0.5,1.0]"],
                        {"NonMaxSuppression"}),
-    "rcnn": ("rcnn_resnet18_shapes", [], {"NonMaxSuppression"}),
-    # SPPNet's pyramid; Fast R-CNN's single-level RoI pooling is the same op with one level, in
-    # Faster R-CNN below (and its selective-search proposals are SPPNet's)
+    # 300 proposals, not 2000: a sixth of the warped crops, and still a cap above the trace's 24
+    # example proposals and below what selective search finds in a photo
+    "rcnn": ("rcnn_resnet18_shapes", ["model.heads.det.proposals.max_per_image=300"], {"NonMaxSuppression"}),
+    # SPPNet's pyramid; Fast R-CNN's single-level RoI pooling is the same op with one level (and
+    # its selective-search proposals are SPPNet's)
     "sppnet": ("sppnet_resnet18_shapes", [], {"MaxRoiPool", "NonMaxSuppression"}),
-    "faster_rcnn": ("faster_rcnn_resnet18_shapes", [], {"MaxRoiPool", "NonMaxSuppression"}),
+    "faster_rcnn": ("faster_rcnn_resnet18_shapes", [], {"RoiAlign", "NonMaxSuppression"}),
     # torchvision's R50-FPN recipe (in-model resize, multi-level RoIAlign) on a ResNet-18 for time;
     # Mask R-CNN (FPN, mask head) is the exported files of the tool tests below
     "torchvision_faster_rcnn": ("faster_rcnn_r50_fpn_coco", ["model.backbone.name=resnet18",
@@ -107,27 +111,45 @@ def test_mask_rcnn_files_of_the_tool_reproduce_the_eager_model(mask_rcnn_files):
 
 
 def check_on_photos(predictor, folder, ops: set) -> None:
-    """``folder``'s model.onnx and model.pt2 against ``predictor`` on two photos."""
+    """``folder``'s model.onnx and model.pt2 against ``predictor`` on two photos; a batched
+    (semantic) graph also on a batch of them, same-size images in one call."""
     graph_ops = {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
     assert ops <= graph_ops, ops - graph_ops
     runners = [ExportedPredictor(str(folder / f"model.{fmt}")) for fmt in ("onnx", "pt2")]
     for image in photos():
         proposals = fixed_proposals(runners[0].meta, image)
-        eager = predictor(image, proposals)
-        # the raw outputs too, to tell float ties from real differences
-        from detseg.api import prepare_image
-        from detseg.data.transforms import collate
-        batch = collate([prepare_image(image, predictor.transform, 0, proposals)])
-        with torch.no_grad():
-            raw = predictor.model(batch)
-        if "det" in raw and raw["det"][0].masks is not None:
-            eager["_probs"] = raw["det"][0].masks
-        h, w = batch.image_sizes[0]
-        eager["_scores"] = {n: torch.nn.functional.interpolate(v[:, :, :h, :w], size=image.shape[:2],
-                                                               mode="bilinear", align_corners=False)[0]
-                            for n, v in raw.items() if isinstance(v, torch.Tensor)}
+        eager = eager_result(predictor, image, proposals)
         for runner in runners:
             assert_same(eager, runner(image, proposals), image.shape[:2])
+    if not runners[0].meta["batch"]:
+        return
+    first, second = photos()
+    images = [first, first[::-1].copy(), second]  # two of one size, then another size
+    for runner in runners:
+        calls, run = [], runner.runner
+        runner.runner = lambda inputs, run=run: calls.append(tuple(inputs[0].shape[:1])) or run(inputs)
+        outputs = runner.predict_batch(images)
+        assert calls == [(2,), (1,)]
+        for image, out in zip(images, outputs):
+            assert_same(eager_result(predictor, image, None), out, image.shape[:2])
+
+
+def eager_result(predictor, image, proposals) -> dict:
+    """``predictor(image)`` plus the raw outputs that tell float ties from real differences:
+    ``_probs`` (28 x 28 mask probabilities), ``_scores`` (upsampled class scores per semantic head)."""
+    from detseg.api import prepare_image
+    from detseg.data.transforms import collate
+    eager = predictor(image, proposals)
+    batch = collate([prepare_image(image, predictor.transform, 0, proposals)])
+    with torch.no_grad():
+        raw = predictor.model(batch)
+    if "det" in raw and raw["det"][0].masks is not None:
+        eager["_probs"] = raw["det"][0].masks
+    h, w = batch.image_sizes[0]
+    eager["_scores"] = {n: torch.nn.functional.interpolate(v[:, :, :h, :w], size=image.shape[:2],
+                                                           mode="bilinear", align_corners=False)[0]
+                        for n, v in raw.items() if isinstance(v, torch.Tensor)}
+    return eager
 
 
 @pytest.fixture(scope="module")
@@ -255,9 +277,31 @@ def test_export_tool_refuses_bad_arguments_in_one_line(mask_rcnn_files, tmp_path
     cases = [["--weights", ckpt, "--output", str(tmp_path / "m.tflite")],
              ["--weights", ckpt, "--format", "onnx", "--opset", "13", "--output", str(tmp_path / "m.onnx")],
              ["--weights", str(tmp_path / "missing.pth")],
-             ["--weights", ckpt, "--output", str(tmp_path / "no" / "such" / "dir" / "m.onnx")]]
+             ["--weights", ckpt, "--output", str(tmp_path / "no" / "such" / "dir" / "m.onnx")],
+             ["--weights", ckpt, "--static", "0", "640", "--output", str(tmp_path / "m.onnx")]]
     for argv in cases:
         assert export_tool.main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: "), (argv, err)
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_static_export_is_for_files_of_its_size(tmp_path, capsys):
+    """--static H W: fixed shapes in the graph, parity on a file of that size (the tool's own
+    check), and a file of another size refused in one line naming the export."""
+    from detseg.utils import UsageError
+    from tools import export as export_tool
+    ckpt = make_checkpoint(tmp_path / "model.pth", "fcn8s_resnet18_shapes", [])
+    out = tmp_path / "static.onnx"
+    assert export_tool.main(["--weights", ckpt, "--static", "240", "320", "--output", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["static_size"] == [240, 320] and report["check"]["0"]["seg"]["pixels"] <= 1e-4
+    graph = onnx.load(str(out)).graph
+    dims = [d for i in graph.input for d in i.type.tensor_type.shape.dim]
+    # images [B, 3, 160, 213] (a 240x320 file after the recipe's resize), file_size [2]: only the
+    # FCN graph's batch stays dynamic
+    assert [d.dim_value if d.HasField("dim_value") else None for d in dims] == [None, 3, 160, 213, 2]
+    runner = ExportedPredictor(str(out))
+    assert runner(synthetic_photo((240, 320)))["semantic"].shape == (240, 320)
+    with pytest.raises(UsageError, match=r"static.onnx: exported for 240x320 images .* is 300x400"):
+        runner(synthetic_photo((300, 400)))
