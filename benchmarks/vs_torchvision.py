@@ -46,17 +46,21 @@ def main(argv=None) -> int:
     image = read_image(photos[0]) if photos else \
         np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     source = os.path.basename(photos[0]) if photos else "synthetic 640x480"
-    if args.quick:  # a smaller input keeps the quick run under a minute
+    # the in-model resize (torchvision's 800 / 1333); --quick: a smaller input and resize keep it short
+    min_size, max_size = (320, 533) if args.quick else (800, 1333)
+    if args.quick:
         image = image[:240, :320].copy()
     torch.manual_seed(0)
     build = maskrcnn_resnet50_fpn if args.model == "mask_rcnn" else fasterrcnn_resnet50_fpn
-    tv = build(weights=None, weights_backbone=None, box_score_thresh=0.0).eval()
+    tv = build(weights=None, weights_backbone=None, box_score_thresh=0.0, min_size=min_size,
+               max_size=max_size).eval()
     ckpt = from_torchvision(tv.state_dict(), args.model)
     tv = tv.to(dev)
     predictors = {}
     for name, fast in (("detseg", True), ("detseg exact", False)):
         cfg = from_dict(ckpt["config"])
         cfg.model.heads["det"].score_thresh = 0.0
+        cfg.data.min_size_test, cfg.data.max_size = min_size, max_size
         model = build_model(cfg, ckpt["num_classes"])
         model.load_state_dict(ckpt["model"])
         predictors[name] = Predictor(model, cfg, ckpt["class_names"], ckpt["label_map"]["cat_ids"],
@@ -98,7 +102,8 @@ def main(argv=None) -> int:
              f"{agreement[name]['min_matched_iou']:.4f}" if name in agreement else "-",
              f"{agreement[name]['matched_fraction']:.2f}" if name in agreement else "-"]
             for name, t in times.items()]
-    body = (f"{args.model}, input {source} {image.shape[1]}x{image.shape[0]} resized to 800 in the model, "
+    body = (f"{args.model}, input {source} {image.shape[1]}x{image.shape[0]} resized to {min_size} in the "
+            f"model, "
             f"score threshold 0, median of {args.repeats} runs after a warm-up, torch threads "
             f"{torch.get_num_threads()}.\n\n")
     body += markdown_table(["implementation", "s per image", "speed-up vs torchvision", "detections",
