@@ -39,10 +39,12 @@ HEADS = {
     # 300 proposals, not 2000: a sixth of the warped crops, and still a cap above the trace's 24
     # example proposals and below what selective search finds in a photo
     "rcnn": ("rcnn_resnet18_shapes", ["model.heads.det.proposals.max_per_image=300"], {"NonMaxSuppression"}),
-    # SPPNet's pyramid; Fast R-CNN's single-level RoI pooling is the same op with one level (and
-    # its selective-search proposals are SPPNet's)
+    # SPPNet's pyramid; Fast R-CNN's single-level RoI pooling is the same op with one level, here
+    # on RPN proposals (its selective-search proposals are SPPNet's). The Faster R-CNN recipe's
+    # RoIAlign box head is in the Mask R-CNN recipe, which inherits it (the tool tests below).
     "sppnet": ("sppnet_resnet18_shapes", [], {"MaxRoiPool", "NonMaxSuppression"}),
-    "faster_rcnn": ("faster_rcnn_resnet18_shapes", [], {"RoiAlign", "NonMaxSuppression"}),
+    "fast_rcnn_pooling_on_rpn": ("faster_rcnn_resnet18_shapes", ["model.heads.det.pooler=spp"],
+                                 {"MaxRoiPool", "NonMaxSuppression"}),
     # torchvision's R50-FPN recipe (in-model resize, multi-level RoIAlign) on a ResNet-18 for time;
     # Mask R-CNN (FPN, mask head) is the exported files of the tool tests below
     "torchvision_faster_rcnn": ("faster_rcnn_r50_fpn_coco", ["model.backbone.name=resnet18",
@@ -108,6 +110,8 @@ def test_mask_rcnn_files_of_the_tool_reproduce_the_eager_model(mask_rcnn_files):
     root = mask_rcnn_files[0]
     check_on_photos(load_model(str(root / "model.pth"), device="cpu"), root,
                     {"RoiAlign", "NonMaxSuppression"})
+    # the recipe's box head pools with RoIAlign as its mask head does: two RoiAlign nodes
+    assert [n.op_type for n in onnx.load(str(root / "model.onnx")).graph.node].count("RoiAlign") == 2
 
 
 def check_on_photos(predictor, folder, ops: set) -> None:
