@@ -25,15 +25,15 @@ from benchmarks._report import base_parser, finish, markdown_table  # noqa: E402
 
 FASTER = "configs/faster_rcnn_resnet18_shapes.yaml"
 MASK = "configs/mask_rcnn_resnet18_fpn_shapes.yaml"
-ALIGN = "model.heads.det.pooler=roi_align"
-VARIANTS = [  # (name, config, overrides, use torchvision's roi_align)
-    ("Faster R-CNN, RoIPool box head (recipe)", FASTER, [], False),
-    ("Faster R-CNN, RoIAlign box head", FASTER, [ALIGN], False),
-    ("Faster R-CNN, RoIAlign box head, torchvision kernel", FASTER, [ALIGN], True),
-    ("Mask R-CNN, RoIPool box head (recipe)", MASK, [], False),
-    ("Mask R-CNN, RoIPool box head (recipe), torchvision kernel", MASK, [], True),
-    ("Mask R-CNN, RoIAlign box head", MASK, [ALIGN], False),
-    ("Mask R-CNN, RoIAlign box head, torchvision kernel", MASK, [ALIGN], True),
+POOL = "model.heads.det.pooler=spp"  # levels [7], fast_rcnn mapping: Fast R-CNN's RoI pooling
+VARIANTS = [  # (name, config, overrides, use torchvision's roi_align); the recipes pool with RoIAlign
+    ("Faster R-CNN, RoIPool box head", FASTER, [POOL], False),
+    ("Faster R-CNN, RoIAlign box head (recipe)", FASTER, [], False),
+    ("Faster R-CNN, RoIAlign box head (recipe), torchvision kernel", FASTER, [], True),
+    ("Mask R-CNN, RoIPool box head", MASK, [POOL], False),
+    ("Mask R-CNN, RoIPool box head, torchvision kernel", MASK, [POOL], True),
+    ("Mask R-CNN, RoIAlign box head (recipe)", MASK, [], False),
+    ("Mask R-CNN, RoIAlign box head (recipe), torchvision kernel", MASK, [], True),
 ]
 
 
@@ -117,10 +117,10 @@ def main(argv=None) -> int:
     r = {k: f"{v:.2f}x" for k, v in ratios.items()}
     body += (f"\n\nMedian of {steps} training steps after {warmup} warm-up steps, the same pre-loaded "
              f"batches (8 images, data loading excluded) for every variant, torch threads "
-             f"{torch.get_num_threads()}. RoIAlign box head / RoIPool box head: "
-             f"**{r['roi_align_vs_roi_pool_faster']}**; Mask / Faster R-CNN step with the recipe's RoIPool "
-             f"box head **{r['mask_vs_faster_roi_pool']}**, with RoIAlign box heads "
-             f"**{r['mask_vs_faster_roi_align']}** (with torchvision's RoIAlign kernel in the recipe's mask "
+             f"{torch.get_num_threads()}. RoIAlign box head (the recipes') / RoIPool box head: "
+             f"**{r['roi_align_vs_roi_pool_faster']}**; Mask / Faster R-CNN step with the recipes' RoIAlign "
+             f"box heads **{r['mask_vs_faster_roi_align']}**, with RoIPool box heads "
+             f"**{r['mask_vs_faster_roi_pool']}** (with torchvision's RoIAlign kernel in the mask "
              f"head: {r['mask_vs_faster_roi_pool_torchvision_kernel']}); torchvision's RoIAlign kernel in "
              f"the same Faster R-CNN step: {r['torchvision_kernel_vs_detseg_faster']} detseg's.")
     finish(args, "step_time", "Training step time: RoIPool vs RoIAlign, Faster vs Mask R-CNN (CPU)", body,
