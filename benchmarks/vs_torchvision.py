@@ -102,9 +102,8 @@ def main(argv=None) -> int:
              f"{agreement[name]['min_matched_iou']:.4f}" if name in agreement else "-",
              f"{agreement[name]['matched_fraction']:.2f}" if name in agreement else "-"]
             for name, t in times.items()]
-    body = (f"{args.model}, input {source} {image.shape[1]}x{image.shape[0]} resized to {min_size} in the "
-            f"model, "
-            f"score threshold 0, median of {args.repeats} runs after a warm-up, torch threads "
+    body = (f"{args.model}, input {source} {image.shape[1]}x{image.shape[0]} resized to {min_size} in "
+            f"the model, score threshold 0, median of {args.repeats} runs after a warm-up, torch threads "
             f"{torch.get_num_threads()}.\n\n")
     body += markdown_table(["implementation", "s per image", "speed-up vs torchvision", "detections",
                             "max box diff vs torchvision (px)", "min IoU with torchvision's boxes",

@@ -170,14 +170,16 @@ def metadata(predictor, graph: ExportGraph, static_size: Optional[tuple[int, int
                 "mode": graph.selective_search.mode, "max_per_image": graph.selective_search.max_per_image}}
 
 
-def example_inputs(graph: ExportGraph, size: tuple[int, int] = (320, 416)) -> tuple:
-    """Inputs to trace with: a random image (two for a batched graph: a batch of one would be
-    traced as a fixed size of one), its size, and a few proposals when needed."""
+def example_inputs(graph: ExportGraph, size: tuple[int, int] = (320, 416),
+                   file_size: Optional[tuple[int, int]] = None) -> tuple:
+    """Inputs to trace with: a random image of ``size`` (two for a batched graph: a batch of one
+    would be traced as a fixed size of one), the file's size (default: ``size``), and a few
+    proposals when needed."""
     g = torch.Generator().manual_seed(0)
     h, w = size
     image = torch.randint(0, 256, ((2,) if graph.batched else ()) + (3, h, w), dtype=torch.uint8,
                           generator=g)
-    args: tuple = (image, torch.tensor([h, w], dtype=torch.int64))
+    args: tuple = (image, torch.tensor(file_size or size, dtype=torch.int64))
     if graph.needs_proposals:
         xy = torch.rand(24, 2, generator=g) * torch.tensor([w / 2, h / 2])
         wh = 16 + torch.rand(24, 2, generator=g) * torch.tensor([w / 2, h / 2])
@@ -223,6 +225,12 @@ def export(predictor, path: str, *, fmt: Optional[str] = None, opset: int = DEFA
     return Traced(predictor, static_size).write(path, fmt, opset=opset)
 
 
+def check_static_size(static_size: tuple[int, int]) -> None:
+    """Raises UsageError (one line) unless ``static_size`` is a positive (H, W)."""
+    if min(static_size) < 1:
+        raise UsageError(f"--static {static_size[0]} {static_size[1]}: sizes must be positive")
+
+
 class Traced:
     """A predictor's model traced once (``torch.export``), to write in one format or both.
 
@@ -237,14 +245,12 @@ class Traced:
         if static_size is None:
             self.example = example_inputs(self.graph)
         else:  # the size a file of static_size has after the data pipeline's resize
-            if min(static_size) < 1:
-                raise UsageError(f"--static {static_size[0]} {static_size[1]}: sizes must be positive")
+            check_static_size(static_size)
             from .api import prepare_image
             import numpy as np
             blank = np.zeros(tuple(static_size) + (3,), np.uint8)
             shape = prepare_image(blank, predictor.transform, 0)["image"].shape
-            self.example = example_inputs(self.graph, tuple(shape[1:]))
-            self.example = (self.example[0], torch.tensor(static_size, dtype=torch.int64)) + self.example[2:]
+            self.example = example_inputs(self.graph, tuple(shape[1:]), tuple(static_size))
         self.program = trace(self.graph, self.example, dynamic_size=static_size is None)
 
     def write(self, path: str, fmt: str, *, opset: int = DEFAULT_OPSET) -> dict:

@@ -197,14 +197,11 @@ class ExportedPredictor:
 def _same_size_runs(samples: list) -> list[list]:
     """``samples`` split into runs of consecutive ones with the same image and file size (a
     batched graph takes one image size and one file size per call)."""
-    runs: list[list] = []
-    for s in samples:
-        key = (tuple(s["image"].shape), tuple(s["orig_size"]))
-        if runs and (tuple(runs[-1][0]["image"].shape), tuple(runs[-1][0]["orig_size"])) == key:
-            runs[-1].append(s)
-        else:
-            runs.append([s])
-    return runs
+    import itertools
+
+    def sizes(sample: dict) -> tuple:
+        return tuple(sample["image"].shape), tuple(sample["orig_size"])
+    return [list(run) for _, run in itertools.groupby(samples, key=sizes)]
 
 
 def load_exported(path: str, *, device: str = "cpu", score_threshold: float = 0.0,

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     from detseg.api import load_model
     from detseg.config import ConfigError
     from detseg.engine.checkpoint import CheckpointError
-    from detseg.export import DEFAULT_OPSET, ParityError, check_parity, export
+    from detseg.export import DEFAULT_OPSET, ParityError, check_parity, check_static_size, export
     from detseg.utils import UsageError
     fmt = args.format or (os.path.splitext(args.output)[1].lstrip(".").lower() if args.output else "onnx")
     out = args.output or os.path.splitext(args.weights)[0] + "." + fmt
@@ -53,8 +53,8 @@ def main(argv=None) -> int:
             raise UsageError(f"{out}: cannot tell the format from the extension; pass --format onnx|pt2")
         if args.opset is not None and fmt != "onnx":
             raise UsageError("--opset applies to ONNX only")
-        if args.static and min(args.static) < 1:
-            raise UsageError(f"--static {args.static[0]} {args.static[1]}: sizes must be positive")
+        if args.static:
+            check_static_size(args.static)
         if os.path.isdir(out):
             raise UsageError(f"{out}: is a folder; --output names the file to write")
         if not os.access(os.path.dirname(os.path.abspath(out)) or ".", os.W_OK):
