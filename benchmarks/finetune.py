@@ -25,7 +25,7 @@ from benchmarks._report import (base_parser, command_line, finish, markdown_tabl
 NEW_CLASSES = "[star,ellipse,cross,circle,triangle]"
 # task -> (config, metric, pre-training iterations, fine-tuning / scratch iterations, its data)
 TASKS = {
-    "faster_rcnn": ("configs/faster_rcnn_resnet18_shapes.yaml", "AP", 600, 480,
+    "faster_rcnn": ("configs/faster_rcnn_resnet18_shapes.yaml", "AP", 780, 480,
                     ["data.shapes.num_train=300"]),
     "fcn8s": ("configs/fcn8s_resnet18_shapes.yaml", "mIoU", 800, 400, ["data.shapes.num_train=300"]),
 }
