@@ -260,6 +260,24 @@ def ensure_shapes(seed: int = 0, num_train: int = 300, num_val: int = 60,
         name += "_" + "-".join(classes)
     root = os.path.join(cache_dir or default_cache_dir(), name)
     paths = split_paths(root)
-    if not all(os.path.isfile(p["ann_file"]) for p in paths.values()):
-        generate(root, seed, num_train, num_val, classes)
+    if _complete(paths):
+        return paths
+    # Built under a name of this process's own, then renamed into place: two processes on a fresh
+    # cache (two trainings, two test workers) each build one and the first rename wins. Replacing
+    # the folder instead would delete it under a process already reading it.
+    mine = f"{root}.{os.getpid()}"
+    generate(mine, seed, num_train, num_val, classes)
+    try:
+        if os.path.isdir(root) and not _complete(paths):  # a folder left from an older layout
+            shutil.rmtree(root)
+        os.rename(mine, root)
+    except OSError:
+        if not _complete(paths):
+            raise
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)
     return paths
+
+
+def _complete(paths: dict) -> bool:
+    return all(os.path.isfile(p["ann_file"]) for p in paths.values())

@@ -74,3 +74,23 @@ def test_a_folder_of_other_files_is_never_replaced(tmp_path, capsys):
     assert make_shapes.main(["--out", str(ds), "--num-train", "1", "--num-val", "1"]) == 0
     assert make_shapes.main(["--out", str(ds), "--num-train", "2", "--num-val", "1"]) == 0
     assert sorted(os.listdir(ds / "train")) == ["000001.png", "000002.png"]
+
+
+def test_the_cache_keeps_the_first_of_two_concurrent_builds(tmp_path, monkeypatch):
+    """Two processes on a fresh cache: the one that renames its build into place first wins, the
+    other keeps that folder (it may already be read) and drops its own build."""
+    real, built = shapes.generate, []
+
+    def racing(out_dir, *args, **kwargs):
+        if not built:  # another process finishes first, while this one is still building
+            built.append(real(os.path.join(str(tmp_path), shapes_name), *args, **kwargs))
+            with open(built[0]["train"]["ann_file"], "a", encoding="utf-8") as f:
+                f.write(" ")  # marks the winner's bytes
+        return real(out_dir, *args, **kwargs)
+
+    shapes_name = f"shapes_v{shapes.FORMAT_VERSION}_seed4_3_2"
+    monkeypatch.setattr(shapes, "generate", racing)
+    paths = shapes.ensure_shapes(seed=4, num_train=3, num_val=2, cache_dir=str(tmp_path))
+    with open(paths["train"]["ann_file"], encoding="utf-8") as f:
+        assert f.read().endswith(" "), "the first build was replaced"
+    assert sorted(os.listdir(tmp_path)) == [shapes_name], "the losing build is removed"
