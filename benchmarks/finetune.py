@@ -3,10 +3,12 @@ classes with the pre-training data and not others.
 
 Pre-trains Faster R-CNN (ResNet-18 FPN) and FCN-8s on the built-in shapes (circle, rectangle,
 triangle, hexagon), then trains each on a second shapes dataset (star, ellipse, cross, circle,
-triangle; other images) for the same iterations twice: from the pre-trained checkpoint
-(``--init-from``: circle and triangle rows carried over by name, the rest fresh) and from
-scratch. Same config, schedule and seed for both; box AP / mIoU on the second dataset's val split
-at several iteration counts. Every run is ``tools/train.py`` as a user runs it.
+triangle; other images) for the same iterations three times: from the pre-trained checkpoint
+(``--init-from``: circle and triangle rows carried over by name, the rest fresh), the same with the
+pre-trained layers frozen while the learning rate warms up (``solver.freeze``, as the README's
+fine-tuning recipe does), and from scratch. Same config, schedule and seed for all; box AP / mIoU
+on the second dataset's val split at several iteration counts. Every run is ``tools/train.py`` as
+a user runs it.
 """
 from __future__ import annotations
 
@@ -55,33 +57,67 @@ def first_reaching(points: list[tuple[int, float]], target: float) -> int | None
     return next((it for it, v in points if v >= target), None)
 
 
-def run_task(name: str, seeds: list[int], num_val: int, quick: bool, tmp: str) -> dict:
+FREEZE_ITERS = 100  # the warm-up: pre-trained layers wait while the LR ramps up and fresh rows settle
+# mode -> (label, whether it starts from the pre-trained checkpoint, parts frozen at first)
+MODES = {
+    "finetune": ("fine-tuned, every layer trained from the start", True, False),
+    "finetune_frozen": (f"fine-tuned, pre-trained layers frozen for the first {FREEZE_ITERS} iterations "
+                        f"(the README's fine-tuning recipe)", True, True),
+    "scratch": ("from scratch", False, False),
+}
+FROZEN_PARTS = {"faster_rcnn": "[backbone,fpn]", "fcn8s": "[backbone]"}
+
+
+def mode_overrides(name: str, mode: str, ckpt: str) -> list[str]:
+    _, init, frozen = MODES[mode]
+    out = [f"--init-from={ckpt}"] if init else []
+    if frozen:
+        out += [f"solver.freeze.parts={FROZEN_PARTS[name]}", f"solver.freeze.iters={FREEZE_ITERS}"]
+    return out
+
+
+def run_task(name: str, seeds: list[int], modes: list[str], num_val: int, quick: bool, tmp: str,
+             stored: dict | None = None, pretrained: str | None = None) -> dict:
+    """Pre-train (or take ``pretrained``, whose figures ``stored`` holds), then run ``modes`` for
+    each seed; the runs of other modes are kept from ``stored``."""
     config, metric, pre_iters, iters, data = TASKS[name]
     quick_data = ["data.batch_size=2", "data.num_workers=0"]
     if quick:
         pre_iters, iters = 4, 4
         data = ["data.shapes.num_train=8", "data.shapes.num_val=4"]
-    pre_dir = os.path.join(tmp, name, "pretrain")
-    pre, pre_wall = run_train(config, [*schedule(pre_iters, 1), *data, *(quick_data if quick else [])],
-                              pre_dir)
-    out = {"metric": metric, "pretrain": {"iterations": pre_iters, metric: curve(pre, metric)[-1][1],
-                                          "wall_s": pre_wall}, "seeds": {}}
-    ckpt = os.path.join(pre_dir, "best.pth")
+    if pretrained:
+        out = {"metric": metric, "pretrain": stored["pretrain"], "seeds": {}}
+        ckpt = pretrained
+    else:
+        pre_dir = os.path.join(tmp, name, "pretrain")
+        pre, pre_wall = run_train(config, [*schedule(pre_iters, 1), *data, *(quick_data if quick else [])],
+                                  pre_dir)
+        out = {"metric": metric, "pretrain": {"iterations": pre_iters, metric: curve(pre, metric)[-1][1],
+                                              "wall_s": pre_wall}, "seeds": {}}
+        ckpt = os.path.join(pre_dir, "best.pth")
     for seed in seeds:
-        runs = {}
-        for mode in ("finetune", "scratch"):
-            extra = [f"--init-from={ckpt}"] if mode == "finetune" else []
+        kept = (stored or {}).get("seeds", {}).get(str(seed), {})
+        # runs stored before each run recorded its own command carry their task's
+        runs = {m: {"date": stored.get("date"), "command": stored.get("command"), **kept[m]}
+                for m in MODES if m in kept and m not in modes}
+        for mode in modes:
             overrides = [*schedule(iters, 2 if quick else EVALS), *second_data(seed, num_val, quick),
-                         f"runtime.seed={seed}", *(quick_data if quick else []), *extra]
+                         f"runtime.seed={seed}", *(quick_data if quick else []),
+                         *mode_overrides(name, mode, ckpt)]
             records, wall = run_train(config, overrides, os.path.join(tmp, name, f"{mode}_{seed}"))
-            runs[mode] = {"curve": curve(records, metric), "wall_s": wall}
+            runs[mode] = {"curve": curve(records, metric), "wall_s": wall,
+                          "date": time.strftime("%Y-%m-%d %H:%M"), "command": command_line()}
             print(f"{name} seed {seed} {mode}: {runs[mode]['curve']}", flush=True)
-        final_scratch = runs["scratch"]["curve"][-1][1]
-        reach = first_reaching(runs["finetune"]["curve"], final_scratch)
-        runs["finetune_reaches_scratch_final_at"] = reach
-        runs["iteration_speedup"] = iters / reach if reach else None
         out["seeds"][str(seed)] = runs
     return out
+
+
+def reaching(runs: dict, mode: str) -> tuple[int | None, float | None]:
+    """(first evaluated iteration where ``mode`` reaches scratch's final figure, iterations of the
+    run / that iteration); (None, None) when it never does."""
+    scratch = runs["scratch"]["curve"]
+    reach = first_reaching(runs[mode]["curve"], scratch[-1][1])
+    return reach, (scratch[-1][0] / reach if reach else None)
 
 
 def table(name: str, task: dict) -> str:
@@ -89,30 +125,40 @@ def table(name: str, task: dict) -> str:
     seeds = task["seeds"]
     iters = [it for it, _ in next(iter(seeds.values()))["scratch"]["curve"]]
     header = ["seed", "start"] + [f"{metric} @ {it}" for it in iters] + \
-        ["iteration where fine-tuning reaches scratch's final", "speedup (iterations)"]
+        ["iteration where it reaches scratch's final", "speedup (iterations)"]
     rows = []
     for seed, runs in seeds.items():
-        for mode in ("finetune", "scratch"):
+        for mode in (m for m in MODES if m in runs):
             values = [f"{v:.3f}" for _, v in runs[mode]["curve"]]
-            reach = runs["finetune_reaches_scratch_final_at"]
-            tail = ([reach if reach else "never", f"{runs['iteration_speedup']:.1f}x"
-                     if runs["iteration_speedup"] else "-"] if mode == "finetune" else ["", ""])
-            label = "fine-tuned from pre-trained" if mode == "finetune" else "from scratch"
-            rows.append([seed, label, *values, *tail])
+            tail = ["", ""]
+            if mode != "scratch":
+                reach, speedup = reaching(runs, mode)
+                tail = [reach or "never", f"{speedup:.1f}x" if speedup else "-"]
+            rows.append([seed, MODES[mode][0], *values, *tail])
     pre = task["pretrain"]
-    made = f"; run {task['date']}, `{task['command']}`" if task.get("date") else ""
+    made = ""
+    for mode in MODES:  # which command made which rows (the runs of one mode come from one command)
+        run = next((r[mode] for r in seeds.values() if mode in r), {})
+        made += f"; {mode} rows: run {run['date']}, `{run['command']}`" if run.get("date") else ""
+    if not made and task.get("date"):  # stored before each run recorded its own command
+        made = f"; run {task['date']}, `{task['command']}`"
     made += f"; {task['note']}" if task.get("note") else ""
     return (f"**{name}** (`{TASKS[name][0]}`; pre-trained {pre['iterations']} iterations on the "
             f"built-in shapes: {metric} {pre[metric]:.3f} there{made})\n\n" + markdown_table(header, rows))
 
 
 def summary(task: dict) -> dict:
-    metric = task["metric"]
-    final = {mode: statistics.mean(r[mode]["curve"][-1][1] for r in task["seeds"].values())
-             for mode in ("finetune", "scratch")}
-    speedups = [r["iteration_speedup"] or 0.0 for r in task["seeds"].values()]
-    return {"metric": metric, "finetune": final["finetune"], "scratch": final["scratch"],
-            "gain": final["finetune"] - final["scratch"], "speedup_min": min(speedups)}
+    """Per fine-tuning mode run for every seed: final figure (mean of the seeds), scratch's, the
+    gain and the worst seed's iteration speed-up."""
+    seeds = list(task["seeds"].values())
+    scratch = statistics.mean(r["scratch"]["curve"][-1][1] for r in seeds)
+    out = {}
+    for mode in (m for m in MODES if m != "scratch" and all(m in r for r in seeds)):
+        final = statistics.mean(r[mode]["curve"][-1][1] for r in seeds)
+        out[mode] = {"metric": task["metric"], "finetune": final, "scratch": scratch,
+                     "gain": final - scratch,
+                     "speedup_min": min(reaching(r, mode)[1] or 0.0 for r in seeds)}
+    return out
 
 
 def main(argv=None) -> int:
@@ -120,49 +166,70 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--num-val", type=int, default=120, help="val images of the second dataset")
     p.add_argument("--only", nargs="*", choices=list(TASKS))
+    p.add_argument("--modes", nargs="+", choices=list(MODES),
+                   help="runs to make (default: all; with --quick: finetune_frozen, scratch); the stored "
+                        "runs of the other modes are kept")
+    p.add_argument("--pretrained", metavar="CKPT",
+                   help="the pre-trained checkpoint of an earlier full run of the one --only task (its "
+                        "figures are read from the stored results), instead of pre-training again")
     args = p.parse_args(argv)
     names = args.only or list(TASKS)
     if args.quick:  # a smoke run of the script: one task is enough
         names = names[:1]
     seeds = args.seeds[:1] if args.quick else args.seeds
+    args.modes = args.modes or (["finetune_frozen", "scratch"] if args.quick else list(MODES))
     results = {}
     if not args.quick and os.path.exists(STORE):
         with open(STORE, encoding="utf-8") as f:
             results = {k: v for k, v in json.load(f).items() if k in TASKS}
+    if args.pretrained and (len(names) != 1 or names[0] not in results or args.quick):
+        print("--pretrained needs one --only task with stored results of a full run", file=sys.stderr)
+        return 2
+    stored_runs = [results.get(n, {}).get("seeds", {}).get(str(s), {}) for n in names for s in seeds]
+    if "scratch" not in args.modes and any("scratch" not in r for r in stored_runs):
+        print("--modes without scratch needs stored scratch runs of every seed", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             try:
-                results[name] = run_task(name, seeds, args.num_val, args.quick, tmp)
+                task = run_task(name, seeds, args.modes, args.num_val, args.quick, tmp, results.get(name),
+                                args.pretrained)
             except RuntimeError as e:
                 print(e, file=sys.stderr)
                 return 1
-            results[name].update(date=time.strftime("%Y-%m-%d %H:%M"), command=command_line())
+            results[name] = task
             if records_figures(args):
                 os.makedirs(os.path.dirname(STORE), exist_ok=True)
                 with open(STORE + ".tmp", "w", encoding="utf-8") as f:
                     json.dump(results, f, indent=1)
                 os.replace(STORE + ".tmp", STORE)
     results = {name: results[name] for name in TASKS if name in results}
-    sums = {name: summary(task) for name, task in results.items()}
-    figures = {"finetune": {}, "scratch": {}, "speedup": {}, "gain": {}, "runs": results}
+    figures = {"finetune": {}, "finetune_frozen": {}, "scratch": {}, "speedup": {}, "gain": {},
+               "runs": results}
     keys = {"AP": "box_ap", "mIoU": "mIoU"}
-    for name, s in sums.items():
-        key = keys[s["metric"]]
-        figures["finetune"][key] = s["finetune"]
-        figures["scratch"][key] = s["scratch"]
-        figures["gain"][key] = s["gain"]
-        figures["speedup"]["iterations" if name == "faster_rcnn" else f"iterations_{name}"] = s["speedup_min"]
+    rows = []
+    for name, task in results.items():
+        for mode, s in summary(task).items():
+            key = keys[s["metric"]]
+            figures[mode][key] = s["finetune"]
+            figures["scratch"][key] = s["scratch"]
+            frozen = "_frozen" if mode == "finetune_frozen" else ""
+            suffix = frozen + ("" if name == "faster_rcnn" else f"_{name}")
+            figures["gain"][key + frozen] = s["gain"]
+            figures["speedup"]["iterations" + suffix] = s["speedup_min"]
+            rows.append([name, MODES[mode][0], s["metric"], f"{s['scratch']:.3f}", f"{s['finetune']:.3f}",
+                         f"{s['gain']:+.3f}", f"{s['speedup_min']:.1f}x"])
     body = "\n\n".join(table(name, task) for name, task in results.items())
-    rows = [[name, s["metric"], f"{s['scratch']:.3f}", f"{s['finetune']:.3f}", f"{s['gain']:+.3f}",
-             f"{s['speedup_min']:.1f}x"] for name, s in sums.items()]
     body += "\n\n" + markdown_table(
-        ["task", "metric", "from scratch, final (mean of the seeds)", "fine-tuned, final",
+        ["task", "fine-tuning", "metric", "from scratch, final (mean of the seeds)", "fine-tuned, final",
          "gain", "iterations to scratch's final: speedup (worst seed)"], rows)
     body += (f"\n\nSecond dataset: shapes {NEW_CLASSES} (circle and triangle shared with the "
              f"pre-training data, star, ellipse and cross new), seed 100 + run seed, 300 train / "
              f"{args.num_val} val images. Fine-tuning and scratch runs share config, schedule "
-             f"(cosine over the run, 100 warm-up iterations) and seed; only `--init-from` differs. "
-             f"From scratch means no pre-trained weights at all (none can be downloaded here).")
+             f"(cosine over the run, 100 warm-up iterations) and seed; they differ only in "
+             f"`--init-from` and, for the frozen rows, `solver.freeze` (parts "
+             f"{', '.join(f'{k}: {v}' for k, v in FROZEN_PARTS.items())}). From scratch means no "
+             f"pre-trained weights at all (none can be downloaded here).")
     finish(args, "finetune", "Fine-tuning from a trained detector vs from scratch", body, figures)
     return 0
 

@@ -19,7 +19,7 @@ from tests.conftest import ROOT, run_script
     ("benchmarks/mask_shapes.py", ["segm_AP", "segm_AP50", "AP"]),
     ("benchmarks/paste_masks.py", ["speedup", "mismatches"]),
     ("benchmarks/vs_torchvision.py", ["seconds", "speedup", "agreement"]),
-    ("benchmarks/finetune.py", ["finetune", "scratch", "speedup"]),
+    ("benchmarks/finetune.py", ["finetune_frozen", "scratch", "speedup"]),
     ("benchmarks/vs_torchvision_training.py", ["detseg", "torchvision", "speedup", "ap_gain", "runs"]),
 ])
 def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
@@ -51,8 +51,8 @@ def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
     if script.endswith("vs_torchvision.py"):
         assert figures["agreement"]["detseg exact"]["box_max_abs_diff"] <= 1e-4
     if script.endswith("finetune.py"):
-        assert 0 <= figures["finetune"]["box_ap"] <= 1 and 0 <= figures["scratch"]["box_ap"] <= 1
-        assert figures["speedup"]["iterations"] >= 0
+        assert 0 <= figures["finetune_frozen"]["box_ap"] <= 1 and 0 <= figures["scratch"]["box_ap"] <= 1
+        assert figures["speedup"]["iterations_frozen"] >= 0
     if script.endswith("detection_shapes.py"):
         assert 0 <= figures["sppnet"]["AP50"] <= 1
     if script.endswith("vs_torchvision_training.py"):
