@@ -65,15 +65,26 @@ def load_batches(n: int) -> list:
     return [next(it) for _ in range(n)], ds
 
 
-def step_times(config: str, overrides: list[str], batches: list, ds, warmup: int, tv: bool) -> list[float]:
+def step_times(config: str, overrides: list[str], batches: list, ds, warmup: int,
+               tv: bool, init: str | None = None) -> tuple[list[float], list[int], float]:
+    """Seconds of each step after ``warmup``, the RoIs the mask head trained on in each of those
+    steps (empty without one), and the mask tower's forward+backward seconds on their mean count.
+    ``init``: a checkpoint to start from (what fits of it, as ``model.init_from`` loads it)."""
     from detseg.config import load_config
     from detseg.engine.trainer import Trainer
     from detseg.modeling.model import build_model
     cfg = load_config(config, ["data.num_workers=0", *overrides])
     torch.manual_seed(0)
     model = build_model(cfg, ds.num_classes)
+    if init:
+        from detseg.engine.init_from import init_from
+        init_from(model, init, ds.class_names, backbone=cfg.model.backbone.name)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, model, lambda start: iter(()), None, tmp, {})
+    mask_head = getattr(model.heads["det"], "mask_head", None)
+    rois: list[int] = []
+    if mask_head is not None:  # the positive RoIs of a step: what the mask head's cost grows with
+        mask_head.convs.register_forward_pre_hook(lambda m, inp: rois.append(inp[0].shape[0]))
     times = []
     with torchvision_roi_align(tv):
         for i, batch in enumerate(batches):
@@ -86,25 +97,63 @@ def step_times(config: str, overrides: list[str], batches: list, ds, warmup: int
             trainer.optimizer.step()
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
-    return times
+    rois = rois[warmup:]
+    tower = mask_tower_seconds(mask_head, round(statistics.mean(rois))) if rois else 0.0
+    return times, rois, tower
+
+
+def mask_tower_seconds(mask_head, n: int, repeats: int = 5) -> float:
+    """Median forward+backward seconds of ``mask_head``'s layers after its pooler (convs, deconv,
+    predictor) on ``n`` pooled RoIs ``[n, C, 14, 14]`` (channels-last, as the trainer runs them),
+    the gradient of the pooled input included, as in a training step."""
+    c = mask_head.convs[0].in_channels
+    r = mask_head.pooler_resolution
+    x = torch.randn(n, c, r, r).contiguous(memory_format=torch.channels_last).requires_grad_()
+
+    def run():
+        out = mask_head.predictor(torch.relu(mask_head.deconv(mask_head.convs(x))))
+        out.sum().backward()
+        mask_head.zero_grad(set_to_none=True)
+        x.grad = None
+
+    run()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def main(argv=None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start every variant from this checkpoint (e.g. a trained shapes Faster R-CNN): "
+                        "a trained RPN's proposals give the positive RoIs, and so the mask-head work, of "
+                        "a step late in training; its table is a section of its own")
+    p.add_argument("--init-note", help="what the --init-from checkpoint is, for the table's text")
     args = p.parse_args(argv)
     steps, warmup = (1, 0) if args.quick else (args.steps, args.warmup)
     batches, ds = load_batches(steps + warmup)
-    figures, medians = {"seconds_per_step": {}}, {}
+    figures, medians = {"seconds_per_step": {}, "steps": {}, "mask_rois_per_step": {},
+                        "mask_tower_seconds": {}}, {}
+    rois, tower = {}, {}
     for name, config, overrides, tv in VARIANTS:
-        times = step_times(config, overrides, batches, ds, warmup, tv)
+        times, rois[name], tower[name] = step_times(config, overrides, batches, ds, warmup, tv,
+                                                    args.init_from)
         medians[name] = statistics.median(times)
         figures["seconds_per_step"][name] = medians[name]
+        figures["steps"][name] = {"seconds": times, "mask_rois": rois[name]}
+        if rois[name]:
+            figures["mask_rois_per_step"][name] = statistics.mean(rois[name])
+            figures["mask_tower_seconds"][name] = tower[name]
         print(f"{name}: {medians[name]:.3f} s/step", flush=True)
     base = medians[VARIANTS[0][0]]
-    rows = [[name, " ".join(ov) or "-", f"{medians[name]:.3f}", f"{medians[name] / base:.2f}"]
-            for name, _, ov, _ in VARIANTS]
+    rows = [[name, " ".join(ov) or "-", f"{medians[name]:.3f}", f"{medians[name] / base:.2f}",
+             f"{statistics.mean(rois[name]):.0f}" if rois[name] else "-",
+             f"{tower[name]:.3f}" if rois[name] else "-"] for name, _, ov, _ in VARIANTS]
     ratios = {
         "roi_align_vs_roi_pool_faster": medians[VARIANTS[1][0]] / base,
         "mask_vs_faster_roi_pool": medians[VARIANTS[3][0]] / base,
@@ -113,7 +162,10 @@ def main(argv=None) -> int:
         "torchvision_kernel_vs_detseg_faster": medians[VARIANTS[2][0]] / medians[VARIANTS[1][0]],
     }
     figures["ratios"] = ratios
-    body = markdown_table(["variant", "overrides", "s per step (median)", "vs Faster R-CNN RoIPool"], rows)
+    body = markdown_table(["variant", "overrides", "s per step (median)", "vs Faster R-CNN RoIPool",
+                           "mask RoIs per step (mean)", "mask tower s (forward+backward)"], rows)
+    recipe_faster, recipe_mask = VARIANTS[1][0], VARIANTS[5][0]
+    extra = medians[recipe_mask] - medians[recipe_faster]
     r = {k: f"{v:.2f}x" for k, v in ratios.items()}
     body += (f"\n\nMedian of {steps} training steps after {warmup} warm-up steps, the same pre-loaded "
              f"batches (8 images, data loading excluded) for every variant, torch threads "
@@ -122,9 +174,20 @@ def main(argv=None) -> int:
              f"box heads **{r['mask_vs_faster_roi_align']}**, with RoIPool box heads "
              f"**{r['mask_vs_faster_roi_pool']}** (with torchvision's RoIAlign kernel in the mask "
              f"head: {r['mask_vs_faster_roi_pool_torchvision_kernel']}); torchvision's RoIAlign kernel in "
-             f"the same Faster R-CNN step: {r['torchvision_kernel_vs_detseg_faster']} detseg's.")
-    finish(args, "step_time", "Training step time: RoIPool vs RoIAlign, Faster vs Mask R-CNN (CPU)", body,
-           figures)
+             f"the same Faster R-CNN step: {r['torchvision_kernel_vs_detseg_faster']} detseg's. "
+             f"The recipe's Mask R-CNN step costs {extra:.3f} s more than its Faster R-CNN step; the "
+             f"mask tower alone (four 3x3 convs, the deconvolution and the predictor, forward and "
+             f"backward, on {statistics.mean(rois[recipe_mask]):.0f} pooled RoIs, the mean of its "
+             f"steps) takes {tower[recipe_mask]:.3f} s of that. Its cost grows with the positive RoIs "
+             f"of a step, which vary from batch to batch ({min(rois[recipe_mask])} to "
+             f"{max(rois[recipe_mask])} here).")
+    title = "Training step time: RoIPool vs RoIAlign, Faster vs Mask R-CNN (CPU)"
+    if args.init_from:
+        body = (f"Every variant starts from `{os.path.basename(args.init_from)}` (what fits of it): "
+                f"{args.init_note or 'a trained checkpoint'}.\n\n" + body)
+        finish(args, "step_time_trained", title + ", from a trained detector", body, figures)
+    else:
+        finish(args, "step_time", title, body, figures)
     return 0
 
 
