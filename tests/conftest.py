@@ -7,6 +7,16 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO_TINY = os.path.join(ROOT, "..", "shared", "data", "coco_tiny")
 
+# Under pytest-xdist (the README's test command runs two workers) the cores are split between
+# the workers, also for the processes tests start: two workers each spinning every core's worth of
+# OpenMP threads run several times slower than one worker alone.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _threads = max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    import torch
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # Tests give child processes fresh data caches (DETSEG_CACHE); the C++ kernel is built once in
 # the usual cache and shared with them, instead of a 35-second build per child process.
 if "DETSEG_EXT_CACHE" not in os.environ:
