@@ -101,3 +101,18 @@ def test_torchvision_training_peer_follows_the_recipe(tmp_path):
         assert inst.image_size == tuple(file_size) != tuple(batch.image_sizes[0])
         assert inst.masks.dtype == torch.bool and tuple(inst.masks.shape[1:]) == tuple(file_size)
         assert len(inst) == 0 or (inst.boxes[:, 2] <= file_size[1] + 1e-3).all()
+
+
+def test_finetune_speedups_first_reaching_and_staying():
+    """A fine-tuning curve that passes scratch's final figure, falls back, then passes it for good:
+    "first reaches" takes the first pass, "stays" the last crossing."""
+    from benchmarks.finetune import reaching, summary
+    runs = {"scratch": {"curve": [(80, 0.1), (160, 0.3), (240, 0.5)]},
+            "finetune": {"curve": [(80, 0.55), (160, 0.45), (240, 0.6)]},
+            "finetune_frozen": {"curve": [(80, 0.2), (160, 0.4), (240, 0.45)]}}
+    assert reaching(runs, "finetune") == (80, 3.0)
+    assert reaching(runs, "finetune", stay=True) == (240, 1.0)
+    assert reaching(runs, "finetune_frozen") == (None, None)
+    s = summary({"metric": "AP", "seeds": {"0": runs}})
+    assert s["finetune"]["speedup_min"] == 3.0 and s["finetune"]["speedup_stay_min"] == 1.0
+    assert s["finetune_frozen"]["speedup_min"] == 0.0 and abs(s["finetune"]["gain"] - 0.1) < 1e-9
