@@ -208,11 +208,14 @@ def is_shapes_folder(path: str) -> bool:
     """Whether ``path`` holds a dataset this module wrote (its annotation file says so)."""
     ann = os.path.join(path, "annotations", "instances_train.json")
     try:
-        with open(ann, encoding="utf-8") as f:
-            head = f.read(4096)
+        with open(ann, "rb") as f:
+            # "info" is the last of the sorted keys: its description sits at the file's end, after
+            # every image and annotation
+            f.seek(max(0, os.path.getsize(ann) - 4096))
+            tail = f.read()
     except OSError:
         return False
-    return '"description":"detseg shapes v' in head
+    return b'"description":"detseg shapes v' in tail
 
 
 def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 60,

@@ -94,3 +94,14 @@ def test_the_cache_keeps_the_first_of_two_concurrent_builds(tmp_path, monkeypatc
     with open(paths["train"]["ann_file"], encoding="utf-8") as f:
         assert f.read().endswith(" "), "the first build was replaced"
     assert sorted(os.listdir(tmp_path)) == [shapes_name], "the losing build is removed"
+
+
+def test_a_dataset_of_many_images_is_recognised_and_replaced(tmp_path):
+    """The marker of a shapes dataset is found however long its annotation file is (it was looked
+    for in the first 4 KB, which a few images' polygons fill)."""
+    ds = str(tmp_path / "ds")
+    paths = shapes.generate(ds, seed=1, num_train=12, num_val=1)
+    assert os.path.getsize(paths["train"]["ann_file"]) > 4096 * 4
+    assert shapes.is_shapes_folder(ds)
+    shapes.generate(ds, seed=2, num_train=1, num_val=1)
+    assert len(os.listdir(os.path.join(ds, "train"))) == 1
