@@ -219,11 +219,14 @@ def is_shapes_folder(path: str) -> bool:
 
 
 def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 60,
-             classes=None) -> dict:
+             classes=None, keep_complete: bool = False) -> dict:
     """Write train and val splits into ``out_dir`` (atomically: built beside it, then renamed).
 
     An existing ``out_dir`` is replaced only when it is empty or a shapes dataset written
     earlier: a folder of anything else raises ``NotShapesFolder`` before a file is touched.
+    ``keep_complete`` (the cache): a complete dataset that another process renamed into place
+    while this one was building is kept, and this build dropped; replacing it would delete it
+    under a process that may already read it.
 
     Returns:
         {"train": {"ann_file", "image_dir"}, "val": {...}}
@@ -240,12 +243,15 @@ def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 6
     try:
         write_split(tmp, "train", num_train, seed, classes)
         write_split(tmp, "val", num_val, seed, classes)
-        if os.path.exists(out_dir):
+        if os.path.exists(out_dir) and not (keep_complete and _complete(split_paths(out_dir))):
             shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            os.replace(tmp, out_dir)  # fails onto a folder that is not empty
+        except OSError:
+            if not (keep_complete and _complete(split_paths(out_dir))):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # still there unless it was renamed into place
     return split_paths(out_dir)
 
 
@@ -263,22 +269,9 @@ def ensure_shapes(seed: int = 0, num_train: int = 300, num_val: int = 60,
         name += "_" + "-".join(classes)
     root = os.path.join(cache_dir or default_cache_dir(), name)
     paths = split_paths(root)
-    if _complete(paths):
-        return paths
-    # Built under a name of this process's own, then renamed into place: two processes on a fresh
-    # cache (two trainings, two test workers) each build one and the first rename wins. Replacing
-    # the folder instead would delete it under a process already reading it.
-    mine = f"{root}.{os.getpid()}"
-    generate(mine, seed, num_train, num_val, classes)
-    try:
-        if os.path.isdir(root) and not _complete(paths):  # a folder left from an older layout
-            shutil.rmtree(root)
-        os.rename(mine, root)
-    except OSError:
-        if not _complete(paths):
-            raise
-    finally:
-        shutil.rmtree(mine, ignore_errors=True)
+    if not _complete(paths):
+        # two processes on a fresh cache (two trainings, two test workers) may both build it
+        generate(root, seed, num_train, num_val, classes, keep_complete=True)
     return paths
 
 
