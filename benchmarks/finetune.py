@@ -139,10 +139,12 @@ def table(name: str, task: dict) -> str:
     for seed, runs in seeds.items():
         for mode in (m for m in MODES if m in runs):
             values = [f"{v:.3f}" for _, v in runs[mode]["curve"]]
-            tail = [] if mode != "scratch" else ["", "", "", ""]
-            for stay in ((False, True) if mode != "scratch" else ()):
-                reach, speedup = reaching(runs, mode, stay)
-                tail += [reach or "never", f"{speedup:.1f}x" if speedup else "-"]
+            tail = ["", "", "", ""]
+            if mode != "scratch":
+                tail = []
+                for stay in (False, True):
+                    reach, speedup = reaching(runs, mode, stay)
+                    tail += [reach or "never", f"{speedup:.1f}x" if speedup else "-"]
             rows.append([seed, MODES[mode][0], *values, *tail])
     pre = task["pretrain"]
     made = ""
