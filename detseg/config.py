@@ -93,6 +93,9 @@ class MaskConfig:
     sampling_ratio: int = 2
     conv_dims: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
     multiscale_features: Optional[list[str]] = None  # FPN levels chosen by box size, instead
+    # training: at most this many of an image's positive RoIs feed the mask loss, drawn at random
+    # (the tower's cost grows with them); null: all of them, as in the paper
+    rois_per_image: Optional[int] = ranged(None, ge=1)
 
 
 # Heads: ``model.heads`` maps an instance name to one of these, picked by its ``type``. A head type

@@ -109,3 +109,13 @@ def test_in_range_and_unset_values_load():
     cfg = load_config(None, ["solver.patience=null", "solver.clip_grad_norm=null", "data.num_workers=0",
                              "solver.lr=1e-5"])
     assert cfg.solver.patience is None and cfg.solver.clip_grad_norm is None and cfg.solver.lr == 1e-5
+
+
+def test_a_head_field_out_of_range_is_refused_at_load():
+    # the range check reaches into the heads' own dataclasses (here the mask branch of a region head)
+    path = "configs/mask_rcnn_resnet18_fpn_shapes.yaml"
+    with pytest.raises(ConfigError, match=re.escape("'model.heads.det.mask.rois_per_image' (from command "
+                                                    "line): must be >= 1, got 0")):
+        load_config(path, ["model.heads.det.mask.rois_per_image=0"])
+    cfg = load_config(path, ["model.heads.det.mask.rois_per_image=8"])
+    assert cfg.model.heads["det"].mask.rois_per_image == 8

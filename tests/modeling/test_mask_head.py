@@ -5,7 +5,8 @@ from detseg.data import shapes
 from detseg.data.coco import CocoDataset
 from detseg.data.transforms import collate, eval_transform
 from detseg.evaluation.coco import COCOEvaluator
-from detseg.modeling.heads.mask import mask_targets
+from detseg.modeling.backbones import ShapeSpec
+from detseg.modeling.heads.mask import MaskHead, mask_targets
 from detseg.modeling.model import build_model
 from detseg.modeling.panoptic import merge_panoptic
 from detseg.structures import Instances
@@ -24,6 +25,68 @@ def test_mask_targets_of_a_square_in_a_known_roi():
     # a RoI exactly on the square is all ones
     t = mask_targets(gt, torch.tensor([0]), torch.tensor([[30.0, 20.0, 50.0, 40.0]]), 28)[0]
     assert t.min() == 1
+
+
+def _small_mask_head(**kw):
+    torch.manual_seed(0)
+    return MaskHead(in_shapes={"p3": ShapeSpec(8, 8)}, num_classes=3, conv_dims=[8, 8], **kw)
+
+
+def _positives(counts, size=96):
+    """Per image: ``n`` positive RoIs (row i's x0 is i, so rows can be told apart), their labels
+    (1 + i % 2), their matched object (i % 3: three square objects) and the objects' masks."""
+    rois, labels, matched, masks = [], [], [], []
+    for n in counts:
+        i = torch.arange(n, dtype=torch.float32)
+        rois.append(torch.stack([i, i, i + 40, i + 40], 1))
+        labels.append(1 + torch.arange(n) % 2)
+        matched.append(torch.arange(n) % 3)
+        m = torch.zeros(3, size, size, dtype=torch.uint8)
+        for g in range(3):
+            m[g, 10 * g:10 * g + 30, 5:35] = 1
+        masks.append(m)
+    return rois, labels, matched, masks
+
+
+def test_mask_loss_draws_at_most_rois_per_image_positives_at_random():
+    rois, labels, matched, _ = _positives([10, 3])
+    head = _small_mask_head(rois_per_image=4)
+    firsts = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        r, lab, mat = head.subsample(rois, labels, matched)
+        assert [len(x) for x in r] == [4, 3]
+        for x, y, z in zip(r, lab, mat):  # the same rows of every per-RoI tensor
+            idx = x[:, 0].long()
+            assert torch.equal(y, 1 + idx % 2) and torch.equal(z, idx % 3)
+        assert len(set(r[0][:, 0].tolist())) == 4  # without replacement
+        assert torch.equal(r[1], rois[1])  # an image with fewer positives keeps them all
+        firsts.add(tuple(r[0][:, 0].tolist()))
+    assert len(firsts) > 1  # a random share, not the first k rows
+    assert _small_mask_head().subsample(rois, labels, matched)[0] is rois  # None: all of them
+
+
+def test_capped_mask_loss_is_the_full_loss_on_the_drawn_rows():
+    rois, labels, matched, masks = _positives([10, 3])
+    feats = {"p3": torch.randn(2, 8, 12, 12)}
+    sizes = [(96, 96), (96, 96)]
+    capped, full = _small_mask_head(rois_per_image=4), _small_mask_head()
+    torch.manual_seed(7)
+    loss = capped.loss(feats, rois, labels, matched, masks, sizes)
+    torch.manual_seed(7)
+    drawn = capped.subsample(rois, labels, matched)
+    assert torch.allclose(loss, full.loss(feats, *drawn, masks, sizes))
+    assert not torch.allclose(loss, full.loss(feats, rois, labels, matched, masks, sizes))
+
+
+def test_training_forward_gives_the_eval_forward_logits():
+    # training runs the tower channels-last on CPU: the same logits as the eval path's layout
+    head = _small_mask_head()
+    feats = {"p3": torch.randn(1, 8, 12, 12)}
+    boxes = [torch.tensor([[0.0, 0.0, 50.0, 60.0], [20.0, 10.0, 90.0, 40.0]])]
+    train = head.train()(feats, boxes, [(96, 96)])
+    assert train.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(train, head.eval()(feats, boxes, [(96, 96)]), atol=1e-5)
 
 
 def _one_image(tmp_path, with_semantic=False):

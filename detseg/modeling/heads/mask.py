@@ -50,13 +50,21 @@ class MaskHead(nn.Module):
         conv_dims: channels of the 3x3 conv layers (four of 256).
         multiscale_features: instead of ``feature``, FPN levels to pool each box from by its size
             (torchvision's ``MultiScaleRoIAlign``, not pixel-aligned, as its Mask R-CNN).
+        rois_per_image: in training, at most this many of an image's positive RoIs feed the loss,
+            drawn at random without replacement; None: all of them (the paper). The tower's cost
+            is linear in its RoIs, and the positives of one object overlap heavily, so a random
+            share of them is an unbiased, cheaper estimate of the same loss.
     """
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, feature: Optional[str] = None,
                  pooler_resolution: int = 14, sampling_ratio: int = 2,
                  conv_dims: Sequence[int] = (256, 256, 256, 256),
-                 multiscale_features: Optional[Sequence[str]] = None):
+                 multiscale_features: Optional[Sequence[str]] = None,
+                 rois_per_image: Optional[int] = None):
         super().__init__()
+        if rois_per_image is not None and rois_per_image < 1:
+            raise ValueError(f"mask head: rois_per_image must be >= 1 or None, got {rois_per_image}")
+        self.rois_per_image = rois_per_image
         self.multiscale = (MultiScaleRoIAlign(list(multiscale_features), pooler_resolution, sampling_ratio)
                            if multiscale_features else None)
         if multiscale_features:
@@ -106,7 +114,27 @@ class MaskHead(nn.Module):
             fmap = features[self.feature]
             x = roi_align(fmap, [b.to(fmap.dtype) for b in boxes], self.pooler_resolution,
                           spatial_scale=self.spatial_scale, sampling_ratio=self.sampling_ratio, aligned=True)
+        if self.training and x.is_cpu:
+            # oneDNN's 3x3 convolutions run faster channels-last on these small maps (forward and
+            # backward of the tower ~15% less time); the logits' values are the same
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.predictor(F.relu(self.deconv(self.convs(x))))
+
+    def subsample(self, rois: list[Tensor], *per_roi: list[Tensor]) -> tuple[list[Tensor], ...]:
+        """At most ``rois_per_image`` rows of each image's ``rois`` (``Tensor[P_i, 4]``) and of the
+        per-RoI tensors beside them (``Tensor[P_i, ...]`` each), the same random rows of all."""
+        k = self.rois_per_image
+        if k is None:
+            return (rois, *per_roi)
+        out: list[list[Tensor]] = [[] for _ in range(1 + len(per_roi))]
+        for i, r in enumerate(rois):
+            keep = None
+            if r.shape[0] > k:
+                # the global generator, as the RoI sampler's draw: a seeded run repeats itself
+                keep = torch.randperm(r.shape[0], device="cpu")[:k].to(r.device)
+            for j, t in enumerate((r, *(p[i] for p in per_roi))):
+                out[j].append(t if keep is None else t[keep])
+        return tuple(out)
 
     def loss(self, features: dict, rois: list[Tensor], labels: list[Tensor], matched: list[Tensor],
              gt_masks: list[Tensor], image_sizes: Optional[list] = None) -> Tensor:
@@ -115,7 +143,9 @@ class MaskHead(nn.Module):
         Args:
             rois: per image, positive RoIs ``Tensor[P_i, 4]``; labels: their classes;
             matched: their ground-truth indices; gt_masks: per image ``Tensor[G_i, H, W]``.
+            At most ``rois_per_image`` of each image's RoIs are used (``subsample``).
         """
+        rois, labels, matched = self.subsample(rois, labels, matched)
         logits = self(features, rois, image_sizes)
         if logits.shape[0] == 0:
             return logits.sum() * 0.0

@@ -61,7 +61,8 @@ class SPPHead(RegionHead):
             m = s.mask
             mask_head = MaskHead(in_shapes=shapes, num_classes=num_classes, feature=m.feature,
                                  pooler_resolution=m.pooler_resolution, sampling_ratio=m.sampling_ratio,
-                                 conv_dims=m.conv_dims, multiscale_features=m.multiscale_features)
+                                 conv_dims=m.conv_dims, multiscale_features=m.multiscale_features,
+                                 rois_per_image=m.rois_per_image)
         return cls(in_shapes=shapes, proposals=proposals,
                    num_classes=num_classes, feature=feature, levels=s.levels, mapping=s.mapping,
                    pooler=s.pooler, multiscale_features=s.multiscale_features,
