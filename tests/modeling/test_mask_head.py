@@ -79,16 +79,6 @@ def test_capped_mask_loss_is_the_full_loss_on_the_drawn_rows():
     assert not torch.allclose(loss, full.loss(feats, rois, labels, matched, masks, sizes))
 
 
-def test_training_forward_gives_the_eval_forward_logits():
-    # training runs the tower channels-last on CPU: the same logits as the eval path's layout
-    head = _small_mask_head()
-    feats = {"p3": torch.randn(1, 8, 12, 12)}
-    boxes = [torch.tensor([[0.0, 0.0, 50.0, 60.0], [20.0, 10.0, 90.0, 40.0]])]
-    train = head.train()(feats, boxes, [(96, 96)])
-    assert train.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(train, head.eval()(feats, boxes, [(96, 96)]), atol=1e-5)
-
-
 def _one_image(tmp_path, with_semantic=False):
     split = shapes.generate(str(tmp_path / "ds"), seed=5, num_train=1, num_val=0)["train"]
     ds = CocoDataset(split["ann_file"], split["image_dir"], transform=eval_transform(128, 288),
