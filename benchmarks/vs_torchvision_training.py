@@ -234,26 +234,39 @@ def run_all(args, jobs: list[tuple[str, str, int]]) -> list[dict]:
     return results
 
 
+def variant(run: dict) -> str:
+    """A run's config overrides beyond the recipe (``--set``), as one string; "" for the recipe."""
+    return " ".join(run.get("overrides", []))
+
+
 def summarise(results: list[dict], jobs: int) -> tuple[str, dict]:
+    """The table (a row per recipe, implementation and variant, its seeds side by side) and the
+    figures: the recipes' runs under the issue's keys, the variants' under ``variants``."""
     rows, figures = [], {"runs": results}
+    variants = list(dict.fromkeys(variant(r) for r in results))
     for model in RECIPES:
         for impl in IMPLS:
-            mine = [r for r in results if r["model"] == model and r["impl"] == impl]
-            if not mine:
-                continue
-            for key in ("box_ap", "mask_ap", "s_per_iter"):
-                vals = [r[key] for r in mine if r[key] is not None]
-                if vals:
-                    figures.setdefault(impl, {}).setdefault(model, {})[key] = statistics.mean(vals)
+            for var in variants:
+                mine = [r for r in results
+                        if r["model"] == model and r["impl"] == impl and variant(r) == var]
+                if not mine:
+                    continue
+                means = {key: statistics.mean(vals) for key in ("box_ap", "mask_ap", "s_per_iter")
+                         if (vals := [r[key] for r in mine if r[key] is not None])}
+                if var:
+                    figures.setdefault("variants", {})[f"{model} {impl} {var}"] = means
+                else:
+                    figures.setdefault(impl, {})[model] = means
 
-            def col(key, fmt="{:.3f}"):
-                vals = [r[key] for r in mine]
-                if any(v is None for v in vals):
-                    return "-"
-                return " / ".join(fmt.format(v) for v in vals) + (
-                    f" (mean {fmt.format(statistics.mean(vals))})" if len(vals) > 1 else "")
-            rows.append([model, impl, " / ".join(str(r["seed"]) for r in mine), mine[0]["iterations"],
-                         col("box_ap"), col("box_ap50"), col("mask_ap"), col("s_per_iter")])
+                def col(key, fmt="{:.3f}"):
+                    vals = [r[key] for r in mine]
+                    if any(v is None for v in vals):
+                        return "-"
+                    return " / ".join(fmt.format(v) for v in vals) + (
+                        f" (mean {fmt.format(statistics.mean(vals))})" if len(vals) > 1 else "")
+                seeds = " / ".join(str(r["seed"]) for r in mine)
+                rows.append([model, impl, f"`{var}`" if var else "-", seeds, mine[0]["iterations"],
+                             col("box_ap"), col("box_ap50"), col("mask_ap"), col("s_per_iter")])
     for model in RECIPES:  # JSON keys the issue names: detseg.box_ap, speedup.train_step, ...
         d, t = figures.get("detseg", {}).get(model), figures.get("torchvision", {}).get(model)
         if d and t:
@@ -270,8 +283,8 @@ def summarise(results: list[dict], jobs: int) -> tuple[str, dict]:
                 f["mask_ap"] = f["mask"]["mask_ap"]
     if "speedup" in figures and "train_step_faster" in figures["speedup"]:
         figures["speedup"]["train_step"] = figures["speedup"]["train_step_faster"]
-    body = markdown_table(["recipe", "implementation", "seeds", "iterations", "box AP", "box AP50",
-                           "mask AP", "s / iteration"], rows)
+    body = markdown_table(["recipe", "implementation", "overrides", "seeds", "iterations", "box AP",
+                           "box AP50", "mask AP", "s / iteration"], rows)
     dev = results[0]["device"] if results else "?"
     body += (f"\n\nFrom scratch, the same batches for both sides, one final evaluation on shapes val "
              f"({results[0]['val_images'] if results else '?'} images, pycocotools), device {dev}, "
@@ -289,6 +302,25 @@ def summarise(results: list[dict], jobs: int) -> tuple[str, dict]:
     return body, figures
 
 
+def load_reported(specs: list[str]) -> list[dict]:
+    """The runs stored in ``--report`` JSON files. ``PATH=OVERRIDES`` sets the overrides of that
+    file's runs (for runs stored before they were recorded, or to state them against today's
+    recipe); a bare ``PATH`` keeps what each run recorded."""
+    runs = []
+    for spec in specs:
+        path, has_label, label = spec.partition("=")
+        try:
+            with open(path, encoding="utf-8") as f:
+                stored = json.load(f)["runs"]
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"--report {path}: not a JSON file of this benchmark's runs ({e})")
+        for r in stored:
+            if has_label:
+                r = {**r, "overrides": label.split()}
+            runs.append(r)
+    return runs
+
+
 def main(argv=None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--models", nargs="+", choices=list(RECIPES), default=list(RECIPES))
@@ -301,6 +333,10 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every run (a detseg variant: the torchvision peer "
                         "reads only the settings it shares)")
+    p.add_argument("--report", nargs="+", metavar="JSON[=OVERRIDES]",
+                   help="train nothing: render the runs stored in these --json files as one table "
+                        "(=OVERRIDES: the config overrides of that file's runs, space-separated)")
+    p.add_argument("--note", help="a sentence to add below the table (how the runs were made)")
     p.add_argument("--run", help=argparse.SUPPRESS)  # model,impl,seed: one run, in this process
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -308,17 +344,24 @@ def main(argv=None) -> int:
         model, impl, seed = args.run.split(",")
         os.environ.setdefault("DETSEG_NO_PROGRESS", "1")
         r = run_one(model, impl, int(seed), args.device, overrides_for(args), args.out)
+        r["overrides"] = args.set
         with open(os.path.join(args.out, "result.json"), "w", encoding="utf-8") as f:
             json.dump(r, f)
         return 0
-    if args.quick:
-        args.models, args.seeds = ["faster"], args.seeds[:1]
-    jobs = [(m, i, s) for m in args.models for s in args.seeds for i in args.impls]
-    prepare_data(args)
-    results = run_all(args, jobs)
-    body, figures = summarise(results, args.jobs)
-    if args.set:
-        body += f" Overrides: `{' '.join(args.set)}`."
+    if args.report:
+        results = load_reported(args.report)
+        body, figures = summarise(results, 1)
+        files = ", ".join(f"`{os.path.basename(spec.partition('=')[0])}`" for spec in args.report)
+        body += f" The runs stored in {files}."
+    else:
+        if args.quick:
+            args.models, args.seeds = ["faster"], args.seeds[:1]
+        jobs = [(m, i, s) for m in args.models for s in args.seeds for i in args.impls]
+        prepare_data(args)
+        results = run_all(args, jobs)
+        body, figures = summarise(results, args.jobs)
+    if args.note:
+        body += " " + args.note
     finish(args, "vs_torchvision_training", "Training from scratch: detseg vs torchvision (shapes)", body,
            figures)
     return 0

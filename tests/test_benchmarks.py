@@ -116,3 +116,33 @@ def test_finetune_speedups_first_reaching_and_staying():
     s = summary({"metric": "AP", "seeds": {"0": runs}})
     assert s["finetune"]["speedup_min"] == 3.0 and s["finetune"]["speedup_stay_min"] == 1.0
     assert s["finetune_frozen"]["speedup_min"] == 0.0 and abs(s["finetune"]["gain"] - 0.1) < 1e-9
+
+
+def test_torchvision_training_report_groups_stored_runs_by_variant(tmp_path, capsys):
+    """--report renders stored runs without training: a row per recipe, implementation and
+    overrides (given per file with =OVERRIDES where the runs did not record theirs); only the
+    recipes' own runs feed the issue's keys, the variants go under ``variants``."""
+    from benchmarks.vs_torchvision_training import main
+
+    def run(impl, seed, ap, mask_ap, **extra):
+        return {"model": "mask", "impl": impl, "seed": seed, "iterations": 780, "box_ap": ap,
+                "box_ap50": ap, "mask_ap": mask_ap, "mask_ap50": mask_ap,
+                "s_per_iter": 2.0 if impl == "detseg" else 3.0, "val_images": 200, "threads": 2,
+                "device": "cpu", **extra}
+    base, capped = tmp_path / "base.json", tmp_path / "capped.json"
+    base.write_text(json.dumps({"runs": [run("detseg", 0, 0.5, 0.6), run("detseg", 1, 0.4, 0.5),
+                                         run("torchvision", 0, 0.3, 0.4)]}))
+    capped.write_text(json.dumps({"runs": [run("detseg", 0, 0.45, 0.55, overrides=["a.b=8"])]}))
+    out = tmp_path / "figures.json"
+    assert main(["--report", str(base), f"{capped}=x.y=1 z=2", "--no-write", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert abs(figures["detseg"]["mask_ap"] - 0.55) < 1e-9 and figures["torchvision"]["mask_ap"] == 0.4
+    assert abs(figures["ap_gain"]["mask_mask"] - 0.15) < 1e-9
+    assert figures["variants"] == {"mask detseg x.y=1 z=2":
+                                   {"box_ap": 0.45, "mask_ap": 0.55, "s_per_iter": 2.0}}
+    table = capsys.readouterr().out
+    assert "| mask | detseg | `x.y=1 z=2` | 0 | 780 |" in table
+    assert "| mask | detseg | - | 0 / 1 | 780 | 0.500 / 0.400 (mean 0.450) |" in table
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="bad.json: not a JSON file of this benchmark's runs"):
+        main(["--report", str(tmp_path / "bad.json"), "--no-write"])
