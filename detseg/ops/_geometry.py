@@ -10,7 +10,7 @@ level's ``l x l`` bins in row-major order. An empty bin has ``end <= start``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -154,16 +154,20 @@ def sample_table(rois: torch.Tensor, output_size: tuple[int, int], spatial_scale
     else:
         # ceil(roi / pooled) converted to int; NaN and negative sizes give an empty grid.
         grid = torch.nan_to_num(torch.ceil(bin_size), nan=0.0).clamp(min=0).to(torch.int32)
-    xs = _axis_samples(start[:, 0], bin_size[:, 0], grid[:, 0], pw, width)
-    ys = _axis_samples(start[:, 1], bin_size[:, 1], grid[:, 1], ph, height)
+    # a fixed ratio is the grid's size: no read of grid.max(), which on CUDA waits for the device
+    s = sampling_ratio if sampling_ratio > 0 else None
+    xs = _axis_samples(start[:, 0], bin_size[:, 0], grid[:, 0], pw, width, s)
+    ys = _axis_samples(start[:, 1], bin_size[:, 1], grid[:, 1], ph, height, s)
     return ys[0], ys[1], xs[0], xs[1], grid.flip(1).contiguous()
 
 
 def _axis_samples(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, pooled: int,
-                  limit: int):
-    """One axis of ``sample_table``: ``(index int32 [K, P, S, 2], weight [K, P, S, 2])``."""
+                  limit: int, s: Optional[int] = None):
+    """One axis of ``sample_table``: ``(index int32 [K, P, S, 2], weight [K, P, S, 2])``;
+    ``s``: S when every RoI's grid has it (a fixed sampling ratio), else the grids' maximum."""
     k, dtype, dev = start.shape[0], start.dtype, start.device
-    s = int(grid.max()) if k else 0
+    if s is None or not k:
+        s = int(grid.max()) if k else 0
     p = torch.arange(pooled, dtype=dtype, device=dev)
     i = torch.arange(s, dtype=dtype, device=dev) + 0.5
     first = start[:, None] + p[None] * bin_size[:, None]  # [K, P]
