@@ -26,6 +26,7 @@ from benchmarks._report import base_parser, finish, markdown_table  # noqa: E402
 FASTER = "configs/faster_rcnn_resnet18_shapes.yaml"
 MASK = "configs/mask_rcnn_resnet18_fpn_shapes.yaml"
 POOL = "model.heads.det.pooler=spp"  # levels [7], fast_rcnn mapping: Fast R-CNN's RoI pooling
+ALL_POSITIVES = "model.heads.det.mask.rois_per_image=null"  # the paper: every positive RoI
 VARIANTS = [  # (name, config, overrides, use torchvision's roi_align); the recipes pool with RoIAlign
     ("Faster R-CNN, RoIPool box head", FASTER, [POOL], False),
     ("Faster R-CNN, RoIAlign box head (recipe)", FASTER, [], False),
@@ -34,7 +35,10 @@ VARIANTS = [  # (name, config, overrides, use torchvision's roi_align); the reci
     ("Mask R-CNN, RoIPool box head, torchvision kernel", MASK, [POOL], True),
     ("Mask R-CNN, RoIAlign box head (recipe)", MASK, [], False),
     ("Mask R-CNN, RoIAlign box head (recipe), torchvision kernel", MASK, [], True),
+    ("Mask R-CNN, RoIAlign box head, mask loss on every positive RoI", MASK, [ALL_POSITIVES], False),
 ]
+FASTER_POOL, FASTER_RECIPE, FASTER_TV, MASK_POOL, MASK_POOL_TV, MASK_RECIPE, MASK_TV, MASK_ALL = \
+    (v[0] for v in VARIANTS)
 
 
 @contextlib.contextmanager
@@ -150,37 +154,39 @@ def main(argv=None) -> int:
             figures["mask_rois_per_step"][name] = statistics.mean(rois[name])
             figures["mask_tower_seconds"][name] = tower[name]
         print(f"{name}: {medians[name]:.3f} s/step", flush=True)
-    base = medians[VARIANTS[0][0]]
+    base = medians[FASTER_POOL]
     rows = [[name, " ".join(ov) or "-", f"{medians[name]:.3f}", f"{medians[name] / base:.2f}",
              f"{statistics.mean(rois[name]):.0f}" if rois[name] else "-",
              f"{tower[name]:.3f}" if rois[name] else "-"] for name, _, ov, _ in VARIANTS]
     ratios = {
-        "roi_align_vs_roi_pool_faster": medians[VARIANTS[1][0]] / base,
-        "mask_vs_faster_roi_pool": medians[VARIANTS[3][0]] / base,
-        "mask_vs_faster_roi_align": medians[VARIANTS[5][0]] / medians[VARIANTS[1][0]],
-        "mask_vs_faster_roi_pool_torchvision_kernel": medians[VARIANTS[4][0]] / base,
-        "torchvision_kernel_vs_detseg_faster": medians[VARIANTS[2][0]] / medians[VARIANTS[1][0]],
+        "roi_align_vs_roi_pool_faster": medians[FASTER_RECIPE] / base,
+        "mask_vs_faster_roi_pool": medians[MASK_POOL] / base,
+        "mask_vs_faster_roi_align": medians[MASK_RECIPE] / medians[FASTER_RECIPE],
+        "mask_vs_faster_every_positive": medians[MASK_ALL] / medians[FASTER_RECIPE],
+        "mask_vs_faster_roi_pool_torchvision_kernel": medians[MASK_POOL_TV] / base,
+        "torchvision_kernel_vs_detseg_faster": medians[FASTER_TV] / medians[FASTER_RECIPE],
     }
     figures["ratios"] = ratios
     body = markdown_table(["variant", "overrides", "s per step (median)", "vs Faster R-CNN RoIPool",
                            "mask RoIs per step (mean)", "mask tower s (forward+backward)"], rows)
-    recipe_faster, recipe_mask = VARIANTS[1][0], VARIANTS[5][0]
-    extra = medians[recipe_mask] - medians[recipe_faster]
+    extra = medians[MASK_RECIPE] - medians[FASTER_RECIPE]
     r = {k: f"{v:.2f}x" for k, v in ratios.items()}
     body += (f"\n\nMedian of {steps} training steps after {warmup} warm-up steps, the same pre-loaded "
              f"batches (8 images, data loading excluded) for every variant, torch threads "
              f"{torch.get_num_threads()}. RoIAlign box head (the recipes') / RoIPool box head: "
              f"**{r['roi_align_vs_roi_pool_faster']}**; Mask / Faster R-CNN step with the recipes' RoIAlign "
-             f"box heads **{r['mask_vs_faster_roi_align']}**, with RoIPool box heads "
-             f"**{r['mask_vs_faster_roi_pool']}** (with torchvision's RoIAlign kernel in the mask "
+             f"box heads **{r['mask_vs_faster_roi_align']}** (the mask loss on every positive RoI instead "
+             f"of the recipe's `rois_per_image`: {r['mask_vs_faster_every_positive']}), with RoIPool box "
+             f"heads {r['mask_vs_faster_roi_pool']} (with torchvision's RoIAlign kernel in the mask "
              f"head: {r['mask_vs_faster_roi_pool_torchvision_kernel']}); torchvision's RoIAlign kernel in "
              f"the same Faster R-CNN step: {r['torchvision_kernel_vs_detseg_faster']} detseg's. "
              f"The recipe's Mask R-CNN step costs {extra:.3f} s more than its Faster R-CNN step; the "
-             f"mask tower alone (four 3x3 convs, the deconvolution and the predictor, forward and "
-             f"backward, on {statistics.mean(rois[recipe_mask]):.0f} pooled RoIs, the mean of its "
-             f"steps) takes {tower[recipe_mask]:.3f} s of that. Its cost grows with the positive RoIs "
-             f"of a step, which vary from batch to batch ({min(rois[recipe_mask])} to "
-             f"{max(rois[recipe_mask])} here).")
+             f"mask tower alone (the 3x3 convs, the deconvolution and the predictor, forward and "
+             f"backward, on {statistics.mean(rois[MASK_RECIPE]):.0f} pooled RoIs, the mean of its "
+             f"steps) takes {tower[MASK_RECIPE]:.3f} s of that. Its cost grows with the positive RoIs "
+             f"it trains on: {min(rois[MASK_RECIPE])} to {max(rois[MASK_RECIPE])} a step with the "
+             f"recipe's cap, {min(rois[MASK_ALL])} to {max(rois[MASK_ALL])} (mean "
+             f"{statistics.mean(rois[MASK_ALL]):.0f}, tower {tower[MASK_ALL]:.3f} s) with every positive.")
     title = "Training step time: RoIPool vs RoIAlign, Faster vs Mask R-CNN (CPU)"
     if args.init_from:
         body = (f"Every variant starts from `{os.path.basename(args.init_from)}` (what fits of it): "

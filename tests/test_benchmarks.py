@@ -41,7 +41,7 @@ def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
         assert all(v > 0 for case in figures["speedup"].values() for v in case.values())
     if script.endswith("step_time.py"):
         steps = figures["seconds_per_step"]
-        assert len(steps) == 7 and all(v > 0 for v in steps.values())
+        assert len(steps) == 8 and all(v > 0 for v in steps.values())
     if script.endswith("lineage.py"):
         assert set(figures["speedup"]) == {"spp_vs_rcnn", "fast_rcnn_vs_rcnn", "conv_vs_naive_sliding"}
         assert figures["naive_max_abs_diff"] <= 1e-4
