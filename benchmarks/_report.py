@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -75,7 +76,7 @@ def machine() -> str:
 
 def command_line() -> str:
     script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
-    return " ".join(["python", script, *sys.argv[1:]])
+    return shlex.join(["python", script, *sys.argv[1:]])
 
 
 def write_section(name: str, title: str, body: str) -> None:
