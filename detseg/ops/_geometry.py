@@ -166,8 +166,10 @@ def _axis_samples(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tenso
     """One axis of ``sample_table``: ``(index int32 [K, P, S, 2], weight [K, P, S, 2])``;
     ``s``: S when every RoI's grid has it (a fixed sampling ratio), else the grids' maximum."""
     k, dtype, dev = start.shape[0], start.dtype, start.device
-    if s is None or not k:
-        s = int(grid.max()) if k else 0
+    if not k:
+        s = 0
+    elif s is None:
+        s = int(grid.max())
     p = torch.arange(pooled, dtype=dtype, device=dev)
     i = torch.arange(s, dtype=dtype, device=dev) + 0.5
     first = start[:, None] + p[None] * bin_size[:, None]  # [K, P]
