@@ -19,7 +19,7 @@ from benchmarks._report import base_parser, command_line, finish, markdown_table
 # recipe -> (config, iterations)
 RECIPES = {
     "sppnet": ("configs/sppnet_resnet18_shapes.yaml", 1500),
-    "fast_rcnn": ("configs/fast_rcnn_resnet18_shapes.yaml", 1000),
+    "fast_rcnn": ("configs/fast_rcnn_resnet18_shapes.yaml", 1200),
     "rcnn": ("configs/rcnn_resnet18_shapes.yaml", 2000),
     "faster_rcnn": ("configs/faster_rcnn_resnet18_shapes.yaml", 780),
     "sliding_window": ("configs/sliding_window_resnet18_shapes.yaml", 1250),
