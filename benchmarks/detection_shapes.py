@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -26,11 +27,12 @@ RECIPES = {
 }
 
 
-def train_one(config: str, iters: int, quick: bool, out: str) -> tuple[dict, float]:
-    overrides = [f"solver.max_iter={iters}", f"solver.eval_period={max(1, iters // 2)}",
+def train_one(config: str, iters: int, quick: bool, out: str, seed: int = 0) -> tuple[dict, float]:
+    overrides = [f"runtime.seed={seed}", f"solver.max_iter={iters}",
+                 f"solver.eval_period={max(1, iters // 2)}",
                  f"solver.checkpoint_period={max(1, iters // 2)}"]
     if quick:
-        overrides = ["solver.max_iter=4", "solver.eval_period=4", "data.batch_size=2",
+        overrides = [f"runtime.seed={seed}", "solver.max_iter=4", "solver.eval_period=4", "data.batch_size=2",
                      "data.shapes.num_train=8", "data.shapes.num_val=4", "data.num_workers=0"]
     records, wall = run_train(config, overrides, out)
     return [x for x in records if "AP" in x][-1], wall
@@ -41,9 +43,41 @@ def train_one(config: str, iters: int, quick: bool, out: str) -> tuple[dict, flo
 STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "detection_shapes.json")
 
 
+def previous_runs(entry: dict | None, config: str, iterations: int) -> dict:
+    """The stored runs of a recipe, ``{seed (str): run}``, that a new run of ``config`` for
+    ``iterations`` joins: none when the recipe's config or length changed since. An entry from
+    before seeds were recorded is one run of seed 0 (``runtime.seed``'s default)."""
+    if not entry or entry.get("config") != config or entry.get("iterations") != iterations:
+        return {}
+    if "seeds" in entry:
+        return dict(entry["seeds"])
+    return {"0": {k: entry[k] for k in ("AP", "AP50", "wall_s", "command", "date") if k in entry}}
+
+
+def summarise(config: str, iterations: int, runs: dict) -> dict:
+    """A recipe's stored figures: every seed's run and their means."""
+    mean = lambda key: statistics.fmean(r[key] for r in runs.values())  # noqa: E731
+    last = max(runs.values(), key=lambda r: r["date"])
+    return {"AP": mean("AP"), "AP50": mean("AP50"), "iterations": iterations, "wall_s": mean("wall_s"),
+            "config": config, "command": last["command"], "date": last["date"],
+            "seeds": dict(sorted(runs.items(), key=lambda kv: int(kv[0])))}
+
+
+def per_seed(f: dict, key: str) -> str:
+    """'0.581' for one run; '0.581 / 0.574 (0.578)' (each seed, then the mean) for several."""
+    runs = list(f.get("seeds", {}).values())
+    if len(runs) < 2:
+        return f"{f[key]:.3f}"
+    return " / ".join(f"{r[key]:.3f}" for r in runs) + f" ({f[key]:.3f})"
+
+
 def main(argv=None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--only", nargs="*", choices=list(RECIPES), help="train only these recipes")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="runtime.seed of each run (default 0). A recipe's row keeps its stored runs of "
+                        "other seeds with the same config and iterations and shows each seed's AP "
+                        "and their mean, so `--seeds 1` adds a second seed to a recipe's last run")
     args = p.parse_args(argv)
     names = args.only or list(RECIPES)
     if args.quick:
@@ -55,25 +89,31 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             config, iters = RECIPES[name]
-            last, wall = train_one(config, iters, args.quick, os.path.join(tmp, name))
-            print(f"{name}: AP {last['AP']:.3f} AP50 {last['AP50']:.3f} in {wall / 60:.1f} min", flush=True)
-            figures[name] = {"AP": last["AP"], "AP50": last["AP50"], "iterations": last["iter"],
-                             "wall_s": wall, "config": config, "command": command_line(),
-                             "date": time.strftime("%Y-%m-%d %H:%M")}
+            runs = previous_runs(figures.get(name), config, iters)
+            for seed in args.seeds:
+                last, wall = train_one(config, iters, args.quick, os.path.join(tmp, f"{name}_{seed}"), seed)
+                print(f"{name} seed {seed}: AP {last['AP']:.3f} AP50 {last['AP50']:.3f} "
+                      f"in {wall / 60:.1f} min", flush=True)
+                runs[str(seed)] = {"AP": last["AP"], "AP50": last["AP50"], "wall_s": wall,
+                                   "command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M")}
+            figures[name] = summarise(config, last["iter"], runs)
     if records_figures(args):
         os.makedirs(os.path.dirname(STORE), exist_ok=True)
         with open(STORE + ".tmp", "w", encoding="utf-8") as f:
             json.dump(figures, f, indent=2)
         os.replace(STORE + ".tmp", STORE)
-    rows = [[name, f["config"], f["iterations"], f"{f['wall_s'] / 60:.1f}", f"{f['AP']:.3f}",
-             f"{f['AP50']:.3f}", f.get("date", "")]
+    rows = [[name, f["config"], f["iterations"], f"{f['wall_s'] / 60:.1f}",
+             ", ".join(f.get("seeds", {"0": None})), per_seed(f, "AP"), per_seed(f, "AP50"),
+             " / ".join(r["date"] for r in f["seeds"].values()) if "seeds" in f else f.get("date", "")]
             for name, f in sorted(figures.items(), key=lambda kv: list(RECIPES).index(kv[0]))]
-    body = markdown_table(["head", "config", "iterations", "wall min (whole train.py run)",
+    body = markdown_table(["head", "config", "iterations", "wall min (whole train.py run, mean)", "seeds",
                            "box AP", "box AP50", "run"], rows)
     body += ("\n\nFrom scratch (no pretrained weights can be downloaded here), CPU, COCO box AP "
              "(pycocotools) on shapes val (60 images), boxes mapped back to the files' pixels. "
-             "Each row is the last run of that recipe (`--only NAME` reruns one and keeps the other "
-             "rows; the run column dates each); `python benchmarks/detection_shapes.py` reruns all.")
+             "With several seeds (`runtime.seed`, `--seeds`) the AP cells give each seed's figure, then "
+             "their mean. Each row is the last run of that recipe (`--only NAME` reruns one and keeps "
+             "the other rows; the run column dates each); `python benchmarks/detection_shapes.py` "
+             "reruns all.")
     finish(args, "detection_shapes", "Detection heads on shapes (accuracy)", body, figures)
     return 0
 
