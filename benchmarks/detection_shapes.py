@@ -111,9 +111,9 @@ def main(argv=None) -> int:
     body += ("\n\nFrom scratch (no pretrained weights can be downloaded here), CPU, COCO box AP "
              "(pycocotools) on shapes val (60 images), boxes mapped back to the files' pixels. "
              "With several seeds (`runtime.seed`, `--seeds`) the AP cells give each seed's figure, then "
-             "their mean. Each row is the last run of that recipe (`--only NAME` reruns one and keeps "
-             "the other rows; the run column dates each); `python benchmarks/detection_shapes.py` "
-             "reruns all.")
+             "their mean; the command of each run is kept in benchmarks/results/detection_shapes.json. "
+             "Each row is the last run of that recipe (`--only NAME` reruns one and keeps the other "
+             "rows; the run column dates each); `python benchmarks/detection_shapes.py` reruns all.")
     finish(args, "detection_shapes", "Detection heads on shapes (accuracy)", body, figures)
     return 0
 
