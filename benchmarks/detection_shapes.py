@@ -28,13 +28,12 @@ RECIPES = {
 
 
 def train_one(config: str, iters: int, quick: bool, out: str, seed: int = 0) -> tuple[dict, float]:
-    overrides = [f"runtime.seed={seed}", f"solver.max_iter={iters}",
-                 f"solver.eval_period={max(1, iters // 2)}",
+    overrides = [f"solver.max_iter={iters}", f"solver.eval_period={max(1, iters // 2)}",
                  f"solver.checkpoint_period={max(1, iters // 2)}"]
     if quick:
-        overrides = [f"runtime.seed={seed}", "solver.max_iter=4", "solver.eval_period=4", "data.batch_size=2",
+        overrides = ["solver.max_iter=4", "solver.eval_period=4", "data.batch_size=2",
                      "data.shapes.num_train=8", "data.shapes.num_val=4", "data.num_workers=0"]
-    records, wall = run_train(config, overrides, out)
+    records, wall = run_train(config, [f"runtime.seed={seed}", *overrides], out)
     return [x for x in records if "AP" in x][-1], wall
 
 
@@ -43,15 +42,20 @@ def train_one(config: str, iters: int, quick: bool, out: str, seed: int = 0) -> 
 STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "detection_shapes.json")
 
 
-def previous_runs(entry: dict | None, config: str, iterations: int) -> dict:
-    """The stored runs of a recipe, ``{seed (str): run}``, that a new run of ``config`` for
-    ``iterations`` joins: none when the recipe's config or length changed since. An entry from
-    before seeds were recorded is one run of seed 0 (``runtime.seed``'s default)."""
-    if not entry or entry.get("config") != config or entry.get("iterations") != iterations:
-        return {}
+def seed_runs(entry: dict) -> dict:
+    """A stored recipe's runs, ``{seed (str): run}``. An entry from before seeds were recorded is
+    one run of seed 0 (``runtime.seed``'s default)."""
     if "seeds" in entry:
         return dict(entry["seeds"])
     return {"0": {k: entry[k] for k in ("AP", "AP50", "wall_s", "command", "date") if k in entry}}
+
+
+def previous_runs(entry: dict | None, config: str, iterations: int) -> dict:
+    """The stored runs of a recipe (``seed_runs``) that a new run of ``config`` for ``iterations``
+    joins: none when the recipe's config or length changed since."""
+    if not entry or entry.get("config") != config or entry.get("iterations") != iterations:
+        return {}
+    return seed_runs(entry)
 
 
 def summarise(config: str, iterations: int, runs: dict) -> dict:
@@ -65,7 +69,7 @@ def summarise(config: str, iterations: int, runs: dict) -> dict:
 
 def per_seed(f: dict, key: str) -> str:
     """'0.581' for one run; '0.581 / 0.574 (0.578)' (each seed, then the mean) for several."""
-    runs = list(f.get("seeds", {}).values())
+    runs = list(seed_runs(f).values())
     if len(runs) < 2:
         return f"{f[key]:.3f}"
     return " / ".join(f"{r[key]:.3f}" for r in runs) + f" ({f[key]:.3f})"
@@ -103,8 +107,8 @@ def main(argv=None) -> int:
             json.dump(figures, f, indent=2)
         os.replace(STORE + ".tmp", STORE)
     rows = [[name, f["config"], f["iterations"], f"{f['wall_s'] / 60:.1f}",
-             ", ".join(f.get("seeds", {"0": None})), per_seed(f, "AP"), per_seed(f, "AP50"),
-             " / ".join(r["date"] for r in f["seeds"].values()) if "seeds" in f else f.get("date", "")]
+             ", ".join(seed_runs(f)), per_seed(f, "AP"), per_seed(f, "AP50"),
+             " / ".join(r.get("date", "") for r in seed_runs(f).values())]
             for name, f in sorted(figures.items(), key=lambda kv: list(RECIPES).index(kv[0]))]
     body = markdown_table(["head", "config", "iterations", "wall min (whole train.py run, mean)", "seeds",
                            "box AP", "box AP50", "run"], rows)
