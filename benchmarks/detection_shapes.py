@@ -29,6 +29,7 @@ RECIPES = {
 # by 0.01 (SPPNet). Rows stored before this was a setting were run on 60 (``val_images``).
 VAL_IMAGES = 200
 LEGACY_VAL_IMAGES = 60
+QUICK_VAL_IMAGES = 4
 
 
 def train_one(config: str, iters: int, quick: bool, out: str, seed: int = 0) -> tuple[dict, float]:
@@ -36,7 +37,7 @@ def train_one(config: str, iters: int, quick: bool, out: str, seed: int = 0) -> 
                  f"solver.checkpoint_period={max(1, iters // 2)}", f"data.shapes.num_val={VAL_IMAGES}"]
     if quick:
         overrides = ["solver.max_iter=4", "solver.eval_period=4", "data.batch_size=2",
-                     "data.shapes.num_train=8", "data.shapes.num_val=4", "data.num_workers=0"]
+                     "data.shapes.num_train=8", f"data.shapes.num_val={QUICK_VAL_IMAGES}", "data.num_workers=0"]
     records, wall = run_train(config, [f"runtime.seed={seed}", *overrides], out)
     return [x for x in records if "AP" in x][-1], wall
 
@@ -103,14 +104,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             config, iters = RECIPES[name]
-            runs = previous_runs(figures.get(name), config, iters)
+            val = QUICK_VAL_IMAGES if args.quick else VAL_IMAGES
+            runs = previous_runs(figures.get(name), config, iters, val)
             for seed in args.seeds:
                 last, wall = train_one(config, iters, args.quick, os.path.join(tmp, f"{name}_{seed}"), seed)
                 print(f"{name} seed {seed}: AP {last['AP']:.3f} AP50 {last['AP50']:.3f} "
                       f"in {wall / 60:.1f} min", flush=True)
                 runs[str(seed)] = {"AP": last["AP"], "AP50": last["AP50"], "wall_s": wall,
                                    "command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M")}
-            figures[name] = summarise(config, last["iter"], runs)
+            figures[name] = summarise(config, last["iter"], runs, val)
     if records_figures(args):
         os.makedirs(os.path.dirname(STORE), exist_ok=True)
         with open(STORE + ".tmp", "w", encoding="utf-8") as f:

@@ -150,18 +150,22 @@ def test_torchvision_training_report_groups_stored_runs_by_variant(tmp_path, cap
 
 def test_detection_shapes_rows_keep_other_seeds_of_the_same_recipe():
     """`detection_shapes.py --seeds 1` adds to the stored seed-0 run of the same config and length
-    (an entry from before seeds were recorded counts as seed 0), and starts afresh when either changed."""
+    (an entry from before seeds were recorded counts as seed 0), and starts afresh when either, or
+    the val split, changed."""
     from benchmarks.detection_shapes import per_seed, previous_runs, summarise
 
     legacy = {"AP": 0.5, "AP50": 0.7, "iterations": 1500, "wall_s": 600.0, "config": "c.yaml",
               "command": "python x", "date": "2026-11-26 10:00"}
-    runs = previous_runs(legacy, "c.yaml", 1500)
+    runs = previous_runs(legacy, "c.yaml", 1500, val=60)  # the legacy entry was evaluated on 60
     assert list(runs) == ["0"] and runs["0"]["AP"] == 0.5
-    assert previous_runs(legacy, "c.yaml", 1200) == {} and previous_runs(legacy, "d.yaml", 1500) == {}
+    assert previous_runs(legacy, "c.yaml", 1200, val=60) == {}
+    assert previous_runs(legacy, "d.yaml", 1500, val=60) == {}
+    assert previous_runs(legacy, "c.yaml", 1500, val=200) == {}  # another val split: afresh
     runs["1"] = {"AP": 0.6, "AP50": 0.8, "wall_s": 700.0, "command": "python y", "date": "2026-11-26 11:00"}
-    row = summarise("c.yaml", 1500, runs)
+    row = summarise("c.yaml", 1500, runs, val=200)
     assert row["AP"] == pytest.approx(0.55) and row["wall_s"] == pytest.approx(650.0)
-    assert row["command"] == "python y" and list(row["seeds"]) == ["0", "1"]
+    assert row["command"] == "python y" and list(row["seeds"]) == ["0", "1"] and row["val_images"] == 200
     assert per_seed(row, "AP") == "0.500 / 0.600 (0.550)"
-    assert list(previous_runs(row, "c.yaml", 1500)) == ["0", "1"]
+    assert list(previous_runs(row, "c.yaml", 1500, val=200)) == ["0", "1"]
+    assert previous_runs(row, "c.yaml", 1500, val=60) == {}
     assert per_seed(summarise("c.yaml", 1500, {"0": runs["0"]}), "AP50") == "0.700"
