@@ -37,7 +37,8 @@ def train_one(config: str, iters: int, quick: bool, out: str, seed: int = 0) -> 
                  f"solver.checkpoint_period={max(1, iters // 2)}", f"data.shapes.num_val={VAL_IMAGES}"]
     if quick:
         overrides = ["solver.max_iter=4", "solver.eval_period=4", "data.batch_size=2",
-                     "data.shapes.num_train=8", f"data.shapes.num_val={QUICK_VAL_IMAGES}", "data.num_workers=0"]
+                     "data.shapes.num_train=8", f"data.shapes.num_val={QUICK_VAL_IMAGES}",
+                     "data.num_workers=0"]
     records, wall = run_train(config, [f"runtime.seed={seed}", *overrides], out)
     return [x for x in records if "AP" in x][-1], wall
 
@@ -122,10 +123,11 @@ def main(argv=None) -> int:
              ", ".join(seed_runs(f)), per_seed(f, "AP"), per_seed(f, "AP50"),
              " / ".join(r.get("date", "") for r in seed_runs(f).values())]
             for name, f in sorted(figures.items(), key=lambda kv: list(RECIPES).index(kv[0]))]
-    body = markdown_table(["head", "config", "iterations", "val images", "wall min (whole train.py run, mean)", "seeds",
-                           "box AP", "box AP50", "run"], rows)
+    body = markdown_table(["head", "config", "iterations", "val images",
+                           "wall min (whole train.py run, mean)", "seeds", "box AP", "box AP50", "run"], rows)
     body += ("\n\nFrom scratch (no pretrained weights can be downloaded here), CPU, COCO box AP "
-             "(pycocotools) on shapes val (the first 200 images; rows from before runs used 200 were evaluated on the first 60), boxes mapped back to the files' pixels. "
+             "(pycocotools) on shapes val (the first 200 images; rows run before 200 was the split were "
+             "evaluated on the first 60), boxes mapped back to the files' pixels. "
              "With several seeds (`runtime.seed`, `--seeds`) the AP cells give each seed's figure, then "
              "their mean; the command of each run is kept in benchmarks/results/detection_shapes.json. "
              "Each row is the last run of that recipe (`--only NAME` reruns one and keeps the other "
