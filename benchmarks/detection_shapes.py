@@ -70,11 +70,12 @@ def previous_runs(entry: dict | None, config: str, iterations: int, val: int = V
     return seed_runs(entry)
 
 
-def summarise(config: str, iterations: int, runs: dict, val: int = VAL_IMAGES) -> dict:
-    """A recipe's stored figures: every seed's run and their means."""
+def summarise(config: str, iterations: int, runs: dict, val: int = VAL_IMAGES,
+              keys: tuple[str, ...] = ("AP", "AP50")) -> dict:
+    """A recipe's stored figures: every seed's run and the means of ``keys`` and wall time."""
     mean = lambda key: statistics.fmean(r[key] for r in runs.values())  # noqa: E731
     last = max(runs.values(), key=lambda r: r["date"])
-    return {"AP": mean("AP"), "AP50": mean("AP50"), "iterations": iterations, "wall_s": mean("wall_s"),
+    return {**{k: mean(k) for k in keys}, "iterations": iterations, "wall_s": mean("wall_s"),
             "val_images": val, "config": config, "command": last["command"], "date": last["date"],
             "seeds": dict(sorted(runs.items(), key=lambda kv: int(kv[0])))}
 

@@ -1,41 +1,65 @@
 """Mask R-CNN (ResNet-18 FPN) on shapes: mask AP / AP50 and box AP after a bounded CPU run.
 
 Runs tools/train.py exactly as a user would (iterations chosen so the run fits in 15 minutes on
-the 2-core benchmark machine), then reads the run's metrics.jsonl.
+the 2-core benchmark machine), then reads the run's metrics.jsonl. ``--seeds`` sets
+``runtime.seed`` per run; the runs of one config, length and val split are kept in
+benchmarks/results/mask_shapes.json, so ``--seeds 1`` adds a seed to the stored seed-0 run.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import base_parser, finish, markdown_table  # noqa: E402
-from benchmarks.detection_shapes import QUICK_VAL_IMAGES, VAL_IMAGES, train_one  # noqa: E402
+from benchmarks._report import (base_parser, command_line, finish, markdown_table,  # noqa: E402
+                                records_figures)
+from benchmarks.detection_shapes import (QUICK_VAL_IMAGES, VAL_IMAGES, per_seed, previous_runs,  # noqa: E402
+                                         seed_runs, summarise, train_one)
 
 CONFIG, ITERATIONS = "configs/mask_rcnn_resnet18_fpn_shapes.yaml", 1800
+KEYS = ("segm_AP", "segm_AP50", "AP", "AP50")
+STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "mask_shapes.json")
 
 
 def main(argv=None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--iterations", type=int, default=ITERATIONS)
-    p.add_argument("--keep-run", metavar="DIR", help="keep the run folder (checkpoints) here")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="runtime.seed of each run (default 0)")
+    p.add_argument("--keep-run", metavar="DIR", help="keep the run folders (checkpoints) here, one per seed")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = args.keep_run or os.path.join(tmp, "run")
-        last, wall = train_one(CONFIG, args.iterations, args.quick, run_dir)
-    rows = [[CONFIG, last["iter"], f"{wall / 60:.1f}", f"{last['segm_AP']:.3f}", f"{last['segm_AP50']:.3f}",
-             f"{last['AP']:.3f}", f"{last['AP50']:.3f}"]]
-    body = markdown_table(["config", "iterations", "wall min (whole train.py run)", "mask AP", "mask AP50",
-                           "box AP", "box AP50"], rows)
     val = QUICK_VAL_IMAGES if args.quick else VAL_IMAGES
+    stored = None
+    if not args.quick and os.path.exists(STORE):
+        with open(STORE, encoding="utf-8") as f:
+            stored = json.load(f)
+    runs = previous_runs(stored, CONFIG, args.iterations, val)
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            run_dir = os.path.join(args.keep_run or tmp, f"seed{seed}")
+            last, wall = train_one(CONFIG, args.iterations, args.quick, run_dir, seed)
+            print(f"seed {seed}: mask AP {last['segm_AP']:.3f} box AP {last['AP']:.3f} "
+                  f"in {wall / 60:.1f} min", flush=True)
+            runs[str(seed)] = {**{k: last[k] for k in KEYS}, "wall_s": wall, "command": command_line(),
+                               "date": time.strftime("%Y-%m-%d %H:%M")}
+    figures = summarise(CONFIG, last["iter"], runs, val, KEYS)
+    if records_figures(args):
+        os.makedirs(os.path.dirname(STORE), exist_ok=True)
+        with open(STORE + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(figures, f, indent=2)
+        os.replace(STORE + ".tmp", STORE)
+    rows = [[CONFIG, figures["iterations"], f"{figures['wall_s'] / 60:.1f}", ", ".join(seed_runs(figures)),
+             *(per_seed(figures, k) for k in KEYS)]]
+    body = markdown_table(["config", "iterations", "wall min (whole train.py run, mean)", "seeds", "mask AP",
+                           "mask AP50", "box AP", "box AP50"], rows)
     body += (f"\n\nFrom scratch, CPU, COCO AP (pycocotools) on shapes val ({val} images); masks pasted at "
-             "each file's own resolution and RLE-encoded.")
-    finish(args, "mask_shapes", "Mask R-CNN on shapes (accuracy)", body,
-           {"segm_AP": last["segm_AP"], "segm_AP50": last["segm_AP50"], "AP": last["AP"],
-            "AP50": last["AP50"], "iterations": last["iter"], "wall_s": wall, "config": CONFIG,
-            "val_images": val})
+             "each file's own resolution and RLE-encoded. With several seeds each cell gives every "
+             "seed's figure, then their mean; each run's command is kept in "
+             "benchmarks/results/mask_shapes.json.")
+    finish(args, "mask_shapes", "Mask R-CNN on shapes (accuracy)", body, figures)
     return 0
 
 

@@ -168,4 +168,8 @@ def test_detection_shapes_rows_keep_other_seeds_of_the_same_recipe():
     assert per_seed(row, "AP") == "0.500 / 0.600 (0.550)"
     assert list(previous_runs(row, "c.yaml", 1500, val=200)) == ["0", "1"]
     assert previous_runs(row, "c.yaml", 1500, val=60) == {}
+    runs = {s: {**r, "segm_AP": 0.4 + 0.1 * int(s)} for s, r in runs.items()}  # mask_shapes' keys
+    row = summarise("m.yaml", 1800, runs, val=200, keys=("segm_AP", "AP"))
+    assert row["segm_AP"] == pytest.approx(0.45) and "AP50" not in row
+    assert per_seed(row, "segm_AP") == "0.400 / 0.500 (0.450)"
     assert per_seed(summarise("c.yaml", 1500, {"0": runs["0"]}), "AP50") == "0.700"
