@@ -343,12 +343,37 @@ Sources = dict[str, str]
 MAX_BASE_DEPTH = 2
 
 
+class _UniqueKeySafeLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader (plain data only, no Python objects) that refuses a key given
+    twice in one mapping. YAML itself keeps the last one silently: a recipe with two ``data:``
+    blocks lost its ``data.shapes`` setting that way and trained on other data without a word.
+    Keys brought in by a ``<<`` merge may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader reports it below
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found key {key!r} twice (first on line {first + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_UniqueKeySafeLoader)  # safe: a SafeLoader subclass
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if data is None:

@@ -70,6 +70,23 @@ def test_yaml_is_loaded_safely(tmp_path):
         load_config(leaf)
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    """YAML keeps the last of two equal keys silently; a config file that repeats one (two
+    ``data:`` blocks) would lose the first block's settings, so it is refused."""
+    leaf = write(tmp_path / "twice.yaml", "data:\n  shapes: {num_train: 2000}\nsolver:\n  amp: true\n"
+                 "data:\n  num_workers: 0\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml.*found key 'data' twice \(first on line 1\)"
+                                          r"(.|\n)*line 5"):
+        load_config(leaf)
+    nested = write(tmp_path / "nested.yaml", "solver: {lr: 0.1, lr: 0.2}\n")
+    with pytest.raises(ConfigError, match="found key 'lr' twice"):
+        load_config(nested)
+    # a << merge's keys may be overridden, as YAML intends
+    merged = write(tmp_path / "merged.yaml", "x: &s {lr: 0.1, max_iter: 7}\nsolver: {<<: *s, lr: 0.2}\n")
+    from detseg.config import _read_yaml
+    assert _read_yaml(merged)["solver"] == {"lr": 0.2, "max_iter": 7}
+
+
 def test_printed_config_round_trips():
     cfg = load_config(None, ["solver.max_iter=33"])
     again = load_config(None)
