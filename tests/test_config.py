@@ -75,8 +75,8 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
     ``data:`` blocks) would lose the first block's settings, so it is refused."""
     leaf = write(tmp_path / "twice.yaml", "data:\n  shapes: {num_train: 2000}\nsolver:\n  amp: true\n"
                  "data:\n  num_workers: 0\n")
-    with pytest.raises(ConfigError, match=r"twice\.yaml.*found key 'data' twice \(first on line 1\)"
-                                          r"(.|\n)*line 5"):
+    with pytest.raises(ConfigError, match=r"(?s)twice\.yaml.*found key 'data' twice \(first on line 1\)"
+                                          r".*line 5"):
         load_config(leaf)
     nested = write(tmp_path / "nested.yaml", "solver: {lr: 0.1, lr: 0.2}\n")
     with pytest.raises(ConfigError, match="found key 'lr' twice"):
