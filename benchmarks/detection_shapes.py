@@ -48,6 +48,22 @@ def train_one(config: str, iters: int, quick: bool, out: str, seed: int = 0) -> 
 STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "detection_shapes.json")
 
 
+def load_store(path: str) -> dict:
+    """The figures stored at ``path`` by an earlier full run ({} when there are none)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_store(path: str, figures: dict) -> None:
+    """Write ``figures`` to ``path`` atomically (a killed run leaves the old file)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(figures, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def seed_runs(entry: dict) -> dict:
     """A stored recipe's runs, ``{seed (str): run}``. An entry from before seeds were recorded is
     one run of seed 0 (``runtime.seed``'s default)."""
@@ -99,14 +115,11 @@ def main(argv=None) -> int:
     names = args.only or list(RECIPES)
     if args.quick:
         names = names[:1]
-    figures = {}
-    if not args.quick and os.path.exists(STORE):
-        with open(STORE, encoding="utf-8") as f:
-            figures = json.load(f)
+    figures = {} if args.quick else load_store(STORE)
+    val = QUICK_VAL_IMAGES if args.quick else VAL_IMAGES
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             config, iters = RECIPES[name]
-            val = QUICK_VAL_IMAGES if args.quick else VAL_IMAGES
             runs = previous_runs(figures.get(name), config, iters, val)
             for seed in args.seeds:
                 last, wall = train_one(config, iters, args.quick, os.path.join(tmp, f"{name}_{seed}"), seed)
@@ -116,10 +129,7 @@ def main(argv=None) -> int:
                                    "command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M")}
             figures[name] = summarise(config, last["iter"], runs, val)
     if records_figures(args):
-        os.makedirs(os.path.dirname(STORE), exist_ok=True)
-        with open(STORE + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(figures, f, indent=2)
-        os.replace(STORE + ".tmp", STORE)
+        save_store(STORE, figures)
     rows = [[name, f["config"], f["iterations"], val_images(f), f"{f['wall_s'] / 60:.1f}",
              ", ".join(seed_runs(f)), per_seed(f, "AP"), per_seed(f, "AP50"),
              " / ".join(r.get("date", "") for r in seed_runs(f).values())]

@@ -7,7 +7,6 @@ benchmarks/results/mask_shapes.json, so ``--seeds 1`` adds a seed to the stored 
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -17,8 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._report import (base_parser, command_line, finish, markdown_table,  # noqa: E402
                                 records_figures)
-from benchmarks.detection_shapes import (QUICK_VAL_IMAGES, VAL_IMAGES, per_seed, previous_runs,  # noqa: E402
-                                         seed_runs, summarise, train_one)
+from benchmarks.detection_shapes import (QUICK_VAL_IMAGES, VAL_IMAGES, load_store,  # noqa: E402
+                                         per_seed, previous_runs, save_store, seed_runs, summarise,
+                                         train_one)
 
 CONFIG, ITERATIONS = "configs/mask_rcnn_resnet18_fpn_shapes.yaml", 1800
 KEYS = ("segm_AP", "segm_AP50", "AP", "AP50")
@@ -32,11 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep-run", metavar="DIR", help="keep the run folders (checkpoints) here, one per seed")
     args = p.parse_args(argv)
     val = QUICK_VAL_IMAGES if args.quick else VAL_IMAGES
-    stored = None
-    if not args.quick and os.path.exists(STORE):
-        with open(STORE, encoding="utf-8") as f:
-            stored = json.load(f)
-    runs = previous_runs(stored, CONFIG, args.iterations, val)
+    runs = previous_runs(None if args.quick else load_store(STORE), CONFIG, args.iterations, val)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             run_dir = os.path.join(args.keep_run or tmp, f"seed{seed}")
@@ -47,10 +43,7 @@ def main(argv=None) -> int:
                                "date": time.strftime("%Y-%m-%d %H:%M")}
     figures = summarise(CONFIG, last["iter"], runs, val, KEYS)
     if records_figures(args):
-        os.makedirs(os.path.dirname(STORE), exist_ok=True)
-        with open(STORE + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(figures, f, indent=2)
-        os.replace(STORE + ".tmp", STORE)
+        save_store(STORE, figures)
     rows = [[CONFIG, figures["iterations"], f"{figures['wall_s'] / 60:.1f}", ", ".join(seed_runs(figures)),
              *(per_seed(figures, k) for k in KEYS)]]
     body = markdown_table(["config", "iterations", "wall min (whole train.py run, mean)", "seeds", "mask AP",
