@@ -128,6 +128,10 @@ class SlidingWindowHeadConfig:
     batch_size_per_image: int = 256
     fg_fraction: float = 0.25
     hard_negative_fraction: float = 0.0  # share of background windows mined as the hardest
+    # Pixels of image context around the image that the backbone sees (mean-pixel padding): None =
+    # the feature's receptive field, so that "naive" and "conv" give the same scores; less is
+    # cheaper (the padded image is smaller) and border windows then see the network's own padding.
+    context_margin: Optional[int] = ranged(None, ge=0)
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_image: int = 100

@@ -3,7 +3,7 @@ config → build_model → Model.forward → COCO evaluation with pycocotools.""
 import pytest
 import torch
 
-from detseg.config import load_config
+from detseg.config import ConfigError, load_config
 from detseg.data import shapes
 from detseg.data.coco import CocoDataset
 from detseg.data.transforms import collate, eval_transform
@@ -140,3 +140,53 @@ def test_region_head_pooler_choice(one_image, pooler):
     model.eval()
     with torch.no_grad():
         assert len(model(batch)["det"]) == 1
+
+
+def test_sampled_windows_recomputed_alone_match_the_dense_scores_and_gradients():
+    """Training recomputes only the sampled windows (``classify_at``): the same outputs as the
+    dense convolutions at those cells, and the same gradients for the map and every weight."""
+    torch.manual_seed(0)
+    bb = build_backbone("resnet18")
+    head = SlidingWindowHead(in_shapes=bb.output_shape(), num_classes=3, feature="c3", margin=0,
+                             window_sizes=(16, 24), aspect_ratios=(0.5, 1.0), scales=(1, 2, 3))
+    for clf in head.classifiers:
+        torch.nn.init.normal_(clf[2].weight, std=0.3)
+    fmap = torch.randn(2, 64, 21, 18, requires_grad=True)
+    scored = head._score_dense(fmap, [(21 * 8, 18 * 8), (15 * 8, 17 * 8)])
+    picks, dense = [], []
+    for i, (boxes, out, cells) in enumerate(scored):
+        sel = torch.randperm(len(boxes))[:40]  # windows of every shape, in no particular order
+        picks.append(torch.cat([torch.full((40, 1), i), cells[sel]], dim=1))
+        dense.append(out[sel])
+    image, shape, gy, gx = torch.cat(picks).unbind(1)
+    assert len(torch.unique(shape)) > 6
+    dense = torch.cat(dense)
+    sparse = head.classify_at(fmap, image, shape, gy, gx)
+    torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(dense)
+    params = [fmap, *head.classifiers.parameters()]
+    g_dense = torch.autograd.grad((dense * weights).sum(), params)
+    g_sparse = torch.autograd.grad((sparse * weights).sum(), params)
+    for a, b in zip(g_sparse, g_dense):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_sliding_window_context_margin_setting():
+    """``context_margin`` sets the padding the backbone sees (rounded up to the stride); unset,
+    the receptive field's reach, which keeps the naive and convolutional modes equal."""
+    def head(*overrides):
+        cfg = load_config("configs/sliding_window_resnet18_shapes.yaml", list(overrides))
+        return build_model(cfg, 4).heads["det"]
+
+    bb = build_backbone("resnet18")
+    full = context_margin(bb, "c3", 8)
+    assert head("model.heads.det.context_margin=null").margin == -(-full // 8) * 8 == 56
+    assert head("model.heads.det.context_margin=12").margin == 16
+    assert head("model.heads.det.context_margin=0").margin == 0
+    pixels = torch.zeros(1, 3, 64, 64)
+    assert head("model.heads.det.context_margin=16").padded_pixels(pixels, [(64, 64)]).shape[-1] == 96
+    with pytest.raises(ConfigError, match=r"'model.heads.det.context_margin' .*must be >= 0, got -8"):
+        head("model.heads.det.context_margin=-8")  # refused as the config loads
+    with pytest.raises(ValueError, match="context margin must be >= 0"):
+        SlidingWindowHead(in_shapes=bb.output_shape(), num_classes=2, feature="c3", margin=-8)

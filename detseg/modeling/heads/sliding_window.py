@@ -21,6 +21,13 @@ scored. Then the ``naive`` mode, which crops each window *with its margin* from 
 and runs backbone and classifier on the crop alone, sees the very same pixels through the very
 same arithmetic and gives the same scores (up to float rounding). Without the margin a crop's
 border would see zero padding where the full image has content.
+
+Training computes each classifier densely only to label and mine windows (no gradient), then
+recomputes the sampled windows alone (``classify_at``: a gather of each window's taps and two
+matrix products) for the loss. A window's gradient is nonzero only where it was sampled, so the
+dense convolutions' backward (a full ``kh x kw`` convolution per window shape over the whole map)
+did work for about 256 of several thousand windows per image; the recompute gives the same
+outputs and gradients up to rounding, at a fraction of the cost.
 """
 from __future__ import annotations
 
@@ -85,8 +92,10 @@ class SlidingWindowHead(Head):
     Args (keyword-only):
         in_shapes: ``backbone.output_shape()``.
         num_classes: K.
-        margin: context margin in pixels (``receptive_field`` of the backbone); rounded up to
-            the feature stride.
+        margin: context margin in pixels, rounded up to the feature stride: ``context_margin``
+            of the backbone for the exact naive / convolutional equivalence (``from_config``'s
+            default), less for a cheaper pass (the convolutional mode then differs from the
+            naive one near each window's edge of the margin).
         feature: which feature map (default: the stride-16 one if present, else the coarsest).
         window_sizes, aspect_ratios: window shapes, in pixels and h / w (the base shapes when
             ``scales`` has more than one entry).
@@ -115,8 +124,10 @@ class SlidingWindowHead(Head):
         shapes = backbone.output_shape()
         feature = settings.feature or default_feature(shapes)
         s = settings
-        return cls(in_shapes=shapes, num_classes=num_classes, feature=feature,
-                   margin=context_margin(backbone, feature, shapes[feature].stride),
+        margin = s.context_margin
+        if margin is None:
+            margin = context_margin(backbone, feature, shapes[feature].stride)
+        return cls(in_shapes=shapes, num_classes=num_classes, feature=feature, margin=margin,
                    window_sizes=s.window_sizes, aspect_ratios=s.aspect_ratios, scales=s.scales,
                    reduce=s.reduce, hidden=s.hidden, mode=s.mode, fg_iou=s.fg_iou, bg_iou=s.bg_iou,
                    batch_size_per_image=s.batch_size_per_image, fg_fraction=s.fg_fraction,
@@ -135,6 +146,8 @@ class SlidingWindowHead(Head):
         feature = feature or default_feature(in_shapes)
         if mode not in ("conv", "naive"):
             raise ValueError(f"sliding window mode must be 'conv' or 'naive', got {mode!r}")
+        if margin < 0:
+            raise ValueError(f"sliding window context margin must be >= 0 pixels, got {margin}")
         spec = in_shapes[feature]
         self.feature, self.stride, self.mode = feature, spec.stride, mode
         self.margin = int(math.ceil(margin / spec.stride) * spec.stride)
@@ -168,18 +181,65 @@ class SlidingWindowHead(Head):
                 for i in range(len(self.classifiers)) for p in ("weight", "bias")}
 
     # -- window scoring -----------------------------------------------------------------------
-    def classify(self, fmap: Tensor, shape_index: int) -> Tensor:
+    def classify(self, fmap: Tensor, shape_index: int, pooled: Optional[dict] = None) -> Tensor:
         """Outputs ``[B, (K + 1) + 4K, Ho, Wo]`` of window shape ``shape_index`` slid over the
         reduced map ``fmap`` ``[B, reduce, H, W]``: cell (y, x) is the window whose top-left
-        cell is (y, x)."""
+        cell is (y, x). ``pooled``: ``{scale: map}`` cache of ``scaled_map`` for several shapes."""
         b, scale = self.shape_classifier[shape_index]
         clf = self.classifiers[b]
         if scale == 1:
             return clf(fmap)
         conv = clf[0]
-        x = F.avg_pool2d(fmap, scale, stride=1)
+        x = self.scaled_map(fmap, scale, pooled)
         x = F.conv2d(x, conv.weight, conv.bias, dilation=scale)
         return clf[2](clf[1](x))
+
+    @staticmethod
+    def scaled_map(fmap: Tensor, scale: int, pooled: Optional[dict] = None) -> Tensor:
+        """``fmap`` box-filtered by ``scale`` (stride 1): ``[B, C, H - scale + 1, W - scale + 1]``;
+        ``pooled`` (a dict) keeps each scale's map so that shapes of one scale share it."""
+        if scale == 1:
+            return fmap
+        if pooled is None:
+            return F.avg_pool2d(fmap, scale, stride=1)
+        if scale not in pooled:
+            pooled[scale] = F.avg_pool2d(fmap, scale, stride=1)
+        return pooled[scale]
+
+    def classify_at(self, fmap: Tensor, image: Tensor, shape: Tensor, gy: Tensor, gx: Tensor) -> Tensor:
+        """``classify``'s outputs at single windows, computed for those windows only.
+
+        Args:
+            fmap: ``[B, reduce, H, W]`` reduced map.
+            image, shape, gy, gx: ``Tensor[N]`` int64: each window's batch index, window shape
+                index and top-left cell (as ``windows`` gives them).
+        Returns:
+            ``Tensor[N, (K + 1) + 4K]``, row n equal (up to rounding) to
+            ``classify(fmap, shape[n])[image[n], :, gy[n], gx[n]]``.
+        """
+        d = (self.num_classes + 1) + 4 * self.num_classes
+        pooled: dict = {}
+        rows, parts = [], []
+        for j in torch.unique(shape).tolist():
+            idx = torch.nonzero(shape == j).flatten()
+            b, scale = self.shape_classifier[j]
+            clf = self.classifiers[b]
+            w = clf[0].weight  # [hidden, C, kh, kw]
+            kh, kw = w.shape[-2:]
+            x = self.scaled_map(fmap, scale, pooled)
+            # the classifier's taps: kh x kw cells of the scaled map, ``scale`` cells apart
+            ys = gy[idx, None] + scale * torch.arange(kh, device=gy.device)  # [n, kh]
+            xs = gx[idx, None] + scale * torch.arange(kw, device=gx.device)  # [n, kw]
+            taps = x[image[idx, None, None], :, ys[:, :, None], xs[:, None, :]]  # [n, kh, kw, C]
+            hidden = F.relu(F.linear(taps.reshape(len(idx), -1),
+                                     w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), clf[0].bias))
+            parts.append(F.linear(hidden, clf[2].weight.flatten(1), clf[2].bias))
+            rows.append(idx)
+        if not parts:
+            return fmap.new_zeros(0, d)
+        order = torch.cat(rows)
+        out = torch.cat(parts)
+        return out[torch.argsort(order)]
 
     def padded_pixels(self, pixels: Tensor, image_sizes) -> Tensor:
         """Images with batch padding set to the mean pixel (0), then ``margin`` of it all round."""
@@ -249,19 +309,26 @@ class SlidingWindowHead(Head):
         fmap = self.reduce(run_until(backbone, padded, self.feature))
         if torch.compiler.is_exporting():
             return self._score_exported(fmap, batch["image_sizes"])
-        per_image: list[list] = [[] for _ in batch["image_sizes"]]
+        return [(boxes, out) for boxes, out, _ in self._score_dense(fmap, batch["image_sizes"])]
+
+    def _score_dense(self, fmap: Tensor, image_sizes) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Every window of every shape, convolutionally. Per image: (windows ``Tensor[N, 4]``,
+        outputs ``Tensor[N, D]``, where ``Tensor[N, 3]`` int64: shape index, gy, gx)."""
+        per_image: list[list] = [[] for _ in image_sizes]
+        pooled: dict = {}
         for j, shape in enumerate(self.shapes):
-            where = [self.windows(hw, shape) for hw in batch["image_sizes"]]
+            where = [self.windows(hw, shape) for hw in image_sizes]
             # boxes.shape[0], not len(boxes): len() would fix an exported graph's window count
             if not any(boxes.shape[0] for _, _, boxes in where):
                 continue  # larger than every image (its kernel may not even fit the map)
-            out = self.classify(fmap, j)  # [B, D, Ho, Wo]
+            out = self.classify(fmap, j, pooled)  # [B, D, Ho, Wo]
             for i, (gy, gx, boxes) in enumerate(where):
-                per_image[i].append((boxes.to(out.device), out[i, :, gy, gx].t()))
+                cells = torch.stack([torch.full_like(gy, j), gy, gx], dim=1)
+                per_image[i].append((boxes.to(out.device), out[i, :, gy, gx].t(), cells))
         d = (self.num_classes + 1) + 4 * self.num_classes
-        none = (fmap.new_zeros(0, 4), fmap.new_zeros(0, d))  # an image smaller than every window
-        return [(torch.cat([b for b, _ in parts]), torch.cat([o for _, o in parts])) if parts else none
-                for parts in per_image]
+        # an image smaller than every window
+        none = (fmap.new_zeros(0, 4), fmap.new_zeros(0, d), torch.zeros(0, 3, dtype=torch.long))
+        return [tuple(torch.cat(x) for x in zip(*parts)) if parts else none for parts in per_image]
 
     def _score_naive(self, padded: Tensor, image_sizes, backbone: nn.Module):
         """Crop every window with its context margin and classify the crop on its own."""
@@ -315,8 +382,15 @@ class SlidingWindowHead(Head):
 
     def forward_train(self, features, batch: dict, *, backbone: nn.Module) -> dict[str, Tensor]:
         k = self.num_classes
-        logits, deltas, labels, targets, regress = [], [], [], [], []
-        for (boxes, out), t in zip(self.score_windows(batch, backbone), batch["targets"]):
+        if self.mode == "naive":
+            scored = [(boxes, out, None) for boxes, out in self.score_windows(batch, backbone)]
+        else:
+            padded = self.padded_pixels(batch["pixels"], batch["image_sizes"])
+            fmap = self.reduce(run_until(backbone, padded, self.feature))
+            with torch.no_grad():  # labels and mining only; the sampled windows are recomputed
+                scored = self._score_dense(fmap, batch["image_sizes"])
+        outs, picked, labels, targets, regress = [], [], [], [], []
+        for i, ((boxes, out, cells), t) in enumerate(zip(scored, batch["targets"])):
             gt = t["boxes"].to(boxes.device)
             matched, _ = match(boxes, gt, fg_iou=self.fg_iou, bg_iou=self.bg_iou,
                                ignore=t.get("ignore_boxes"))
@@ -324,12 +398,20 @@ class SlidingWindowHead(Head):
             if self.hard_negative_fraction > 0:
                 bg = self.mine_negatives(out[:, : k + 1], matched, bg.numel())
             sel, lab, tgt = sampled_targets(boxes, gt, t["labels"], matched, fg, bg, self.coder, k)
-            logits.append(out[sel, : k + 1])
-            deltas.append(out[sel, k + 1:])
+            if cells is None:
+                outs.append(out[sel])
+            else:
+                where = cells[sel.cpu()]
+                picked.append(torch.cat([torch.full_like(where[:, :1], i), where], dim=1))
             labels.append(lab)
             targets.append(tgt)
             regress.append(torch.arange(len(sel), device=out.device) < len(fg))
-        losses = classification_and_box_losses(torch.cat(logits), torch.cat(deltas), torch.cat(labels),
+        if picked:
+            image, shape, gy, gx = torch.cat(picked).to(fmap.device).unbind(1)
+            out = self.classify_at(fmap, image, shape, gy, gx)
+        else:
+            out = torch.cat(outs)
+        losses = classification_and_box_losses(out[:, : k + 1], out[:, k + 1:], torch.cat(labels),
                                                torch.cat(targets), torch.cat(regress))
         return {"loss_window_cls": losses["loss_cls"], "loss_window_box": losses["loss_box"]}
 
