@@ -19,11 +19,11 @@ from benchmarks._report import base_parser, command_line, finish, markdown_table
 
 # recipe -> (config, iterations)
 RECIPES = {
-    "sppnet": ("configs/sppnet_resnet18_shapes.yaml", 1500),
-    "fast_rcnn": ("configs/fast_rcnn_resnet18_shapes.yaml", 1200),
+    "sppnet": ("configs/sppnet_resnet18_shapes.yaml", 3000),
+    "fast_rcnn": ("configs/fast_rcnn_resnet18_shapes.yaml", 3000),
     "rcnn": ("configs/rcnn_resnet18_shapes.yaml", 2000),
     "faster_rcnn": ("configs/faster_rcnn_resnet18_shapes.yaml", 2000),
-    "sliding_window": ("configs/sliding_window_resnet18_shapes.yaml", 1900),
+    "sliding_window": ("configs/sliding_window_resnet18_shapes.yaml", 3000),
 }
 # Val images of a run: on the recipes' 60 (data/base) two seeds' AP differed by 0.03-0.04; on 200,
 # by 0.01 (SPPNet). Rows stored before this was a setting were run on 60 (``val_images``).
