@@ -159,11 +159,11 @@ class SlidingWindowHead(Head):
         windows = scaled_windows(base, scales)
         self.shapes = [cells for cells, _, _ in windows]  # (kh, kw) cells of every window shape
         self.shape_classifier = [(b, scale) for _, b, scale in windows]
-        k = num_classes
+        self.num_outputs = (num_classes + 1) + 4 * num_classes  # K + 1 logits, then 4K deltas
         self.reduce = nn.Sequential(nn.Conv2d(spec.channels, reduce, 1), nn.ReLU(inplace=True))
         self.classifiers = nn.ModuleList(
             nn.Sequential(nn.Conv2d(reduce, hidden, (kh, kw)), nn.ReLU(inplace=True),
-                          nn.Conv2d(hidden, (k + 1) + 4 * k, 1)) for kh, kw in base)
+                          nn.Conv2d(hidden, self.num_outputs, 1)) for kh, kw in base)
         for clf in self.classifiers:
             nn.init.normal_(clf[2].weight, std=0.01)
             nn.init.zeros_(clf[2].bias)
@@ -193,18 +193,16 @@ class SlidingWindowHead(Head):
         if scale == 1:
             return clf(fmap)
         conv = clf[0]
-        x = self.scaled_map(fmap, scale, pooled)
+        x = self.scaled_map(fmap, scale, {} if pooled is None else pooled)
         x = F.conv2d(x, conv.weight, conv.bias, dilation=scale)
         return clf[2](clf[1](x))
 
     @staticmethod
-    def scaled_map(fmap: Tensor, scale: int, pooled: Optional[dict] = None) -> Tensor:
+    def scaled_map(fmap: Tensor, scale: int, pooled: dict) -> Tensor:
         """``fmap`` box-filtered by ``scale`` (stride 1): ``[B, C, H - scale + 1, W - scale + 1]``;
-        ``pooled`` (a dict) keeps each scale's map so that shapes of one scale share it."""
+        ``pooled`` keeps each scale's map so that shapes of one scale share it."""
         if scale == 1:
             return fmap
-        if pooled is None:
-            return F.avg_pool2d(fmap, scale, stride=1)
         if scale not in pooled:
             pooled[scale] = F.avg_pool2d(fmap, scale, stride=1)
         return pooled[scale]
@@ -220,7 +218,7 @@ class SlidingWindowHead(Head):
             ``Tensor[N, (K + 1) + 4K]``, row n equal (up to rounding) to
             ``classify(fmap, shape[n])[image[n], :, gy[n], gx[n]]``.
         """
-        d = (self.num_classes + 1) + 4 * self.num_classes
+        d = self.num_outputs
         pooled: dict = {}
         rows, parts = [], []
         for j in torch.unique(shape).tolist():
@@ -304,12 +302,17 @@ class SlidingWindowHead(Head):
         return [(torch.cat([b for b, _ in parts]), torch.cat([o for _, o in parts]))
                 for parts in per_image]
 
+    def reduced_map(self, batch: dict, backbone: nn.Module) -> Tensor:
+        """``[B, reduce, H', W']``: the reduced feature map of the margin-padded batch."""
+        padded = self.padded_pixels(batch["pixels"], batch["image_sizes"])
+        return self.reduce(run_until(backbone, padded, self.feature))
+
     def score_windows(self, batch: dict, backbone: nn.Module) -> list[tuple[Tensor, Tensor]]:
         """Per image: (windows ``Tensor[N, 4]``, outputs ``Tensor[N, (K + 1) + 4K]``)."""
-        padded = self.padded_pixels(batch["pixels"], batch["image_sizes"])
         if self.mode == "naive":
+            padded = self.padded_pixels(batch["pixels"], batch["image_sizes"])
             return self._score_naive(padded, batch["image_sizes"], backbone)
-        fmap = self.reduce(run_until(backbone, padded, self.feature))
+        fmap = self.reduced_map(batch, backbone)
         if torch.compiler.is_exporting():
             return self._score_exported(fmap, batch["image_sizes"])
         return [(boxes, out) for boxes, out, _ in self._score_dense(fmap, batch["image_sizes"])]
@@ -328,7 +331,7 @@ class SlidingWindowHead(Head):
             for i, (gy, gx, boxes) in enumerate(where):
                 cells = torch.stack([torch.full_like(gy, j), gy, gx], dim=1)
                 per_image[i].append((boxes.to(out.device), out[i, :, gy, gx].t(), cells))
-        d = (self.num_classes + 1) + 4 * self.num_classes
+        d = self.num_outputs
         # an image smaller than every window
         none = (fmap.new_zeros(0, 4), fmap.new_zeros(0, d), torch.zeros(0, 3, dtype=torch.long))
         return [tuple(torch.cat(x) for x in zip(*parts)) if parts else none for parts in per_image]
@@ -358,7 +361,7 @@ class SlidingWindowHead(Head):
                                  for x0, y0 in chunk[:, :2].tolist()])
             f = self.reduce(run_until(backbone, crops, self.feature))[:, :, mc:mc + kh, mc:mc + kw]
             outs.append(self.classify(f, shape_index)[:, :, 0, 0])
-        d = (self.num_classes + 1) + 4 * self.num_classes
+        d = self.num_outputs
         return torch.cat(outs) if outs else padded_image.new_zeros(0, d)
 
     # -- training and inference ---------------------------------------------------------------
@@ -388,8 +391,7 @@ class SlidingWindowHead(Head):
         if self.mode == "naive":
             scored = [(boxes, out, None) for boxes, out in self.score_windows(batch, backbone)]
         else:
-            padded = self.padded_pixels(batch["pixels"], batch["image_sizes"])
-            fmap = self.reduce(run_until(backbone, padded, self.feature))
+            fmap = self.reduced_map(batch, backbone)
             with torch.no_grad():  # labels and mining only; the sampled windows are recomputed
                 scored = self._score_dense(fmap, batch["image_sizes"])
         outs, picked, labels, targets, regress = [], [], [], [], []
@@ -409,7 +411,7 @@ class SlidingWindowHead(Head):
             labels.append(lab)
             targets.append(tgt)
             regress.append(torch.arange(len(sel), device=out.device) < len(fg))
-        if picked:
+        if self.mode == "conv":
             image, shape, gy, gx = torch.cat(picked).to(fmap.device).unbind(1)
             out = self.classify_at(fmap, image, shape, gy, gx)
         else:
