@@ -32,7 +32,10 @@ LEGACY_VAL_IMAGES = 60
 QUICK_VAL_IMAGES = 4
 
 
-def train_one(config: str, iters: int, quick: bool, out: str, seed: int = 0) -> tuple[dict, float]:
+def train_one(config: str, iters: int, quick: bool, out: str, seed: int = 0,
+              metric: str = "AP") -> tuple[dict, float]:
+    """Train ``config`` for ``iters`` with ``runtime.seed=seed`` into ``out``, evaluated on the first
+    ``VAL_IMAGES`` val images. Returns (the last evaluation record holding ``metric``, wall s)."""
     overrides = [f"solver.max_iter={iters}", f"solver.eval_period={max(1, iters // 2)}",
                  f"solver.checkpoint_period={max(1, iters // 2)}", f"data.shapes.num_val={VAL_IMAGES}"]
     if quick:
@@ -40,7 +43,7 @@ def train_one(config: str, iters: int, quick: bool, out: str, seed: int = 0) -> 
                      "data.shapes.num_train=8", f"data.shapes.num_val={QUICK_VAL_IMAGES}",
                      "data.num_workers=0"]
     records, wall = run_train(config, [f"runtime.seed={seed}", *overrides], out)
-    return [x for x in records if "AP" in x][-1], wall
+    return [x for x in records if metric in x][-1], wall
 
 
 # Figures of the last full-length run of each recipe, so that ``--only`` updates its rows and

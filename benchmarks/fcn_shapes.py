@@ -1,49 +1,68 @@
 """FCN-8s accuracy on shapes val after a bounded CPU training run (mIoU, pixel accuracy, time).
 
-Runs tools/train.py exactly as a user would, then reads the run's metrics.jsonl.
+Runs tools/train.py exactly as a user would, then reads the run's metrics.jsonl. ``--seeds`` sets
+``runtime.seed`` per run; the runs of one config, length and val split are kept in
+benchmarks/results/fcn_shapes.json, so ``--seeds 1`` adds a seed to a stored seed-0 run.
 """
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import base_parser, finish, markdown_table, run_train  # noqa: E402
+from benchmarks._report import (base_parser, command_line, finish, markdown_table,  # noqa: E402
+                                records_figures)
+from benchmarks.detection_shapes import (QUICK_VAL_IMAGES, VAL_IMAGES, load_store,  # noqa: E402
+                                         per_seed, previous_runs, save_store, seed_runs, summarise,
+                                         train_one)
 from detseg.config import load_config  # noqa: E402
+
+CONFIG = "configs/fcn8s_resnet18_shapes.yaml"
+KEYS = ("mIoU", "pixel_acc")
+STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "fcn_shapes.json")
 
 
 def main(argv=None) -> int:
     p = base_parser(__doc__)
-    p.add_argument("--config", default="configs/fcn8s_resnet18_shapes.yaml")
-    p.add_argument("--keep-run", metavar="DIR", help="keep the run folder (checkpoints, metrics) here")
+    p.add_argument("--config", default=CONFIG)
+    p.add_argument("--iterations", type=int, help="solver.max_iter (default: the config's)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="runtime.seed of each run (default 0)")
+    p.add_argument("--keep-run", metavar="DIR", help="keep the run folders (checkpoints, metrics) here, "
+                                                     "one per seed")
     args = p.parse_args(argv)
-    overrides = []
-    if args.quick:
-        overrides = ["solver.max_iter=20", "solver.eval_period=20", "data.batch_size=2",
-                     "data.shapes.num_train=16", "data.shapes.num_val=8", "data.num_workers=0"]
+    cfg = load_config(args.config)
+    iters = args.iterations or cfg.solver.max_iter
+    val = QUICK_VAL_IMAGES if args.quick else VAL_IMAGES
+    runs = previous_runs(None if args.quick else load_store(STORE), args.config, iters, val)
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            records, wall = run_train(args.config, overrides, args.keep_run or os.path.join(tmp, "run"))
-        except RuntimeError as e:
-            print(e, file=sys.stderr)
-            return 1
-    evals = [x for x in records if "mIoU" in x]
-    last = evals[-1]
-    best = max(evals, key=lambda x: x["mIoU"])
-    rows = [[args.config, last["iter"], f"{wall / 60:.1f}", f"{last['mIoU']:.3f}",
-             f"{last['pixel_acc']:.3f}", f"{best['mIoU']:.3f} @ {best['iter']}"]]
-    body = markdown_table(["config", "iterations", "wall min (whole train.py run)", "final mIoU",
-                           "final pixel acc", "best mIoU @ iter"], rows)
-    cfg = load_config(args.config, overrides)
+        for seed in args.seeds:
+            run_dir = os.path.join(args.keep_run or tmp, f"seed{seed}")
+            try:
+                last, wall = train_one(args.config, iters, args.quick, run_dir, seed, metric="mIoU")
+            except RuntimeError as e:
+                print(e, file=sys.stderr)
+                return 1
+            print(f"seed {seed}: mIoU {last['mIoU']:.3f} pixel acc {last['pixel_acc']:.3f} "
+                  f"in {wall / 60:.1f} min", flush=True)
+            runs[str(seed)] = {**{k: last[k] for k in KEYS}, "wall_s": wall, "command": command_line(),
+                               "date": time.strftime("%Y-%m-%d %H:%M")}
+    figures = summarise(args.config, last["iter"], runs, val, KEYS)
+    if records_figures(args):
+        save_store(STORE, figures)
+    rows = [[args.config, figures["iterations"], f"{figures['wall_s'] / 60:.1f}",
+             ", ".join(seed_runs(figures)), *(per_seed(figures, k) for k in KEYS)]]
+    body = markdown_table(["config", "iterations", "wall min (whole train.py run, mean)", "seeds",
+                           "mIoU", "pixel acc"], rows)
     precision = "bfloat16 autocast (solver.amp)" if cfg.solver.amp else "float32"
     body += ("\n\nFrom scratch (no pretrained weights: none can be downloaded here), CPU, "
-             f"{precision}, shapes val at the network's input resolution (the config's "
-             "data.min_size_test). mIoU over background + 4 classes.")
-    finish(args, "fcn_shapes", "FCN-8s on shapes (accuracy)", body,
-           {"mIoU": last["mIoU"], "pixel_acc": last["pixel_acc"], "wall_s": wall,
-            "iterations": last["iter"], "config": args.config})
+             f"{precision}, shapes val ({val} images) at the network's input resolution (the config's "
+             "data.min_size_test). mIoU over background + 4 classes. With several seeds each cell "
+             "gives every seed's figure, then their mean; each run's command is kept in "
+             "benchmarks/results/fcn_shapes.json.")
+    finish(args, "fcn_shapes", "FCN-8s on shapes (accuracy)", body, figures)
     return 0
 
 

@@ -72,3 +72,53 @@ def test_labels_at_in_bands_equals_one_upsampling():
         assert torch.equal(labels_at(logits, size), whole)
         banded = labels_at(logits, size, budget_bytes=c * size[1] * 4 * 7)  # 7 rows a band
         assert (banded != whole).float().mean() < 1e-4  # only float ties may differ
+
+
+def test_paper_head_keeps_its_keys_and_bn_head_normalises():
+    """head_norm "none" is the paper's head with the keys of checkpoints made before the option
+    (fc.0 conv with bias, nothing at fc.1); "bn" adds BatchNorm there and drops the conv's bias."""
+    bb = build_backbone("resnet18")
+    plain = FCNHead(in_shapes=bb.output_shape(), num_classes=3)
+    assert {k for k in plain.state_dict() if k.startswith("fc.")} == {"fc.0.weight", "fc.0.bias"}
+    normed = FCNHead(in_shapes=bb.output_shape(), num_classes=3, head_norm="bn")
+    assert isinstance(normed.fc[1], torch.nn.BatchNorm2d) and normed.fc[0].bias is None
+    with pytest.raises(ValueError, match="head_norm"):
+        FCNHead(in_shapes=bb.output_shape(), num_classes=3, head_norm="gn")
+
+
+def test_aux_classifier_adds_a_weighted_loss_in_training_only():
+    cfg = load_config("configs/fcn8s_resnet18_shapes.yaml", ["model.heads.seg.aux_weight=0.4"])
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=2)
+    head = model.heads["seg"]
+    images = torch.randint(0, 255, (2, 3, 72, 88), dtype=torch.uint8)
+    sem = torch.randint(0, 3, (2, 72, 88), dtype=torch.uint8)
+    sem[:, :8] = 255
+    model.train()
+    torch.manual_seed(1)
+    losses = model({"images": images, "semantic": sem})
+    assert set(losses) == {"loss", "loss_fcn", "loss_fcn_aux"}
+    assert losses["loss"].item() == pytest.approx((losses["loss_fcn"] + losses["loss_fcn_aux"]).item())
+    # The aux loss is 0.4 x the cross entropy of the stride-16 classifier, upsampled 16x.
+    model.eval()  # dropout off: the same aux logits as a deterministic recomputation
+    feats = model.backbone(model.preprocess(images))
+    aux = F.interpolate(head.aux(feats["c4"]), scale_factor=16, mode="bilinear", align_corners=False)
+    expected = 0.4 * F.cross_entropy(aux[..., :72, :88], sem.long(), ignore_index=255)
+    eval_losses = head.forward_train(feats, {"semantic": sem})
+    assert eval_losses["loss_fcn_aux"].item() == pytest.approx(expected.item(), rel=1e-4)
+    losses["loss"].backward()
+    assert head.aux[0].weight.grad.abs().sum() > 0
+    # Inference ignores it: the logits equal those of a head without one holding the same weights.
+    plain = FCNHead(in_shapes=model.backbone.output_shape(), num_classes=2).eval()
+    plain.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("aux.")})
+    with torch.no_grad():
+        torch.testing.assert_close(head(feats, (72, 88)), plain(feats, (72, 88)))
+    assert "aux.4.weight" in head.class_axes()  # remapped with the other score layers when fine-tuning
+
+
+def test_fcn_options_are_checked_at_config_load():
+    from detseg.config import ConfigError
+    with pytest.raises(ConfigError, match="aux_weight"):
+        load_config("configs/fcn8s_resnet18_shapes.yaml", ["model.heads.seg.aux_weight=-0.5"])
+    with pytest.raises(ConfigError, match="head_norm"):
+        load_config("configs/fcn8s_resnet18_shapes.yaml", ["model.heads.seg.head_norm=gn"])

@@ -74,6 +74,11 @@ class FCNHead(Head):
         num_classes: K object classes; the head predicts K + 1 maps (index 0 = background).
         variant: ``"32s"``, ``"16s"`` or ``"8s"``: how many finer skips are fused.
         hidden: channels of the 3x3 conv before the top score layer (FCN's fc6/fc7 role).
+        head_norm: ``"bn"`` puts BatchNorm after that conv (as torchvision's ``FCNHead``);
+            ``"none"`` is the paper's head.
+        aux_weight: > 0 adds an auxiliary classifier on the stride-16 feature whose loss, times
+            this weight, joins the main one in training (torchvision's ``aux_loss``); it is not
+            used at inference.
 
     Input: features dict; ``images_hw`` (H, W) of the padded input batch.
     Output: logits ``Tensor[B, K + 1, H, W]``.
@@ -84,13 +89,18 @@ class FCNHead(Head):
 
     @classmethod
     def from_config(cls, settings: FCNHeadConfig, backbone: nn.Module, num_classes: int) -> "FCNHead":
-        return cls(in_shapes=backbone.output_shape(), num_classes=num_classes, variant=settings.variant)
+        return cls(in_shapes=backbone.output_shape(), num_classes=num_classes, variant=settings.variant,
+                   head_norm=settings.head_norm, aux_weight=settings.aux_weight)
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, variant: str = "8s",
-                 hidden: int = 256, dropout: float = 0.1):
+                 hidden: int = 256, dropout: float = 0.1, head_norm: str = "none", aux_weight: float = 0.0):
         super().__init__()
         if variant not in ("32s", "16s", "8s"):
             raise ValueError(f"FCN variant must be 32s, 16s or 8s, got {variant!r}")
+        if head_norm not in ("none", "bn"):
+            raise ValueError(f"FCN head_norm must be none or bn, got {head_norm!r}")
+        if aux_weight < 0:
+            raise ValueError(f"FCN aux_weight must be >= 0, got {aux_weight}")
         names = sorted(in_shapes, key=lambda n: (in_shapes[n].stride, n))
         self.top = names[-1]
         # Skips: the stride-16 and stride-8 features (excluding the top map itself).
@@ -106,8 +116,10 @@ class FCNHead(Head):
         k = num_classes + 1
         self.num_outputs = k
         top = in_shapes[self.top]
-        self.fc = nn.Sequential(nn.Conv2d(top.channels, hidden, 3, padding=1), nn.ReLU(inplace=True),
-                                nn.Dropout2d(dropout))
+        # The norm slot is an Identity for the paper's head, so the conv keeps the key fc.0 either way.
+        norm = nn.BatchNorm2d(hidden) if head_norm == "bn" else nn.Identity()
+        self.fc = nn.Sequential(nn.Conv2d(top.channels, hidden, 3, padding=1, bias=head_norm == "none"),
+                                norm, nn.ReLU(inplace=True), nn.Dropout2d(dropout))
         self.score_top = nn.Conv2d(hidden, k, 1)
         self.score_skips = nn.ModuleList()
         self.ups = nn.ModuleList()
@@ -122,12 +134,26 @@ class FCNHead(Head):
             stride = s.stride
         self.final_up = Upsample(k, stride)
         self.out_stride = stride
+        self.aux_weight = float(aux_weight)
+        self.aux_feature = None
+        if aux_weight > 0:
+            if 16 not in by_stride:
+                raise ValueError("FCN aux_weight needs a stride-16 feature; backbone gives "
+                                 f"{ {n: s.stride for n, s in in_shapes.items()} }")
+            self.aux_feature = by_stride[16]
+            c = in_shapes[self.aux_feature].channels
+            mid = max(c // 4, 32)
+            self.aux = nn.Sequential(nn.Conv2d(c, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid),
+                                     nn.ReLU(inplace=True), nn.Dropout2d(dropout), nn.Conv2d(mid, k, 1))
 
     def class_axes(self) -> dict:
         """Class-dependent tensors (``detseg.modeling.class_layout``): the score layers' output
         maps and the deconvolutions, whose input and output channels are both the K + 1 maps."""
         axes = {}
-        for name in ["score_top", *(f"score_skips.{i}" for i in range(len(self.score_skips)))]:
+        scores = ["score_top", *(f"score_skips.{i}" for i in range(len(self.score_skips)))]
+        if self.aux_feature is not None:
+            scores.append(f"aux.{len(self.aux) - 1}")
+        for name in scores:
             axes.update({f"{name}.weight": {0: BG_FIRST}, f"{name}.bias": {0: BG_FIRST}})
         for name in [*(f"ups.{i}" for i in range(len(self.ups))), "final_up"]:
             if self.get_submodule(name).factor > 1:
@@ -143,8 +169,14 @@ class FCNHead(Head):
 
     def forward_train(self, features: dict, batch: dict) -> dict[str, torch.Tensor]:
         """Losses against ``batch["semantic"]`` (``[B, H, W]``, 255 = ignore)."""
-        logits = self(features, tuple(batch["semantic"].shape[-2:]))
-        return {"loss_fcn": self.loss(logits, batch["semantic"].to(logits.device))}
+        hw = tuple(batch["semantic"].shape[-2:])
+        target = batch["semantic"].to(features[self.top].device)
+        losses = {"loss_fcn": self.loss(self(features, hw), target)}
+        if self.aux_feature is not None:
+            aux = F.interpolate(self.aux(features[self.aux_feature]), scale_factor=16, mode="bilinear",
+                                align_corners=False)
+            losses["loss_fcn_aux"] = self.aux_weight * self.loss(fit_to(aux, *hw), target)
+        return losses
 
     def forward_test(self, features: dict, batch: dict) -> torch.Tensor:
         """Logits ``[B, K + 1, H, W]`` at the padded input size."""
