@@ -91,6 +91,7 @@ def test_aux_classifier_adds_a_weighted_loss_in_training_only():
     torch.manual_seed(0)
     model = build_model(cfg, num_classes=2)
     head = model.heads["seg"]
+    head_norm = "bn" if isinstance(head.fc[1], torch.nn.BatchNorm2d) else "none"
     images = torch.randint(0, 255, (2, 3, 72, 88), dtype=torch.uint8)
     sem = torch.randint(0, 3, (2, 72, 88), dtype=torch.uint8)
     sem[:, :8] = 255
@@ -109,7 +110,7 @@ def test_aux_classifier_adds_a_weighted_loss_in_training_only():
     losses["loss"].backward()
     assert head.aux[0].weight.grad.abs().sum() > 0
     # Inference ignores it: the logits equal those of a head without one holding the same weights.
-    plain = FCNHead(in_shapes=model.backbone.output_shape(), num_classes=2).eval()
+    plain = FCNHead(in_shapes=model.backbone.output_shape(), num_classes=2, head_norm=head_norm).eval()
     plain.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("aux.")})
     with torch.no_grad():
         torch.testing.assert_close(head(feats, (72, 88)), plain(feats, (72, 88)))
