@@ -109,8 +109,8 @@ class FCNHeadConfig:
 
     type: Literal["fcn"] = "fcn"
     variant: Literal["32s", "16s", "8s"] = "8s"
-    # BatchNorm after the 3x3 conv on the top feature (torchvision's FCNHead has one): from scratch
-    # it lets the head's scale follow the backbone's while both are still moving
+    # "bn": BatchNorm after the 3x3 conv on the top feature, as torchvision's FCNHead has;
+    # "none": the paper's head
     head_norm: Literal["none", "bn"] = "none"
     # training only: weight of an auxiliary classifier's loss on the stride-16 feature
     # (torchvision's ``aux_loss``, PSPNet's deep supervision); 0 = no auxiliary classifier
