@@ -15,7 +15,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import base_parser, command_line, finish, markdown_table, records_figures, run_train  # noqa: E402
+from benchmarks._report import (base_parser, command_line, finish, markdown_table,  # noqa: E402
+                                records_figures, run_train)
 
 # recipe -> (config, iterations)
 RECIPES = {
@@ -44,6 +45,20 @@ def train_one(config: str, iters: int, quick: bool, out: str, seed: int = 0,
                      "data.num_workers=0"]
     records, wall = run_train(config, [f"runtime.seed={seed}", *overrides], out)
     return [x for x in records if metric in x][-1], wall
+
+
+def train_seeds(config: str, iters: int, quick: bool, run_root: str, seeds: list[int], runs: dict,
+                keys: tuple[str, ...], label: str = "") -> int:
+    """``train_one`` per seed into ``run_root/seed<seed>``, each run's ``keys`` (the first is the
+    metric its evaluation record must hold), wall time, command and date added to ``runs`` under
+    the seed. Returns the iteration of the last run's last evaluation."""
+    for seed in seeds:
+        last, wall = train_one(config, iters, quick, os.path.join(run_root, f"seed{seed}"), seed, keys[0])
+        print(f"{label}seed {seed}: " + ", ".join(f"{k} {last[k]:.3f}" for k in keys)
+              + f" in {wall / 60:.1f} min", flush=True)
+        runs[str(seed)] = {**{k: last[k] for k in keys}, "wall_s": wall, "command": command_line(),
+                           "date": time.strftime("%Y-%m-%d %H:%M")}
+    return last["iter"]
 
 
 # Figures of the last full-length run of each recipe, so that ``--only`` updates its rows and
@@ -124,13 +139,9 @@ def main(argv=None) -> int:
         for name in names:
             config, iters = RECIPES[name]
             runs = previous_runs(figures.get(name), config, iters, val)
-            for seed in args.seeds:
-                last, wall = train_one(config, iters, args.quick, os.path.join(tmp, f"{name}_{seed}"), seed)
-                print(f"{name} seed {seed}: AP {last['AP']:.3f} AP50 {last['AP50']:.3f} "
-                      f"in {wall / 60:.1f} min", flush=True)
-                runs[str(seed)] = {"AP": last["AP"], "AP50": last["AP50"], "wall_s": wall,
-                                   "command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M")}
-            figures[name] = summarise(config, last["iter"], runs, val)
+            last_iter = train_seeds(config, iters, args.quick, os.path.join(tmp, name), args.seeds, runs,
+                                    ("AP", "AP50"), label=f"{name} ")
+            figures[name] = summarise(config, last_iter, runs, val)
     if records_figures(args):
         save_store(STORE, figures)
     rows = [[name, f["config"], f["iterations"], val_images(f), f"{f['wall_s'] / 60:.1f}",

@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import (base_parser, command_line, finish, markdown_table,  # noqa: E402
-                                records_figures)
+from benchmarks._report import base_parser, finish, markdown_table, records_figures  # noqa: E402
 from benchmarks.detection_shapes import (QUICK_VAL_IMAGES, VAL_IMAGES, load_store,  # noqa: E402
                                          per_seed, previous_runs, save_store, seed_runs, summarise,
-                                         train_one)
+                                         train_seeds)
 from detseg.config import load_config  # noqa: E402
 
 CONFIG = "configs/fcn8s_resnet18_shapes.yaml"
@@ -38,18 +36,13 @@ def main(argv=None) -> int:
     val = QUICK_VAL_IMAGES if args.quick else VAL_IMAGES
     runs = previous_runs(None if args.quick else load_store(STORE), args.config, iters, val)
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            run_dir = os.path.join(args.keep_run or tmp, f"seed{seed}")
-            try:
-                last, wall = train_one(args.config, iters, args.quick, run_dir, seed, metric="mIoU")
-            except RuntimeError as e:
-                print(e, file=sys.stderr)
-                return 1
-            print(f"seed {seed}: mIoU {last['mIoU']:.3f} pixel acc {last['pixel_acc']:.3f} "
-                  f"in {wall / 60:.1f} min", flush=True)
-            runs[str(seed)] = {**{k: last[k] for k in KEYS}, "wall_s": wall, "command": command_line(),
-                               "date": time.strftime("%Y-%m-%d %H:%M")}
-    figures = summarise(args.config, last["iter"], runs, val, KEYS)
+        try:
+            last_iter = train_seeds(args.config, iters, args.quick, args.keep_run or tmp, args.seeds, runs,
+                                    KEYS)
+        except RuntimeError as e:
+            print(e, file=sys.stderr)
+            return 1
+    figures = summarise(args.config, last_iter, runs, val, KEYS)
     if records_figures(args):
         save_store(STORE, figures)
     rows = [[args.config, figures["iterations"], f"{figures['wall_s'] / 60:.1f}",

@@ -10,15 +10,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import (base_parser, command_line, finish, markdown_table,  # noqa: E402
-                                records_figures)
+from benchmarks._report import base_parser, finish, markdown_table, records_figures  # noqa: E402
 from benchmarks.detection_shapes import (QUICK_VAL_IMAGES, VAL_IMAGES, load_store,  # noqa: E402
                                          per_seed, previous_runs, save_store, seed_runs, summarise,
-                                         train_one)
+                                         train_seeds)
 
 CONFIG, ITERATIONS = "configs/mask_rcnn_resnet18_fpn_shapes.yaml", 1800
 KEYS = ("segm_AP", "segm_AP50", "AP", "AP50")
@@ -34,14 +32,9 @@ def main(argv=None) -> int:
     val = QUICK_VAL_IMAGES if args.quick else VAL_IMAGES
     runs = previous_runs(None if args.quick else load_store(STORE), CONFIG, args.iterations, val)
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            run_dir = os.path.join(args.keep_run or tmp, f"seed{seed}")
-            last, wall = train_one(CONFIG, args.iterations, args.quick, run_dir, seed)
-            print(f"seed {seed}: mask AP {last['segm_AP']:.3f} box AP {last['AP']:.3f} "
-                  f"in {wall / 60:.1f} min", flush=True)
-            runs[str(seed)] = {**{k: last[k] for k in KEYS}, "wall_s": wall, "command": command_line(),
-                               "date": time.strftime("%Y-%m-%d %H:%M")}
-    figures = summarise(CONFIG, last["iter"], runs, val, KEYS)
+        last_iter = train_seeds(CONFIG, args.iterations, args.quick, args.keep_run or tmp, args.seeds, runs,
+                                KEYS)
+    figures = summarise(CONFIG, last_iter, runs, val, KEYS)
     if records_figures(args):
         save_store(STORE, figures)
     rows = [[CONFIG, figures["iterations"], f"{figures['wall_s'] / 60:.1f}", ", ".join(seed_runs(figures)),
