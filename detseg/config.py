@@ -115,6 +115,10 @@ class FCNHeadConfig:
     # training only: weight of an auxiliary classifier's loss on the stride-16 feature
     # (torchvision's ``aux_loss``, PSPNet's deep supervision); 0 = no auxiliary classifier
     aux_weight: float = ranged(0.0, ge=0)
+    # share of labelled pixels in the batch that the loss averages over, the hardest (highest
+    # loss) first: DeepLab's hard pixel mining (detectron2's ``top_k_percent_pixels``); 1 = all
+    # (from scratch on the shapes recipe 0.2 collapsed: mIoU 0.17 after 2000 iterations, vs 0.71)
+    top_k_pixels: float = ranged(1.0, gt=0, le=1)
 
 
 @dataclass

@@ -54,7 +54,7 @@ def test_loss_ignores_255_and_model_returns_losses_and_logits():
     manual = F.cross_entropy(logits[:, :, :32].permute(0, 2, 3, 1).reshape(-1, 3),
                              torch.ones(2 * 32 * 64, dtype=torch.long))
     assert torch.isfinite(losses["loss"])
-    assert FCNHead.loss(logits, sem).item() == pytest.approx(manual.item(), rel=1e-4)
+    assert model.heads["seg"].loss(logits, sem).item() == pytest.approx(manual.item(), rel=1e-4)
     model.eval()
     with torch.no_grad():
         assert model({"images": images})["seg"].shape == (2, 3, 64, 64)
@@ -117,9 +117,31 @@ def test_aux_classifier_adds_a_weighted_loss_in_training_only():
     assert "aux.4.weight" in head.class_axes()  # remapped with the other score layers when fine-tuning
 
 
+def test_top_k_pixels_averages_only_the_hardest_labelled_pixels():
+    bb = build_backbone("resnet18")
+    head = FCNHead(in_shapes=bb.output_shape(), num_classes=2, top_k_pixels=0.25)
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 10, requires_grad=True)
+    sem = torch.randint(0, 3, (2, 8, 10), dtype=torch.uint8)
+    sem[:, :4] = 255  # half the pixels ignored: k is a quarter of the 80 labelled ones
+    per_pixel = F.cross_entropy(logits, sem.long(), ignore_index=255, reduction="none")
+    labelled = per_pixel[sem != 255]
+    expected = labelled.sort(descending=True).values[:20].mean()
+    loss = head.loss(logits, sem)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() > F.cross_entropy(logits, sem.long(), ignore_index=255).item()
+    loss.backward()
+    # Only the 20 hardest pixels get a gradient.
+    assert int((logits.grad.abs().sum(1) > 0).sum()) == 20
+    with pytest.raises(ValueError, match="top_k_pixels"):
+        FCNHead(in_shapes=bb.output_shape(), num_classes=2, top_k_pixels=0.0)
+
+
 def test_fcn_options_are_checked_at_config_load():
     from detseg.config import ConfigError
     with pytest.raises(ConfigError, match="aux_weight"):
         load_config("configs/fcn8s_resnet18_shapes.yaml", ["model.heads.seg.aux_weight=-0.5"])
     with pytest.raises(ConfigError, match="head_norm"):
         load_config("configs/fcn8s_resnet18_shapes.yaml", ["model.heads.seg.head_norm=gn"])
+    with pytest.raises(ConfigError, match="top_k_pixels"):
+        load_config("configs/fcn8s_resnet18_shapes.yaml", ["model.heads.seg.top_k_pixels=1.5"])

@@ -79,6 +79,9 @@ class FCNHead(Head):
         aux_weight: > 0 adds an auxiliary classifier on the stride-16 feature whose loss, times
             this weight, joins the main one in training (torchvision's ``aux_loss``); it is not
             used at inference.
+        top_k_pixels: the loss averages the per-pixel cross entropy over only this share of the
+            labelled pixels of the batch, the highest-loss ones (DeepLab's hard pixel mining);
+            1.0 is the plain mean.
 
     Input: features dict; ``images_hw`` (H, W) of the padded input batch.
     Output: logits ``Tensor[B, K + 1, H, W]``.
@@ -90,10 +93,12 @@ class FCNHead(Head):
     @classmethod
     def from_config(cls, settings: FCNHeadConfig, backbone: nn.Module, num_classes: int) -> "FCNHead":
         return cls(in_shapes=backbone.output_shape(), num_classes=num_classes, variant=settings.variant,
-                   head_norm=settings.head_norm, aux_weight=settings.aux_weight)
+                   head_norm=settings.head_norm, aux_weight=settings.aux_weight,
+                   top_k_pixels=settings.top_k_pixels)
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, variant: str = "8s",
-                 hidden: int = 256, dropout: float = 0.1, head_norm: str = "none", aux_weight: float = 0.0):
+                 hidden: int = 256, dropout: float = 0.1, head_norm: str = "none", aux_weight: float = 0.0,
+                 top_k_pixels: float = 1.0):
         super().__init__()
         if variant not in ("32s", "16s", "8s"):
             raise ValueError(f"FCN variant must be 32s, 16s or 8s, got {variant!r}")
@@ -101,6 +106,9 @@ class FCNHead(Head):
             raise ValueError(f"FCN head_norm must be none or bn, got {head_norm!r}")
         if aux_weight < 0:
             raise ValueError(f"FCN aux_weight must be >= 0, got {aux_weight}")
+        if not 0 < top_k_pixels <= 1:
+            raise ValueError(f"FCN top_k_pixels must be in (0, 1], got {top_k_pixels}")
+        self.top_k_pixels = float(top_k_pixels)
         names = sorted(in_shapes, key=lambda n: (in_shapes[n].stride, n))
         self.top = names[-1]
         # Skips: the stride-16 and stride-8 features (excluding the top map itself).
@@ -182,10 +190,17 @@ class FCNHead(Head):
         """Logits ``[B, K + 1, H, W]`` at the padded input size."""
         return self(features, tuple(batch["images"].shape[-2:]))
 
-    @staticmethod
-    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-pixel cross entropy; ``target`` uint8/int ``[B, H, W]`` with 255 ignored."""
-        return F.cross_entropy(logits, target.long(), ignore_index=IGNORE)
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-pixel cross entropy of ``logits`` ``[B, K + 1, H, W]`` against ``target`` uint8/int
+        ``[B, H, W]`` (255 ignored), averaged over all labelled pixels, or over the hardest
+        ``top_k_pixels`` share of them."""
+        if self.top_k_pixels >= 1.0:
+            return F.cross_entropy(logits, target.long(), ignore_index=IGNORE)
+        per_pixel = F.cross_entropy(logits, target.long(), ignore_index=IGNORE, reduction="none")
+        # Ignored pixels have loss 0, so they sort last; k counts labelled pixels only.
+        labelled = int((target != IGNORE).sum())
+        k = max(1, int(round(labelled * self.top_k_pixels)))
+        return per_pixel.flatten().topk(k, sorted=False).values.mean()
 
 
 def _source_index(out_size: int, in_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
