@@ -273,11 +273,16 @@ class DataConfig:
     min_size_train: list[int] = ranged([112, 128, 144], ge=16)
     min_size_test: int = ranged(128, ge=16)
     max_size: int = ranged(288, ge=16)
-    augment: Literal["default", "none"] = "default"
+    # default: flip, scale and shift, colour jitter, blur or noise; flip: a horizontal flip only
+    # (detectron2's default); none: only the resize
+    augment: Literal["default", "flip", "none"] = "default"
     keep_empty: bool = True
     sampler: Literal["random", "repeat_factor"] = "random"
     repeat_threshold: float = 0.001
     on_bad_image: Literal["error", "skip"] = "error"
+    # keep decoded images and annotations in memory after their first read (small datasets: the
+    # decoded size, once per loader worker); saves the PNG/JPEG decode and mask rasterising
+    cache: bool = False
 
 
 @dataclass

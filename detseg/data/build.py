@@ -44,7 +44,8 @@ def build_dataset(cfg, split: dict, *, train: bool, with_masks=False, with_seman
         transform = None  # the model resizes (see ModelConfig.input_resize)
     return CocoDataset(split["ann_file"], split["image_dir"], with_masks=with_masks,
                        with_semantic=with_semantic, keep_empty=d.keep_empty or not train,
-                       transform=transform, on_bad_image=d.on_bad_image, proposals=proposals)
+                       transform=transform, on_bad_image=d.on_bad_image, proposals=proposals,
+                       cache=d.cache)
 
 
 def build_datasets(cfg, splits: dict) -> dict:

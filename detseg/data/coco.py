@@ -136,6 +136,10 @@ class CocoDataset(torch.utils.data.Dataset):
             returns None for that index (the collate function drops it).
         proposals: ``{image_id: np.ndarray[P, 4]}`` precomputed proposals in the files' pixels
             (``tools/proposals.py``); each item then carries ``proposals``, transformed with it.
+        cache: keep each image and its decoded annotations in memory after the first read, so
+            later epochs skip the file decode and the polygon rasterising (the transform still
+            runs on every read, on a copy). Costs the decoded size of the dataset (about 0.5 GB
+            for the 2000-image shapes set with masks), once per loader worker.
 
     Each item is a dict: ``image`` uint8 ``[3, H, W]``, ``boxes`` float32 ``[N, 4]`` xyxy,
     ``labels`` int64 ``[N]``, ``ignore_boxes`` float32 ``[M, 4]``, ``image_id``, ``orig_size``
@@ -145,7 +149,7 @@ class CocoDataset(torch.utils.data.Dataset):
     def __init__(self, ann_file: str, image_dir: str, *, with_masks: bool = False,
                  with_semantic: bool = False, keep_empty: bool = True,
                  transform: Optional[Callable[[dict], dict]] = None,
-                 on_bad_image: str = "error", proposals: Optional[dict] = None):
+                 on_bad_image: str = "error", proposals: Optional[dict] = None, cache: bool = False):
         self.ann_file = ann_file
         self.image_dir = image_dir
         self.coco = load_coco(ann_file, image_dir)
@@ -157,6 +161,7 @@ class CocoDataset(torch.utils.data.Dataset):
         self.on_bad_image = on_bad_image
         self.skipped: list[str] = []
         self.proposals = proposals
+        self.cache: Optional[dict] = {} if cache else None
 
         self.cat_ids = sorted(self.coco.getCatIds())
         self.label_of_cat = {cid: i for i, cid in enumerate(self.cat_ids)}
@@ -235,8 +240,8 @@ class CocoDataset(torch.utils.data.Dataset):
             raise DataError(f"{self.ann_file}: image {img_id}: cannot decode segmentation "
                             f"({type(e).__name__}: {e}); run tools/check_data.py") from None
 
-    def __getitem__(self, index: int) -> Optional[dict]:
-        img_id = self.ids[index]
+    def _read(self, img_id: int) -> Optional[dict]:
+        """Image and annotations of ``img_id`` as read from disk (None: a bad image, skipped)."""
         path = self.image_path(img_id)
         try:
             image = read_image(path)
@@ -247,7 +252,22 @@ class CocoDataset(torch.utils.data.Dataset):
                 return None
             raise DataError(f"{e} (image id {img_id} in {self.ann_file})") from None
         h, w = image.shape[:2]
-        sample = {"image": image, **self.load_annotations(img_id, h, w)}
+        return {"image": image, **self.load_annotations(img_id, h, w)}
+
+    def __getitem__(self, index: int) -> Optional[dict]:
+        img_id = self.ids[index]
+        if self.cache is None:
+            sample = self._read(img_id)
+        else:
+            if img_id not in self.cache:
+                self.cache[img_id] = self._read(img_id)  # a skipped image stays skipped
+            cached = self.cache[img_id]
+            # Copies: a transform may write into its input, and the cache must stay as read.
+            sample = None if cached is None else {
+                k: v.copy() if isinstance(v, np.ndarray) else v for k, v in cached.items()}
+        if sample is None:
+            return None
+        h, w = sample["image"].shape[:2]
         if self.proposals is not None:
             if img_id not in self.proposals:
                 raise DataError(f"image {img_id} of {self.ann_file} has no precomputed proposals; "

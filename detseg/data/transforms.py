@@ -191,9 +191,18 @@ class Pipeline:
         return "Pipeline(" + ", ".join(type(s).__name__ for s in self.steps) + ")"
 
 
+AUGMENT_PRESETS = ("default", "flip", "none")
+
+
 def train_transform(min_sizes: Sequence[int], max_size: int, augment: str = "default") -> Pipeline:
-    """Train preset: augmentations (unless ``augment='none'``), then multi-scale resize."""
-    aug = Augment(default_augmentations()) if augment == "default" else None
+    """Train preset, then multi-scale resize: ``default`` is :func:`default_augmentations`;
+    ``flip`` only a horizontal flip half the time (detectron2's default training augmentation
+    beside the resize); ``none`` nothing but the resize."""
+    if augment not in AUGMENT_PRESETS:
+        raise ValueError(f"augment must be one of {AUGMENT_PRESETS}, got {augment!r}")
+    steps = {"default": default_augmentations, "flip": lambda: [A.HorizontalFlip(p=0.5)],
+             "none": lambda: None}[augment]()
+    aug = Augment(steps) if steps else None
     return Pipeline(aug, ResizeShortestEdge(min_sizes, max_size), fit_boxes_to_masks)
 
 

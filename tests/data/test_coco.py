@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -73,6 +74,32 @@ def test_bad_image_errors_or_is_skipped(tmp_path):
         CocoDataset(ann, img_dir)[1]
     ds = CocoDataset(ann, img_dir, on_bad_image="skip")
     assert ds[1] is None and ds.skipped == [str(tmp_path / "img" / "b.png")]
+
+
+def test_cache_reads_each_file_once_and_a_writing_transform_cannot_change_it(tmp_path, monkeypatch):
+    import detseg.data.coco as coco
+    ann, img_dir = make_dataset(tmp_path)
+    (tmp_path / "img" / "b.png").write_bytes(b"garbage")
+    reads = []
+    real_read = coco.read_image
+    monkeypatch.setattr(coco, "read_image", lambda p: reads.append(p) or real_read(p))
+
+    def scribble(sample):  # writes into the arrays it is given, as an in-place transform would
+        sample["image"][:] = 0
+        sample["masks"][:] = 0
+        return sample
+
+    plain = CocoDataset(ann, img_dir, with_semantic=True, on_bad_image="skip")[0]
+    reads.clear()
+    ds = CocoDataset(ann, img_dir, with_semantic=True, on_bad_image="skip", cache=True, transform=scribble)
+    for _ in range(3):
+        assert (ds[0]["image"] == 0).all() and ds[1] is None
+    assert len(reads) == 2 and ds.skipped == [str(tmp_path / "img" / "b.png")]  # one read and one skip each
+    ds.transform = None
+    cached = ds[0]
+    assert len(reads) == 2
+    for key in ("image", "boxes", "labels", "masks", "semantic", "ignore_boxes"):
+        assert torch.equal(cached[key], plain[key]), key
 
 
 def test_malformed_annotation_file_is_named(tmp_path):

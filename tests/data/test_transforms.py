@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -130,3 +131,27 @@ def test_proposals_ride_along_with_augmentation_and_resize(shapes_data):
         from torchvision.ops import box_iou
         if len(item["boxes"]) and len(p):
             assert (box_iou(item["boxes"], p).max(1).values > 0.7).all()
+
+
+def test_flip_preset_only_mirrors_image_masks_and_boxes_together():
+    rng = np.random.default_rng(3)
+    sample = random_sample(rng, 40, 60, 3)
+    t = train_transform([40], 1000, augment="flip")
+    flipped = kept = 0
+    for seed in range(20):
+        t.reseed(seed)
+        s = t({k: v.copy() if isinstance(v, np.ndarray) else v for k, v in sample.items()})
+        if np.array_equal(s["image"], sample["image"]):
+            np.testing.assert_array_equal(s["masks"], sample["masks"])
+            np.testing.assert_allclose(s["boxes"], sample["boxes"])
+            kept += 1
+        else:  # nothing but a mirror: no colour, scale or shift change
+            np.testing.assert_array_equal(s["image"], sample["image"][:, ::-1])
+            np.testing.assert_array_equal(s["masks"], sample["masks"][:, :, ::-1])
+            b = sample["boxes"]
+            mirrored = np.stack([60 - b[:, 2], b[:, 1], 60 - b[:, 0], b[:, 3]], 1)
+            np.testing.assert_allclose(s["boxes"], mirrored)
+            flipped += 1
+    assert flipped >= 4 and kept >= 4
+    with pytest.raises(ValueError, match="augment"):
+        train_transform([40], 1000, augment="heavy")
