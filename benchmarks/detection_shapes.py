@@ -6,6 +6,7 @@ This is the accuracy half of the lineage benchmark; benchmarks/lineage.py is the
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -47,17 +48,25 @@ def train_one(config: str, iters: int, quick: bool, out: str, seed: int = 0,
     return [x for x in records if metric in x][-1], wall
 
 
+def recipe_digest(config: str) -> str:
+    """A short hash of ``config`` resolved (its bases and defaults included), stored with each run:
+    a run of an edited recipe must not be averaged with the runs of the old one."""
+    from detseg.config import load_config, to_yaml
+    return hashlib.sha256(to_yaml(load_config(config)).encode()).hexdigest()[:12]
+
+
 def train_seeds(config: str, iters: int, quick: bool, run_root: str, seeds: list[int], runs: dict,
                 keys: tuple[str, ...], label: str = "") -> int:
     """``train_one`` per seed into ``run_root/seed<seed>``, each run's ``keys`` (the first is the
     metric its evaluation record must hold), wall time, command and date added to ``runs`` under
     the seed. Returns the iteration of the last run's last evaluation."""
+    digest = recipe_digest(config)
     for seed in seeds:
         last, wall = train_one(config, iters, quick, os.path.join(run_root, f"seed{seed}"), seed, keys[0])
         print(f"{label}seed {seed}: " + ", ".join(f"{k} {last[k]:.3f}" for k in keys)
               + f" in {wall / 60:.1f} min", flush=True)
         runs[str(seed)] = {**{k: last[k] for k in keys}, "wall_s": wall, "command": command_line(),
-                           "date": time.strftime("%Y-%m-%d %H:%M")}
+                           "date": time.strftime("%Y-%m-%d %H:%M"), "recipe": digest}
     return last["iter"]
 
 
@@ -97,11 +106,17 @@ def val_images(entry: dict) -> int:
 
 def previous_runs(entry: dict | None, config: str, iterations: int, val: int = VAL_IMAGES) -> dict:
     """The stored runs of a recipe (``seed_runs``) that a new run of ``config`` for ``iterations``
-    on ``val`` val images joins: none when the recipe's config, length or val split changed since."""
+    on ``val`` val images joins: none when the recipe's config file, length or val split changed
+    since; of the others, those whose recorded ``recipe`` digest differs from the config's now (a
+    run from before digests were recorded is kept)."""
     if not entry or entry.get("config") != config or entry.get("iterations") != iterations \
             or val_images(entry) != val:
         return {}
-    return seed_runs(entry)
+    runs = seed_runs(entry)
+    if any("recipe" in r for r in runs.values()):
+        digest = recipe_digest(config)
+        runs = {s: r for s, r in runs.items() if r.get("recipe", digest) == digest}
+    return runs
 
 
 def summarise(config: str, iterations: int, runs: dict, val: int = VAL_IMAGES,

@@ -173,3 +173,18 @@ def test_detection_shapes_rows_keep_other_seeds_of_the_same_recipe():
     assert row["segm_AP"] == pytest.approx(0.45) and "AP50" not in row
     assert per_seed(row, "segm_AP") == "0.400 / 0.500 (0.450)"
     assert per_seed(summarise("c.yaml", 1500, {"0": runs["0"]}), "AP50") == "0.700"
+
+
+def test_stored_runs_of_an_edited_recipe_are_not_joined(tmp_path):
+    """A run records its resolved config's digest; once the file's content changes, a new run of it
+    starts afresh instead of being averaged with the old runs."""
+    from benchmarks.detection_shapes import previous_runs, recipe_digest, summarise
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text("solver: {lr: 0.002}\n")
+    old = recipe_digest(str(cfg))
+    run = {"AP": 0.5, "AP50": 0.7, "wall_s": 1.0, "command": "x", "date": "2026-11-27 08:00", "recipe": old}
+    row = summarise(str(cfg), 100, {"0": run, "1": {**run, "AP": 0.6}}, val=200)
+    assert list(previous_runs(row, str(cfg), 100, val=200)) == ["0", "1"]
+    cfg.write_text("solver: {lr: 0.001}\n")
+    assert recipe_digest(str(cfg)) != old
+    assert previous_runs(row, str(cfg), 100, val=200) == {}
