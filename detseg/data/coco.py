@@ -138,7 +138,7 @@ class CocoDataset(torch.utils.data.Dataset):
             (``tools/proposals.py``); each item then carries ``proposals``, transformed with it.
         cache: keep each image and its decoded annotations in memory after the first read, so
             later epochs skip the file decode and the polygon rasterising (the transform still
-            runs on every read, on a copy). Costs the decoded size of the dataset (about 0.5 GB
+            runs on every read, on a copy). Costs the decoded size of the dataset (0.64 GB
             for the 2000-image shapes set with masks), once per loader worker.
 
     Each item is a dict: ``image`` uint8 ``[3, H, W]``, ``boxes`` float32 ``[N, 4]`` xyxy,
