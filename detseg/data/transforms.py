@@ -200,9 +200,11 @@ def train_transform(min_sizes: Sequence[int], max_size: int, augment: str = "def
     beside the resize); ``none`` nothing but the resize."""
     if augment not in AUGMENT_PRESETS:
         raise ValueError(f"augment must be one of {AUGMENT_PRESETS}, got {augment!r}")
-    steps = {"default": default_augmentations, "flip": lambda: [A.HorizontalFlip(p=0.5)],
-             "none": lambda: None}[augment]()
-    aug = Augment(steps) if steps else None
+    aug = None
+    if augment == "default":
+        aug = Augment(default_augmentations())
+    elif augment == "flip":
+        aug = Augment([A.HorizontalFlip(p=0.5)])
     return Pipeline(aug, ResizeShortestEdge(min_sizes, max_size), fit_boxes_to_masks)
 
 
