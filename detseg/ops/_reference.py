@@ -9,7 +9,34 @@ import torch
 _EMPTY_INIT = -3.4028234663852886e38  # -FLT_MAX, torchvision's starting value for a non-empty bin
 
 
-def bin_max_pool_forward(input: torch.Tensor, batch_idx: torch.Tensor, bins: torch.Tensor):
+def level_spans(level_bins: list[int]) -> list[tuple[int, int]]:
+    """``(first bin, bin count)`` of each pyramid level, from the levels' bin counts."""
+    spans, start = [], 0
+    for count in level_bins:
+        spans.append((start, count))
+        start += count
+    return spans
+
+
+def to_level_major(t: torch.Tensor, level_bins: list[int]) -> torch.Tensor:
+    """``[K, B, C]`` → ``[K, C * B]`` in the ops' output layout: for each level in turn, its
+    ``[C, B_level]`` block, flattened (what a per-level pooling, flattened and concatenated, gives;
+    with one level it is ``[K, C, B]``)."""
+    k = t.shape[0]
+    return torch.cat([t[:, s:s + n].transpose(1, 2).reshape(k, -1) for s, n in level_spans(level_bins)],
+                     dim=1)
+
+
+def from_level_major(t: torch.Tensor, channels: int, level_bins: list[int]) -> torch.Tensor:
+    """The inverse of ``to_level_major``'s layout: ``[K, C * B]`` → ``[K, C, B]``."""
+    k, parts = t.shape[0], []
+    for s, n in level_spans(level_bins):
+        parts.append(t[:, channels * s:channels * (s + n)].reshape(k, channels, n))
+    return torch.cat(parts, dim=2)
+
+
+def bin_max_pool_forward(input: torch.Tensor, batch_idx: torch.Tensor, bins: torch.Tensor,
+                         level_bins: list[int] | None = None):
     """Max over each bin's window.
 
     Visits the window cells in row-major order, one offset ``(dh, dw)`` at a time for all bins
@@ -20,15 +47,17 @@ def bin_max_pool_forward(input: torch.Tensor, batch_idx: torch.Tensor, bins: tor
         input: ``Tensor[N, C, H, W]``.
         batch_idx: ``int64 Tensor[K]`` image of each RoI.
         bins: ``int32 Tensor[K, B, 4]`` (h_start, h_end, w_start, w_end) from ``bin_table``.
+        level_bins: bins per pyramid level, summing to B (None: one level).
 
     Returns:
-        (output ``Tensor[K, C, B]``, argmax ``int32 Tensor[K, C, B]`` = h * W + w of the first
-        maximum in row-major scan order, -1 when no cell beat -FLT_MAX; an empty bin outputs 0).
+        (output ``Tensor[K, C * B]``, argmax ``int32 Tensor[K, C * B]`` = h * W + w of the first
+        maximum in row-major scan order, -1 when no cell beat -FLT_MAX; an empty bin outputs 0),
+        both in ``to_level_major``'s layout.
     """
     n, c, h, w = input.shape
     k, b = bins.shape[:2]
-    out = input.new_zeros((k, c, b))
-    arg = torch.full((k, c, b), -1, dtype=torch.int32, device=input.device)
+    out = input.new_zeros((k, c * b))
+    arg = torch.full((k, c * b), -1, dtype=torch.int32, device=input.device)
     if k == 0 or b == 0 or c == 0:
         return out, arg
     flat_bins = bins.reshape(-1, 4).long()
@@ -58,25 +87,28 @@ def bin_max_pool_forward(input: torch.Tensor, batch_idx: torch.Tensor, bins: tor
         best[group], where[group] = g_best, g_where
     empty = (heights == 0) | (widths == 0)
     best = torch.where(empty[:, None], torch.zeros((), dtype=input.dtype, device=input.device), best)
-    out = best.reshape(k, b, c).transpose(1, 2).contiguous()
-    arg = where.to(torch.int32).reshape(k, b, c).transpose(1, 2).contiguous()
-    return out, arg
+    levels = level_bins or [b]
+    return (to_level_major(best.reshape(k, b, c), levels),
+            to_level_major(where.to(torch.int32).reshape(k, b, c), levels))
 
 
 def bin_max_pool_backward(grad: torch.Tensor, argmax: torch.Tensor, batch_idx: torch.Tensor,
-                          n: int, h: int, w: int) -> torch.Tensor:
+                          n: int, h: int, w: int, level_bins: list[int]) -> torch.Tensor:
     """Send each bin's gradient to its argmax.
 
     Args:
-        grad: ``Tensor[K, C, B]``; argmax: ``int32 Tensor[K, C, B]``; batch_idx: ``Tensor[K]``.
+        grad, argmax: ``Tensor[K, C * B]`` in the forward's layout (``int32`` argmax);
+        batch_idx: ``Tensor[K]``; level_bins: bins per level, summing to B.
 
     Returns:
         ``Tensor[N, C, H, W]``.
     """
-    k, c, b = grad.shape
+    k, b = grad.shape[0], sum(level_bins)
+    c = grad.shape[1] // b if b else 0
     grad_in = grad.new_zeros((n, c * h * w))
     if k == 0 or grad.numel() == 0:
         return grad_in.reshape(n, c, h, w)
+    grad, argmax = from_level_major(grad, c, level_bins), from_level_major(argmax, c, level_bins)
     a = argmax.long()
     keep = a >= 0
     chan = torch.arange(c, device=grad.device)[None, :, None] * (h * w)

@@ -59,9 +59,9 @@ def onnx_translations() -> dict:
         parts = []
         for h, w in zip(level_sizes[::2], level_sizes[1::2]):
             pooled = op.MaxRoiPool(input, windows, pooled_shape=[h, w], spatial_scale=1.0)
-            # [K, C, h, w] -> [K, C, h * w]; 0 in a Reshape shape copies that input dimension
-            parts.append(op.Reshape(pooled, op.Constant(value_ints=[0, 0, h * w])))
-        return parts[0] if len(parts) == 1 else op.Concat(*parts, axis=2)
+            # [K, C, h, w] -> [K, C * h * w]; 0 in a Reshape shape copies that input dimension
+            parts.append(op.Reshape(pooled, op.Constant(value_ints=[0, -1])))
+        return parts[0] if len(parts) == 1 else op.Concat(*parts, axis=1)
 
     return {torch.ops.detseg.roi_align.default: roi_align,
             torch.ops.detseg.window_max_pool.default: window_max_pool,

@@ -8,7 +8,7 @@ bin geometry comes from ``_geometry.bin_table``, shared by all kernels.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -29,62 +29,89 @@ def _kernel_for(t: Tensor) -> str:
 
 
 @torch.library.custom_op("detseg::bin_max_pool", mutates_args=())
-def bin_max_pool(input: Tensor, batch_idx: Tensor, bins: Tensor,
-                 with_argmax: bool = True) -> tuple[Tensor, Tensor]:
+def bin_max_pool(input: Tensor, batch_idx: Tensor, bins: Tensor, with_argmax: bool = True,
+                 level_bins: Optional[list[int]] = None) -> tuple[Tensor, Tensor]:
     """Max over each bin of ``bins`` (``int32 [K, B, 4]``).
 
+    ``level_bins`` (bins per pyramid level, summing to B; None: one level) sets the output's
+    layout: ``[K, C * B]`` holding, level after level, that level's ``[C, B_level]`` block. That is
+    SPPNet's flattened, concatenated pyramid, written by the kernel itself, so the caller needs no
+    slicing and concatenating (whose backward allocated a zero-filled copy of the output per
+    level); with one level it is ``[K, C, B]``.
+
     Returns:
-        (``[K, C, B]``, argmax ``int32 [K, C, B]``); the C++ kernel skips the argmax (returns
-        ``[0, C, B]``) when ``with_argmax`` is False, i.e. when no gradient is wanted.
+        (``[K, C * B]``, argmax ``int32 [K, C * B]`` in the same layout); the C++ kernel skips the
+        argmax (returns ``[0, C * B]``) when ``with_argmax`` is False, i.e. when no gradient is
+        wanted.
     """
+    levels = _levels(level_bins, bins)
     kind = _kernel_for(input)
     if kind == "triton":
         from . import roi_pool_triton
-        return roi_pool_triton.bin_max_pool_forward(input, batch_idx, bins)
+        return roi_pool_triton.bin_max_pool_forward(input, batch_idx, bins, levels)
     if kind == "cpp":
-        out, arg = load_extension().forward(input, batch_idx, bins, with_argmax)
+        out, arg = load_extension().forward(input, batch_idx, bins, with_argmax, levels)
         return out, arg
-    return _reference.bin_max_pool_forward(input, batch_idx, bins)
+    return _reference.bin_max_pool_forward(input, batch_idx, bins, levels)
+
+
+def _levels(level_bins: Optional[list[int]], bins: Tensor) -> list[int]:
+    if level_bins is None:
+        return [bins.shape[1]]
+    if sum(level_bins) != bins.shape[1] or any(n <= 0 for n in level_bins):
+        raise ValueError(f"level_bins {level_bins} must be positive and sum to the bin table's "
+                         f"{bins.shape[1]} bins")
+    return list(level_bins)
 
 
 @bin_max_pool.register_fake
-def _(input, batch_idx, bins, with_argmax=True):
+def _(input, batch_idx, bins, with_argmax=True, level_bins=None):
     k, b = bins.shape[0], bins.shape[1]
     c = input.shape[1]
-    return input.new_empty((k, c, b)), input.new_empty((k, c, b), dtype=torch.int32)
+    return input.new_empty((k, c * b)), input.new_empty((k, c * b), dtype=torch.int32)
 
 
 @torch.library.custom_op("detseg::bin_max_pool_backward", mutates_args=())
 def bin_max_pool_backward(grad: Tensor, argmax: Tensor, batch_idx: Tensor, n: int, h: int,
-                          w: int) -> Tensor:
-    """Gradient of ``bin_max_pool``: each bin's gradient added at its argmax → ``[N, C, H, W]``."""
+                          w: int, level_bins: list[int]) -> Tensor:
+    """Gradient of ``bin_max_pool``: each bin's gradient added at its argmax → ``[N, C, H, W]``.
+
+    ``grad`` and ``argmax`` are ``[K, C * B]`` in the forward's layout for ``level_bins``.
+    """
     kind = _kernel_for(grad)
     if kind == "triton":
         from . import roi_pool_triton
-        return roi_pool_triton.bin_max_pool_backward(grad, argmax, batch_idx, n, h, w)
+        return roi_pool_triton.bin_max_pool_backward(grad, argmax, batch_idx, n, h, w, level_bins)
     if kind == "cpp":
-        return load_extension().backward(grad, argmax, batch_idx, n, h, w)
-    return _reference.bin_max_pool_backward(grad, argmax, batch_idx, n, h, w)
+        return load_extension().backward(grad, argmax, batch_idx, n, h, w, level_bins)
+    return _reference.bin_max_pool_backward(grad, argmax, batch_idx, n, h, w, level_bins)
 
 
 @bin_max_pool_backward.register_fake
-def _(grad, argmax, batch_idx, n, h, w):
-    return grad.new_empty((n, grad.shape[1], h, w))
+def _(grad, argmax, batch_idx, n, h, w, level_bins):
+    return grad.new_empty((n, grad.shape[1] // sum(level_bins), h, w))
 
 
 def _setup_context(ctx, inputs, output):
-    input, batch_idx, _, _ = inputs
+    input, batch_idx, bins, _, level_bins = inputs
     ctx.save_for_backward(output[1], batch_idx)
     ctx.input_shape = (input.shape[0], input.shape[2], input.shape[3])
+    ctx.level_bins = _levels(level_bins, bins)
     ctx.mark_non_differentiable(output[1])
+    # Otherwise autograd hands backward a zero-filled tensor as the argmax's "gradient": a fresh
+    # int32 [K, C * B], as large as the output (25 MB for 512 RoIs of 256 channels), every step.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_out, _grad_argmax):
+    if grad_out is None:  # the pooled output took no part in the loss
+        return None, None, None, None, None
     argmax, batch_idx = ctx.saved_tensors
     n, h, w = ctx.input_shape
     if argmax.shape[0] != grad_out.shape[0]:
         raise RuntimeError("bin_max_pool was run with with_argmax=False; it has no gradient")
-    return bin_max_pool_backward(grad_out.contiguous(), argmax, batch_idx, n, h, w), None, None, None
+    grad_in = bin_max_pool_backward(grad_out.contiguous(), argmax, batch_idx, n, h, w, ctx.level_bins)
+    return grad_in, None, None, None, None
 
 
 bin_max_pool.register_autograd(_backward, setup_context=_setup_context)
@@ -92,9 +119,9 @@ bin_max_pool.register_autograd(_backward, setup_context=_setup_context)
 
 @torch.library.custom_op("detseg::window_max_pool", mutates_args=())
 def window_max_pool(input: Tensor, windows: Tensor, level_sizes: list[int]) -> Tensor:
-    """Max pooling as exported graphs hold it: ``[K, C, B]`` like ``bin_max_pool``, from
-    ``windows [K, 5]`` (batch index, then ``roi_windows``' inclusive feature-map window) and the
-    levels' ``(rows, cols)`` flattened into ``level_sizes``.
+    """Max pooling as exported graphs hold it: ``[K, C * B]`` like ``bin_max_pool`` (its levels
+    are ``level_sizes``' levels), from ``windows [K, 5]`` (batch index, then ``roi_windows``'
+    inclusive feature-map window) and the levels' ``(rows, cols)`` flattened into ``level_sizes``.
 
     Its bins are ONNX ``MaxRoiPool``'s with ``spatial_scale=1`` on these windows (same rounding),
     so it exports as one ``MaxRoiPool`` per level, whichever mapping made the windows. Inference
@@ -102,14 +129,14 @@ def window_max_pool(input: Tensor, windows: Tensor, level_sizes: list[int]) -> T
     """
     sizes = list(zip(level_sizes[::2], level_sizes[1::2]))
     bins = window_bins(windows[:, 1:], sizes, input.shape[2], input.shape[3])
-    out, _ = bin_max_pool(input, windows[:, 0].long(), bins, False)
+    out, _ = bin_max_pool(input, windows[:, 0].long(), bins, False, [h * w for h, w in sizes])
     return out
 
 
 @window_max_pool.register_fake
 def _(input, windows, level_sizes):
     bins = sum(h * w for h, w in zip(level_sizes[::2], level_sizes[1::2]))
-    return input.new_empty((windows.shape[0], input.shape[1], bins))
+    return input.new_empty((windows.shape[0], input.shape[1] * bins))
 
 
 # --------------------------------------------------------------------------- public API
@@ -124,6 +151,7 @@ def _level_sizes(levels: Sequence[Level]) -> list[tuple[int, int]]:
 
 def _pool(input: Tensor, rois, levels: list[tuple[int, int]], spatial_scale: float,
           mapping: str) -> Tensor:
+    """``[K, C * B]``: each level's ``[K, C, h, w]`` pooling, flattened, levels concatenated."""
     if input.dim() != 4:
         raise ValueError(f"input must be Tensor[N, C, H, W], got shape {tuple(input.shape)}")
     if mapping not in MAPPINGS:
@@ -139,7 +167,8 @@ def _pool(input: Tensor, rois, levels: list[tuple[int, int]], spatial_scale: flo
     batch_idx, boxes = rois[:, 0].long(), rois[:, 1:]
     bins = bin_table(boxes, levels, spatial_scale, mapping, input.shape[2], input.shape[3])
     # The argmax is only needed for the backward pass; inference skips it.
-    out, _ = bin_max_pool(input, batch_idx, bins, input.requires_grad and torch.is_grad_enabled())
+    out, _ = bin_max_pool(input, batch_idx, bins, input.requires_grad and torch.is_grad_enabled(),
+                          [h * w for h, w in levels])
     return out
 
 
@@ -159,7 +188,7 @@ def roi_pool(input: Tensor, rois: Union[Tensor, Sequence[Tensor]],
     """
     oh, ow = pair(output_size)
     out = _pool(input, rois, [(oh, ow)], spatial_scale, "fast_rcnn")
-    return out.reshape(out.shape[0], out.shape[1], oh, ow)
+    return out.reshape(out.shape[0], input.shape[1], oh, ow)
 
 
 @fx_leaf
@@ -179,16 +208,7 @@ def roi_spp_pool(input: Tensor, rois: Union[Tensor, Sequence[Tensor]],
         ``Tensor[K, C * sum(l * l)]``: the per-level ``[K, C, l, l]`` outputs, each flattened,
         concatenated in level order.
     """
-    sizes = _level_sizes(levels)
-    out = _pool(input, rois, sizes, spatial_scale, mapping)  # [K, C, B]
-    k, c = out.shape[:2]
-    if len(sizes) == 1:
-        return out.reshape(k, -1)
-    parts, start = [], 0
-    for lh, lw in sizes:
-        parts.append(out[:, :, start:start + lh * lw].reshape(k, c * lh * lw))
-        start += lh * lw
-    return torch.cat(parts, dim=1)
+    return _pool(input, rois, _level_sizes(levels), spatial_scale, mapping)
 
 
 class RoIPool(nn.Module):

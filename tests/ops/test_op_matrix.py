@@ -24,7 +24,8 @@ from detseg.ops._geometry import bin_table
 
 def _spp_oracle(x, rois):
     bins = bin_table(rois[:, 1:].double(), (3, 2, 1), 0.5, "sppnet", x.shape[2], x.shape[3])
-    out, _ = _reference.bin_max_pool_forward(x.double(), rois[:, 0].long(), bins)
+    out, _ = _reference.bin_max_pool_forward(x.double(), rois[:, 0].long(), bins)  # one level
+    out = out.reshape(len(rois), x.shape[1], 14)  # [K, C, B]: the levels' bins side by side
     return torch.cat([out[:, :, s:e].flatten(1) for s, e in ((0, 9), (9, 13), (13, 14))], 1)
 
 

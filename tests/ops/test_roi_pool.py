@@ -105,21 +105,46 @@ def test_spp_layout_is_per_level_flattened_in_order():
     assert torch.equal(out, torch.cat([l3, l1], 1))
 
 
+@pytest.mark.parametrize("level_bins", [None, [36, 9, 4, 1], [50]])
 @pytest.mark.parametrize("mapping", ["fast_rcnn", "sppnet"])
-def test_kernel_equals_float64_reference(mapping):
+def test_kernel_equals_float64_reference(mapping, level_bins):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 6, 15, 19, generator=g, dtype=torch.float64)
     x[0, 0, 3:6, 3:6] = 1.5  # ties: the first maximum in row-major order must win
     rois = random_rois(g, 50, 2, 300, 250).double()
     batch = rois[:, 0].long()
     bins = bin_table(rois[:, 1:], (6, 3, 2, 1), 1 / 16, mapping, 15, 19)
-    ref_out, ref_arg = _reference.bin_max_pool_forward(x, batch, bins)
-    out, arg = torch.ops.detseg.bin_max_pool(x, batch, bins)
+    levels = level_bins or [50]
+    ref_out, ref_arg = _reference.bin_max_pool_forward(x, batch, bins, level_bins)
+    out, arg = torch.ops.detseg.bin_max_pool(x, batch, bins, True, level_bins)
+    assert out.shape == arg.shape == (50, 6 * 50)
     assert torch.equal(out, ref_out) and torch.equal(arg, ref_arg)
     grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
-    ref_gin = _reference.bin_max_pool_backward(grad, ref_arg, batch, 2, 15, 19)
-    gin = torch.ops.detseg.bin_max_pool_backward(grad, arg, batch, 2, 15, 19)
+    ref_gin = _reference.bin_max_pool_backward(grad, ref_arg, batch, 2, 15, 19, levels)
+    gin = torch.ops.detseg.bin_max_pool_backward(grad, arg, batch, 2, 15, 19, levels)
     torch.testing.assert_close(gin, ref_gin, rtol=0, atol=1e-12)
+
+
+def test_level_layout_is_each_level_flattened_then_concatenated():
+    """With level_bins, the row of a RoI is level 0's [C, B0] block, then level 1's, ...: the
+    same numbers as one-level pooling, rearranged; its gradient is the one-level gradient."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 4, 12, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    rois = random_rois(g, 7, 1, 190, 190).double()
+    batch = rois[:, 0].long()
+    bins = bin_table(rois[:, 1:], (3, 2, 1), 1 / 16, "sppnet", 12, 12)
+    flat, _ = torch.ops.detseg.bin_max_pool(x, batch, bins)  # one level: [K, C, B] flattened
+    flat = flat.reshape(7, 4, 14)
+    expected = torch.cat([flat[:, :, 0:9].flatten(1), flat[:, :, 9:13].flatten(1),
+                          flat[:, :, 13:].flatten(1)], 1)
+    out, _ = torch.ops.detseg.bin_max_pool(x, batch, bins, True, [9, 4, 1])
+    assert torch.equal(out, expected)
+    w = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    (ours,) = torch.autograd.grad((out * w).sum(), x)
+    (theirs,) = torch.autograd.grad((expected * w).sum(), x)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="sum to"):
+        torch.ops.detseg.bin_max_pool(x, batch, bins, True, [9, 4])
 
 
 def test_ties_and_extreme_values_route_gradient_like_torchvision():

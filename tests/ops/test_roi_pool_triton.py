@@ -22,17 +22,17 @@ for dtype in (torch.float32, torch.float64):
         boxes[0] = boxes[0, [2, 3, 0, 1]]
         batch = torch.randint(0, 2, (25,), generator=g)
         bins = bin_table(boxes, (3, 2, 1), 1 / 16, mapping, 11, 14)
-        ro, ra = _reference.bin_max_pool_forward(x, batch, bins)
-        to, ta = roi_pool_triton.bin_max_pool_forward(x, batch, bins)
+        ro, ra = _reference.bin_max_pool_forward(x, batch, bins, [9, 4, 1])
+        to, ta = roi_pool_triton.bin_max_pool_forward(x, batch, bins, [9, 4, 1])
         assert torch.equal(ro, to), (dtype, mapping, (ro - to).abs().max())
         assert torch.equal(ra, ta), (dtype, mapping)
         grad = torch.randn(ro.shape, generator=g, dtype=dtype)
-        rg = _reference.bin_max_pool_backward(grad, ra, batch, 2, 11, 14)
-        tg = roi_pool_triton.bin_max_pool_backward(grad, ta, batch, 2, 11, 14)
+        rg = _reference.bin_max_pool_backward(grad, ra, batch, 2, 11, 14, [9, 4, 1])
+        tg = roi_pool_triton.bin_max_pool_backward(grad, ta, batch, 2, 11, 14, [9, 4, 1])
         torch.testing.assert_close(tg, rg, rtol=1e-6, atol=1e-6)
 empty = roi_pool_triton.bin_max_pool_forward(torch.randn(1, 3, 4, 4), torch.zeros(0, dtype=torch.long),
-                                             torch.zeros(0, 4, 4, dtype=torch.int32))
-assert empty[0].shape == (0, 3, 4)
+                                             torch.zeros(0, 4, 4, dtype=torch.int32), [4])
+assert empty[0].shape == (0, 12)
 
 # RoIAlign: the Triton kernels against torchvision (forward bit-equal: same order of additions;
 # backward within 1e-5, its atomic adds land in any order).

@@ -12,6 +12,8 @@
 // same gradient cell and no atomics are needed.
 #include "ops.h"
 
+#include "buffer_cache.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -133,7 +135,7 @@ at::Tensor roi_align_forward(const at::Tensor& input, const at::Tensor& batch_id
                              const at::Tensor& grid) {
   TORCH_CHECK(input.dim() == 4, "input must be [N, C, H, W]");
   Geometry g = check(y_index, x_index, grid, input.size(1), input.size(2), input.size(3));
-  auto out = at::zeros({g.K, g.C, g.PH, g.PW}, input.options());
+  auto out = cached_zeros({g.K, g.C, g.PH, g.PW}, input.options());
   if (out.numel() == 0 || g.H * g.W == 0) return out;
   // A no-op when the map is already channels-last (the detectors' fast mode).
   auto nhwc = input.permute({0, 2, 3, 1}).contiguous();
@@ -156,7 +158,7 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& batch_id
                               const at::Tensor& grid, int64_t N, int64_t H, int64_t W) {
   TORCH_CHECK(grad.dim() == 4, "grad must be [K, C, PH, PW]");
   Geometry g = check(y_index, x_index, grid, grad.size(1), H, W);
-  auto gin = at::zeros({N, H, W, g.C}, grad.options());
+  auto gin = cached_zeros({N, H, W, g.C}, grad.options());
   // Returned as a channels-last view: [N, C, H, W] in shape, no copy.
   if (grad.numel() == 0 || H * W == 0 || N == 0) return gin.permute({0, 3, 1, 2});
   auto g_nhwc = grad.permute({0, 2, 3, 1}).contiguous();  // [K, PH, PW, C]
