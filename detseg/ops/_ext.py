@@ -45,10 +45,11 @@ def backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float
 def release_cpu_cache() -> int:
     """Free the memory the C++ kernels keep for reuse; the bytes freed (0 without the kernels).
 
-    The kernels take their large outputs (4 MB and up: pooled RoIs, gradients) from a small cache
-    of blocks, at most 8 blocks and 1 GiB, that a freed output returns to instead of to the OS,
-    so that a training loop reuses memory that is already mapped rather than page-faulting fresh
-    memory on every call. This hands those blocks back, like ``torch.cuda.empty_cache``.
+    The kernels take their large outputs (32 MiB and up: pooled RoIs, gradients, which glibc
+    would map fresh and unmap again on every call) from a small cache of blocks, at most 8 blocks
+    and 1 GiB, that a freed output returns to instead of to the OS, so that a training loop
+    reuses memory that is already mapped rather than page-faulting fresh memory on every call.
+    This hands those blocks back, like ``torch.cuda.empty_cache``.
     """
     ext = load_extension()
     return int(ext.release_cached_buffers()) if ext is not None else 0

@@ -3,7 +3,7 @@
 
 #include <ATen/ATen.h>
 
-// at::empty's result, from a block of this cache when one fits (large sizes only).
+// at::empty's result, from a block of this cache when one fits (32 MiB and up).
 at::Tensor cached_empty(at::IntArrayRef size, const at::TensorOptions& options);
 // at::zeros's result, the same way.
 at::Tensor cached_zeros(at::IntArrayRef size, const at::TensorOptions& options);
