@@ -9,6 +9,7 @@ both on a GPU with --device cuda: detseg's Triton kernels vs torchvision's CUDA 
 from __future__ import annotations
 
 import os
+import resource
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,6 +30,15 @@ def make_case(k: int, c: int, h: int, w: int, max_box: float, seed: int = 0, dev
     xy = torch.rand(k, 2, generator=g) * (torch.tensor([img_w, img_h]) - wh)
     rois = torch.cat([torch.zeros(k, 1), xy, xy + wh], 1)
     return x.to(device), rois.to(device)
+
+
+def page_faults(fn, runs: int = 5) -> float:
+    """Minor page faults of one ``fn()`` call, the mean of ``runs`` calls after the timed ones:
+    first touches of memory that is new to the process (fresh or given back to the OS)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(runs):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / runs
 
 
 def fwd_bwd(fn, x):
@@ -64,10 +74,17 @@ def main(argv=None) -> int:
         t_tv = device_time(dev, lambda: theirs(x), repeats, warmup)
         b_ours = device_time(dev, fwd_bwd(ours, x), repeats, warmup)
         b_tv = device_time(dev, fwd_bwd(theirs, x), repeats, warmup)
+        # Where fresh memory goes: page faults per forward+backward, ours then torchvision's.
+        faults = ("-", "-") if dev != "cpu" else (f"{page_faults(fwd_bwd(theirs, x)):.0f}",
+                                                  f"{page_faults(fwd_bwd(ours, x)):.0f}")
         for kind, o, t in (("forward", t_ours, t_tv), ("forward+backward", b_ours, b_tv)):
-            rows.append([name, kind, f"{t * 1e3:.1f}", f"{o * 1e3:.1f}", f"{t / o:.1f}x"])
+            row_faults = faults if kind == "forward+backward" else ("", "")
+            rows.append([name, kind, f"{t * 1e3:.1f}", f"{o * 1e3:.1f}", f"{t / o:.1f}x", *row_faults])
             figures[f"{name}.{kind}"] = {"torchvision_ms": t * 1e3, "detseg_ms": o * 1e3,
                                          "speedup": t / o}
+            if kind == "forward+backward" and dev == "cpu":
+                figures[f"{name}.{kind}"].update(torchvision_page_faults=float(faults[0]),
+                                                 detseg_page_faults=float(faults[1]))
 
     for key in ("a", "b"):
         x, rois = cases[key]
@@ -79,9 +96,12 @@ def main(argv=None) -> int:
             lambda t: roi_spp_pool(t, rois, levels, 1 / 16, mapping="fast_rcnn"),
             lambda t: torch.cat([tv(t, rois, lv, 1 / 16).flatten(1) for lv in levels], 1), x)
 
-    body = markdown_table(["case", "pass", "torchvision ms", "detseg ms", "speed-up"], rows)
+    body = markdown_table(["case", "pass", "torchvision ms", "detseg ms", "speed-up",
+                           "page faults / call, torchvision", "page faults / call, detseg"], rows)
     body += (f"\n\nMedians of {repeats} runs after {warmup} warm-up(s); detseg backend: "
-             f"`{figures['backend']}`; outputs checked identical before timing.")
+             f"`{figures['backend']}`; outputs checked identical before timing. Page faults: the "
+             f"mean minor faults of a forward+backward after the timed runs (the gradient of ones "
+             f"the benchmark itself allocates each call counts on both sides).")
     label = device_label(dev)
     finish(args, "roi_pool" + ("_cuda" if label else ""), f"RoI / SPP pooling{label or ' (CPU)'}", body,
            figures)
