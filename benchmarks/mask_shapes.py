@@ -32,8 +32,12 @@ def main(argv=None) -> int:
     val = QUICK_VAL_IMAGES if args.quick else VAL_IMAGES
     runs = previous_runs(None if args.quick else load_store(STORE), CONFIG, args.iterations, val)
     with tempfile.TemporaryDirectory() as tmp:
-        last_iter = train_seeds(CONFIG, args.iterations, args.quick, args.keep_run or tmp, args.seeds, runs,
-                                KEYS)
+        try:
+            last_iter = train_seeds(CONFIG, args.iterations, args.quick, args.keep_run or tmp, args.seeds,
+                                    runs, KEYS)
+        except RuntimeError as e:
+            print(f"mask_shapes: {e}", file=sys.stderr)
+            return 1
     figures = summarise(CONFIG, last_iter, runs, val, KEYS)
     if records_figures(args):
         save_store(STORE, figures)
