@@ -77,6 +77,9 @@ void give_back(void* p, size_t bytes) {
 }  // namespace
 
 at::Tensor cached_empty(at::IntArrayRef size, const at::TensorOptions& options) {
+#ifdef _WIN32
+  return at::empty(size, options);  // no std::aligned_alloc in MSVC's C library
+#else
   const size_t bytes = c10::multiply_integers(size) * options.dtype().itemsize();
   if (bytes < kMinBytes) return at::empty(size, options);
   const size_t rounded = (bytes + kBlock - 1) / kBlock * kBlock;
@@ -86,6 +89,7 @@ at::Tensor cached_empty(at::IntArrayRef size, const at::TensorOptions& options) 
     if (p == nullptr) return at::empty(size, options);
   }
   return at::from_blob(p, size, [rounded](void* q) { give_back(q, rounded); }, options);
+#endif
 }
 
 at::Tensor cached_zeros(at::IntArrayRef size, const at::TensorOptions& options) {
