@@ -202,3 +202,24 @@ def test_traceable_by_export_and_compile():
     assert torch.equal(exported.module()(feats, rois), net(feats, rois))
     compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
     assert torch.equal(compiled(feats, rois), net(feats, rois))
+
+
+def test_pyramid_bins_combined_from_finer_bins_keep_the_scan_order():
+    """A 1x1 bin that the 2x2 level tiles exactly is combined from the 2x2 results, not scanned:
+    ties across the quadrants must still go to the first cell in row-major order, an all -inf
+    channel must still output -FLT_MAX with no gradient, and NaN must never win."""
+    x = torch.randn(1, 4, 12, 12, dtype=torch.float64)
+    x[0, 0] = 2.0  # every cell tied: the RoI's first cell wins at every level
+    x[0, 1] = -float("inf")
+    x[0, 2, 7, 1] = float("nan")
+    x[0, 3, 3, 0:6] = 5.0  # a tie between the top-left quadrant (bin 0, its row 3) and
+    x[0, 3, 0, 6:12] = 5.0  # the top-right one (bin 1, row 0): the scan meets row 0 first
+    rois = torch.tensor([[0, 0.0, 0, 11, 11]], dtype=torch.float64)  # exactly the 12x12 map
+    bins = bin_table(rois[:, 1:], (2, 1), 1.0, "fast_rcnn", 12, 12)
+    batch = rois[:, 0].long()
+    ref_out, ref_arg = _reference.bin_max_pool_forward(x, batch, bins, [4, 1])
+    out, arg = torch.ops.detseg.bin_max_pool(x, batch, bins, True, [4, 1])
+    assert torch.equal(out, ref_out) and torch.equal(arg, ref_arg)
+    one_by_one = arg.reshape(-1)[16:]  # the 1x1 level's [C] block
+    assert one_by_one.tolist() == [0, -1, one_by_one[2].item(), 6]
+    assert not torch.isnan(out).any()

@@ -15,23 +15,50 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cstdint>
 #include <vector>
 
 #include "buffer_cache.h"
 
 namespace {
 
-// One thread takes whole RoIs. A RoI's maxima (and argmax) are kept channels-last ([B, C], the
-// layout the scan produces, vectorised over channels) and written to the output's [C, B] at the
-// end of the RoI, one contiguous row of B per channel: writing each bin's C values straight into
-// [C, B] touched C cache lines per bin. argmax may be null (no gradient wanted): the loop is
-// then a plain vectorised max.
 // The output layout: for each level in turn (first bin `start`, `count` bins), its [C, count]
 // block of a RoI's [C * B] row.
 struct Level {
   int64_t start, count;
 };
 
+// Whether the non-empty bins of `finer` that lie inside the window [h0, h1) x [w0, w1) cover it
+// exactly; `picks` gets them. Then the window's maximum is the maximum of theirs, and its first
+// maximum in row-major order is the lowest cell index among theirs. `covered` is scratch.
+bool tiles(const int32_t* kbins, const Level& finer, int32_t h0, int32_t h1, int32_t w0,
+           int32_t w1, std::vector<int64_t>& picks, std::vector<uint8_t>& covered) {
+  const int64_t width = w1 - w0;
+  int64_t left = (h1 - h0) * width;
+  picks.clear();
+  covered.assign(left, 0);
+  for (int64_t f = finer.start; f < finer.start + finer.count; ++f) {
+    const int32_t* fb = kbins + f * 4;
+    if (fb[1] <= fb[0] || fb[3] <= fb[2]) continue;
+    if (fb[0] < h0 || fb[1] > h1 || fb[2] < w0 || fb[3] > w1) continue;
+    picks.push_back(f);
+    for (int32_t h = fb[0]; h < fb[1]; ++h)
+      for (int32_t w = fb[2]; w < fb[3]; ++w) {
+        uint8_t& cell = covered[(h - h0) * width + (w - w0)];
+        left -= cell == 0;
+        cell = 1;
+      }
+  }
+  return left == 0;
+}
+
+// One thread takes whole RoIs. A RoI's maxima (and argmax) are kept channels-last ([B, C], the
+// layout the scan produces, vectorised over channels) and written to the output's [C, B] at the
+// end of the RoI, one contiguous row of B per channel: writing each bin's C values straight into
+// [C, B] touched C cache lines per bin. A bin that a finer level's bins tile exactly (SPP's 1x1
+// bin from the 2x2 level, 2x2 and 3x3 from 6x6, when the rounding lines up) is combined from
+// their results instead of scanned again: an SPP pyramid (6, 3, 2, 1) otherwise scans each RoI
+// four times. argmax may be null (no gradient wanted): the loop is then a plain vectorised max.
 template <typename T>
 void forward_kernel(const T* in_nhwc, const int64_t* batch, const int32_t* bins, T* out,
                     int32_t* argmax, const std::vector<Level>& levels, int64_t K, int64_t B,
@@ -39,31 +66,60 @@ void forward_kernel(const T* in_nhwc, const int64_t* batch, const int32_t* bins,
   at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
     std::vector<T> best(B * C);
     std::vector<int32_t> where(argmax ? B * C : 0);
+    std::vector<int64_t> picks;
+    std::vector<uint8_t> covered;
     for (int64_t k = k0; k < k1; ++k) {
       const T* base = in_nhwc + batch[k] * H * W * C;
-      for (int64_t b = 0; b < B; ++b) {
-        const int32_t* bin = bins + (k * B + b) * 4;
-        const int32_t h0 = bin[0], h1 = bin[1], w0 = bin[2], w1 = bin[3];
-        T* __restrict__ bp = best.data() + b * C;
-        int32_t* __restrict__ wp = argmax ? where.data() + b * C : nullptr;
-        const bool empty = h1 <= h0 || w1 <= w0;  // outputs 0 and routes no gradient
-        std::fill(bp, bp + C, empty ? T(0) : static_cast<T>(-FLT_MAX));
-        if (wp) std::fill(wp, wp + C, -1);
-        for (int32_t h = h0; h < h1; ++h) {
-          for (int32_t w = w0; w < w1; ++w) {
-            const int32_t idx = h * static_cast<int32_t>(W) + w;
-            const T* __restrict__ px = base + static_cast<int64_t>(idx) * C;
-            // Branch-free so it vectorises; strict '>' keeps the first maximum and skips NaN.
-            if (wp) {
+      const int32_t* kbins = bins + k * B * 4;
+      for (size_t li = 0; li < levels.size(); ++li) {
+        for (int64_t b = levels[li].start; b < levels[li].start + levels[li].count; ++b) {
+          const int32_t* bin = kbins + b * 4;
+          const int32_t h0 = bin[0], h1 = bin[1], w0 = bin[2], w1 = bin[3];
+          T* __restrict__ bp = best.data() + b * C;
+          int32_t* __restrict__ wp = argmax ? where.data() + b * C : nullptr;
+          const bool empty = h1 <= h0 || w1 <= w0;  // outputs 0 and routes no gradient
+          std::fill(bp, bp + C, empty ? T(0) : static_cast<T>(-FLT_MAX));
+          if (wp) std::fill(wp, wp + C, -1);
+          if (empty) continue;
+          bool tiled = false;
+          for (size_t lj = li; lj-- > 0 && !tiled;)
+            tiled = tiles(kbins, levels[lj], h0, h1, w0, w1, picks, covered);
+          if (tiled) {
+            for (int64_t f : picks) {
+              const T* __restrict__ fv = best.data() + f * C;
+              if (wp) {
+                const int32_t* __restrict__ fw = where.data() + f * C;
+                // Ties go to the lower cell index: the first maximum in the window's row-major
+                // scan. Two -FLT_MAX "maxima" both have index -1 and never replace each other.
 #pragma omp simd
-              for (int64_t c = 0; c < C; ++c) {
-                const bool gt = px[c] > bp[c];
-                bp[c] = gt ? px[c] : bp[c];
-                wp[c] = gt ? idx : wp[c];
+                for (int64_t c = 0; c < C; ++c) {
+                  const bool take = fv[c] > bp[c] || (fv[c] == bp[c] && fw[c] < wp[c]);
+                  bp[c] = take ? fv[c] : bp[c];
+                  wp[c] = take ? fw[c] : wp[c];
+                }
+              } else {
+#pragma omp simd
+                for (int64_t c = 0; c < C; ++c) bp[c] = fv[c] > bp[c] ? fv[c] : bp[c];
               }
-            } else {
+            }
+            continue;
+          }
+          for (int32_t h = h0; h < h1; ++h) {
+            for (int32_t w = w0; w < w1; ++w) {
+              const int32_t idx = h * static_cast<int32_t>(W) + w;
+              const T* __restrict__ px = base + static_cast<int64_t>(idx) * C;
+              // Branch-free so it vectorises; strict '>' keeps the first maximum and skips NaN.
+              if (wp) {
 #pragma omp simd
-              for (int64_t c = 0; c < C; ++c) bp[c] = px[c] > bp[c] ? px[c] : bp[c];
+                for (int64_t c = 0; c < C; ++c) {
+                  const bool gt = px[c] > bp[c];
+                  bp[c] = gt ? px[c] : bp[c];
+                  wp[c] = gt ? idx : wp[c];
+                }
+              } else {
+#pragma omp simd
+                for (int64_t c = 0; c < C; ++c) bp[c] = px[c] > bp[c] ? px[c] : bp[c];
+              }
             }
           }
         }
