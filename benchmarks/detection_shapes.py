@@ -55,23 +55,15 @@ def recipe_digest(config: str) -> str:
     return hashlib.sha256(to_yaml(load_config(config)).encode()).hexdigest()[:12]
 
 
-class SeedsFailed(RuntimeError):
-    """Some seeds' training runs failed (each already reported on stderr); the others' results are
-    in ``runs``. ``last_iter``: the last successful run's evaluation iteration, None if none ran."""
-
-    def __init__(self, failed: list[int], last_iter: int | None):
-        super().__init__(f"seed(s) {', '.join(map(str, failed))} failed")
-        self.failed, self.last_iter = failed, last_iter
-
-
 def train_seeds(config: str, iters: int, quick: bool, run_root: str, seeds: list[int], runs: dict,
-                keys: tuple[str, ...], label: str = "") -> int:
+                keys: tuple[str, ...], label: str = "") -> tuple[int | None, list[int]]:
     """``train_one`` per seed into ``run_root/seed<seed>``, each run's ``keys`` (the first is the
     metric its evaluation record must hold), wall time, command and date added to ``runs`` under
-    the seed. Returns the iteration of the last run's last evaluation.
+    the seed. A seed whose run fails is reported in one stderr line and the other seeds still run.
 
-    Raises:
-        SeedsFailed after the other seeds ran, when a seed's run failed (one stderr line each).
+    Returns:
+        (the iteration of the last successful run's last evaluation, None if none ran; the seeds
+        whose runs failed).
     """
     digest = recipe_digest(config)
     failed, last = [], None
@@ -87,9 +79,7 @@ def train_seeds(config: str, iters: int, quick: bool, run_root: str, seeds: list
               + f" in {wall / 60:.1f} min", flush=True)
         runs[str(seed)] = {**{k: last[k] for k in keys}, "wall_s": wall, "command": command_line(),
                            "date": time.strftime("%Y-%m-%d %H:%M"), "recipe": digest}
-    if failed:
-        raise SeedsFailed(failed, last["iter"] if last is not None else None)
-    return last["iter"]
+    return (last["iter"] if last is not None else None), failed
 
 
 # Figures of the last full-length run of each recipe, so that ``--only`` updates its rows and
@@ -172,21 +162,20 @@ def main(argv=None) -> int:
         names = names[:1]
     figures = {} if args.quick else load_store(STORE)
     val = QUICK_VAL_IMAGES if args.quick else VAL_IMAGES
-    failed = []
+    failed, ran = [], []  # one recipe's failed run must not lose the others' hours
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             config, iters = RECIPES[name]
             runs = previous_runs(figures.get(name), config, iters, val)
-            try:
-                last_iter = train_seeds(config, iters, args.quick, os.path.join(tmp, name), args.seeds,
-                                        runs, ("AP", "AP50"), label=f"detection_shapes: {name} ")
-            except SeedsFailed as e:  # one recipe's failed run must not lose the others' hours
+            last_iter, failed_seeds = train_seeds(config, iters, args.quick, os.path.join(tmp, name),
+                                                  args.seeds, runs, ("AP", "AP50"),
+                                                  label=f"detection_shapes: {name} ")
+            if failed_seeds:
                 failed.append(name)
-                if e.last_iter is None:
-                    continue
-                last_iter = e.last_iter
-            figures[name] = summarise(config, last_iter, runs, val)
-    if not any(name in figures for name in names):
+            if last_iter is not None:
+                figures[name] = summarise(config, last_iter, runs, val)
+                ran.append(name)
+    if not ran:
         return 1
     if records_figures(args):
         save_store(STORE, figures)

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._report import base_parser, finish, markdown_table, records_figures  # noqa: E402
 from benchmarks.detection_shapes import (QUICK_VAL_IMAGES, VAL_IMAGES, load_store,  # noqa: E402
                                          per_seed, previous_runs, save_store, seed_runs, summarise,
-                                         SeedsFailed, train_seeds)
+                                         train_seeds)
 from detseg.config import load_config  # noqa: E402
 
 CONFIG = "configs/fcn8s_resnet18_shapes.yaml"
@@ -36,14 +36,11 @@ def main(argv=None) -> int:
     val = QUICK_VAL_IMAGES if args.quick else VAL_IMAGES
     runs = previous_runs(None if args.quick else load_store(STORE), args.config, iters, val)
     with tempfile.TemporaryDirectory() as tmp:
-        failed = None
-        try:
-            last_iter = train_seeds(args.config, iters, args.quick, args.keep_run or tmp, args.seeds, runs,
-                                    KEYS, label="fcn_shapes: ")
-        except SeedsFailed as e:  # reported on stderr; the seeds that ran are still reported
-            failed, last_iter = e, e.last_iter
-            if last_iter is None:
-                return 1
+        # a failed seed is reported on stderr; the seeds that ran are still reported
+        last_iter, failed = train_seeds(args.config, iters, args.quick, args.keep_run or tmp, args.seeds,
+                                        runs, KEYS, label="fcn_shapes: ")
+        if last_iter is None:
+            return 1
     figures = summarise(args.config, last_iter, runs, val, KEYS)
     if records_figures(args):
         save_store(STORE, figures)
