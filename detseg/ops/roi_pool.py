@@ -124,19 +124,50 @@ def window_max_pool(input: Tensor, windows: Tensor, level_sizes: list[int]) -> T
     inclusive feature-map window) and the levels' ``(rows, cols)`` flattened into ``level_sizes``.
 
     Its bins are ONNX ``MaxRoiPool``'s with ``spatial_scale=1`` on these windows (same rounding),
-    so it exports as one ``MaxRoiPool`` per level, whichever mapping made the windows. Inference
-    only (no gradient).
+    so it exports as one ``MaxRoiPool`` per level, whichever mapping made the windows. Made for
+    inference; its gradient recomputes the argmax, so a graph that reaches it while training
+    (torch 2.11's ``torch.compile`` after a ``torch.export`` in the same process saw
+    ``is_exporting()`` true) still learns.
     """
+    out, _ = _window_pool(input, windows, level_sizes, with_argmax=False)
+    return out
+
+
+def _window_pool(input: Tensor, windows: Tensor, level_sizes: list[int], with_argmax: bool):
+    """``bin_max_pool`` over the bins of ``windows``; also ``(batch_idx, level_bins)``."""
     sizes = list(zip(level_sizes[::2], level_sizes[1::2]))
     bins = window_bins(windows[:, 1:], sizes, input.shape[2], input.shape[3])
-    out, _ = bin_max_pool(input, windows[:, 0].long(), bins, False, [h * w for h, w in sizes])
-    return out
+    batch_idx, level_bins = windows[:, 0].long(), [h * w for h, w in sizes]
+    out, arg = bin_max_pool(input, batch_idx, bins, with_argmax, level_bins)
+    return out, (arg, batch_idx, level_bins)
 
 
 @window_max_pool.register_fake
 def _(input, windows, level_sizes):
     bins = sum(h * w for h, w in zip(level_sizes[::2], level_sizes[1::2]))
     return input.new_empty((windows.shape[0], input.shape[1] * bins))
+
+
+def _window_setup_context(ctx, inputs, output):
+    input, windows, level_sizes = inputs
+    # The input, not an argmax: the forward skipped the argmax, and this path is rare enough
+    # that recomputing it in the backward beats making every exported forward store one.
+    ctx.save_for_backward(input, windows)
+    ctx.level_sizes = list(level_sizes)
+    ctx.set_materialize_grads(False)
+
+
+def _window_backward(ctx, grad_out):
+    if grad_out is None:
+        return None, None, None
+    input, windows = ctx.saved_tensors
+    _, (argmax, batch_idx, level_bins) = _window_pool(input, windows, ctx.level_sizes, True)
+    n, _, h, w = input.shape
+    grad_in = bin_max_pool_backward(grad_out.contiguous(), argmax, batch_idx, n, h, w, level_bins)
+    return grad_in, None, None
+
+
+window_max_pool.register_autograd(_window_backward, setup_context=_window_setup_context)
 
 
 # --------------------------------------------------------------------------- public API

@@ -204,6 +204,27 @@ def test_traceable_by_export_and_compile():
     assert torch.equal(compiled(feats, rois), net(feats, rois))
 
 
+@pytest.mark.parametrize("levels", [(3,), (3, 2, 1)], ids=["roi_pool", "spp"])
+def test_the_export_form_has_the_same_gradient(levels, monkeypatch):
+    """torch 2.11's torch.compile, after a torch.export in the same process, traced the export
+    branch (window_max_pool) while training; its backward must then give the eager gradient."""
+    x = torch.randn(2, 3, 10, 12, dtype=torch.float64)
+    rois = torch.tensor([[0, 1.0, 2, 30, 25], [1, 0, 0, 47, 39], [0, 8, 8, 9, 9]], dtype=torch.float64)
+    expected_x = x.clone().requires_grad_(True)
+    expected = roi_spp_pool(expected_x, rois, levels, 0.25)
+    weights = torch.randn_like(expected)
+    (expected * weights).sum().backward()
+
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    got_x = x.clone().requires_grad_(True)
+    got = roi_spp_pool(got_x, rois, levels, 0.25)
+    assert "window_max_pool" in str(got.grad_fn.name())
+    (got * weights).sum().backward()
+    assert torch.equal(got, expected) and torch.equal(got_x.grad, expected_x.grad)
+    torch.autograd.gradcheck(lambda t: roi_spp_pool(t, rois, levels, 0.25),
+                             (x.clone().requires_grad_(True),))
+
+
 def test_pyramid_bins_combined_from_finer_bins_keep_the_scan_order():
     """A 1x1 bin that the 2x2 level tiles exactly is combined from the 2x2 results, not scanned:
     ties across the quadrants must still go to the first cell in row-major order, an all -inf
