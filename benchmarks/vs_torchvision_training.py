@@ -227,6 +227,7 @@ def run_all(args, jobs: list[tuple[str, str, int]]) -> list[dict]:
                     raise SystemExit(f"run {os.path.basename(out)} failed (exit {proc.returncode})")
                 with open(os.path.join(out, "result.json"), encoding="utf-8") as f:
                     r = json.load(f)
+                r["jobs"] = args.jobs  # runs at a time: whether its s / iteration is a run alone's
                 print(f"{r['model']} {r['impl']} seed {r['seed']}: box AP {r['box_ap']:.3f}"
                       + (f" mask AP {r['mask_ap']:.3f}" if r["mask_ap"] is not None else "")
                       + f", {r['s_per_iter']:.3f} s/iter", flush=True)
@@ -247,8 +248,10 @@ def summarise(results: list[dict], jobs: int) -> tuple[str, dict]:
     for model in RECIPES:
         for impl in IMPLS:
             for var in variants:
-                mine = [r for r in results
-                        if r["model"] == model and r["impl"] == impl and variant(r) == var]
+                # seed order, not the order the runs finished in: both rows' columns line up
+                mine = sorted((r for r in results
+                               if r["model"] == model and r["impl"] == impl and variant(r) == var),
+                              key=lambda r: r["seed"])
                 if not mine:
                     continue
                 means = {key: statistics.mean(vals) for key in ("box_ap", "mask_ap", "s_per_iter")
@@ -350,7 +353,8 @@ def main(argv=None) -> int:
         return 0
     if args.report:
         results = load_reported(args.report)
-        body, figures = summarise(results, 1)
+        # runs stored since they recorded it say how many shared the machine
+        body, figures = summarise(results, max(r.get("jobs", 1) for r in results))
         files = ", ".join(f"`{os.path.basename(spec.partition('=')[0])}`" for spec in args.report)
         body += f" The runs stored in {files}."
     else:

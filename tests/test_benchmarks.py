@@ -130,8 +130,8 @@ def test_torchvision_training_report_groups_stored_runs_by_variant(tmp_path, cap
                 "s_per_iter": 2.0 if impl == "detseg" else 3.0, "val_images": 200, "threads": 2,
                 "device": "cpu", **extra}
     base, capped = tmp_path / "base.json", tmp_path / "capped.json"
-    base.write_text(json.dumps({"runs": [run("detseg", 0, 0.5, 0.6), run("detseg", 1, 0.4, 0.5),
-                                         run("torchvision", 0, 0.3, 0.4)]}))
+    base.write_text(json.dumps({"runs": [run("detseg", 1, 0.4, 0.5), run("detseg", 0, 0.5, 0.6),
+                                         run("torchvision", 0, 0.3, 0.4, jobs=2)]}))
     capped.write_text(json.dumps({"runs": [run("detseg", 0, 0.45, 0.55, overrides=["a.b=8"])]}))
     out = tmp_path / "figures.json"
     assert main(["--report", str(base), f"{capped}=x.y=1 z=2", "--no-write", "--json", str(out)]) == 0
@@ -142,7 +142,9 @@ def test_torchvision_training_report_groups_stored_runs_by_variant(tmp_path, cap
                                    {"box_ap": 0.45, "mask_ap": 0.55, "s_per_iter": 2.0}}
     table = capsys.readouterr().out
     assert "| mask | detseg | `x.y=1 z=2` | 0 | 780 |" in table
+    # seeds in order whatever order the runs were stored in (they finish in any order)
     assert "| mask | detseg | - | 0 / 1 | 780 | 0.500 / 0.400 (mean 0.450) |" in table
+    assert "shared the machine (2 at a time)" in table  # a stored run remembers its --jobs
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit, match="bad.json: not a JSON file of this benchmark's runs"):
         main(["--report", str(tmp_path / "bad.json"), "--no-write"])
