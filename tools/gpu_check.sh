@@ -4,7 +4,8 @@
 #     bash tools/gpu_check.sh [REPORT_DIR]        (default: gpu_report/)
 #
 # Makes sure detseg and its test dependencies import (installing them with pip when they do not:
-# from PyPI, or with no network from wheels placed in .whl/), then runs the GPU tests
+# from PyPI, or with no network from the wheels that tools/gpu_wheels.sh puts in .whl/, installed
+# without their dependencies beside the machine's own torch), then runs the GPU tests
 # (tests/gpu, plus the op tests on the same device), the CUDA benchmarks of RoI pooling, RoIAlign
 # and whole-model inference against torchvision's CUDA kernels (GPU_CHECK_TRAINING=1: and training
 # from scratch against torchvision's detectors), and writes REPORT_DIR/report.md
@@ -25,7 +26,12 @@ fi
 # cv2.ximgproc (selective search) is not needed here: no GPU test or benchmark uses it.
 if ! "$PY" -c "import detseg, albumentations, pycocotools, pytest" 2>/dev/null; then
     if [ -d .whl ]; then
-        "$PY" -m pip install -q --no-index --find-links .whl -e ".[dev]" || exit 1
+        # No network: only what the machine lacks, into a folder of its own, so that pip resolves
+        # nothing against the machine's torch / opencv (whose versions differ from our pins).
+        site="$(pwd)/$OUT/site"
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" .whl/*.whl || exit 1
+        export PYTHONPATH="$site:$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+        "$PY" -c "import detseg, albumentations, pycocotools, pytest" || exit 1
     else
         "$PY" -m pip install -q -e ".[dev]" || exit 1
     fi
