@@ -23,7 +23,8 @@ def test_a_freed_block_is_reused_without_page_faults():
     script = (
         "import ctypes, resource\n"
         "from detseg.engine.memory import keep_freed_memory\n"
-        "assert keep_freed_memory()\n"
+        "if not keep_freed_memory():\n"
+        "    raise SystemExit(print('no glibc'))\n"
         "libc = ctypes.CDLL('libc.so.6')\n"
         "libc.malloc.restype = ctypes.c_void_p\n"
         "libc.free.argtypes = [ctypes.c_void_p]\n"
@@ -40,5 +41,7 @@ def test_a_freed_block_is_reused_without_page_faults():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                          env=script_env())
     assert out.returncode == 0, out.stderr
+    if out.stdout.strip() == "no glibc":  # musl and other C libraries: the setting does not apply
+        pytest.skip("the C library is not glibc")
     faults_per_block = float(out.stdout.split()[-1])
     assert faults_per_block < 100, f"{faults_per_block} faults per reused 8 MiB block (2048 pages)"
