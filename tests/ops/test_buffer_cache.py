@@ -72,3 +72,16 @@ def test_cache_is_bounded_and_can_be_emptied():
     held = ext.cached_buffer_bytes()
     assert release_cpu_cache() == held
     assert ext.cached_buffer_bytes() == 0
+
+
+def test_a_reused_block_is_counted_at_its_own_size():
+    """A smaller output may reuse a bigger block (up to twice its size); when freed, the block
+    must go back counted at its real size, or the cache's byte bound undercounts what it holds."""
+    release_cpu_cache()
+    ext = load_extension()
+    x, _ = _case(7)
+    roi_pool(x, _case(8, k=900)[1], 7, 1 / 16)  # 45 MB output, freed at once
+    big = ext.cached_buffer_bytes()
+    roi_pool(x, _case(9, k=700)[1], 7, 1 / 16)  # 35 MB: takes the 45 MB block, gives it back
+    assert ext.cached_buffer_bytes() == big
+    release_cpu_cache()

@@ -45,8 +45,9 @@ Cache& cache() {
   return *c;
 }
 
-// The smallest cached block of at least `bytes` and at most twice that, or null.
-void* take(size_t bytes) {
+// The smallest cached block of at least `bytes` and at most twice that, or null; its size in
+// `*size_out`, which is what the block must be given back as.
+void* take(size_t bytes, size_t* size_out) {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
   size_t best = c.blocks.size();
@@ -57,6 +58,7 @@ void* take(size_t bytes) {
   }
   if (best == c.blocks.size()) return nullptr;
   void* p = c.blocks[best].second;
+  *size_out = c.blocks[best].first;
   c.bytes -= c.blocks[best].first;
   c.blocks.erase(c.blocks.begin() + best);
   return p;
@@ -83,12 +85,13 @@ at::Tensor cached_empty(at::IntArrayRef size, const at::TensorOptions& options) 
   const size_t bytes = c10::multiply_integers(size) * options.dtype().itemsize();
   if (bytes < kMinBytes) return at::empty(size, options);
   const size_t rounded = (bytes + kBlock - 1) / kBlock * kBlock;
-  void* p = take(rounded);
+  size_t block = rounded;  // a reused block may be up to twice the request: its own size
+  void* p = take(rounded, &block);
   if (p == nullptr) {
     p = std::aligned_alloc(64, rounded);  // rounded is a multiple of 64, as aligned_alloc wants
     if (p == nullptr) return at::empty(size, options);
   }
-  return at::from_blob(p, size, [rounded](void* q) { give_back(q, rounded); }, options);
+  return at::from_blob(p, size, [block](void* q) { give_back(q, block); }, options);
 #endif
 }
 
