@@ -387,6 +387,36 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# No config comes near this many values once YAML aliases are expanded; a file that does is an
+# alias bomb ("billion laughs": nine anchors of nine aliases each are 9**9 values), which the
+# walks over the config (sources, merge, schema) would expand until memory runs out.
+MAX_CONFIG_VALUES = 100_000
+
+
+def check_expanded_size(data: Any, where: str) -> None:
+    """Raise ``ConfigError`` when ``data`` would hold more than ``MAX_CONFIG_VALUES`` values with
+    its shared (aliased) parts expanded; counted once per distinct object, so in linear time."""
+    sizes: dict[int, int] = {}
+
+    def size(obj: Any) -> int:
+        if not isinstance(obj, (dict, list)):
+            return 1
+        if id(obj) in sizes:
+            return sizes[id(obj)]
+        sizes[id(obj)] = MAX_CONFIG_VALUES + 1  # a cycle (a YAML alias to its own parent)
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        total = 1
+        for _, value in items:
+            total += size(value)
+            if total > MAX_CONFIG_VALUES:
+                break
+        sizes[id(obj)] = total
+        return total
+    if size(data) > MAX_CONFIG_VALUES:
+        raise ConfigError(f"{where}: expands to more than {MAX_CONFIG_VALUES} values through YAML "
+                          f"aliases (an alias bomb?); write the values out")
+
+
 def _read_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
@@ -395,6 +425,9 @@ def _read_yaml(path: str) -> dict:
             data = yaml.load(f, Loader=_UniqueKeySafeLoader)  # safe: a SafeLoader subclass
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except ValueError as e:  # int() past Python's digit limit, a date out of range
+            raise ConfigError(f"{path}: a value YAML cannot read: {str(e).splitlines()[0]}") from None
+    check_expanded_size(data, path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -461,6 +494,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except ValueError as e:  # int() past Python's digit limit: no setting takes such a number
+        raise ConfigError(f"override {key}: a value YAML cannot read ({str(e).splitlines()[0]})") from None
+    check_expanded_size(value, f"override {key}")
     return key.split("."), value
 
 

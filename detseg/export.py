@@ -213,7 +213,8 @@ def export(predictor, path: str, *, fmt: Optional[str] = None, opset: int = DEFA
         the metadata written into the file.
 
     Raises:
-        UsageError: an unknown format, an opset below 16, a panoptic-only output.
+        UsageError: an unknown format, an opset below 16 or above ``max_opset()``, a
+            panoptic-only output.
         ImportError: ONNX export without ``onnxscript`` / ``onnx`` installed.
     """
     fmt = fmt or os.path.splitext(path)[1].lstrip(".").lower()
@@ -222,7 +223,16 @@ def export(predictor, path: str, *, fmt: Optional[str] = None, opset: int = DEFA
                          f"the file extension), got {fmt!r}")
     if fmt == "onnx" and opset < 16:
         raise UsageError(f"--opset {opset}: ONNX RoiAlign with half-pixel boxes needs opset 16 or later")
+    if fmt == "onnx" and opset > max_opset():
+        raise UsageError(f"--opset {opset}: this torch's ONNX exporter writes opsets up to "
+                         f"{max_opset()}; choose 16 to {max_opset()}")
     return Traced(predictor, static_size).write(path, fmt, opset=opset)
+
+
+def max_opset() -> int:
+    """The newest ONNX opset this torch's exporter writes (a larger one it would silently lower)."""
+    from torch.onnx import _constants
+    return int(getattr(_constants, "ONNX_MAX_OPSET", DEFAULT_OPSET))
 
 
 def check_static_size(static_size: tuple[int, int]) -> None:
@@ -270,6 +280,10 @@ def _write_onnx(program, example, path: str, meta: dict, graph: ExportGraph, ops
     onnx_program = export_onnx(program, example, None, opset_version=opset, verbose=False,
                                input_names=graph.input_names(), output_names=graph.output_names())
     model = onnx_program.model_proto
+    written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:  # the exporter lowers or raises it without a word
+        raise UsageError(f"--opset {opset}: the ONNX exporter wrote opset {written} instead; "
+                         f"choose {written}")
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = f"detseg.{key}", json.dumps(value)

@@ -11,8 +11,10 @@ does it: the data pipeline's resize, selective search for heads that read propos
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -30,6 +32,24 @@ REQUIRED_KEYS = ("export_format", "detseg_version", "class_names", "cat_ids", "i
 
 def is_exported(path: str) -> bool:
     return str(path).lower().endswith(EXPORTED_SUFFIXES)
+
+
+def written_by_export(path: str) -> bool:
+    """Whether ``path`` is a file that ``tools/export.py`` wrote (its detseg metadata is there):
+    the output guard lets a new export replace only such a file."""
+    lower = str(path).lower()
+    try:
+        if lower.endswith(".pt2"):
+            import zipfile
+            with zipfile.ZipFile(path) as archive:
+                return any(n.endswith("detseg.json") for n in archive.namelist())
+        if lower.endswith(".onnx"):
+            import onnx
+            model = onnx.load(path, load_external_data=False)
+            return any(p.key == "detseg.export_format" for p in model.metadata_props)
+    except Exception:  # unreadable, truncated, another format: not an export of ours
+        return False
+    return False
 
 
 def read_metadata(path: str, raw: dict) -> dict:
@@ -79,14 +99,33 @@ class _OnnxRunner:
         return [torch.from_numpy(a) for a in self.session.run(None, feed)]
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch's own loggers held to CRITICAL for the block (their error records carry tracebacks
+    that the one-line error raised after them already says)."""
+    loggers = [logging.getLogger(n) for n in ("torch", "torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 class _Pt2Runner:
     def __init__(self, path: str, device: torch.device, compile: bool = False):
         from . import ops  # noqa: F401  the graph calls detseg's ops: register them first
         extra = {"detseg.json": ""}
         try:
-            program = torch.export.load(path, extra_files=extra)
+            with _quiet_torch_logs():  # torch logs a traceback of its own before raising
+                program = torch.export.load(path, extra_files=extra)
         except Exception as e:  # a truncated or foreign archive
-            raise CheckpointError(f"{path}: torch.export cannot load it: {str(e).splitlines()[0]}") from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "warnings above" in first:  # the warnings it points to are the silenced traceback
+                first = "a corrupt archive, or not one torch.export wrote"
+            raise CheckpointError(f"{path}: torch.export cannot load it: {first}") from None
         try:
             self.raw = {k: json.dumps(v) for k, v in json.loads(extra["detseg.json"] or "{}").items()}
         except ValueError:

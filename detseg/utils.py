@@ -5,6 +5,7 @@ The bottom of the import order (see ``tests/test_imports.py``): it imports nothi
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -138,3 +139,26 @@ def write_json_atomic(obj: Any, path: str, indent: Optional[int] = None) -> None
     """``json.dump(obj)`` into ``path`` with ``atomic_write``."""
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=indent)
+
+
+class _Once(argparse._StoreAction):
+    """A store option that may be given once: a second value would silently replace the first."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given_once", set())
+        if self.dest in given:
+            parser.error(f"{option_string} was given twice; it takes one value (give it once)")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def parse_once(parser: argparse.ArgumentParser, argv=None, intermixed: bool = False) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` (or ``parse_intermixed_args``) where every option that takes
+    one value is an error when repeated (``--input a --input b`` would drop ``a`` without a word).
+    argparse's own error: usage, one ``error:`` line, ``SystemExit(2)``."""
+    for action in parser._actions:
+        if type(action) is argparse._StoreAction and action.option_strings:
+            action.__class__ = _Once
+    args = (parser.parse_intermixed_args if intermixed else parser.parse_args)(argv)
+    args.__dict__.pop("_given_once", None)
+    return args

@@ -125,6 +125,18 @@ def load_torchvision_state(path_or_enum: str, model: str) -> dict:
     return member.get_state_dict(progress=True)
 
 
+def written_by_convert(path: str) -> bool:
+    """Whether ``path`` is a checkpoint ``convert`` wrote (its ``source`` names torchvision's
+    enum): the output guard lets a new conversion replace only such a file."""
+    from .engine.checkpoint import CheckpointError, load_checkpoint
+    try:
+        source = load_checkpoint(path).get("source")
+    except (CheckpointError, OSError, AttributeError):
+        return False
+    return isinstance(source, str) and source.startswith("torchvision ") and any(
+        source.endswith(e) for e in ENUMS.values())
+
+
 def convert(source: str, model: str, output: str) -> str:
     """Convert and write atomically; returns ``output``."""
     from .engine.checkpoint import save_atomic
@@ -133,4 +145,4 @@ def convert(source: str, model: str, output: str) -> str:
     return output
 
 
-__all__ = ["from_torchvision", "convert", "coco_classes", "ConversionError"]
+__all__ = ["from_torchvision", "convert", "coco_classes", "ConversionError", "written_by_convert"]

@@ -8,7 +8,7 @@ from tests.conftest import ROOT
 
 # Bottom to top. A package may import its own layer and any lower one.
 LAYERS = [
-    {"utils", "config", "structures", "visualize"},
+    {"utils", "outputs", "config", "structures", "visualize"},
     {"ops"},
     {"modeling"},
     {"data"},

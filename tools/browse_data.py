@@ -26,7 +26,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true",
                    help="apply the training augmentation (train split; default: resize only)")
     p.add_argument("--seed", type=int, default=0, help="which augmentation draws")
-    p.add_argument("--output", help="folder (default: runs/browse/<n>)")
+    p.add_argument("--output", help="folder (default: runs/browse/<n>); an existing one only when "
+                   "empty or holding an earlier browse_data.py output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an output folder that holds other files (same names are replaced)")
     p.add_argument("--sheet", action="store_true", help="one contact sheet instead of a file each")
     return p
 
@@ -59,11 +62,13 @@ def contact_sheet(images: list, columns: int = 4, pad: int = 4):
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_intermixed_args(argv)
+    from detseg.utils import parse_once
+    args = parse_once(get_parser(), argv, intermixed=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from detseg.config import ConfigError, load_config
     from detseg.data.io import DataError
-    from detseg.utils import UsageError, check_output_dir, next_numbered_dir
+    from detseg.outputs import claim_dir
+    from detseg.utils import UsageError, next_numbered_dir
     if args.num < 1:
         print("error: --num must be >= 1", file=sys.stderr)
         return 2
@@ -74,9 +79,12 @@ def main(argv=None) -> int:
         split = resolve_splits(cfg).get(args.split)
         if split is None:
             raise ConfigError(f"the config has no {args.split} split")
-        out_dir = check_output_dir(args.output or next_numbered_dir(os.path.join("runs", "browse")))
         needs = data_needs(cfg)
         ds = build_dataset(cfg, split, train=args.augment, with_masks=needs.masks, with_semantic=False)
+        output = claim_dir(args.output or next_numbered_dir(os.path.join("runs", "browse")), "browse_data",
+                           inputs=[args.config, split["ann_file"], split["image_dir"]],
+                           overwrite=args.overwrite)
+        out_dir = output.path
     except (ConfigError, DataError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, (ConfigError, UsageError)) else 1
@@ -103,6 +111,8 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"error: {out_dir}: {e}", file=sys.stderr)
         return 1
+    finally:
+        output.list_files(complete=True)
     print(f"{out_dir}: {len(drawn)} sample(s) of the {args.split} split drawn"
           f"{', ' + str(failed) + ' unreadable' if failed else ''}")
     return 1 if failed or not drawn else 0

@@ -19,12 +19,16 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("ann_file")
     p.add_argument("image_dir")
     p.add_argument("--fix", choices=["clip", "drop"],
-                   help="write a cleaned copy beside the original (the original is not modified)")
+                   help="write a cleaned copy beside the original (the original is not modified; "
+                        "an existing copy only when an earlier --fix wrote it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --fix: replace an existing file at the copy's path that --fix did not write")
     return p
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    from detseg.utils import parse_once
+    args = parse_once(get_parser(), argv)
     problems = check_dataset(args.ann_file, args.image_dir)
     if not problems:
         print(f"{args.ann_file}: no problems found")
@@ -32,8 +36,17 @@ def main(argv=None) -> int:
     print(format_table(problems))
     print(f"\n{len(problems)} problem(s) in {args.ann_file}")
     if args.fix:
+        from detseg.data.validate import fixed_path, written_by_fix
+        from detseg.outputs import check_output_file
+        from detseg.utils import UsageError
         try:
+            check_output_file(fixed_path(args.ann_file, args.fix), inputs=[args.ann_file],
+                              overwrite=args.overwrite, ours=written_by_fix, what="the fixed copy",
+                              kind="fixed copy")
             out, counts = fix_dataset(args.ann_file, args.image_dir, args.fix)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -19,15 +19,29 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, choices=["faster_rcnn", "mask_rcnn"])
     p.add_argument("--input", required=True, help="torchvision .pth file, or a weights enum member (COCO_V1)")
-    p.add_argument("--output", help="detseg checkpoint to write")
+    p.add_argument("--output", help="detseg checkpoint to write (an existing file only when an "
+                   "earlier convert_weights.py wrote it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file that "
+                   "convert_weights.py did not write (never --input)")
     return p
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    from detseg.utils import parse_once
+    args = parse_once(get_parser(), argv)
     from detseg.modeling.backbones import WeightsError
-    from detseg.weights import ConversionError, convert
+    from detseg.outputs import check_output_file
+    from detseg.utils import UsageError
+    from detseg.weights import ConversionError, convert, written_by_convert
     out = args.output or os.path.join("weights", f"{args.model}_r50_fpn_coco.pth")
+    try:
+        if not args.output:
+            os.makedirs("weights", exist_ok=True)
+        check_output_file(out, inputs=[args.input if os.path.exists(args.input) else None],
+                          overwrite=args.overwrite, ours=written_by_convert, kind="converted checkpoint")
+    except (UsageError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         convert(args.input, args.model, out)
     except (ConversionError, WeightsError) as e:

@@ -30,13 +30,17 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config replacing the checkpoint's own")
     p.add_argument("--ann-file", help="COCO annotations to evaluate on (default: the config's val split)")
     p.add_argument("--image-dir", help="their images")
-    p.add_argument("--output", help="folder for metrics.json (default: <weights folder>/eval)")
+    p.add_argument("--output", help="folder for metrics.json (default: <weights folder>/eval); an "
+                   "existing one only when empty or holding an earlier eval.py output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an output folder that holds other files (same names are replaced)")
     p.add_argument("--device", default="auto")
     return p
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    from detseg.utils import parse_once
+    args = parse_once(get_parser(), argv, intermixed=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
@@ -47,8 +51,14 @@ def main(argv=None) -> int:
     from detseg.utils import write_json_atomic
     from detseg.evaluation.runner import build_datasets_and_evaluator
     from detseg.modeling.heads import head_class
-    from detseg.utils import UsageError, check_output_dir
+    from detseg.exported import is_exported
+    from detseg.outputs import claim_dir
+    from detseg.utils import UsageError
     try:
+        if os.path.isfile(args.weights) and is_exported(args.weights):
+            raise UsageError(f"{args.weights}: an exported model holds no training config or data "
+                             f"pipeline to evaluate with; evaluate the .pth checkpoint it was "
+                             f"exported from (tools/eval.py --weights CHECKPOINT)")
         # the model exactly as the trainer evaluated it (no inference-time folding)
         predictor = load_model(args.weights, config=args.config, device=args.device, fold_bn=False)
         cfg = from_dict(apply_overrides(to_dict(predictor.cfg), {}, args.overrides))
@@ -62,9 +72,11 @@ def main(argv=None) -> int:
             split = resolve_splits(cfg).get("val")
             if split is None:
                 raise ConfigError("the config has no val split; pass --ann-file and --image-dir")
-        out_dir = check_output_dir(
-            args.output or os.path.join(os.path.dirname(os.path.abspath(args.weights)), "eval"))
+        out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(args.weights)), "eval")
+        # the data first: a bad annotation file is named before anything about the output
         datasets, evaluate = build_datasets_and_evaluator(cfg, {"val": split}, out_dir)
+        output = claim_dir(out_dir, "eval", overwrite=args.overwrite,
+                           inputs=[args.weights, args.config, split["ann_file"], split["image_dir"]])
         dataset = datasets["val"]
     except (CheckpointError, ConfigError, DataError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -83,6 +95,7 @@ def main(argv=None) -> int:
         print(f"{key}:\n{format_per_class(metrics[key])}")
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(json.dumps(summary, indent=2))
+    output.list_files(complete=True)
     return 0
 
 

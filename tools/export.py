@@ -27,7 +27,10 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="a detseg checkpoint")
     p.add_argument("--format", choices=["onnx", "pt2"], help="default: from --output's extension, else onnx")
-    p.add_argument("--output", help="file to write (default: the checkpoint's path, the format's extension)")
+    p.add_argument("--output", help="file to write (default: the checkpoint's path, the format's "
+                   "extension); an existing file only when it is an earlier export")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file "
+                   "that is not an earlier export (never the checkpoint or config read)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 16 or later)")
     p.add_argument("--config", help="config replacing the checkpoint's own (architecture must match)")
     p.add_argument("--no-check", action="store_true", help="skip running the file beside the eager model")
@@ -40,11 +43,14 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    from detseg.utils import parse_once
+    args = parse_once(get_parser(), argv)
     from detseg.api import load_model
     from detseg.config import ConfigError
     from detseg.engine.checkpoint import CheckpointError
     from detseg.export import DEFAULT_OPSET, ParityError, check_parity, check_static_size, export
+    from detseg.exported import written_by_export
+    from detseg.outputs import check_output_file
     from detseg.utils import UsageError
     fmt = args.format or (os.path.splitext(args.output)[1].lstrip(".").lower() if args.output else "onnx")
     out = args.output or os.path.splitext(args.weights)[0] + "." + fmt
@@ -55,10 +61,8 @@ def main(argv=None) -> int:
             raise UsageError("--opset applies to ONNX only")
         if args.static:
             check_static_size(args.static)
-        if os.path.isdir(out):
-            raise UsageError(f"{out}: is a folder; --output names the file to write")
-        if not os.access(os.path.dirname(os.path.abspath(out)) or ".", os.W_OK):
-            raise UsageError(f"{out}: its folder does not exist or is not writable")
+        check_output_file(out, inputs=[args.weights, args.config], overwrite=args.overwrite,
+                          ours=written_by_export, kind="exported model")
         predictor = load_model(args.weights, config=args.config, device="cpu")
         meta = export(predictor, out, fmt=fmt, opset=args.opset or DEFAULT_OPSET,
                       static_size=tuple(args.static) if args.static else None)

@@ -20,11 +20,13 @@ import logging
 import os
 import sys
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detseg.data.io import DataError  # noqa: E402
 from detseg.engine.checkpoint import CheckpointError  # noqa: E402
+from detseg.utils import parse_once  # noqa: E402
 
 logger = logging.getLogger("detseg.infer")
 
@@ -33,7 +35,10 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="a detseg checkpoint (config and classes inside)")
     p.add_argument("--input", required=True, help="image, folder, glob, video file or webcam index")
-    p.add_argument("--output", help="output folder (default: runs/infer/<n>)")
+    p.add_argument("--output", help="output folder (default: runs/infer/<n>); an existing one only "
+                   "when empty or holding an earlier infer.py output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an output folder that holds other files (same names are replaced)")
     p.add_argument("--config", help="config replacing the checkpoint's own (architecture must match)")
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.add_argument("--device", default="auto")
@@ -142,7 +147,8 @@ class Results:
         self.records: list[dict] = []
         self.images: list[dict] = []
 
-    def add(self, image_id: int, name: str, size: tuple[int, int], result: dict) -> None:
+    def add(self, image_id: int, name: str, size: tuple[int, int], result: dict,
+            stem: Optional[str] = None) -> None:
         from detseg.evaluation.coco import instances_to_results
         self.images.append({"id": image_id, "file_name": name, "height": size[0], "width": size[1]})
         inst = result.get("instances")
@@ -155,7 +161,9 @@ class Results:
             lines = [f"{self.predictor.cat_ids[int(k)]} {float(s):.4f} "
                      + " ".join(f"{v:.1f}" for v in b.tolist()) + f" {self.predictor.class_names[int(k)]}"
                      for b, s, k in zip(inst.boxes, inst.scores, inst.labels)]
-            with open(os.path.join(self.out_dir, "labels", os.path.splitext(name)[0] + ".txt"), "w") as f:
+            from detseg.utils import atomic_write
+            path = os.path.join(self.out_dir, "labels", (stem or os.path.splitext(name)[0]) + ".txt")
+            with atomic_write(path, "w") as f:
                 f.write("\n".join(lines) + ("\n" if lines else ""))
 
     def close(self) -> None:
@@ -172,6 +180,21 @@ def _write_rgb(path: str, rgb) -> None:
             raise OSError(f"could not write {path}")
 
 
+def output_stems(paths: list[str]) -> dict[str, str]:
+    """The output name (without extension) of each input image: its own stem, or, where two
+    inputs share one (``a.png`` and ``a.jpg``, or the same name in two folders of a glob), the
+    stem with its extension or a number added, so that no result replaces another."""
+    taken: set[str] = set()
+    out = {}
+    for path in paths:
+        stem, ext = os.path.splitext(os.path.basename(path))
+        candidates = [stem, f"{stem}_{ext.lstrip('.')}"] + [f"{stem}_{i}" for i in range(2, len(paths) + 2)]
+        name = next(c for c in candidates if c.lower() not in taken)
+        taken.add(name.lower())
+        out[path] = name
+    return out
+
+
 def run_images(paths: list[str], predictor, args, out_dir: str) -> int:
     """Images in batches; returns how many inputs failed."""
     from tqdm import tqdm
@@ -184,6 +207,7 @@ def run_images(paths: list[str], predictor, args, out_dir: str) -> int:
         coco = load_coco(args.ann_file)
         ids = {os.path.basename(im["file_name"]): im["id"] for im in coco.dataset["images"]}
     results, display, failed = Results(out_dir, predictor, args.save_txt), Display(args.show), 0
+    stems = output_stems(paths)
     bar = tqdm(total=len(paths), unit="img", desc="infer",
                disable=os.environ.get("DETSEG_NO_PROGRESS") == "1")
     pending: list[tuple[int, str, object]] = []
@@ -193,8 +217,8 @@ def run_images(paths: list[str], predictor, args, out_dir: str) -> int:
         for (image_id, path, image), pred in zip(pending, preds):
             name = os.path.basename(path)
             drawn = draw_prediction(image, pred, predictor.class_names)
-            _write_rgb(os.path.join(out_dir, os.path.splitext(name)[0] + ".jpg"), drawn)
-            results.add(image_id, name, image.shape[:2], pred)
+            _write_rgb(os.path.join(out_dir, stems[path] + ".jpg"), drawn)
+            results.add(image_id, name, image.shape[:2], pred, stems[path])
             if not display.show(drawn):
                 return False
         bar.update(len(pending))
@@ -282,17 +306,22 @@ def run_video(source, predictor, args, out_dir: str) -> int:
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    args = parse_once(get_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.batch_size < 1:
         print("error: --batch-size must be >= 1", file=sys.stderr)
         return 2
     from detseg.api import load_model
     from detseg.config import ConfigError
-    from detseg.utils import UsageError, check_output_dir, next_numbered_dir
+    from detseg.outputs import claim_dir
+    from detseg.utils import UsageError, next_numbered_dir
     try:
-        out_dir = check_output_dir(args.output or next_numbered_dir(os.path.join("runs", "infer")))
         kind, what = classify_input(args.input)
+        inputs = [args.weights, args.config, args.ann_file, args.input if os.path.exists(args.input) else None,
+                  *(what if kind == "images" else [what] if kind == "video" else [])]
+        output = claim_dir(args.output or next_numbered_dir(os.path.join("runs", "infer")), "infer",
+                           inputs=inputs, overwrite=args.overwrite)
+        out_dir = output.path
         weights = args.weights
         if choose_backend(args, kind, what) == "onnxruntime":
             from detseg.exported import cached_export
@@ -312,6 +341,8 @@ def main(argv=None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        output.list_files(complete=True)
     print(json.dumps({"output": out_dir, "failed": failed}))
     return 1 if failed else 0
 

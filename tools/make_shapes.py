@@ -3,7 +3,8 @@
     python tools/make_shapes.py --out data/shapes --seed 0 --num-train 300 --num-val 60
     python tools/make_shapes.py --out data/shapes2 --classes star ellipse cross circle triangle
 
-The output folder is replaced only when it is empty or an earlier shapes dataset.
+The output folder is replaced only when it is empty or an earlier shapes dataset holding nothing
+else (its manifest lists what the generator wrote; a file added or changed there is refused).
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    from detseg.utils import parse_once
+    args = parse_once(get_parser(), argv)
     if args.num_train < 0 or args.num_val < 0:
         print("error: --num-train and --num-val must be >= 0", file=sys.stderr)
         return 2

@@ -29,6 +29,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="cache file (default: beside the annotation file)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--force", action="store_true", help="recompute even if the cache exists")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file that is "
+                   "not a proposal cache (never the annotation file, images or config read)")
     return p
 
 
@@ -52,7 +54,8 @@ def _jobs(args) -> list[tuple[str, str, str | None, str, int]]:
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    from detseg.utils import parse_once
+    args = parse_once(get_parser(), argv, intermixed=True)
     import numpy as np
 
     from detseg.data.coco import CocoDataset
@@ -61,9 +64,22 @@ def main(argv=None) -> int:
         print("error: --workers must be >= 0 (0: in this process) and --max-per-image >= 1",
               file=sys.stderr)
         return 2
+    from detseg.outputs import check_output_file
+    from detseg.utils import UsageError
+
+    def is_cache(path: str) -> bool:
+        ss.load_cache(path)
+        return True
     try:
         jobs = _jobs(args)
-    except (ConfigError, DataError) as e:
+        # the image folders too for a path the user chose; the default, beside the annotation
+        # file, may sit in the image folder where that is where the dataset keeps it
+        read = [args.config] + [p for job in jobs for p in (job[:2] if job[2] else job[:1])]
+        for ann_file, _, out, mode, _ in jobs:
+            check_output_file(out or ss.default_cache_path(ann_file, mode), inputs=read,
+                              overwrite=args.overwrite, ours=is_cache, what="--out",
+                              kind="proposal cache")
+    except (ConfigError, DataError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for ann_file, image_dir, out, mode, limit in jobs:

@@ -25,7 +25,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=3, help="timed runs (median), after one warm-up")
     p.add_argument("--no-timing", action="store_true", help="parameters and FLOPs only")
-    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON (an existing file "
+                   "only when an earlier summary.py wrote it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file that "
+                   "summary.py did not write (never the checkpoint or config read)")
     return p
 
 
@@ -47,7 +50,8 @@ def train_batch(cfg, num_classes: int):
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_intermixed_args(argv)
+    from detseg.utils import parse_once
+    args = parse_once(get_parser(), argv, intermixed=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from detseg.config import ConfigError, load_config
     from detseg.data.io import DataError
@@ -57,8 +61,12 @@ def main(argv=None) -> int:
     if args.repeats < 1 or (args.size and min(args.size) < 16):
         print("error: --repeats must be >= 1 and --size at least 16 x 16", file=sys.stderr)
         return 2
+    from detseg.outputs import check_output_file, json_written_by, stamp
     try:
         device = check_device(args.device)
+        if args.json:  # before minutes of timing, not after
+            check_output_file(args.json, inputs=[args.weights, args.config], overwrite=args.overwrite,
+                              ours=json_written_by("summary"), what="--json", kind="summary JSON")
         if args.weights:
             from detseg.api import load_model
             predictor = load_model(args.weights, config=args.config, device=device, fold_bn=False)
@@ -84,7 +92,7 @@ def main(argv=None) -> int:
     if args.json:
         from detseg.utils import write_json_atomic
         try:
-            write_json_atomic(figures, args.json, indent=1)
+            write_json_atomic(stamp(figures, "summary"), args.json, indent=1)
         except OSError as e:
             print(f"error: {args.json}: cannot write ({e.strerror or e})", file=sys.stderr)
             return 1

@@ -24,8 +24,9 @@ from detseg.data.io import DataError  # noqa: E402
 from detseg.data.proposal_cache import ProposalError  # noqa: E402
 from detseg.engine.checkpoint import CheckpointError  # noqa: E402
 from detseg.modeling.backbones import WeightsError  # noqa: E402
+from detseg.outputs import OutputRefused  # noqa: E402
 from detseg.utils import (UsageError, check_device, check_output_dir, next_numbered_dir,  # noqa: E402
-                          write_json_atomic)
+                          parse_once, write_json_atomic)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,11 @@ def get_parser() -> argparse.ArgumentParser:
                    help="start from the weights of this checkpoint or state dict that fit "
                         "(model.init_from; class rows move by class name); optimizer, schedule "
                         "and iteration start fresh")
-    p.add_argument("--output-dir", help="run folder (default: runs/<config name>/<n>)")
+    p.add_argument("--output-dir", help="run folder (default: runs/<config name>/<n>); an existing "
+                   "one only when empty, or a run of this config with --resume")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into a folder that holds other files or another run (its "
+                        "checkpoints are removed; other files are left, never written over)")
     p.add_argument("--eval-only", action="store_true", help="evaluate (best.pth or --weights) and exit")
     p.add_argument("--weights", help="checkpoint for --eval-only")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: runtime.device)")
@@ -54,9 +59,21 @@ def next_run_dir(config_path: str | None, root: str = "runs") -> str:
     return next_numbered_dir(os.path.join(root, name))
 
 
+def run_inputs(args, cfg, splits: dict) -> list:
+    """Every file and folder a training run reads: its config, data, and weights."""
+    found = [args.config, cfg.model.init_from]
+    weights = cfg.model.backbone.weights
+    if weights and os.path.exists(weights):
+        found.append(weights)
+    for split in splits.values():
+        if split is not None:
+            found += [split["ann_file"], split["image_dir"]]
+    return found
+
+
 def main(argv=None) -> int:
     # intermixed: overrides may come before or after the --options
-    args = get_parser().parse_intermixed_args(argv)
+    args = parse_once(get_parser(), argv, intermixed=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides)
     if args.device:
@@ -84,8 +101,8 @@ def main(argv=None) -> int:
         return 0
     try:
         check_device(cfg.runtime.device)
-        if not args.check_data:  # the run folder, or runs/ where a numbered one will be made
-            check_output_dir(cfg.runtime.output_dir or "runs")
+        if not args.check_data and not cfg.runtime.output_dir:  # where a numbered run folder goes
+            check_output_dir("runs")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -101,6 +118,15 @@ def main(argv=None) -> int:
     except DataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return 1
+    if not args.check_data and cfg.runtime.output_dir:
+        from detseg.engine.run_folder import claim_run_dir
+        try:  # checked at the door; run() marks it as this run's once training starts
+            claim_run_dir(cfg.runtime.output_dir, cfg, resume=args.resume, overwrite=args.overwrite,
+                          inputs=run_inputs(args, cfg, splits), claim=False)
+            check_output_dir(cfg.runtime.output_dir)
+        except (OutputRefused, UsageError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.check_data:
         from detseg.data.validate import check_dataset, format_table
         bad = 0
@@ -128,14 +154,20 @@ def run(cfg, splits: dict, args) -> int:
     from detseg.engine import distributed as dist
     from detseg.engine.checkpoint import fit_report, load_checkpoint
     from detseg.engine.init_from import init_from
+    from detseg.engine.run_folder import claim_run_dir
     from detseg.engine.trainer import Trainer, seed_everything
     from detseg.evaluation.runner import build_datasets_and_evaluator
     from detseg.modeling.model import build_model
 
     dist.init(cfg.runtime.device)  # before any sampler is built: they shard by rank
     seed_everything(cfg.runtime.seed, cfg.runtime.deterministic)
-    output_dir = cfg.runtime.output_dir or (next_run_dir(args.config) if dist.is_main() else None)
+    output_dir = cfg.runtime.output_dir
+    if not output_dir and dist.is_main():  # a new numbered folder
+        output_dir = next_run_dir(args.config)
     output_dir = dist.broadcast_object(output_dir)
+    # main() checked a given folder; this marks it (or the new one) as this run's
+    claimed = claim_run_dir(output_dir, cfg, resume=args.resume, overwrite=args.overwrite,
+                            claim=dist.is_main())
     datasets, evaluate = build_datasets_and_evaluator(cfg, splits, output_dir)
     train_ds = datasets["train"]
     model = build_model(cfg, train_ds.num_classes)
@@ -181,13 +213,19 @@ def run(cfg, splits: dict, args) -> int:
             write_json_atomic(report.as_dict(), os.path.join(output_dir, "init_report.json"), indent=1)
     if dist.is_main():
         import yaml
-        with open(os.path.join(output_dir, "config.yaml"), "w", encoding="utf-8") as f:
+
+        from detseg.utils import atomic_write
+        with atomic_write(os.path.join(output_dir, "config.yaml"), "w") as f:
             yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
     main_rank = dist.is_main()
+    if not resumed:
+        trainer.start_metrics()  # a fresh start of a run whose earlier start was killed
     try:
         metrics = trainer.train()
     finally:
         dist.shutdown()
+    if main_rank:
+        claimed.list_files(complete=True)
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
     if main_rank:
         print(f"done: {output_dir} iteration {trainer.iter} {json.dumps(summary)}")

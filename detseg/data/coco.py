@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from ..structures import SEMANTIC_IGNORE as IGNORE
-from .io import DataError, read_image
+from .io import DataError, read_image, read_image_size
 from .validate import DROPPED, FATAL, SEGMENTATION, check_annotations, read_annotations
 
 logger = logging.getLogger(__name__)
@@ -36,26 +36,71 @@ def load_coco(ann_file: str, image_dir: Optional[str] = None) -> COCO:
     boxes leaving their image clipped (when loaded), each kind logged once with a count and the
     first ids.
     """
+    return coco_from(COCO, read_cleaned(ann_file, image_dir), ann_file, image_dir)
+
+
+def read_cleaned(ann_file: str, image_dir: Optional[str] = None) -> dict:
+    """The annotation file's JSON after the dataset doctor's checks, cleaned as ``load_coco``
+    describes (what both training and evaluation read, so that pycocotools never sees an
+    annotation it would crash on).
+
+    Raises:
+        DataError: the file cannot be used at all (the first such problem named).
+    """
     data, problems = read_annotations(ann_file)
     if data is None:
         raise DataError(f"{ann_file}: {problems[0].detail}")
     problems = check_annotations(data, ann_file)
+    if image_dir is not None and _take_file_sizes(data, problems, ann_file, image_dir):
+        problems = check_annotations(data, ann_file)
     fatal = [p for p in problems if p.kind in FATAL]
-    hint = f"tools/check_data.py {ann_file} {image_dir or 'IMAGE_DIR'} lists every problem"
     if fatal:
         p = fatal[0]
         where = "".join(f" {k} {v}" for k, v in (("image", p.image_id), ("annotation", p.ann_id))
                         if v is not None)
         more = f" (and {len(fatal) - 1} more problem(s) of this severity)" if len(fatal) > 1 else ""
-        raise DataError(f"{ann_file}:{where}: {p.detail}{more}; cannot use this file ({hint})")
-    data = _cleaned(data, problems, ann_file, hint)
+        raise DataError(f"{ann_file}:{where}: {p.detail}{more}; cannot use this file "
+                        f"({_hint(ann_file, image_dir)})")
+    return _cleaned(data, problems, ann_file, _hint(ann_file, image_dir))
+
+
+def _take_file_sizes(data: dict, problems: list, ann_file: str, image_dir: str) -> bool:
+    """Where boxes leave their image, check the image file's real size (header only) against the
+    JSON's ``width`` / ``height``; where they disagree, name the image once with both sizes and
+    take the file's (the loader decodes the file, so its size is the truth). Returns whether any
+    size changed (the caller checks the annotations again)."""
+    suspects = {p.image_id for p in problems if p.kind in ("box_outside_image", "box_wholly_outside")}
+    changed = False
+    for img in data.get("images", []):
+        if not (isinstance(img, dict) and img.get("id") in suspects and isinstance(img.get("file_name"), str)):
+            continue
+        try:
+            h, w = read_image_size(os.path.join(image_dir, img["file_name"]))
+        except DataError:
+            continue  # reported when the image is read
+        if (img.get("height"), img.get("width")) != (h, w):
+            logger.warning("%s: image %s (%s): the annotation file says %sx%s (width x height), the "
+                           "file is %dx%d; using the file's size", ann_file, img["id"], img["file_name"],
+                           img.get("width"), img.get("height"), w, h)
+            img["height"], img["width"] = h, w
+            changed = True
+    return changed
+
+
+def _hint(ann_file: str, image_dir: Optional[str]) -> str:
+    return f"tools/check_data.py {ann_file} {image_dir or 'IMAGE_DIR'} lists every problem"
+
+
+def coco_from(api: type, data: dict, ann_file: str, image_dir: Optional[str] = None):
+    """An ``api`` object (pycocotools' or faster-coco-eval's ``COCO``) over cleaned ``data``."""
     try:
         with contextlib.redirect_stdout(_io.StringIO()):
-            coco = COCO()
+            coco = api()
             coco.dataset = data
             coco.createIndex()
     except (KeyError, TypeError, AssertionError) as e:
-        raise DataError(f"{ann_file}: not a COCO annotation file ({type(e).__name__}: {e}); {hint}") from None
+        raise DataError(f"{ann_file}: not a COCO annotation file ({type(e).__name__}: {e}); "
+                        f"{_hint(ann_file, image_dir)}") from None
     return coco
 
 
@@ -153,6 +198,7 @@ class CocoDataset(torch.utils.data.Dataset):
         self.ann_file = ann_file
         self.image_dir = image_dir
         self.coco = load_coco(ann_file, image_dir)
+        self._size_named: set = set()  # images whose JSON size was found wrong (named once)
         self.with_semantic = with_semantic
         self.with_masks = with_masks or with_semantic
         self.transform = transform
@@ -252,6 +298,12 @@ class CocoDataset(torch.utils.data.Dataset):
                 return None
             raise DataError(f"{e} (image id {img_id} in {self.ann_file})") from None
         h, w = image.shape[:2]
+        info = self.coco.imgs[img_id]
+        if (info.get("height"), info.get("width")) != (h, w) and img_id not in self._size_named:
+            self._size_named.add(img_id)  # once per image (each loader worker has its own set)
+            logger.warning("%s: image %s (%s): the annotation file says %sx%s (width x height), the "
+                           "decoded file is %dx%d; using the file's size", self.ann_file, img_id,
+                           info.get("file_name"), info.get("width"), info.get("height"), w, h)
         return {"image": image, **self.load_annotations(img_id, h, w)}
 
     def __getitem__(self, index: int) -> Optional[dict]:

@@ -22,6 +22,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from ..outputs import OutputDir, foreign_files, read_manifest
 from ..utils import default_cache_dir
 
 CLASSES = ("circle", "rectangle", "triangle", "hexagon")
@@ -218,12 +219,35 @@ def is_shapes_folder(path: str) -> bool:
     return b'"description":"detseg shapes v' in tail
 
 
+TOOL = "make_shapes"
+
+
+def not_generated(path: str) -> list[str]:
+    """Files in shapes folder ``path`` that the generator did not write (or that changed since):
+    by its manifest, or, in a folder from before the manifest, those its annotation files do
+    not list."""
+    if read_manifest(path) is not None:
+        return foreign_files(path, TOOL)
+    expected = set()
+    for split, p in split_paths(path).items():
+        expected.add(os.path.relpath(p["ann_file"], path))
+        try:
+            with open(p["ann_file"], encoding="utf-8") as f:
+                names = [im["file_name"] for im in json.load(f)["images"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return foreign_files(path, TOOL, {"files": {}})  # not readable as ours: all of it
+        expected.update(os.path.join(folder, n) for n in names for folder in (split, f"semantic_{split}"))
+    return [rel for rel in foreign_files(path, TOOL, {"files": {}}) if rel not in expected]
+
+
 def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 60,
              classes=None, keep_complete: bool = False) -> dict:
     """Write train and val splits into ``out_dir`` (atomically: built beside it, then renamed).
 
     An existing ``out_dir`` is replaced only when it is empty or a shapes dataset written
-    earlier: a folder of anything else raises ``NotShapesFolder`` before a file is touched.
+    earlier holding nothing else (its manifest, ``detseg.outputs``): a folder of anything else,
+    or one where the user added or changed a file, raises ``NotShapesFolder`` before a file is
+    touched.
     ``keep_complete`` (the cache): a complete dataset that another process renamed into place
     while this one was building is kept, and this build dropped; replacing it would delete it
     under a process that may already read it.
@@ -233,16 +257,22 @@ def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 6
     """
     classes = check_classes(classes)
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and (not os.listdir(out_dir)
-                                                                    or is_shapes_folder(out_dir))):
-        raise NotShapesFolder(f"{out_dir}: exists and is not an empty folder or a shapes dataset; "
-                              f"refusing to replace it (choose another --out)")
+    if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
+        if not (os.path.isdir(out_dir) and is_shapes_folder(out_dir)):
+            raise NotShapesFolder(f"{out_dir}: exists and is not an empty folder or a shapes dataset; "
+                                  f"refusing to replace it (choose another --out)")
+        theirs = not_generated(out_dir)
+        if theirs:
+            raise NotShapesFolder(f"{out_dir}: a shapes dataset that also holds {len(theirs)} file(s) "
+                                  f"the generator did not write ({', '.join(theirs[:3])}); refusing to "
+                                  f"replace it (move them, or choose another --out)")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".shapes-", dir=parent)
     try:
         write_split(tmp, "train", num_train, seed, classes)
         write_split(tmp, "val", num_val, seed, classes)
+        OutputDir(tmp, TOOL).list_files(complete=True)  # what a later replace may delete
         if os.path.exists(out_dir) and not (keep_complete and _complete(split_paths(out_dir))):
             shutil.rmtree(out_dir)
         try:

@@ -70,11 +70,31 @@ def _check_segmentation(segm, h: Optional[int], w: Optional[int]) -> Optional[tu
             return "bad_rle", "RLE needs 'size' [h, w] and 'counts'"
         if h is not None and w is not None and list(size) != [h, w]:
             return "rle_size_mismatch", f"RLE size {size} but image is [{h}, {w}]"
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in size):
+            return "bad_rle", f"RLE size {size!r} is not two non-negative integers"
         counts = segm["counts"]
+        if isinstance(counts, list) and not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+            return "bad_rle", "RLE counts are not all non-negative integers"
+        if not isinstance(counts, (list, str)):
+            return "bad_rle", f"RLE counts of type {type(counts).__name__} (a list or a string)"
+        if isinstance(counts, str) and not _decodes(segm):
+            return "bad_rle", "compressed RLE counts do not decode to the RLE's size"
         if isinstance(counts, list) and h is not None and w is not None and sum(counts) != h * w:
             return "rle_size_mismatch", f"RLE counts sum to {sum(counts)}, image has {h * w} pixels"
         return None
     return "bad_segmentation", f"segmentation of type {type(segm).__name__}"
+
+
+def _decodes(rle: dict) -> bool:
+    """Whether a compressed RLE (``counts`` a string) decodes to exactly ``size`` pixels."""
+    from pycocotools import mask as mask_utils
+    try:
+        h, w = rle["size"]
+        return int(mask_utils.area({"size": [h, w], "counts": rle["counts"].encode("ascii")})) <= h * w \
+            and mask_utils.decode({"size": [h, w], "counts": rle["counts"].encode("ascii")}).shape == (h, w)
+    except Exception:  # pycocotools' errors for malformed strings
+        return False
 
 
 def check_dataset(ann_file: str, image_dir: str, check_images: bool = True) -> list[Problem]:
@@ -237,6 +257,19 @@ def format_table(problems: Iterable[Problem]) -> str:
     return "\n".join("  ".join(c.ljust(widths[i]) if i < 4 else c for i, c in enumerate(r)) for r in rows)
 
 
+FIX_MARK = "detseg_fixed_from"
+
+
+def written_by_fix(path: str) -> bool:
+    """Whether ``path`` is a copy ``fix_dataset`` wrote (its ``info`` carries ``FIX_MARK``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("info"), dict) and FIX_MARK in data["info"]
+
+
 def fixed_path(ann_file: str, mode: str) -> str:
     root, ext = os.path.splitext(ann_file)
     return f"{root}.fixed-{mode}{ext or '.json'}"
@@ -317,7 +350,10 @@ def fix_dataset(ann_file: str, image_dir: str, mode: str, out_file: Optional[str
         seen_ann.add(aid)
         anns.append(ann)
 
-    out = {**data, "images": images, "annotations": anns}
+    info = data.get("info") if isinstance(data.get("info"), dict) else {}
+    # the mark that lets a later --fix replace this copy (and nothing else) at its path
+    out = {**data, "info": {**info, FIX_MARK: os.path.basename(ann_file)}, "images": images,
+           "annotations": anns}
     out_file = out_file or fixed_path(ann_file, mode)
     write_json_atomic(out, out_file)
     return out_file, counts

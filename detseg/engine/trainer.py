@@ -178,6 +178,11 @@ class Trainer:
         logger.info("resumed from %s at iteration %d", path, self.iter)
         return True
 
+    def start_metrics(self) -> None:
+        """A fresh start (no ``--resume``): rows an earlier, killed start of this run logged are
+        dropped, so that each iteration is logged once."""
+        self._trim_metrics()
+
     def _trim_metrics(self) -> None:
         """Drop the metrics rows logged after the checkpoint resumed from (the resumed run logs
         those iterations again) and a torn last line."""

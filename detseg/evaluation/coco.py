@@ -85,8 +85,7 @@ def evaluate_results(ann_file: str, results: list[dict], iou_type: str = "bbox",
         [0, 1] (-1 where COCO has no ground truth for a size range).
     """
     COCO, COCOeval = _api(backend)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(ann_file)
+    gt = _ground_truth(COCO, ann_file)
     cat_ids = sorted(gt.getCatIds())
     names = list(class_names) if class_names else [gt.cats[c]["name"] for c in cat_ids]
     if not results:
@@ -123,13 +122,33 @@ def evaluate_results(ann_file: str, results: list[dict], iou_type: str = "bbox",
     return stats
 
 
+def _ground_truth(api: type, ann_file: str):
+    """``api``'s COCO object over the annotation file as the data loader cleaned it (a crowd RLE
+    whose counts are not numbers, say, is the box there, not a crash inside pycocotools)."""
+    from ..data.coco import coco_from, read_cleaned
+    with _quiet_data_warnings():  # the loader logged each kind of problem already
+        return coco_from(api, read_cleaned(ann_file), ann_file)
+
+
+@contextlib.contextmanager
+def _quiet_data_warnings():
+    import logging
+    log = logging.getLogger("detseg.data.coco")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _diagnostics(ann_file, gt, ev, results, image_ids, cat_ids, names, backend, threshold) -> dict:
     from .diagnostics import detection_diagnostics
     if backend != "pycocotools":  # the PR curves read pycocotools' per-image matches
         from pycocotools.coco import COCO as PyCOCO
         from pycocotools.cocoeval import COCOeval as PyCOCOeval
+        gt = _ground_truth(PyCOCO, ann_file)
         with contextlib.redirect_stdout(io.StringIO()):
-            gt = PyCOCO(ann_file)
             ev = PyCOCOeval(gt, gt.loadRes(results), "bbox")
             if image_ids is not None:
                 ev.params.imgIds = sorted(int(i) for i in image_ids)

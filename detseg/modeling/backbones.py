@@ -200,7 +200,11 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"weights file not found: {path} (see weights/README.md)")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as e:  # safetensors' own error types: a truncated or foreign file
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsError(f"{path}: not a loadable weights file (safetensors: {detail})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
+import platform
 import warnings
 
 import torch
@@ -13,13 +15,35 @@ _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
             for name in ("bin_max_pool.cpp", "roi_align.cpp", "buffer_cache.cpp", "bindings.cpp")]
 
 
+def cpu_flags() -> list[str]:
+    """This CPU's instruction-set flags (``/proc/cpuinfo``'s ``flags``, Linux; elsewhere the
+    processor's name), sorted."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):  # x86 / ARM
+                    return sorted(set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return [platform.machine(), platform.processor()]
+
+
+def isa_tag(flags: list[str], machine: str = platform.machine()) -> str:
+    """A short key of the instruction sets a ``-march=native`` build may use: the binary is built
+    for this CPU, and a cache shared by machines with other CPUs (a home folder on a cluster)
+    must never hand it to one that lacks an instruction (an illegal-instruction crash with no
+    message)."""
+    digest = hashlib.sha256(" ".join([machine, *sorted(set(flags))]).encode()).hexdigest()[:12]
+    return f"{machine}_{digest}"
+
+
 def _build_dir() -> str:
     """``$DETSEG_EXT_CACHE`` (a build shared by processes with different data caches), else
-    ``<cache>/extensions``; one folder per torch version."""
+    ``<cache>/extensions``; one folder per torch version and CPU instruction set."""
     from ..utils import default_cache_dir
     tag = torch.__version__.replace("+", "_").replace(".", "_")
     root = os.environ.get("DETSEG_EXT_CACHE") or os.path.join(default_cache_dir(), "extensions")
-    path = os.path.join(root, f"torch_{tag}")
+    path = os.path.join(root, f"torch_{tag}", isa_tag(cpu_flags()))
     os.makedirs(path, exist_ok=True)
     return path
 

@@ -80,13 +80,17 @@ def bad(tmp_path_factory, shapes_data):
              "label_map": {"cat_ids": [c["id"] for c in cats], "class_names": [c["name"] for c in cats]}}
     torch.save(state, d / "ckpt.pth")
     files["ckpt"] = str(d / "ckpt.pth")
-    # A run folder whose checkpoint is of another architecture, for --resume.
-    os.makedirs(d / "other_run")
-    torch.save({"model": {"w": torch.zeros(3)}, "iteration": 1}, d / "other_run" / "model_0000001.pth")
-    files["other_run"] = str(d / "other_run")
     files.update(train_ann=shapes_data["train"]["ann_file"], train_dir=shapes_data["train"]["image_dir"],
                  val_ann=shapes_data["val"]["ann_file"], val_dir=shapes_data["val"]["image_dir"],
                  image=os.path.join(shapes_data["val"]["image_dir"], "000001.png"))
+    # A run folder of this config (its config.yaml, as train writes it) whose checkpoint is of
+    # another architecture, for --resume.
+    import yaml
+    os.makedirs(d / "other_run")
+    run_cfg = load_config(None, [*TINY, *(_fill(a, files) for a in DATA)])
+    (d / "other_run" / "config.yaml").write_text(yaml.safe_dump(to_dict(run_cfg), sort_keys=False))
+    torch.save({"model": {"w": torch.zeros(3)}, "iteration": 1}, d / "other_run" / "model_0000001.pth")
+    files["other_run"] = str(d / "other_run")
     yield files
     assert not (d / "PWNED").exists(), "a pickled payload ran"
 
