@@ -54,6 +54,16 @@ def run_script(script: str, *args: str, timeout: float = 600, env: dict | None =
                           text=True, timeout=timeout, env=full_env, cwd=ROOT)
 
 
+def call_tool(tool: str, argv: list[str]) -> int:
+    """``tools/<tool>.py``'s ``main(argv)`` in this process; its exit status (argparse's usage
+    errors, raised as SystemExit, included)."""
+    import importlib
+    try:
+        return importlib.import_module(f"tools.{tool}").main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 def overfit(model, batch, steps: int, check) -> bool:
     """Train ``model`` on one batch with AdamW; every 20 steps call ``check(eval outputs)`` and
     return True as soon as it is satisfied (False if it never is)."""

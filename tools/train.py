@@ -118,7 +118,8 @@ def main(argv=None) -> int:
     except DataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return 1
-    if not args.check_data and cfg.runtime.output_dir:
+    # --eval-only reads a run folder (its best.pth) and writes no more than its COCO results there
+    if not args.check_data and not args.eval_only and cfg.runtime.output_dir:
         from detseg.engine.run_folder import claim_run_dir
         try:  # checked at the door; run() marks it as this run's once training starts
             claim_run_dir(cfg.runtime.output_dir, cfg, resume=args.resume, overwrite=args.overwrite,
@@ -166,8 +167,8 @@ def run(cfg, splits: dict, args) -> int:
         output_dir = next_run_dir(args.config)
     output_dir = dist.broadcast_object(output_dir)
     # main() checked a given folder; this marks it (or the new one) as this run's
-    claimed = claim_run_dir(output_dir, cfg, resume=args.resume, overwrite=args.overwrite,
-                            claim=dist.is_main())
+    claimed = None if args.eval_only else claim_run_dir(
+        output_dir, cfg, resume=args.resume, overwrite=args.overwrite, claim=dist.is_main())
     datasets, evaluate = build_datasets_and_evaluator(cfg, splits, output_dir)
     train_ds = datasets["train"]
     model = build_model(cfg, train_ds.num_classes)

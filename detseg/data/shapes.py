@@ -261,7 +261,7 @@ def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 6
         if not (os.path.isdir(out_dir) and is_shapes_folder(out_dir)):
             raise NotShapesFolder(f"{out_dir}: exists and is not an empty folder or a shapes dataset; "
                                   f"refusing to replace it (choose another --out)")
-        theirs = not_generated(out_dir)
+        theirs = [] if keep_complete else not_generated(out_dir)  # the cache: detseg's own folder
         if theirs:
             raise NotShapesFolder(f"{out_dir}: a shapes dataset that also holds {len(theirs)} file(s) "
                                   f"the generator did not write ({', '.join(theirs[:3])}); refusing to "

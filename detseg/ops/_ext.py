@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import platform
+import time
 import warnings
 
 import torch
@@ -85,17 +86,34 @@ def load_extension():
     if os.environ.get("DETSEG_NO_EXT", "") not in ("", "0"):
         return None
     try:
-        from torch.utils.cpp_extension import load
-        return load(
+        # Importing cpp_extension on a machine with the CUDA toolkit but no GPU logs "No CUDA
+        # runtime is found, using CUDA_HOME=...", which reads like an error; this build is CPU only.
+        cpp_log = logging.getLogger("torch.utils.cpp_extension")
+        level = cpp_log.level
+        cpp_log.setLevel(logging.ERROR)
+        try:
+            from torch.utils.cpp_extension import load
+        finally:
+            cpp_log.setLevel(level)
+        build_dir = _build_dir()
+        fresh = not any(f.endswith((".so", ".pyd")) for f in os.listdir(build_dir))
+        if fresh:
+            logger.info("detseg: building the C++ CPU kernels once for this torch and CPU (about a "
+                        "minute) into %s", build_dir)
+        start = time.perf_counter()
+        module = load(
             name="detseg_cpu_ops",
             sources=_SOURCES,
             # -fopenmp: at::parallel_for only runs in parallel when compiled with OpenMP.
             # -ffp-contract=off: no fused multiply-adds, so RoIAlign rounds as torchvision does.
             extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"],
             extra_ldflags=["-fopenmp"],
-            build_directory=_build_dir(),
+            build_directory=build_dir,
             verbose=False,
         )
+        if fresh:
+            logger.info("detseg: C++ CPU kernels built in %.0f s", time.perf_counter() - start)
+        return module
     except Exception as e:  # any compiler / toolchain failure falls back to the reference
         warnings.warn(f"detseg: C++ RoI pooling kernel could not be built ({type(e).__name__}: "
                       f"{str(e).strip().splitlines()[-1] if str(e).strip() else e}); "

@@ -2,15 +2,20 @@ import hashlib
 import json
 import os
 
+import pytest
+
 from detseg.data import shapes
 from detseg.data.coco import CocoDataset
 from tests.conftest import run_script
 
 
 def _digest(root):
+    """The dataset's bytes (the generator's manifest, which records when it listed them, aside)."""
     h = hashlib.sha256()
     for dirpath, _, files in sorted(os.walk(root)):
         for f in sorted(files):
+            if f == ".detseg-manifest.json":
+                continue
             h.update(f.encode())
             with open(os.path.join(dirpath, f), "rb") as fh:
                 h.update(fh.read())
@@ -69,11 +74,28 @@ def test_a_folder_of_other_files_is_never_replaced(tmp_path, capsys):
     assert make_shapes.main(["--out", str(mine), "--num-train", "1", "--num-val", "1"]) == 1
     assert "refusing to replace it" in capsys.readouterr().err
     assert os.listdir(mine) == ["chapter1.tex"]
-    # An earlier shapes dataset is replaced, as before.
+    # An earlier shapes dataset is replaced, as before; one the user added a file to is not.
     ds = tmp_path / "ds"
     assert make_shapes.main(["--out", str(ds), "--num-train", "1", "--num-val", "1"]) == 0
     assert make_shapes.main(["--out", str(ds), "--num-train", "2", "--num-val", "1"]) == 0
     assert sorted(os.listdir(ds / "train")) == ["000001.png", "000002.png"]
+    (ds / "val" / "extra.png").write_bytes(b"mine")
+    assert make_shapes.main(["--out", str(ds), "--num-train", "1", "--num-val", "1"]) == 1
+    assert "val/extra.png" in capsys.readouterr().err
+    assert (ds / "val" / "extra.png").read_bytes() == b"mine"
+    assert sorted(os.listdir(ds / "train")) == ["000001.png", "000002.png"]
+
+
+def test_a_shapes_folder_from_before_the_manifest_is_judged_by_its_annotation_files(tmp_path):
+    ds = str(tmp_path / "ds")
+    shapes.generate(ds, seed=1, num_train=2, num_val=1)
+    os.remove(os.path.join(ds, ".detseg-manifest.json"))
+    assert shapes.not_generated(ds) == []
+    with open(os.path.join(ds, "annotations", "mine.txt"), "w") as f:
+        f.write("x")
+    assert shapes.not_generated(ds) == [os.path.join("annotations", "mine.txt")]
+    with pytest.raises(shapes.NotShapesFolder, match="mine.txt"):
+        shapes.generate(ds, seed=1, num_train=1, num_val=1)
 
 
 def test_the_cache_keeps_the_first_of_two_concurrent_builds(tmp_path, monkeypatch):

@@ -5,13 +5,14 @@ Each case is (tool, arguments, expected status, text the error must contain). ``
 argument is a file of the ``bad`` fixture; ``{ckpt}`` a valid checkpoint, ``{train_ann}`` etc.
 the shapes dataset's files.
 """
-import importlib
 import json
 import os
 import shutil
 
 import pytest
 import torch
+
+from tests.conftest import call_tool
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "data.min_size_train=[64]", "data.min_size_test=64",
         "data.max_size=96", "solver.max_iter=1"]
@@ -205,11 +206,7 @@ def test_hostile_input_ends_in_one_clear_line(tool, args, status, text, bad, tmp
         argv += ["--output-dir", str(tmp_path / "run")]
     if tool == "train":
         argv = [*TINY, *argv]
-    main = importlib.import_module(f"tools.{tool}").main
-    try:
-        got = main(argv)
-    except SystemExit as e:  # argparse's own usage errors
-        got = e.code
+    got = call_tool(tool, argv)
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     assert got == status, (out + err)[-2000:]

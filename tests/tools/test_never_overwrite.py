@@ -7,12 +7,13 @@ argument is a path of the ``home`` fixture (a user's folder of photos, a video, 
 config, a thesis, an earlier run, ...).
 """
 import hashlib
-import importlib
 import json
 import os
 
 import pytest
 import torch
+
+from tests.conftest import call_tool
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "data.min_size_train=[64]", "data.min_size_test=64",
         "data.max_size=96", "solver.max_iter=1"]
@@ -226,16 +227,10 @@ def test_nothing_the_user_made_is_lost(tool, args, status, text, home, shapes_da
     if tool == "eval" and "--weights" not in argv:
         argv = ["--weights", home["ckpt"], *argv]
     if tool == "train":
-        argv = [*TINY, *argv]
-    if tool == "train" and "--output-dir" not in argv:
-        argv += ["--output-dir", str(tmp_path / "run")]
+        argv = [*TINY, *argv, *([] if "--output-dir" in argv else ["--output-dir", str(tmp_path / "run")])]
     user = (home["home"], os.path.dirname(shapes_data["train"]["image_dir"]))
     before = checksums(*user)
-    main = importlib.import_module(f"tools.{tool}").main
-    try:
-        got = main(argv)
-    except SystemExit as e:  # argparse's own usage errors
-        got = e.code
+    got = call_tool(tool, argv)
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err and 'File "' not in err, err[-3000:]
     assert got == status, (out + err)[-2000:]
