@@ -167,8 +167,9 @@ def run(cfg, splits: dict, args) -> int:
         output_dir = next_run_dir(args.config)
     output_dir = dist.broadcast_object(output_dir)
     # main() checked a given folder; this marks it (or the new one) as this run's
-    claimed = None if args.eval_only else claim_run_dir(
-        output_dir, cfg, resume=args.resume, overwrite=args.overwrite, claim=dist.is_main())
+    # rank 0 writes; every rank checked the folder in main(), before anything was written to it
+    claimed = None if args.eval_only or not dist.is_main() else claim_run_dir(
+        output_dir, cfg, resume=args.resume, overwrite=args.overwrite)
     datasets, evaluate = build_datasets_and_evaluator(cfg, splits, output_dir)
     train_ds = datasets["train"]
     model = build_model(cfg, train_ds.num_classes)

@@ -92,10 +92,10 @@ def claim_run_dir(path: str, cfg, *, resume: bool, overwrite: bool,
     # The run's own config.yaml given back as --config (to resume it) is the run's file, not an input.
     check_not_input(path, [p for p in inputs if p and os.path.abspath(p) != os.path.abspath(own_config)],
                     what="--output-dir")
-    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+    present = foreign_files(path, TOOL, {"files": {}}) if os.path.isdir(path) else []
+    if present and not overwrite:  # (a folder holding only a manifest or a torn write is empty)
         manifest = read_manifest(path)
         saved = _saved_config(path)
-        present = foreign_files(path, TOOL, {"files": {}})
         if manifest is not None and manifest.get("tool") == TOOL:
             same = manifest.get("identity") == digest
         elif saved is not None and all(_is_run_file(r) for r in present) and (
