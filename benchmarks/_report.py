@@ -118,7 +118,8 @@ def finish(args, name: str, title: str, body: str, figures: dict) -> None:
 
 
 def run_train(config: str, overrides: list[str], out: str) -> tuple[list[dict], float]:
-    """Run tools/train.py as a user would into ``out``.
+    """Run tools/train.py as a user would into ``out`` (``--overwrite``: a rerun of the benchmark
+    with the same ``--keep-run`` folder trains that seed again, from scratch).
 
     Returns:
         (the run's metrics.jsonl records, wall seconds of the whole run).
@@ -127,7 +128,7 @@ def run_train(config: str, overrides: list[str], out: str) -> tuple[list[dict], 
     """
     import subprocess
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "--config", config,
-           "--output-dir", out, *overrides]
+           "--output-dir", out, "--overwrite", *overrides]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "DETSEG_NO_PROGRESS": "1"},
                        capture_output=True, text=True)
