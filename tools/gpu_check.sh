@@ -15,6 +15,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu_report}
+# The output guard's rule in shell: a folder that holds files and no earlier report is the user's.
+if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -f "$OUT/steps.txt" ] && [ ! -f "$OUT/report.md" ]; then
+    echo "error: $OUT: holds files that gpu_check did not write; choose an empty or new folder" >&2
+    exit 2
+fi
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 DETSEG_NO_PROGRESS=1

@@ -15,3 +15,13 @@ def test_gpu_check_without_a_gpu_reports_and_fails(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1
     assert "no CUDA device" in (tmp_path / "report" / "report.md").read_text()
+    # a rerun into its own report folder is allowed; a folder of the user's files is refused
+    assert subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_check.sh"), str(tmp_path / "report")],
+                          capture_output=True, text=True, env=env, timeout=120).returncode == 1
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.md").write_text("mine")
+    r = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_check.sh"), str(tmp_path / "mine")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "did not write" in r.stderr
+    assert os.listdir(tmp_path / "mine") == ["notes.md"]
+    assert (tmp_path / "mine" / "notes.md").read_text() == "mine"
