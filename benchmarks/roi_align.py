@@ -22,7 +22,9 @@ import torchvision  # noqa: E402
 
 from benchmarks._report import (add_device_arg, base_parser, device_label, device_time,  # noqa: E402
                                 finish, markdown_table)
-from detseg.ops import backend, roi_align  # noqa: E402
+from detseg.ops import backend, roi_align, set_cuda_kernels  # noqa: E402
+
+set_cuda_kernels("detseg")  # on CUDA too: the point is detseg's kernels against torchvision's
 
 
 def make_case(k: int, n: int, c: int, h: int, w: int, stride: int, seed: int = 0, device: str = "cpu"):

@@ -67,6 +67,42 @@ def backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float
     return "reference"
 
 
+# Which kernels run RoI pooling and RoIAlign on CUDA. torchvision's, until a GPU check measures
+# detseg's Triton kernels ahead of them: on an H200 they ran at 0.1-0.4x torchvision's
+# (BENCHMARKS.md, "On a GPU"), mostly host work per call. Both give the same results (the ops'
+# tests). SPP pooling, which torchvision lacks, always runs detseg's.
+CUDA_KERNELS = ("torchvision", "detseg")
+_cuda_kernels: dict[str, str] = {}
+
+
+def set_cuda_kernels(choice: str, ops: tuple[str, ...] = ("roi_pool", "roi_align")) -> None:
+    """Choose the CUDA kernels of ``ops`` (``roi_pool``, ``roi_align``): ``"torchvision"`` (the
+    default, faster today) or ``"detseg"`` (the Triton kernels). The environment variable
+    ``DETSEG_CUDA_KERNELS`` sets the default for every op."""
+    if choice not in CUDA_KERNELS:
+        raise ValueError(f"CUDA kernels must be one of {CUDA_KERNELS}, got {choice!r}")
+    for op in ops:
+        if op not in ("roi_pool", "roi_align"):
+            raise ValueError(f"set_cuda_kernels: unknown op {op!r} (roi_pool or roi_align)")
+        _cuda_kernels[op] = choice
+
+
+def cuda_kernels(op: str) -> str:
+    """``"torchvision"`` or ``"detseg"``: whose kernel ``op`` runs on CUDA tensors."""
+    if op in _cuda_kernels:
+        return _cuda_kernels[op]
+    choice = os.environ.get("DETSEG_CUDA_KERNELS", "torchvision")
+    if choice not in CUDA_KERNELS:
+        raise ValueError(f"DETSEG_CUDA_KERNELS must be one of {CUDA_KERNELS}, got {choice!r}")
+    return choice
+
+
+def runs_torchvision(input: torch.Tensor, op: str) -> bool:
+    """Whether ``op`` on ``input`` hands over to torchvision's kernel: CUDA tensors, eager or
+    ``torch.compile`` (an export keeps detseg's ops, which the exported graph is built from)."""
+    return input.is_cuda and cuda_kernels(op) == "torchvision" and not torch.compiler.is_exporting()
+
+
 def release_cpu_cache() -> int:
     """Free the memory the C++ kernels keep for reuse; the bytes freed (0 without the kernels).
 

@@ -14,7 +14,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from . import _reference
+from . import _ext, _reference
 from ._ext import backend, compute_dtype, load_extension
 from ._fx import fx_leaf
 from ._geometry import sample_table
@@ -119,6 +119,10 @@ def roi_align(input: Tensor, boxes: Rois, output_size: Union[int, tuple[int, int
         raise ValueError(f"input must be Tensor[N, C, H, W], got shape {tuple(input.shape)}")
     oh, ow = pair(output_size)
     rois = roi_tensor(boxes, compute_dtype(input.dtype), input.device)
+    if _ext.runs_torchvision(input, "roi_align"):
+        import torchvision  # the same op, its CUDA kernel: see _ext.cuda_kernels
+        return torchvision.ops.roi_align(input, rois.to(input.dtype), (oh, ow), float(spatial_scale),
+                                         int(sampling_ratio), bool(aligned))
     return roi_align_op(input, rois, float(spatial_scale), oh, ow, int(sampling_ratio), bool(aligned))
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _reference
+from . import _ext
 from ._ext import backend, compute_dtype, load_extension
 from ._fx import fx_leaf
 from ._geometry import MAPPINGS, bin_table, roi_windows, window_bins
@@ -192,6 +193,9 @@ def _pool(input: Tensor, rois, levels: list[tuple[int, int]], spatial_scale: flo
         # float16 / bfloat16 off the GPU: a max is exact in float32, so pool there and cast back.
         return _pool(input.to(geo_dtype), rois, levels, spatial_scale, mapping).to(input.dtype)
     rois = roi_tensor(rois, geo_dtype, input.device)
+    if len(levels) == 1 and mapping == "fast_rcnn" and _ext.runs_torchvision(input, "roi_pool"):
+        import torchvision  # the same op (torchvision's bins), its CUDA kernel: see _ext.cuda_kernels
+        return torchvision.ops.roi_pool(input, rois.to(input.dtype), levels[0], spatial_scale).flatten(1)
     if torch.compiler.is_exporting():
         windows = torch.cat([rois[:, :1], roi_windows(rois[:, 1:], spatial_scale, mapping)], dim=1)
         return window_max_pool(input, windows, [v for size in levels for v in size])
