@@ -199,12 +199,49 @@ def _pool(input: Tensor, rois, levels: list[tuple[int, int]], spatial_scale: flo
     if torch.compiler.is_exporting():
         windows = torch.cat([rois[:, :1], roi_windows(rois[:, 1:], spatial_scale, mapping)], dim=1)
         return window_max_pool(input, windows, [v for size in levels for v in size])
+    level_bins = [h * w for h, w in levels]
+    # The argmax is only needed for the backward pass; inference skips it.
+    with_argmax = input.requires_grad and torch.is_grad_enabled()
+    eager_cpu = input.device.type == "cpu" and not torch.compiler.is_compiling()
+    ext = load_extension() if eager_cpu else None
+    if ext is not None:
+        # Eager on the CPU: the bin table in one C++ call (bit-equal to _geometry's,
+        # tests/ops/test_bin_table.py) and the kernel called without the custom op's dispatch,
+        # which cost several times the whole of torchvision's call with few RoIs. Compiled and
+        # exported graphs keep the custom ops (the same kernels).
+        batch_idx, bins = ext.roi_bins(rois, [v for size in levels for v in size], float(spatial_scale),
+                                       mapping == "sppnet", input.shape[2], input.shape[3])
+        if not with_argmax:
+            return ext.forward(input, batch_idx, bins, False, level_bins)[0]
+        return _EagerBinMaxPool.apply(input, batch_idx, bins, level_bins)
     batch_idx, boxes = rois[:, 0].long(), rois[:, 1:]
     bins = bin_table(boxes, levels, spatial_scale, mapping, input.shape[2], input.shape[3])
-    # The argmax is only needed for the backward pass; inference skips it.
-    out, _ = bin_max_pool(input, batch_idx, bins, input.requires_grad and torch.is_grad_enabled(),
-                          [h * w for h, w in levels])
+    out, _ = bin_max_pool(input, batch_idx, bins, with_argmax, level_bins)
     return out
+
+
+class _EagerBinMaxPool(torch.autograd.Function):
+    """``bin_max_pool`` with its gradient for eager CPU calls: the C++ kernels of the custom ops
+    (``detseg::bin_max_pool``, ``detseg::bin_max_pool_backward``) without their dispatch."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, batch_idx: Tensor, bins: Tensor, level_bins: list[int]) -> Tensor:
+        out, argmax = load_extension().forward(input, batch_idx, bins, True, level_bins)
+        ctx.save_for_backward(argmax, batch_idx)
+        ctx.input_shape = (input.shape[0], input.shape[2], input.shape[3])
+        ctx.level_bins = level_bins
+        ctx.set_materialize_grads(False)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if grad_out is None:
+            return None, None, None, None
+        argmax, batch_idx = ctx.saved_tensors
+        n, h, w = ctx.input_shape
+        grad_in = load_extension().backward(grad_out.contiguous(), argmax, batch_idx, n, h, w,
+                                            ctx.level_bins)
+        return grad_in, None, None, None
 
 
 @fx_leaf

@@ -21,3 +21,11 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& batch_id
                               const at::Tensor& y_index, const at::Tensor& y_weight,
                               const at::Tensor& x_index, const at::Tensor& x_weight,
                               const at::Tensor& grid, int64_t N, int64_t H, int64_t W);
+
+// _geometry.bin_table on the CPU in one call (bit-equal): int32 [K, B, 4]; levels flat as
+// (rows, cols) pairs; sppnet: SPPNet's window mapping, else Fast R-CNN's.
+at::Tensor bin_table(const at::Tensor& boxes, const std::vector<int64_t>& levels,
+                     double spatial_scale, bool sppnet, int64_t height, int64_t width);
+// The same from rois [K, 5] (batch index, box) in one call: (batch index int64 [K], table).
+std::vector<at::Tensor> roi_bins(const at::Tensor& rois, const std::vector<int64_t>& levels,
+                                 double spatial_scale, bool sppnet, int64_t height, int64_t width);
