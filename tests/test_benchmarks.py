@@ -21,6 +21,7 @@ from tests.conftest import ROOT, run_script
     ("benchmarks/vs_torchvision.py", ["seconds", "speedup", "agreement"]),
     ("benchmarks/finetune.py", ["finetune_frozen", "scratch", "speedup"]),
     ("benchmarks/vs_torchvision_training.py", ["detseg", "torchvision", "speedup", "ap_gain", "runs"]),
+    ("benchmarks/host_overhead.py", ["us", "ratio", "backend"]),
 ])
 def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
     out = tmp_path / "figures.json"
@@ -55,6 +56,8 @@ def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
         assert figures["speedup"]["iterations_frozen"] >= 0
     if script.endswith("detection_shapes.py"):
         assert 0 <= figures["sppnet"]["AP50"] <= 1
+    if script.endswith("host_overhead.py"):
+        assert len(figures["ratio"]) == 6 and all(v > 0 for v in figures["ratio"].values())
     if script.endswith("vs_torchvision_training.py"):
         assert {(r["impl"], r["iterations"]) for r in figures["runs"]} == {("detseg", 4), ("torchvision", 4)}
         assert all(0 <= figures[impl]["box_ap"] <= 1 for impl in ("detseg", "torchvision"))

@@ -13,7 +13,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
-            for name in ("bin_max_pool.cpp", "roi_align.cpp", "bin_table.cpp", "buffer_cache.cpp",
+            for name in ("bin_max_pool.cpp", "roi_align.cpp", "bin_table.cpp", "sample_table.cpp",
+                         "buffer_cache.cpp",
                          "bindings.cpp")]
 
 

@@ -123,7 +123,42 @@ def roi_align(input: Tensor, boxes: Rois, output_size: Union[int, tuple[int, int
         import torchvision  # the same op, its CUDA kernel: see _ext.cuda_kernels
         return torchvision.ops.roi_align(input, rois.to(input.dtype), (oh, ow), float(spatial_scale),
                                          int(sampling_ratio), bool(aligned))
+    ext = load_extension() if input.device.type == "cpu" and not torch.compiler.is_compiling() else None
+    if ext is not None:
+        # Eager on the CPU: the sample table in one C++ call (bit-equal to _geometry's,
+        # tests/ops/test_bin_table.py) and the kernels called without the custom ops' dispatch,
+        # which cost many times torchvision's whole call with few RoIs. Compiled and exported
+        # graphs keep the custom ops (the same kernels).
+        table = ext.roi_align_table(rois, oh, ow, float(spatial_scale), int(sampling_ratio),
+                                    bool(aligned), input.shape[2], input.shape[3])
+        if not (input.requires_grad and torch.is_grad_enabled()):
+            return ext.roi_align_forward(input.to(rois.dtype), *table).to(input.dtype)
+        return _EagerRoIAlign.apply(input, *table)
     return roi_align_op(input, rois, float(spatial_scale), oh, ow, int(sampling_ratio), bool(aligned))
+
+
+class _EagerRoIAlign(torch.autograd.Function):
+    """``detseg::roi_align`` with its gradient for eager CPU calls: the C++ kernels of the custom
+    ops without their dispatch; the table (batch, y_index, y_weight, x_index, x_weight, grid) is
+    kept for the backward instead of recomputed."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, *table: Tensor) -> Tensor:
+        ctx.save_for_backward(*table)
+        ctx.input_shape = tuple(input.shape)
+        ctx.set_materialize_grads(False)
+        dtype = table[2].dtype  # the compute dtype, the rois'
+        return load_extension().roi_align_forward(input.to(dtype), *table).to(input.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is None:
+            return (None,) * 7
+        table = ctx.saved_tensors
+        n, _, h, w = ctx.input_shape
+        grad_in = load_extension().roi_align_backward(grad.contiguous().to(table[2].dtype), *table,
+                                                      n, h, w)
+        return (grad_in.to(grad.dtype),) + (None,) * 6
 
 
 class RoIAlign(nn.Module):

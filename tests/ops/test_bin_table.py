@@ -57,3 +57,34 @@ def test_cpp_roi_bins_reads_the_batch_index_and_boxes_of_rois(dtype):
     got_batch, got = ext.roi_bins(rois, [6, 6, 3, 3, 1, 1], 1 / 16, True, 40, 50)
     assert torch.equal(got_batch, rois[:, 0].long())
     assert torch.equal(got, bin_table(rois[:, 1:], [(6, 6), (3, 3), (1, 1)], 1 / 16, "sppnet", 40, 50))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sampling_ratio", [2, 0, -1])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 0.25, 1 / 7])
+def test_cpp_sample_table_is_bit_equal_to_the_geometry(dtype, sampling_ratio, aligned, scale):
+    """RoIAlign's sample table; huge boxes are left out of the adaptive grids, whose sample count
+    (ceil(roi / output size)) they would blow up in both forms alike."""
+    from detseg.ops._geometry import sample_table
+    boxes = adversarial_boxes(dtype, 60)
+    if sampling_ratio <= 0:
+        boxes = boxes[~(boxes.abs() > 1e4).any(1)]
+    batch = (torch.arange(len(boxes)) % 3).to(dtype)
+    rois = torch.cat([batch[:, None], boxes], 1)
+    want = sample_table(rois, (7, 5), scale, sampling_ratio, aligned, 48, 64)
+    got = ext.roi_align_table(rois, 7, 5, scale, sampling_ratio, aligned, 48, 64)
+    assert torch.equal(got[0], rois[:, 0].long())
+    for name, a, b in zip(["y_index", "y_weight", "x_index", "x_weight", "grid"], got[1:], want):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert torch.equal(a, b) or torch.equal(a.isnan(), b.isnan()) and torch.equal(
+            a.nan_to_num(), b.nan_to_num()), f"{name} differs"
+
+
+def test_cpp_sample_table_of_no_rois():
+    from detseg.ops._geometry import sample_table
+    rois = torch.zeros(0, 5)
+    for s in (2, 0):
+        got = ext.roi_align_table(rois, 7, 7, 0.5, s, True, 10, 10)
+        want = sample_table(rois, (7, 7), 0.5, s, True, 10, 10)
+        assert [tuple(t.shape) for t in got[1:]] == [tuple(t.shape) for t in want]

@@ -29,3 +29,9 @@ at::Tensor bin_table(const at::Tensor& boxes, const std::vector<int64_t>& levels
 // The same from rois [K, 5] (batch index, box) in one call: (batch index int64 [K], table).
 std::vector<at::Tensor> roi_bins(const at::Tensor& rois, const std::vector<int64_t>& levels,
                                  double spatial_scale, bool sppnet, int64_t height, int64_t width);
+// _geometry.sample_table on the CPU in one call (bit-equal), with rois[:, 0] as int64:
+// (batch, y_index, y_weight, x_index, x_weight, grid).
+std::vector<at::Tensor> roi_align_table(const at::Tensor& rois, int64_t pooled_height,
+                                        int64_t pooled_width, double spatial_scale,
+                                        int64_t sampling_ratio, bool aligned, int64_t height,
+                                        int64_t width);
