@@ -369,3 +369,20 @@ def test_check_output_file_replaces_only_its_own_kind(tmp_path):
     assert check_output_file(str(theirs), ours=test, overwrite=True) == str(theirs)
     with pytest.raises(OutputRefused, match="is the input"):  # not even with --overwrite
         check_output_file(str(ours), ours=test, overwrite=True, inputs=[str(ours)])
+
+
+def test_a_killed_runs_files_are_its_own_and_a_finished_runs_are_listed(tmp_path):
+    """The manifest: files a run wrote after its last listing count as its own while the run is
+    unfinished (killed), not once it listed itself complete; a listed file changed since is not."""
+    from detseg.outputs import OutputDir, claim_dir, foreign_files
+    out = tmp_path / "out"
+    run = claim_dir(str(out), "infer")
+    (out / "a.jpg").write_bytes(b"1")  # written after the claim's listing, then the run is killed
+    assert foreign_files(str(out), "infer") == []
+    assert foreign_files(str(out), "eval") == ["a.jpg"]  # never another tool's
+    run.list_files(complete=True)
+    (out / "user.txt").write_text("mine")  # added after the run finished
+    assert foreign_files(str(out), "infer") == ["user.txt"]
+    (out / "a.jpg").write_bytes(b"12")  # the user edits an output
+    assert foreign_files(str(out), "infer") == ["a.jpg", "user.txt"]
+    assert isinstance(run, OutputDir)
