@@ -11,7 +11,6 @@ does it: the data pipeline's resize, selective search for heads that read propos
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -23,7 +22,7 @@ import torch
 from .engine.checkpoint import CheckpointError
 from .export import EXPORT_FORMAT
 from .structures import Instances
-from .utils import UsageError
+from .utils import UsageError, quiet_loggers
 
 EXPORTED_SUFFIXES = (".onnx", ".pt2")
 REQUIRED_KEYS = ("export_format", "detseg_version", "class_names", "cat_ids", "inputs", "outputs", "heads",
@@ -99,27 +98,13 @@ class _OnnxRunner:
         return [torch.from_numpy(a) for a in self.session.run(None, feed)]
 
 
-@contextlib.contextmanager
-def _quiet_torch_logs():
-    """torch's own loggers held to CRITICAL for the block (their error records carry tracebacks
-    that the one-line error raised after them already says)."""
-    loggers = [logging.getLogger(n) for n in ("torch", "torch.export", "torch._export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 class _Pt2Runner:
     def __init__(self, path: str, device: torch.device, compile: bool = False):
         from . import ops  # noqa: F401  the graph calls detseg's ops: register them first
         extra = {"detseg.json": ""}
         try:
-            with _quiet_torch_logs():  # torch logs a traceback of its own before raising
+            # torch logs a traceback of its own before raising; the one line below says it
+            with quiet_loggers("torch", "torch.export", "torch._export", level=logging.CRITICAL):
                 program = torch.export.load(path, extra_files=extra)
         except Exception as e:  # a truncated or foreign archive
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

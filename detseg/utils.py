@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from typing import IO, Any, Iterator, Optional
@@ -139,6 +140,21 @@ def write_json_atomic(obj: Any, path: str, indent: Optional[int] = None) -> None
     """``json.dump(obj)`` into ``path`` with ``atomic_write``."""
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=indent)
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Hold the loggers ``names`` at ``level`` for the block (records below it dropped), then
+    restore their own levels: for libraries that log what detseg already says in one line."""
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(level)
+    try:
+        yield
+    finally:
+        for lg, old in zip(loggers, saved):
+            lg.setLevel(old)
 
 
 class _Once(argparse._StoreAction):

@@ -79,12 +79,17 @@ def _take_file_sizes(data: dict, problems: list, ann_file: str, image_dir: str) 
         except DataError:
             continue  # reported when the image is read
         if (img.get("height"), img.get("width")) != (h, w):
-            logger.warning("%s: image %s (%s): the annotation file says %sx%s (width x height), the "
-                           "file is %dx%d; using the file's size", ann_file, img["id"], img["file_name"],
-                           img.get("width"), img.get("height"), w, h)
+            _name_wrong_size(ann_file, img, h, w)
             img["height"], img["width"] = h, w
             changed = True
     return changed
+
+
+def _name_wrong_size(ann_file: str, img: dict, h: int, w: int) -> None:
+    """One warning: image ``img``'s JSON size is not its file's (``h`` x ``w``), which is used."""
+    logger.warning("%s: image %s (%s): the annotation file says %sx%s (width x height), the file is "
+                   "%dx%d; using the file's size", ann_file, img.get("id"), img.get("file_name"),
+                   img.get("width"), img.get("height"), w, h)
 
 
 def _hint(ann_file: str, image_dir: Optional[str]) -> str:
@@ -301,9 +306,7 @@ class CocoDataset(torch.utils.data.Dataset):
         info = self.coco.imgs[img_id]
         if (info.get("height"), info.get("width")) != (h, w) and img_id not in self._size_named:
             self._size_named.add(img_id)  # once per image (each loader worker has its own set)
-            logger.warning("%s: image %s (%s): the annotation file says %sx%s (width x height), the "
-                           "decoded file is %dx%d; using the file's size", self.ann_file, img_id,
-                           info.get("file_name"), info.get("width"), info.get("height"), w, h)
+            _name_wrong_size(self.ann_file, info, h, w)
         return {"image": image, **self.load_annotations(img_id, h, w)}
 
     def __getitem__(self, index: int) -> Optional[dict]:

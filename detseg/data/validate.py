@@ -91,8 +91,8 @@ def _decodes(rle: dict) -> bool:
     from pycocotools import mask as mask_utils
     try:
         h, w = rle["size"]
-        return int(mask_utils.area({"size": [h, w], "counts": rle["counts"].encode("ascii")})) <= h * w \
-            and mask_utils.decode({"size": [h, w], "counts": rle["counts"].encode("ascii")}).shape == (h, w)
+        encoded = {"size": [h, w], "counts": rle["counts"].encode("ascii")}
+        return int(mask_utils.area(encoded)) <= h * w and mask_utils.decode(encoded).shape == (h, w)
     except Exception:  # pycocotools' errors for malformed strings
         return False
 

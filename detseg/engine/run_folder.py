@@ -92,11 +92,17 @@ def claim_run_dir(path: str, cfg, *, resume: bool, overwrite: bool,
     # The run's own config.yaml given back as --config (to resume it) is the run's file, not an input.
     check_not_input(path, [p for p in inputs if p and os.path.abspath(p) != os.path.abspath(own_config)],
                     what="--output-dir")
-    present = foreign_files(path, TOOL, {"files": {}}) if os.path.isdir(path) else []
+    is_dir = os.path.isdir(path)
+    manifest = read_manifest(path) if is_dir else None
+    listed = manifest is not None and manifest.get("tool") == TOOL  # a run folder with a manifest
+    present = foreign_files(path, TOOL, {"files": {}}) if is_dir else []
+    # Files beside the run that are not its own (the user's, an eval/ folder): never listed as
+    # the run's, so that they stay foreign to every later check. Without a manifest (a run from
+    # before it, once accepted below) every file is the run's.
+    not_ours = foreign_files(path, TOOL, manifest) if is_dir and (listed or overwrite) else []
     if present and not overwrite:  # (a folder holding only a manifest or a torn write is empty)
-        manifest = read_manifest(path)
         saved = _saved_config(path)
-        if manifest is not None and manifest.get("tool") == TOOL:
+        if listed:
             same = manifest.get("identity") == digest
         elif saved is not None and all(_is_run_file(r) for r in present) and (
                 _has_checkpoint(path) or os.path.isfile(os.path.join(path, "metrics.jsonl"))):
@@ -111,27 +117,19 @@ def claim_run_dir(path: str, cfg, *, resume: bool, overwrite: bool,
             raise OutputRefused(f"{path}: --output-dir holds a run of another config"
                                 f"{': ' + diff + ' differs' if diff else ''}; train into a new or "
                                 f"empty folder, or pass --overwrite to replace that run")
-        theirs = foreign_files(path, TOOL, manifest) if manifest is not None else []
-        clash = [r for r in theirs if _is_run_file(r)]
+        # (another tool's manifest makes every file foreign; no manifest, a run's own folder)
+        foreign = not_ours if listed else present if manifest is not None else []
+        clash = [r for r in foreign if _is_run_file(r)]
         if clash:
             raise OutputRefused(f"{path}: --output-dir holds {clash[0]}, which this run would write "
                                 f"over and which it did not write; move it, or pass --overwrite")
         if not resume and _has_checkpoint(path):
             raise OutputRefused(f"{path}: --output-dir holds a run of this config with checkpoints; "
                                 f"--resume continues it, --overwrite starts it over")
-    # Files beside the run that are not its own (the user's, an eval/ folder): never listed as
-    # the run's, so that they stay foreign to every later check.
-    manifest = read_manifest(path) if os.path.isdir(path) else None
-    if overwrite and os.path.isdir(path):
-        not_ours = foreign_files(path, TOOL)
-    elif manifest is not None and manifest.get("tool") == TOOL:
-        not_ours = foreign_files(path, TOOL, manifest)
-    else:
-        not_ours = []  # new, empty, or a run from before the manifest (all of it the run's)
     claimed = OutputDir(path, TOOL, digest, not_ours=not_ours)
     if not claim:
         return claimed
-    if overwrite and os.path.isdir(path):
+    if overwrite and is_dir:
         for stale in glob.glob(os.path.join(path, "model_*.pth")):
             os.remove(stale)
         metrics = os.path.join(path, "metrics.jsonl")

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..utils import write_json_atomic
+from ..utils import quiet_loggers, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -126,20 +126,8 @@ def _ground_truth(api: type, ann_file: str):
     """``api``'s COCO object over the annotation file as the data loader cleaned it (a crowd RLE
     whose counts are not numbers, say, is the box there, not a crash inside pycocotools)."""
     from ..data.coco import coco_from, read_cleaned
-    with _quiet_data_warnings():  # the loader logged each kind of problem already
+    with quiet_loggers("detseg.data.coco"):  # the loader logged each kind of problem already
         return coco_from(api, read_cleaned(ann_file), ann_file)
-
-
-@contextlib.contextmanager
-def _quiet_data_warnings():
-    import logging
-    log = logging.getLogger("detseg.data.coco")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def _diagnostics(ann_file, gt, ev, results, image_ids, cat_ids, names, backend, threshold) -> dict:

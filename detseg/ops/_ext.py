@@ -126,13 +126,9 @@ def load_extension():
     try:
         # Importing cpp_extension on a machine with the CUDA toolkit but no GPU logs "No CUDA
         # runtime is found, using CUDA_HOME=...", which reads like an error; this build is CPU only.
-        cpp_log = logging.getLogger("torch.utils.cpp_extension")
-        level = cpp_log.level
-        cpp_log.setLevel(logging.ERROR)
-        try:
+        from ..utils import quiet_loggers
+        with quiet_loggers("torch.utils.cpp_extension"):
             from torch.utils.cpp_extension import load
-        finally:
-            cpp_log.setLevel(level)
         build_dir = _build_dir()
         fresh = not any(f.endswith((".so", ".pyd")) for f in os.listdir(build_dir))
         if fresh:
