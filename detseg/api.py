@@ -100,7 +100,7 @@ class Predictor:
         results = [{"heads": {}} for _ in images]
         for name, pred in out.items():
             kind = "panoptic" if name == "panoptic" else self.model.heads[name].output
-            for i, ((h, w), (oh, ow)) in enumerate(zip(batch["image_sizes"], batch["orig_sizes"])):
+            for i, ((h, w), (oh, ow)) in enumerate(zip(batch.image_sizes, batch.orig_sizes)):
                 if kind == SEMANTIC:
                     value = labels_at(pred[i, :, :h, :w], (oh, ow)).cpu()
                 elif kind == "panoptic":

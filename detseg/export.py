@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from .data.transforms import PAD_DIVISOR
 from .modeling.heads import SEMANTIC
 from .modeling.proposals import SelectiveSearchProposals
+from .structures import Batch
 from .utils import UsageError, atomic_path
 
 # Bumped whenever the inputs, outputs or metadata change meaning: a runner refuses other versions.
@@ -69,9 +70,8 @@ class ExportGraph(nn.Module):
         super().__init__()
         self.model = model.eval()
         self.head_names = list(model.heads)
-        self.selective_search = next(
-            (h.proposals for h in model.heads.values()
-             if isinstance(getattr(h, "proposals", None), SelectiveSearchProposals)), None)
+        sources = [h.proposal_source() for h in model.heads.values()]
+        self.selective_search = next((p for p in sources if isinstance(p, SelectiveSearchProposals)), None)
         self.needs_proposals = self.selective_search is not None
         # a batch dimension where every head is per-pixel and no per-image resize runs inside
         self.batched = (all(h.output == SEMANTIC for h in model.heads.values()) and model.resize is None
@@ -103,9 +103,8 @@ class ExportGraph(nn.Module):
             # the model resizes (and pads) the image itself; padding it first would only be
             # cropped off again, and would tie the graph to whether the example needed padding
             images = image[None]
-        batch = {"images": images, "image_sizes": [(h, w)]}
-        if proposals is not None:
-            batch["proposals"] = [proposals.float()]
+        batch = Batch(images=images, image_sizes=[(h, w)],
+                      proposals=None if proposals is None else [proposals.float()])
         out = self.model(batch)
         fh, fw = file_size.to(torch.float64).unbind(0)
         results: list[Tensor] = []
@@ -130,7 +129,7 @@ class ExportGraph(nn.Module):
         h, w = images.shape[2], images.shape[3]
         padded = _pad(images)
         features = self.model.backbone(self.model.preprocess(padded))
-        return tuple(_label_maps(head.forward_test(features, {"images": padded}), h, w, file_size)
+        return tuple(_label_maps(head.forward_test(features, Batch(images=padded)), h, w, file_size)
                      for head in self.model.heads.values())
 
 
@@ -157,7 +156,7 @@ def metadata(predictor, graph: ExportGraph, static_size: Optional[tuple[int, int
     from .utils import __version__
     cfg = predictor.cfg
     heads = {name: {"type": cfg.model.heads[name].type, "output": head.output,
-                    "masks": bool(getattr(head, "predicts_masks", False))}
+                    "masks": head.predicts_masks}
              for name, head in graph.model.heads.items()}
     return {"export_format": EXPORT_FORMAT, "detseg_version": __version__,
             "class_names": list(predictor.class_names), "cat_ids": [int(c) for c in predictor.cat_ids],
@@ -195,8 +194,15 @@ def trace(graph: ExportGraph, example: tuple, dynamic_size: bool = True) -> torc
     if graph.batched:
         image = {0: dyn, **{d + 1: v for d, v in image.items()}}
     shapes: tuple = (image, None) + (({0: dyn},) if len(example) > 2 else ())
-    with torch.no_grad():
-        return torch.export.export(graph, example, dynamic_shapes=shapes, strict=False)
+    heads = list(graph.model.heads.values())
+    for head in heads:
+        head.set_export_mode(True)
+    try:
+        with torch.no_grad():
+            return torch.export.export(graph, example, dynamic_shapes=shapes, strict=False)
+    finally:
+        for head in heads:
+            head.set_export_mode(False)
 
 
 def export(predictor, path: str, *, fmt: Optional[str] = None, opset: int = DEFAULT_OPSET,

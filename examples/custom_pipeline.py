@@ -18,7 +18,8 @@ from torch import nn
 
 from detseg.data.shapes import CLASSES, render_image
 from detseg.modeling.backbones import ShapeSpec
-from detseg.modeling.heads import SPPHead
+from detseg.modeling.heads import RegionHead
+from detseg.modeling.poolers import RoIPoolConfig, build_pooler
 from detseg.modeling.heads.mask import MaskHead
 from detseg.modeling.proposals import RPN
 from detseg.ops.paste_masks import paste_masks
@@ -74,8 +75,9 @@ def main(argv=None) -> int:
     rpn = RPN(in_channels=shapes["c4"].channels, features=["c4"], strides=[16],
               anchor_sizes=[[16, 32, 64, 128]], post_nms_top_n=(300, 100))
     mask = MaskHead(in_shapes=shapes, num_classes=len(CLASSES), conv_dims=(64, 64))
-    head = SPPHead(in_shapes=shapes, proposals=rpn, num_classes=len(CLASSES), feature="c4",
-                   levels=(7,), mapping="fast_rcnn", fc_dims=(256, 256), mask_head=mask)
+    pooler = build_pooler(RoIPoolConfig(output_size=7), shapes, "c4")  # Fast R-CNN's RoI pooling
+    head = RegionHead(proposals=rpn, pooler=pooler, num_classes=len(CLASSES), fc_dims=(256, 256),
+                      mask_head=mask)
     params = list(backbone.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255

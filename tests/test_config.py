@@ -83,8 +83,8 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
         load_config(nested)
     # a << merge's keys may be overridden, as YAML intends
     merged = write(tmp_path / "merged.yaml", "x: &s {lr: 0.1, max_iter: 7}\nsolver: {<<: *s, lr: 0.2}\n")
-    from detseg.config import _read_yaml
-    assert _read_yaml(merged)["solver"] == {"lr": 0.2, "max_iter": 7}
+    from detseg.yaml_tree import read_yaml
+    assert read_yaml(merged)["solver"] == {"lr": 0.2, "max_iter": 7}
 
 
 def test_printed_config_round_trips():

@@ -8,7 +8,7 @@ from tests.conftest import ROOT
 
 # Bottom to top. A package may import its own layer and any lower one.
 LAYERS = [
-    {"utils", "outputs", "config", "structures", "visualize"},
+    {"utils", "outputs", "yaml_tree", "config_upgrade", "config", "structures", "visualize"},
     {"ops"},
     {"modeling"},
     {"data"},
@@ -79,3 +79,86 @@ def test_the_check_catches_an_upward_import(tmp_path):
     (ops / "good.py").write_text("from ..utils import default_cache_dir\nfrom . import bad\n")
     bad = upward_imports(str(tmp_path))
     assert len(bad) == 1 and "detseg.ops.bad:2 imports detseg.data.shapes" in bad[0]
+
+
+def _module_of(root: str, name: str) -> str | None:
+    """The detseg module file ``name`` refers to (``a.b.c`` may be module ``a.b`` and its attribute
+    ``c``), or None when no such module exists."""
+    while name:
+        base = os.path.join(root, *name.split("."))
+        if os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__init__.py")):
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def import_graph(root: str) -> dict[str, set[str]]:
+    """{module: detseg modules it imports} over every import statement, function-level ones too.
+    A package's ``__init__`` counts as the package; importing ``a.b.c`` also runs ``a`` and
+    ``a.b``, but those parents are not edges: Python finishes a parent before its child only when
+    the parent does not import the child, which is the cycle this looks for elsewhere."""
+    graph: dict[str, set[str]] = {}
+    for folder, _, files in os.walk(os.path.join(root, "detseg")):
+        for f in files:
+            if not f.endswith(".py"):
+                continue
+            path = os.path.join(folder, f)
+            module = os.path.relpath(path, root)[:-3].replace(os.sep, ".").removesuffix(".__init__")
+            edges = graph.setdefault(module, set())
+            for _, target in _detseg_imports(path, module):
+                found = _module_of(root, target)
+                if found and found != module:
+                    edges.add(found)
+    return graph
+
+
+def import_cycles(root: str) -> list[list[str]]:
+    """Strongly connected groups of more than one module in ``import_graph`` (Tarjan's)."""
+    graph = import_graph(root)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_among_detseg_modules():
+    cycles = import_cycles(ROOT)
+    assert not cycles, "import cycles (each line: modules that import each other round):\n" + \
+        "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_catches_a_function_level_cycle(tmp_path):
+    pkg = tmp_path / "detseg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import g\n")
+    (pkg / "b.py").write_text("def g():\n    from . import a\n")
+    (pkg / "c.py").write_text("from .a import g\n")
+    assert import_cycles(str(tmp_path)) == [["detseg.a", "detseg.b"]]

@@ -75,7 +75,7 @@ def images_per_second(model: nn.Module, batch: dict, repeats: int = 3) -> float:
     def run():
         with torch.no_grad():
             model(batch)
-    return len(batch["image_ids"]) / median_seconds(run, repeats)
+    return len(batch.image_ids) / median_seconds(run, repeats)
 
 
 def train_images_per_second(model: nn.Module, batch, repeats: int = 3, lr: float = 1e-4) -> float:
@@ -90,7 +90,7 @@ def train_images_per_second(model: nn.Module, batch, repeats: int = 3, lr: float
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return len(batch["image_ids"]) / median_seconds(step, repeats)
+    return len(batch.image_ids) / median_seconds(step, repeats)
 
 
 def summarize(model: nn.Module, size: tuple[int, int], train_batch=None, repeats: int = 3,

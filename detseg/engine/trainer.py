@@ -270,7 +270,7 @@ class Trainer:
         try:
             while self.iter < s.max_iter:
                 batch = next(loader)
-                if not batch["image_ids"]:
+                if not batch.image_ids:
                     continue  # every image of this batch was skipped as unreadable
                 self._apply_freeze()
                 lr = s.lr * lr_factor(self.iter, s) * self.plateau_scale

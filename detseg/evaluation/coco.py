@@ -182,7 +182,7 @@ class COCOEvaluator:
     def process(self, batch: dict, predictions: list) -> None:
         """predictions: one ``Instances`` per image of ``batch``, in the pixels of the image the
         model saw (``inst.image_size``), mapped here to each file's own size."""
-        for img_id, inst, (oh, ow) in zip(batch["image_ids"], predictions, batch["orig_sizes"]):
+        for img_id, inst, (oh, ow) in zip(batch.image_ids, predictions, batch.orig_sizes):
             self.image_ids.append(int(img_id))
             inst = to_file_pixels(inst, inst.image_size, (oh, ow))
             self.results.extend(instances_to_results(img_id, inst, self.cat_ids))

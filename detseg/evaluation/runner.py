@@ -34,7 +34,7 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
         semseg = {name: SemSegEvaluator(dataset.num_classes + 1, dataset.class_names) for name in semantic}
         coco = {name: COCOEvaluator(dataset.ann_file, dataset.cat_ids, dataset.class_names,
                                     iou_types=("bbox", "segm")
-                                    if kinds[name].wants_masks(cfg.model.heads[name])
+                                    if kinds[name].predicts_masks_for(cfg.model.heads[name])
                                     else ("bbox",),
                                     backend=cfg.evaluator.backend, output_dir=output_dir,
                                     diagnostics_threshold=threshold)
@@ -42,7 +42,7 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
         loss_sum, loss_batches = torch.zeros(()), torch.zeros(())
         score_losses = cfg.evaluator.val_loss and can_score_losses(model)
         for batch in loader:
-            if not batch["image_ids"]:
+            if not batch.image_ids:
                 continue
             outputs = model(batch)
             for name, ev in semseg.items():

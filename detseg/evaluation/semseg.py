@@ -30,11 +30,11 @@ class SemSegEvaluator:
         self.conf += torch.bincount(idx, minlength=self.n * self.n).reshape(self.n, self.n)
 
     def process(self, batch: dict, logits: torch.Tensor) -> None:
-        """Score ``logits`` ``[B, K+1, H, W]`` against ``batch["semantic"]``, each image cropped to
+        """Score ``logits`` ``[B, K+1, H, W]`` against ``batch.semantic``, each image cropped to
         its unpadded size (the network's input resolution)."""
         pred = logits.argmax(1).cpu()
-        for i, (h, w) in enumerate(batch["image_sizes"]):
-            self.update(pred[i, :h, :w], batch["semantic"][i, :h, :w])
+        for i, (h, w) in enumerate(batch.image_sizes):
+            self.update(pred[i, :h, :w], batch.semantic[i, :h, :w])
 
     def evaluate(self) -> dict:
         """``compute()`` over every rank's images (confusion matrices summed under torchrun)."""

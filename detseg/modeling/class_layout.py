@@ -13,8 +13,9 @@ rows once. For K classes:
     BOX_DELTAS      [c0 x4, ..., cK-1 x4]             class-specific box deltas (4K)
     BG_FIRST        [bg, c0, ..., cK-1]               semantic maps (0 background, k + 1 class k)
 
-A module with class-dependent tensors declares them with a ``class_axes()`` method returning
-``{tensor name within the module: {dim: layout}}``; ``class_axes(model)`` collects them.
+A module with class-dependent tensors declares them (``DeclaresClassAxes``) with a ``class_axes()``
+method returning ``{tensor name within the module: {dim: layout}}``; ``class_axes(model)`` collects
+them.
 """
 from __future__ import annotations
 
@@ -93,12 +94,22 @@ def transfer_rows(fresh: Tensor, old: Tensor, axes: dict[int, Layout],
     return torch.where(keep.to(fresh.device), picked.to(fresh.device, fresh.dtype), fresh)
 
 
+class DeclaresClassAxes:
+    """Mixin of a module with class-dependent tensors of its own (every ``Head``, the box
+    predictor, the mask branch): ``class_axes()`` names them, so that fine-tuning can move their
+    class rows."""
+
+    def class_axes(self) -> dict[str, dict[int, Layout]]:
+        """``{tensor name within this module: {dim: layout}}``; {}: none of its own."""
+        return {}
+
+
 def class_axes(model: nn.Module) -> dict[str, dict[int, Layout]]:
     """``{state-dict key: {dim: layout}}`` of every class-dependent tensor of ``model``, from the
-    ``class_axes()`` declarations of its modules."""
+    ``class_axes()`` declarations of its ``DeclaresClassAxes`` modules."""
     out: dict[str, dict[int, Layout]] = {}
     for prefix, module in model.named_modules():
-        if not callable(getattr(module, "class_axes", None)):
+        if not isinstance(module, DeclaresClassAxes):
             continue
         for name, axes in module.class_axes().items():
             out[f"{prefix}.{name}" if prefix else name] = dict(axes)
@@ -106,4 +117,5 @@ def class_axes(model: nn.Module) -> dict[str, dict[int, Layout]]:
 
 
 __all__ = ["CLASS", "BACKGROUND", "SCORES_BG_LAST", "PER_CLASS", "BOX_DELTAS", "BG_FIRST", "Layout",
-           "layout_size", "layout_classes", "source_rows", "transfer_rows", "class_axes"]
+           "layout_size", "layout_classes", "source_rows", "transfer_rows", "class_axes",
+           "DeclaresClassAxes"]

@@ -26,7 +26,7 @@ class Model(nn.Module):
             each image at its own size, resizes it bilinearly so its short side is ``min_size``
             (long side at most ``max_size``) and pads the batch to a multiple of 32 with zeros,
             exactly as torchvision's detection transform does; inference only. The heads see the
-            resized sizes in ``batch["image_sizes"]``.
+            resized sizes in ``batch.image_sizes``.
         panoptic: ``None``, or the keyword arguments of ``merge_panoptic``: in eval mode the
             output then also holds ``"panoptic"``, one (segment-id map, segments) per image,
             from the semantic head's map and the instances of the head with masks.
@@ -127,20 +127,20 @@ class Model(nn.Module):
     def parts(self) -> dict[str, list[str]]:
         """Named parts (for freezing): ``{name: [module path, ...]}``.
 
-        ``backbone`` (the CNN without its FPN), ``fpn``, ``rpn`` (every head's learnt proposal
-        network), ``mask`` (every mask branch), ``heads`` and each head by its name; parts this
-        model lacks are left out.
+        ``backbone`` (the CNN without its FPN), ``fpn``, every part the heads declare
+        (``Head.parts``: ``rpn``, each learnt proposal network; ``mask``, each mask branch),
+        ``heads`` and each head by its name; parts this model lacks are left out.
         """
         has_fpn = isinstance(getattr(self.backbone, "fpn", None), nn.Module)
         out = {"backbone": ["backbone.body" if has_fpn else "backbone"]}
         if has_fpn:
             out["fpn"] = ["backbone.fpn"]
-        rpn = [f"heads.{n}.proposals" for n, h in self.heads.items()
-               if isinstance(getattr(h, "proposals", None), nn.Module)
-               and any(True for _ in h.proposals.parameters())]
-        mask = [f"heads.{n}.mask_head" for n, h in self.heads.items()
-                if isinstance(getattr(h, "mask_head", None), nn.Module)]
-        out.update({"rpn": rpn, "mask": mask, "heads": ["heads"]})
+        for part in ("rpn", "mask"):  # kept first, in this order, whether or not a head has one
+            out[part] = []
+        for name, head in self.heads.items():
+            for part, path in head.parts().items():
+                out.setdefault(part, []).append(f"heads.{name}.{path}")
+        out["heads"] = ["heads"]
         # a head named like a part above (say "fpn") is still reachable as heads.<name>
         out.update({name: [f"heads.{name}"] for name in self.heads if name not in out})
         return {k: v for k, v in out.items() if v}
@@ -158,7 +158,7 @@ class Model(nn.Module):
         semantic = outputs[self._head_of(self.heads, SEMANTIC)].argmax(1)
         instances = outputs[self._mask_head_name(self.heads)]
         return [merge_panoptic(semantic[i, :h, :w], inst, **self.panoptic)
-                for i, ((h, w), inst) in enumerate(zip(batch["image_sizes"], instances))]
+                for i, ((h, w), inst) in enumerate(zip(batch.image_sizes, instances))]
 
 
 def build_head(settings, backbone: nn.Module, num_classes: int) -> Head:
@@ -184,7 +184,7 @@ def data_needs(cfg) -> DataNeeds:
         raise ConfigError("model.heads: heads reading selective-search proposals must share their "
                           "proposal settings (one cache per split)")
     return DataNeeds(semantic=any(cls.output == SEMANTIC for cls, _ in heads),
-                     masks=any(cls.wants_masks(h) for cls, h in heads),
+                     masks=any(cls.predicts_masks_for(h) for cls, h in heads),
                      proposals=cached[0] if cached else None)
 
 

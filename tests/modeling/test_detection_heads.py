@@ -11,6 +11,7 @@ from detseg.evaluation.coco import COCOEvaluator
 from detseg.modeling.backbones import build_backbone, context_margin, receptive_field
 from detseg.modeling.heads.sliding_window import SlidingWindowHead
 from detseg.modeling.model import build_model
+from detseg.structures import Batch
 from tests.conftest import overfit
 
 
@@ -61,7 +62,7 @@ def test_conv_and_naive_sliding_windows_give_the_same_scores(scales):
     for clf in head.classifiers:  # scores far from uniform, so equality is not trivially met
         torch.nn.init.normal_(clf[2].weight, std=0.3)
     pixels = torch.randn(2, 3, 64, 96)
-    batch = {"pixels": pixels, "image_sizes": [(64, 96), (52, 70)]}
+    batch = Batch(images=pixels, pixels=pixels, image_sizes=[(64, 96), (52, 70)])
     with torch.no_grad():
         conv = head.score_windows(batch, bb)
         head.mode = "naive"
@@ -125,14 +126,15 @@ def test_region_head_pooler_choice(one_image, pooler):
     """A region head's pooler picks the pooling op; the head trains and predicts with each."""
     from detseg.ops import MultiScaleRoIAlign, SpatialPyramidPool
     _, ds, batch = one_image
-    cfg = load_config("configs/faster_rcnn_resnet18_shapes.yaml",
-                      [f"model.heads.det.pooler={pooler}", "model.heads.det.levels=[4,2,1]"])
+    section = {"spp": "{type: spp, levels: [4, 2, 1]}", "roi_pool": "{type: roi_pool, output_size: 4}",
+               "roi_align": "{type: roi_align, output_size: 4}"}[pooler]
+    cfg = load_config("configs/faster_rcnn_resnet18_shapes.yaml", [f"model.heads.det.pooler={section}"])
     torch.manual_seed(0)
     model = build_model(cfg, ds.num_classes)
     head = model.heads["det"]
     expected = {"spp": (SpatialPyramidPool, 21), "roi_pool": (SpatialPyramidPool, 16),
                 "roi_align": (MultiScaleRoIAlign, 16)}[pooler]
-    assert isinstance(head.pool, expected[0])
+    assert isinstance(head.pooler.pool, expected[0])
     assert head.fc[0].in_features == 128 * expected[1]  # p3 channels x bins
     losses = model(batch)
     assert torch.isfinite(losses["loss"])

@@ -105,7 +105,7 @@ def test_aux_classifier_adds_a_weighted_loss_in_training_only():
     feats = model.backbone(model.preprocess(images))
     aux = F.interpolate(head.aux(feats["c4"]), scale_factor=16, mode="bilinear", align_corners=False)
     expected = 0.4 * F.cross_entropy(aux[..., :72, :88], sem.long(), ignore_index=255)
-    eval_losses = head.forward_train(feats, {"semantic": sem})
+    eval_losses = head.forward_train(feats, {"images": images, "semantic": sem})
     assert eval_losses["loss_fcn_aux"].item() == pytest.approx(expected.item(), rel=1e-4)
     losses["loss"].backward()
     assert head.aux[0].weight.grad.abs().sum() > 0

@@ -1,23 +1,19 @@
 """Pluggable heads; each reads the shared backbone features and returns losses or predictions.
 
 ``HEAD_TYPES`` is the builder table: ``model.heads.<name>.type`` -> head class (its
-``from_config`` builds it from the settings dataclass ``config_class``). A head of one's own is one
-file with a ``Head`` subclass and its settings dataclass, and one ``register_head`` call.
+``from_config`` builds it from the settings dataclass ``config_class``, defined beside it). A head
+of one's own is one file with a ``Head`` subclass and its settings dataclass, and one
+``register_head`` call: the call that registers the built-in heads below.
 """
 from ...config import register_head_config
 from .base import INSTANCES, SEMANTIC, Head
-from .fcn import FCNHead
-from .rcnn import RCNNHead
-from .region import RegionHead
-from .sliding_window import SlidingWindowHead
-from .spp import SPPHead
+from .fcn import FCNHead, FCNHeadConfig
+from .mask import MaskConfig, MaskHead
+from .rcnn import RCNNHead, RCNNHeadConfig
+from .region import ProposalHeadConfig, RegionHead, RegionHeadConfig, SampledRoIs
+from .sliding_window import SlidingWindowHead, SlidingWindowHeadConfig
 
-HEAD_TYPES: dict[str, type[Head]] = {
-    "fcn": FCNHead,  # FCN-32s / 16s / 8s semantic segmentation
-    "sliding_window": SlidingWindowHead,  # OverFeat-style convolutional window classifier
-    "rcnn": RCNNHead,  # R-CNN: warped proposal crops through the backbone
-    "region": SPPHead,  # SPPNet, Fast / Faster R-CNN, Mask R-CNN: pooled shared features
-}
+HEAD_TYPES: dict[str, type[Head]] = {}
 
 
 def register_head(type_name: str, cls: type[Head]) -> None:
@@ -28,6 +24,12 @@ def register_head(type_name: str, cls: type[Head]) -> None:
     HEAD_TYPES[type_name] = cls
 
 
+register_head("fcn", FCNHead)  # FCN-32s / 16s / 8s semantic segmentation
+register_head("sliding_window", SlidingWindowHead)  # OverFeat-style convolutional window classifier
+register_head("rcnn", RCNNHead)  # R-CNN: warped proposal crops through the backbone
+register_head("region", RegionHead)  # SPPNet, Fast / Faster R-CNN, Mask R-CNN: pooled shared features
+
+
 def head_class(settings) -> type[Head]:
     """The class of the head that ``settings`` (a head config dataclass) describes."""
     if settings.type not in HEAD_TYPES:
@@ -35,5 +37,7 @@ def head_class(settings) -> type[Head]:
     return HEAD_TYPES[settings.type]
 
 
-__all__ = ["HEAD_TYPES", "INSTANCES", "SEMANTIC", "Head", "FCNHead", "RCNNHead", "RegionHead",
-           "SlidingWindowHead", "SPPHead", "head_class", "register_head"]
+__all__ = ["HEAD_TYPES", "INSTANCES", "SEMANTIC", "Head", "FCNHead", "FCNHeadConfig", "MaskConfig",
+           "MaskHead", "ProposalHeadConfig", "RCNNHead", "RCNNHeadConfig", "RegionHead",
+           "RegionHeadConfig", "SampledRoIs", "SlidingWindowHead", "SlidingWindowHeadConfig",
+           "head_class", "register_head"]

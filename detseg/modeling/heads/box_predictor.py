@@ -12,10 +12,10 @@ from torch import Tensor, nn
 from ...structures import Instances, clip_boxes, nonempty
 from ...ops.nms import batched_nms
 from ..box_coder import BoxCoder
-from ..class_layout import BOX_DELTAS, SCORES_BG_LAST
+from ..class_layout import BOX_DELTAS, SCORES_BG_LAST, DeclaresClassAxes
 
 
-class BoxPredictor(nn.Module):
+class BoxPredictor(nn.Module, DeclaresClassAxes):
     """``Linear`` class scores (K + 1) and class-specific deltas (4K).
 
     Input ``Tensor[R, D]`` → (logits ``Tensor[R, K + 1]``, deltas ``Tensor[R, 4K]``).

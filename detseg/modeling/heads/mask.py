@@ -7,16 +7,32 @@ with the RPN and the Fast R-CNN head it is Mask R-CNN; with the SPPNet head, SPP
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...config import ranged
 from ...ops import MultiScaleRoIAlign, roi_align
 from ...structures import Instances, as_size
 from ..backbones import ShapeSpec
-from ..class_layout import PER_CLASS
+from ..class_layout import PER_CLASS, DeclaresClassAxes
+
+
+@dataclass
+class MaskConfig:
+    """Mask R-CNN's mask branch on a region head's positive RoIs (``mask:`` of a region head)."""
+
+    feature: Optional[str] = None  # default: the stride-16 map
+    pooler_resolution: int = ranged(14, ge=1)
+    sampling_ratio: int = ranged(2, ge=0)
+    conv_dims: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    multiscale_features: Optional[list[str]] = None  # FPN levels chosen by box size, instead
+    # training: at most this many of an image's positive RoIs feed the mask loss, drawn at random
+    # (the tower's cost grows with them); null: all of them, as in the paper
+    rois_per_image: Optional[int] = ranged(None, ge=1)
 
 
 def mask_targets(gt_masks: Tensor, matched: Tensor, rois: Tensor, size: int) -> Tensor:
@@ -38,7 +54,7 @@ def mask_targets(gt_masks: Tensor, matched: Tensor, rois: Tensor, size: int) -> 
     return (crops >= 0.5).to(rois.dtype)
 
 
-class MaskHead(nn.Module):
+class MaskHead(nn.Module, DeclaresClassAxes):
     """Per-class 28 x 28 mask logits for boxes on a shared feature map.
 
     Args (keyword-only):
@@ -55,6 +71,11 @@ class MaskHead(nn.Module):
             is linear in its RoIs, and the positives of one object overlap heavily, so a random
             share of them is an unbiased, cheaper estimate of the same loss.
     """
+
+    @classmethod
+    def from_config(cls, settings: MaskConfig, in_shapes: dict[str, ShapeSpec], num_classes: int) -> "MaskHead":
+        fields = {k: getattr(settings, k) for k in settings.__dataclass_fields__}
+        return cls(in_shapes=in_shapes, num_classes=num_classes, **fields)
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, feature: Optional[str] = None,
                  pooler_resolution: int = 14, sampling_ratio: int = 2,

@@ -4,17 +4,29 @@ linear SVM classification and class-specific box regression.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...config import RCNNHeadConfig
+from ...config import ranged
 from ...ops import roi_align
 from ..backbones import ShapeSpec, coarsest, run_until
 from ..proposals import build_proposals
-from .region import RegionHead
+from .region import ProposalHeadConfig, RegionHead
+
+
+@dataclass
+class RCNNHeadConfig(ProposalHeadConfig):
+    """R-CNN (``type: rcnn``): each proposal warped to a fixed size and run through the backbone."""
+
+    type: Literal["rcnn"] = "rcnn"
+    warp_size: int = ranged(224, ge=1)
+    context_pad: int = ranged(16, ge=0)
+    pool_size: int = ranged(6, ge=1)
+    crop_batch_size: int = ranged(256, ge=1)  # crops per backbone call (bounds memory)
 
 
 def context_boxes(boxes: Tensor, warp_size: int, context_pad: int) -> Tensor:
@@ -54,7 +66,7 @@ def warp_regions(pixels: Tensor, image_sizes, boxes: list[Tensor], warp_size: in
 
 
 class RCNNHead(RegionHead):
-    """Region head that runs the backbone on warped crops.
+    """Region head that runs the backbone on warped crops, in place of a pooler.
 
     Args (keyword-only):
         in_shapes: ``backbone.output_shape()``.
@@ -65,12 +77,16 @@ class RCNNHead(RegionHead):
         crop_batch_size: crops per backbone call (bounds memory).
 
     Needs the backbone itself: ``forward_train/forward_test(features, batch, backbone=...)``
-    with ``batch["pixels"]`` the normalised images (``Model`` passes both).
+    with ``batch.pixels`` the normalised images (``Model`` passes both).
     """
 
     uses_backbone = True
     needs_features = False
     config_class = RCNNHeadConfig
+    # and RegionHead's pooler / in_features / mask_head, which R-CNN sets itself (no pooler, no mask)
+    built_arguments = ("in_shapes", "proposals", "num_classes", "box_coder", "pooler", "in_features",
+                       "mask_head")
+    consumed_settings = ("proposals",)
 
     @classmethod
     def from_config(cls, settings: RCNNHeadConfig, backbone: nn.Module, num_classes: int) -> "RCNNHead":
@@ -79,9 +95,11 @@ class RCNNHead(RegionHead):
         if feature not in shapes:
             raise ValueError(f"R-CNN head: backbone has no feature {feature!r}; it has {sorted(shapes)}")
         return cls(in_shapes=shapes, proposals=build_proposals(settings.proposals, shapes, feature),
-                   num_classes=num_classes, feature=feature, warp_size=settings.warp_size,
-                   context_pad=settings.context_pad, pool_size=settings.pool_size,
-                   **cls.settings_kwargs(settings))
+                   num_classes=num_classes, **{**cls.settings_kwargs(settings), "feature": feature})
+
+    @classmethod
+    def predicts_masks_for(cls, settings: RCNNHeadConfig) -> bool:
+        return False
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], proposals: nn.Module, num_classes: int,
                  feature: Optional[str] = None, warp_size: int = 224, context_pad: int = 16,
@@ -94,16 +112,16 @@ class RCNNHead(RegionHead):
         self.feature, self.warp_size, self.context_pad = feature, warp_size, context_pad
         self.pool_size, self.crop_batch_size = pool_size, crop_batch_size
 
-    def region_features(self, features, batch: dict, boxes: list[Tensor], *,
+    def region_features(self, features, batch, boxes: list[Tensor], *,
                         backbone: nn.Module = None) -> Tensor:
         if backbone is None:
             raise TypeError("RCNNHead needs the backbone: call it with backbone=...")
-        crops = warp_regions(batch["pixels"], batch["image_sizes"], boxes, self.warp_size,
+        crops = warp_regions(batch.pixels, batch.image_sizes, boxes, self.warp_size,
                              self.context_pad)
         out = []
         # An exported graph runs every crop in one batch: the number of chunks would depend on the
         # proposal count, which the graph does not fix (its memory grows with the proposals given).
-        chunks = [crops] if torch.compiler.is_exporting() else crops.split(self.crop_batch_size)
+        chunks = [crops] if self.exporting else crops.split(self.crop_batch_size)
         for chunk in chunks:
             fmap = run_until(backbone, chunk, self.feature)
             out.append(F.adaptive_max_pool2d(fmap, self.pool_size).flatten(1))

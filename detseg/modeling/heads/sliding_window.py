@@ -35,14 +35,15 @@ outputs and gradients up to rounding, at a fraction of the cost.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...config import SlidingWindowHeadConfig
-from ...structures import Instances
+from ...config import ranged
+from ...structures import Batch, Instances
 from ..backbones import ShapeSpec, coarsest, context_margin, run_until
 from ..box_coder import BoxCoder
 from ..class_layout import BOX_DELTAS, SCORES_BG_LAST
@@ -50,6 +51,33 @@ from ..proposals.windows import window_sizes
 from ..sampling import BACKGROUND, match, sample, sampled_targets
 from .base import Head
 from .box_predictor import classification_and_box_losses, deltas_to_boxes, detect
+
+
+@dataclass
+class SlidingWindowHeadConfig:
+    """A window classifier slid over the image convolutionally, OverFeat-style (``type: sliding_window``)."""
+
+    type: Literal["sliding_window"] = "sliding_window"
+    feature: Optional[str] = None  # default: the stride-16 map
+    window_sizes: list[float] = field(default_factory=lambda: [32.0, 64.0, 128.0])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    scales: list[int] = field(default_factory=lambda: [1])  # multiples sharing a base classifier
+    reduce: int = 64
+    hidden: int = 256
+    mode: Literal["conv", "naive"] = "conv"
+    fg_iou: float = 0.5
+    bg_iou: float = 0.4
+    batch_size_per_image: int = 256
+    fg_fraction: float = 0.25
+    hard_negative_fraction: float = 0.0  # share of background windows mined as the hardest
+    # Pixels of image context around the image that the backbone sees (mean-pixel padding): None =
+    # the feature's receptive field, so that "naive" and "conv" give the same scores; less is
+    # cheaper (the padded image is smaller) and border windows then see the network's own padding.
+    context_margin: Optional[int] = ranged(None, ge=0)
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+    naive_batch_size: int = ranged(64, ge=1)  # mode naive: window crops per backbone call
 
 
 def default_feature(in_shapes: dict[str, ShapeSpec]) -> str:
@@ -114,28 +142,25 @@ class SlidingWindowHead(Head):
             detectors were trained); the rest are drawn at random. 0: all at random.
 
     Uses the backbone itself: ``forward_*(features, batch, backbone=...)`` with
-    ``batch["pixels"]`` the normalised images; ``Model`` passes both.
+    ``batch.pixels`` the normalised images; ``Model`` passes both.
     """
 
     uses_backbone = True
     needs_features = False
     config_class = SlidingWindowHeadConfig
+    built_arguments = ("in_shapes", "num_classes", "margin")
+    consumed_settings = ("context_margin",)
 
     @classmethod
     def from_config(cls, settings: SlidingWindowHeadConfig, backbone: nn.Module,
                     num_classes: int) -> "SlidingWindowHead":
         shapes = backbone.output_shape()
         feature = settings.feature or default_feature(shapes)
-        s = settings
-        margin = s.context_margin
+        margin = settings.context_margin
         if margin is None:
             margin = context_margin(backbone, feature, shapes[feature].stride)
-        return cls(in_shapes=shapes, num_classes=num_classes, feature=feature, margin=margin,
-                   window_sizes=s.window_sizes, aspect_ratios=s.aspect_ratios, scales=s.scales,
-                   reduce=s.reduce, hidden=s.hidden, mode=s.mode, fg_iou=s.fg_iou, bg_iou=s.bg_iou,
-                   batch_size_per_image=s.batch_size_per_image, fg_fraction=s.fg_fraction,
-                   hard_negative_fraction=s.hard_negative_fraction, score_thresh=s.score_thresh,
-                   nms_thresh=s.nms_thresh, detections_per_image=s.detections_per_image)
+        return cls(in_shapes=shapes, num_classes=num_classes, margin=margin,
+                   **{**cls.settings_kwargs(settings), "feature": feature})
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, margin: int,
                  feature: Optional[str] = None, window_sizes: Sequence[float] = (32, 64, 128),
@@ -304,18 +329,18 @@ class SlidingWindowHead(Head):
 
     def reduced_map(self, batch: dict, backbone: nn.Module) -> Tensor:
         """``[B, reduce, H', W']``: the reduced feature map of the margin-padded batch."""
-        padded = self.padded_pixels(batch["pixels"], batch["image_sizes"])
+        padded = self.padded_pixels(batch.pixels, batch.image_sizes)
         return self.reduce(run_until(backbone, padded, self.feature))
 
     def score_windows(self, batch: dict, backbone: nn.Module) -> list[tuple[Tensor, Tensor]]:
         """Per image: (windows ``Tensor[N, 4]``, outputs ``Tensor[N, (K + 1) + 4K]``)."""
         if self.mode == "naive":
-            padded = self.padded_pixels(batch["pixels"], batch["image_sizes"])
-            return self._score_naive(padded, batch["image_sizes"], backbone)
+            padded = self.padded_pixels(batch.pixels, batch.image_sizes)
+            return self._score_naive(padded, batch.image_sizes, backbone)
         fmap = self.reduced_map(batch, backbone)
-        if torch.compiler.is_exporting():
-            return self._score_exported(fmap, batch["image_sizes"])
-        return [(boxes, out) for boxes, out, _ in self._score_dense(fmap, batch["image_sizes"])]
+        if self.exporting:
+            return self._score_exported(fmap, batch.image_sizes)
+        return [(boxes, out) for boxes, out, _ in self._score_dense(fmap, batch.image_sizes)]
 
     def _score_dense(self, fmap: Tensor, image_sizes) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Every window of every shape, convolutionally. Per image: (windows ``Tensor[N, 4]``,
@@ -386,16 +411,17 @@ class SlidingWindowHead(Head):
         pick = torch.randperm(others.numel(), device="cpu")[: n - hard.numel()].to(neg.device)
         return torch.cat([neg[hard], others[pick]])
 
-    def forward_train(self, features, batch: dict, *, backbone: nn.Module) -> dict[str, Tensor]:
+    def forward_train(self, features, batch, *, backbone: nn.Module) -> dict[str, Tensor]:
+        batch = Batch.of(batch)  # a plain dict from one's own pipeline, read as a Batch
         k = self.num_classes
         if self.mode == "naive":
             scored = [(boxes, out, None) for boxes, out in self.score_windows(batch, backbone)]
         else:
             fmap = self.reduced_map(batch, backbone)
             with torch.no_grad():  # labels and mining only; the sampled windows are recomputed
-                scored = self._score_dense(fmap, batch["image_sizes"])
+                scored = self._score_dense(fmap, batch.image_sizes)
         outs, picked, labels, targets, regress = [], [], [], [], []
-        for i, ((boxes, out, cells), t) in enumerate(zip(scored, batch["targets"])):
+        for i, ((boxes, out, cells), t) in enumerate(zip(scored, batch.targets)):
             gt = t["boxes"].to(boxes.device)
             matched, _ = match(boxes, gt, fg_iou=self.fg_iou, bg_iou=self.bg_iou,
                                ignore=t.get("ignore_boxes"))
@@ -420,10 +446,11 @@ class SlidingWindowHead(Head):
                                                torch.cat(targets), torch.cat(regress))
         return {"loss_window_cls": losses["loss_cls"], "loss_window_box": losses["loss_box"]}
 
-    def forward_test(self, features, batch: dict, *, backbone: nn.Module) -> list[Instances]:
+    def forward_test(self, features, batch, *, backbone: nn.Module) -> list[Instances]:
+        batch = Batch.of(batch)  # a plain dict from one's own pipeline, read as a Batch
         k = self.num_classes
         results = []
-        for (boxes, out), hw in zip(self.score_windows(batch, backbone), batch["image_sizes"]):
+        for (boxes, out), hw in zip(self.score_windows(batch, backbone), batch.image_sizes):
             scores = F.softmax(out[:, : k + 1], dim=1)[:, :k]
             pred = deltas_to_boxes(self.coder, out[:, k + 1:], boxes)
             results.append(detect(pred, scores, hw, score_thresh=self.score_thresh,

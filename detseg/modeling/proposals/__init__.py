@@ -5,12 +5,43 @@
 - ``DenseWindowProposals``: dense multi-scale sliding windows;
 - ``RPN``: a region proposal network, trained jointly with the region head it feeds.
 """
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
 from .precomputed import SelectiveSearchProposals
 from .rpn import RPN
 from .windows import DenseWindowProposals, dense_windows
 
-__all__ = ["build_proposals", "SelectiveSearchProposals", "RPN",
+__all__ = ["build_proposals", "ProposalConfig", "SelectiveSearchProposals", "RPN",
            "DenseWindowProposals", "dense_windows"]
+
+
+@dataclass
+class ProposalConfig:
+    """Where a region head gets its proposals: selective search, dense windows or an RPN."""
+
+    source: Literal["selective_search", "windows", "rpn"] = "rpn"
+    # selective search: cached per split by tools/proposals.py (default file: beside the
+    # split's annotation file); computed on the fly for images without a cache (inference)
+    mode: Literal["fast", "quality"] = "fast"
+    max_per_image: int = 2000
+    train_file: Optional[str] = None
+    val_file: Optional[str] = None
+    # dense windows
+    window_sizes: list[float] = field(default_factory=lambda: [32.0, 64.0, 128.0])
+    window_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    window_stride: int = 16
+    # RPN (Faster R-CNN); features default to the region head's feature map
+    rpn_features: Optional[list[str]] = None
+    anchor_sizes: list[list[float]] = field(default_factory=lambda: [[32.0, 64.0, 128.0]])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    pre_nms_top_n: list[int] = field(default_factory=lambda: [2000, 1000])  # train, test
+    post_nms_top_n: list[int] = field(default_factory=lambda: [2000, 1000])  # train, test
+    nms_thresh: float = 0.7
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    fg_iou: float = 0.7
+    bg_iou: float = 0.3
 
 
 def build_proposals(p, in_shapes: dict, feature: str):

@@ -105,15 +105,16 @@ class RPN(nn.Module):
             out.append(grid_anchors(getattr(self, f"base_{i}"), (fh, fw), stride))
         return out
 
-    def forward(self, features: dict, batch: dict) -> tuple[list[Tensor], dict]:
-        image_hw = Batch.of(batch).padded_hw
+    def forward(self, features: dict, batch) -> tuple[list[Tensor], dict]:
+        batch = Batch.of(batch)  # a plain dict from one's own pipeline, read as a Batch
+        image_hw = batch.padded_hw
         anchors = self.anchors(features, image_hw)
         objs, deltas = zip(*(self.head(features[n]) for n in self.features))
         levels = torch.cat([torch.full((a.shape[0],), i, device=a.device) for i, a in enumerate(anchors)])
         all_anchors = torch.cat(anchors)
         obj, delta = torch.cat(objs, dim=1), torch.cat(deltas, dim=1)
         proposals = self._select(obj.detach(), delta.detach(), all_anchors, levels,
-                                 [a.shape[0] for a in anchors], batch["image_sizes"])
+                                 [a.shape[0] for a in anchors], batch.image_sizes)
         losses = self.losses(obj, delta, all_anchors, batch) if self.training else {}
         return proposals, losses
 
@@ -144,7 +145,7 @@ class RPN(nn.Module):
 
     def losses(self, obj: Tensor, delta: Tensor, anchors: Tensor, batch: dict) -> dict[str, Tensor]:
         labels, targets, regress_rows, rows = [], [], [], []
-        for i, t in enumerate(batch["targets"]):
+        for i, t in enumerate(batch.targets):
             gt = t["boxes"].to(anchors.device)
             matched, _ = match(anchors, gt, fg_iou=self.fg_iou, bg_iou=self.bg_iou,
                                allow_low_quality=True, ignore=t.get("ignore_boxes"))

@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ...structures import Batch
+
 
 def window_sizes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> list[tuple[float, float]]:
     """(w, h) in pixels of each window, size-major: area ``size ** 2``, ``h / w = ratio``. The
@@ -50,6 +52,7 @@ class DenseWindowProposals(nn.Module):
         super().__init__()
         self.sizes, self.aspect_ratios, self.stride = list(sizes), list(aspect_ratios), stride
 
-    def forward(self, features, batch: dict) -> tuple[list[Tensor], dict]:
+    def forward(self, features, batch) -> tuple[list[Tensor], dict]:
+        batch = Batch.of(batch)  # a plain dict from one's own pipeline, read as a Batch
         return [dense_windows(hw, self.sizes, self.aspect_ratios, self.stride)
-                for hw in batch["image_sizes"]], {}
+                for hw in batch.image_sizes], {}
