@@ -5,7 +5,7 @@ export, for FCN-8s, Faster R-CNN and Mask R-CNN (ResNet-50, the R-CNNs in torchv
 Each call is the whole predictor: reading nothing (images are decoded beforehand), the data
 pipeline's resize, the network, post-processing and, for Mask R-CNN, pasting the masks. The same
 coco_tiny photos go through every backend (synthetic stand-ins without ../shared); every backend's
-results are checked against eager (``detseg.export.parity_problems``): a backend that does not
+results are checked against eager (``detseg.export_parity.parity_problems``): a backend that does not
 hold parity is reported and never made the default. The weights are random (seeded): no trained
 COCO weights can be downloaded here; timings depend on architecture and image size, and the
 randomly initialised detectors still run the full RPN, 1000 proposals and NMS.
@@ -30,7 +30,7 @@ QUICK = {"fcn8s_r18": ("fcn8s_resnet18_shapes", [])}
 
 
 def photos(n: int) -> list:
-    from detseg.export import synthetic_photo
+    from detseg.export_parity import synthetic_photo
     folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
                           "data", "coco_tiny", "val2017")
     if os.path.isdir(folder):
@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     import statistics
 
     from detseg import load_model
-    from detseg.export import Traced, compare_predictions, parity_problems
+    from detseg.export import Traced
+    from detseg.export_parity import compare_predictions, parity_problems
     from detseg.exported import ExportedPredictor
     models = QUICK if args.quick else {k: v for k, v in MODELS.items() if not args.models or k in args.models}
     images = photos(2 if args.quick else args.images)

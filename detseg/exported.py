@@ -11,7 +11,6 @@ does it: the data pipeline's resize, selective search for heads that read propos
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -20,61 +19,9 @@ from typing import Optional, Sequence
 import torch
 
 from .engine.checkpoint import CheckpointError
-from .export import EXPORT_FORMAT
+from .export_format import read_metadata
 from .structures import Instances
 from .utils import UsageError, quiet_loggers
-
-EXPORTED_SUFFIXES = (".onnx", ".pt2")
-REQUIRED_KEYS = ("export_format", "detseg_version", "class_names", "cat_ids", "inputs", "outputs", "heads",
-                 "input_resize", "min_size_test", "max_size", "selective_search", "batch", "static_size")
-
-
-def is_exported(path: str) -> bool:
-    return str(path).lower().endswith(EXPORTED_SUFFIXES)
-
-
-def written_by_export(path: str) -> bool:
-    """Whether ``path`` is a file that ``tools/export.py`` wrote (its detseg metadata is there):
-    the output guard lets a new export replace only such a file."""
-    lower = str(path).lower()
-    try:
-        if lower.endswith(".pt2"):
-            import zipfile
-            with zipfile.ZipFile(path) as archive:
-                return any(n.endswith("detseg.json") for n in archive.namelist())
-        if lower.endswith(".onnx"):
-            import onnx
-            model = onnx.load(path, load_external_data=False)
-            return any(p.key == "detseg.export_format" for p in model.metadata_props)
-    except Exception:  # unreadable, truncated, another format: not an export of ours
-        return False
-    return False
-
-
-def read_metadata(path: str, raw: dict) -> dict:
-    """Checked metadata from the file's ``detseg.*`` entries (``raw``: key → JSON text).
-
-    Raises:
-        CheckpointError: one line naming the file and what is missing or of another version.
-    """
-    missing = [k for k in REQUIRED_KEYS if k not in raw]
-    if "export_format" in missing:
-        raise CheckpointError(f"{path}: not a detseg export (no detseg.export_format in its metadata); "
-                              f"export a detseg checkpoint with tools/export.py")
-    try:
-        meta = {k: json.loads(v) for k, v in raw.items()}
-    except ValueError as e:
-        raise CheckpointError(f"{path}: unreadable detseg metadata ({e})") from None
-    if meta["export_format"] != EXPORT_FORMAT:
-        from .utils import __version__
-        raise CheckpointError(f"{path}: exported by detseg {meta.get('detseg_version', '?')} in export "
-                              f"format {meta['export_format']}; this detseg ({__version__}) reads format "
-                              f"{EXPORT_FORMAT}: export the checkpoint again with this version")
-    if missing:
-        raise CheckpointError(f"{path}: metadata key detseg.{missing[0]} is missing; export the "
-                              f"checkpoint again with tools/export.py")
-    return meta
-
 
 class _OnnxRunner:
     def __init__(self, path: str, device: torch.device):
@@ -173,7 +120,7 @@ class ExportedPredictor:
         """One result dict per image, as ``Predictor.predict_batch``. A batched graph
         (``meta["batch"]``: semantic heads) runs each run of consecutive images of one size in
         one call; other graphs take one image per call."""
-        from .api import prepare_image
+        from .data.prepare import prepare_image
         given = [None] * len(images) if proposals is None else list(proposals)
         samples = [prepare_image(im, self.transform, i, props)
                    for i, (im, props) in enumerate(zip(images, given))]
@@ -236,47 +183,3 @@ def load_exported(path: str, *, device: str = "cpu", score_threshold: float = 0.
         raise UsageError(f"{path} is an exported model: it carries its own architecture, --config does "
                          f"not apply")
     return ExportedPredictor(path, device=device, score_threshold=score_threshold)
-
-
-def cached_path(weights: str, fmt: str = "onnx") -> str:
-    """Where ``cached_export`` keeps the export of checkpoint ``weights``: detseg's cache,
-    ``exports/<hash of the file's bytes>-format<EXPORT_FORMAT>.<fmt>``."""
-    from .utils import default_cache_dir
-    stat = os.stat(weights)
-    name = f"{_digest(os.path.abspath(weights), stat.st_mtime_ns, stat.st_size)}-format{EXPORT_FORMAT}.{fmt}"
-    return os.path.join(default_cache_dir(), "exports", name)
-
-
-@functools.lru_cache(maxsize=8)
-def _digest(path: str, mtime_ns: int, size: int) -> str:
-    """First 20 hex digits of the file's SHA-256, read once per (path, mtime, size): infer.py asks
-    for the cached path when choosing its backend and again when exporting."""
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:20]
-
-
-def cached_export(weights: str, fmt: str = "onnx") -> tuple[str, bool]:
-    """The export of checkpoint ``weights`` at ``cached_path``, written the first time.
-
-    Returns:
-        (path of the exported file, whether it was already there).
-    """
-    path = cached_path(weights, fmt)
-    if os.path.isfile(path):
-        return path, True
-    from .api import load_model
-    from .export import export
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    export(load_model(weights, device="cpu"), path, fmt=fmt)
-    return path, False
-
-
-def has_panoptic(weights: str) -> bool:
-    """Whether a checkpoint's config merges panoptic output (which exported graphs leave out)."""
-    from .engine.checkpoint import load_checkpoint
-    config = load_checkpoint(weights).get("config") or {}
-    return bool(((config.get("model") or {}).get("panoptic") or {}).get("enabled"))

@@ -41,6 +41,7 @@ class LinearSegHead(Head):
 
     output = SEMANTIC
     config_class = LinearSegHeadConfig
+    built_arguments = ("in_channels", "num_classes")  # from_config makes these; the rest are settings
 
     def __init__(self, *, in_channels: int, feature: str, num_classes: int):
         super().__init__()
@@ -60,13 +61,13 @@ class LinearSegHead(Head):
                              align_corners=False)
 
     def forward_train(self, features, batch, **kwargs):
-        target = batch["semantic"]
+        target = batch.semantic
         logits = self(features, tuple(target.shape[-2:]))
         return {"loss_linear_seg": F.cross_entropy(logits, target.to(logits.device).long(),
                                                    ignore_index=SEMANTIC_IGNORE)}
 
     def forward_test(self, features, batch, **kwargs):
-        return self(features, tuple(batch["images"].shape[-2:]))
+        return self(features, tuple(batch.images.shape[-2:]))
 
 
 register_head("linear_seg", LinearSegHead)

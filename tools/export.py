@@ -48,8 +48,9 @@ def main(argv=None) -> int:
     from detseg.api import load_model
     from detseg.config import ConfigError
     from detseg.engine.checkpoint import CheckpointError
-    from detseg.export import DEFAULT_OPSET, ParityError, check_parity, check_static_size, export
-    from detseg.exported import written_by_export
+    from detseg.export import check_static_size, export
+    from detseg.export_format import DEFAULT_OPSET, written_by_export
+    from detseg.export_parity import ParityError, check_parity
     from detseg.outputs import check_output_file
     from detseg.utils import UsageError
     fmt = args.format or (os.path.splitext(args.output)[1].lstrip(".").lower() if args.output else "onnx")

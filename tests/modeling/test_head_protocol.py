@@ -102,6 +102,99 @@ def test_old_pooler_keys_read_as_the_pooler_they_meant(caplog):
         assert len(caplog.records) == 1 and "read as pooler" in caplog.records[0].getMessage()
 
 
+@pytest.mark.parametrize("heads,message", [
+    ({"det": {"type": "yolo"}}, "model.heads.det.type"),
+    ({"det": {"pooler": "spp"}}, "needs settings with a `type`"),
+    ({"det": {"type": "region", "pooler": "max"}}, "model.heads.det.pooler"),
+    ({"det": {"type": "region", "mask": {"feature": 3}}}, "model.heads.det.mask.feature"),
+    ({"bad.name": {"type": "fcn"}}, "Python identifier"),
+    ({"panoptic": {"type": "fcn"}}, "Python identifier"),
+    ({}, "at least one head"),
+    (["yolo"], "unknown head 'yolo'"),
+])
+def test_bad_head_settings_name_the_key(heads, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        from_dict({"model": {"heads": heads}})
+
+
+def test_old_checkpoint_with_old_keys_loads_and_predicts_the_same(tmp_path, one_image):
+    """A checkpoint written before the rename: config in the old layout, keys heads.spp.*."""
+    from detseg.api import load_model
+    _, ds, batch = one_image
+    old_cfg = {"model": {"backbone": {"name": "resnet18", "fpn": True, "fpn_channels": 128},
+                         "heads": ["spp"], "proposals": RPN, "fcn": {"variant": "8s"},
+                         "roi": {"feature": "p3", "levels": [7], "mapping": "fast_rcnn", "warp_size": 224,
+                                 "context_pad": 16, "score_thresh": 0.0},
+                         "mask": {"enabled": False, "feature": None},
+                         "sliding_window": {"feature": None}}}
+    torch.manual_seed(0)
+    model = build_model(from_dict(old_cfg), ds.num_classes).eval()
+    assert all(k.startswith(("backbone.", "heads.spp.")) for k in model.state_dict())
+    path = tmp_path / "old.pth"
+    save_atomic({"model": model.state_dict(), "config": old_cfg, "class_names": ds.class_names,
+                 "label_map": ds.label_map(), "num_classes": ds.num_classes}, str(path))
+    predictor = load_model(str(path), device="cpu", fold_bn=False, channels_last=False)
+    with torch.no_grad():
+        expected = model(batch)["spp"][0]
+        got = predictor.model(batch)["spp"][0]
+    assert len(expected) > 0 and torch.equal(got.boxes, expected.boxes)
+
+
+def test_two_region_heads_train_and_evaluate_side_by_side(one_image):
+    from detseg.evaluation.runner import make_evaluate
+    split, ds, batch = one_image
+    common = {"type": "region", "feature": "p3", "fc_dims": [64], "proposals": RPN}
+    cfg = from_dict({"model": {"backbone": {"name": "resnet18", "fpn": True, "fpn_channels": 64,
+                                            "norm": "frozen_bn"},
+                               "heads": {"det": {**common, "pooler": {"type": "roi_pool", "output_size": 7}},
+                                         "det2": {**common, "pooler": {"type": "roi_align", "output_size": 7},
+                                                  "mask": {"feature": "p3", "conv_dims": [32]}}}}})
+    torch.manual_seed(0)
+    model = build_model(cfg, ds.num_classes)
+    assert type(model.heads["det"].pooler) is not type(model.heads["det2"].pooler)
+    losses = model.train()(batch)
+    # shared loss names are kept apart by head name; the mask loss is det2's alone
+    expected = {"det_loss_cls", "det2_loss_cls", "det_loss_rpn_cls", "det2_loss_rpn_cls", "loss_mask"}
+    assert expected <= set(losses)
+    assert "loss_cls" not in losses
+    losses["loss"].backward()
+    for name in ("det", "det2"):
+        assert model.heads[name].predictor.cls_score.weight.grad.abs().sum() > 0
+    assert data_needs(cfg).masks
+    evaluate = make_evaluate(cfg, ds, [batch], None)
+    with torch.no_grad():
+        metrics = evaluate(model.eval())
+    assert {"det_AP", "det2_AP", "det2_segm_AP"} <= set(metrics) and "det_segm_AP" not in metrics
+
+
+def test_model_takes_only_heads():
+    with pytest.raises(TypeError, match="not a detseg.modeling.heads.Head"):
+        Model(build_backbone("resnet18"), {"x": nn.Linear(2, 2)})
+
+
+def test_example_head_trains_through_config_model_trainer_and_evaluation(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("linear_seg_head", os.path.join(ROOT, "examples",
+                                                                                  "linear_seg_head.py"))
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # a dataclass resolves its annotations through its module
+    spec.loader.exec_module(example)
+    assert example.main(["--iterations", "60", "--output-dir", str(tmp_path)]) == 0
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    losses = [r["loss_linear_seg"] for r in records if "loss_linear_seg" in r]
+    assert len(losses) == 60  # logged every step; batches of 2 are noisy, so compare tenths
+    assert sum(losses[-6:]) < 0.8 * sum(losses[:6]), losses
+    evals = [r for r in records if "mIoU" in r]
+    assert evals and 0 < evals[-1]["mIoU"] <= 1
+    # the checkpoint names the head type; the API loads it and answers with its semantic map
+    from detseg.api import load_model
+    best = tmp_path / "best.pth"
+    assert best.exists()
+    predictor = load_model(str(best), device="cpu")
+    result = predictor(torch.zeros(3, 64, 80, dtype=torch.uint8))
+    assert result["semantic"].shape == (64, 80) and set(result["heads"]) == {"seg"}
+
+
 def settings_gaps(cls) -> tuple[set, set]:
     """(constructor arguments of head class ``cls``, its base classes' included, that are neither
     built by ``from_config`` nor a settings field; settings fields other than ``type`` and the

@@ -21,8 +21,9 @@ from tests.conftest import COCO_TINY, ROOT
 ort = pytest.importorskip("onnxruntime")  # the test command installs the [export] extra
 onnx = pytest.importorskip("onnx")
 
-from detseg.export import (BOX_TOL, SCORE_TOL, Traced, compare_predictions, fixed_proposals,  # noqa: E402
-                           synthetic_photo)
+from detseg.export import Traced  # noqa: E402
+from detseg.export_parity import (BOX_TOL, SCORE_TOL, compare_predictions, fixed_proposals,  # noqa: E402
+                                  synthetic_photo)
 from detseg.exported import ExportedPredictor  # noqa: E402
 
 CLASSES = ["circle", "rectangle", "triangle"]
@@ -141,7 +142,7 @@ def check_on_photos(predictor, folder, ops: set) -> None:
 def eager_result(predictor, image, proposals) -> dict:
     """``predictor(image)`` plus the raw outputs that tell float ties from real differences:
     ``_probs`` (28 x 28 mask probabilities), ``_scores`` (upsampled class scores per semantic head)."""
-    from detseg.api import prepare_image
+    from detseg.data.prepare import prepare_image
     from detseg.data.transforms import collate
     eager = predictor(image, proposals)
     batch = collate([prepare_image(image, predictor.transform, 0, proposals)])
@@ -221,7 +222,7 @@ def test_infer_auto_backend_takes_a_cached_export(mask_rcnn_files, tmp_path, mon
     support are refused with ONNX Runtime in one line."""
     import shutil
 
-    from detseg.exported import cached_path
+    from detseg.export import cached_path
     from tools import infer
     root = mask_rcnn_files[0]
     monkeypatch.setenv("DETSEG_CACHE", str(tmp_path / "cache"))
