@@ -8,7 +8,7 @@ from tests.conftest import ROOT
 
 # Bottom to top. A package may import its own layer and any lower one.
 LAYERS = [
-    {"utils", "outputs", "yaml_tree", "config_upgrade", "config", "structures", "visualize"},
+    {"utils", "comm", "outputs", "yaml_tree", "config_upgrade", "config", "structures", "visualize"},
     {"ops"},
     {"modeling"},
     {"data"},

@@ -44,7 +44,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="train into a folder that holds other files or another run (its "
                         "checkpoints are removed; other files are left, never written over)")
-    p.add_argument("--eval-only", action="store_true", help="evaluate (best.pth or --weights) and exit")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate best.pth (or --weights) exactly as tools/eval.py does, and exit")
     p.add_argument("--weights", help="checkpoint for --eval-only")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: runtime.device)")
     p.add_argument("--deterministic", action="store_true", help="seed everything, deterministic ops")
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
         return 0
     try:
         check_device(cfg.runtime.device)
-        if not args.check_data and not cfg.runtime.output_dir:  # where a numbered run folder goes
+        if not (args.check_data or args.eval_only) and not cfg.runtime.output_dir:  # a numbered run folder
             check_output_dir("runs")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -112,14 +113,16 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
 
+    if args.eval_only:
+        return eval_only(args, cfg)
+
     from detseg.data.build import resolve_splits
     try:
         splits = resolve_splits(cfg)
     except DataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return 1
-    # --eval-only reads a run folder (its best.pth) and writes no more than its COCO results there
-    if not args.check_data and not args.eval_only and cfg.runtime.output_dir:
+    if not args.check_data and cfg.runtime.output_dir:
         from detseg.engine.run_folder import claim_run_dir
         try:  # checked at the door; run() marks it as this run's once training starts
             claim_run_dir(cfg.runtime.output_dir, cfg, resume=args.resume, overwrite=args.overwrite,
@@ -148,12 +151,24 @@ def main(argv=None) -> int:
         return 1
 
 
-def run(cfg, splits: dict, args) -> int:
-    import torch
+def eval_only(args, cfg) -> int:
+    """``--eval-only``: exactly ``tools/eval.py`` on ``--weights`` (default: the run folder's
+    best.pth) with this config and these overrides; its metrics.json and diagnostics go into an
+    ``eval`` folder beside the weights."""
+    from tools import eval as eval_tool
+    weights = args.weights or (cfg.runtime.output_dir and os.path.join(cfg.runtime.output_dir, "best.pth"))
+    if not weights:
+        print("error: --eval-only needs --weights CHECKPOINT or --output-dir RUN (its best.pth)",
+              file=sys.stderr)
+        return 2
+    config = ["--config", args.config] if args.config else []
+    return eval_tool.main(["--weights", weights, *config, "--device", cfg.runtime.device,
+                           *args.overrides])
 
+
+def run(cfg, splits: dict, args) -> int:
     from detseg.data.build import build_train_loader
-    from detseg.engine import distributed as dist
-    from detseg.engine.checkpoint import fit_report, load_checkpoint
+    from detseg import comm as dist
     from detseg.engine.init_from import init_from
     from detseg.engine.run_folder import claim_run_dir
     from detseg.engine.trainer import Trainer, seed_everything
@@ -168,7 +183,7 @@ def run(cfg, splits: dict, args) -> int:
     output_dir = dist.broadcast_object(output_dir)
     # main() checked a given folder; this marks it (or the new one) as this run's
     # rank 0 writes; every rank checked the folder in main(), before anything was written to it
-    claimed = None if args.eval_only or not dist.is_main() else claim_run_dir(
+    claimed = None if not dist.is_main() else claim_run_dir(
         output_dir, cfg, resume=args.resume, overwrite=args.overwrite)
     datasets, evaluate = build_datasets_and_evaluator(cfg, splits, output_dir)
     train_ds = datasets["train"]
@@ -178,25 +193,6 @@ def run(cfg, splits: dict, args) -> int:
             "num_classes": train_ds.num_classes}
     trainer = Trainer(cfg, model, lambda start: build_train_loader(cfg, train_ds, start),
                       evaluate, output_dir, meta)
-    if args.eval_only:
-        path = args.weights or os.path.join(output_dir, "best.pth")
-        try:
-            state = load_checkpoint(path)
-            if not isinstance(state.get("model"), dict):
-                raise CheckpointError(f"{path}: holds no model state")
-            trainer.model.load_state_dict(state["model"])
-        except CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        except RuntimeError:
-            print(f"error: {path}: does not fit the model this config builds "
-                  f"({fit_report(trainer.model, state['model'])})", file=sys.stderr)
-            return 1
-        trainer.model.eval()
-        with torch.no_grad():
-            metrics = evaluate(trainer.model)
-        print(json.dumps(metrics, indent=2))
-        return 0
     resumed = args.resume and trainer.resume()
     if args.resume and not resumed:
         logging.info("no loadable checkpoint in %s; starting %s", output_dir,

@@ -1,9 +1,8 @@
-"""The training loop: schedule, optimisation, hooks (evaluation, checkpoints, early stopping,
-metrics log, curves), resume.
+"""The training loop: schedule, optimisation, resume; evaluation, checkpoints, early stopping,
+the plateau schedule and the metrics log are hooks (``detseg.engine.hooks``).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,7 +16,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError
 from . import checkpoint as ckpt
-from . import distributed as dist
+from .. import comm as dist
 from .freeze import PartFreezer
 from .memory import keep_freed_memory
 
@@ -69,6 +68,11 @@ class EarlyStop(Exception):
 class Trainer:
     """Train ``model`` on ``train_loader`` for ``cfg.solver.max_iter`` iterations.
 
+    The loop itself runs the optimisation step; everything around it is a hook
+    (``detseg.engine.hooks``, detectron2's ``HookBase`` manner): the metrics log with
+    TensorBoard and curves, periodic checkpoints, evaluation with the best checkpoint and early
+    stopping, the plateau schedule. ``register_hooks`` adds one's own.
+
     Args:
         cfg: resolved ``Config``.
         model: a ``Model``.
@@ -76,10 +80,13 @@ class Trainer:
         evaluate: ``model -> {metric: float}`` or None.
         output_dir: run folder (checkpoints, metrics.jsonl, curves.png).
         meta: plain values saved in every checkpoint (class names, label map, ...).
+        hooks: hooks to run instead of ``default_hooks(cfg, evaluate)``.
     """
 
     def __init__(self, cfg, model, make_train_loader: Callable[[int], object],
-                 evaluate: Optional[Callable[[torch.nn.Module], dict]], output_dir: str, meta: dict):
+                 evaluate: Optional[Callable[[torch.nn.Module], dict]], output_dir: str, meta: dict,
+                 hooks: Optional[list] = None):
+        from .hooks import default_hooks
         self.cfg, self.s = cfg, cfg.solver
         keep_freed_memory()  # no page faults on each step's large temporaries (see memory.py)
         self.device = torch.device(_pick_device(cfg.runtime.device))
@@ -101,15 +108,27 @@ class Trainer:
         self.output_dir = output_dir
         self.meta = meta
         self.iter = 0
-        self.best: Optional[float] = None
-        self.bad_evals = 0  # evaluations without improvement (early stopping)
-        self.plateau_scale = 1.0
-        self.plateau_bad = 0
+        self.lr_scale = 1.0  # a hook's multiplier of the schedule's learning rate (plateau)
+        # what the last step left for the hooks: its learning rate and losses, seconds since start
+        self.lr: float = 0.0
+        self.losses: dict = {}
+        self.elapsed = 0.0
         os.makedirs(output_dir, exist_ok=True)
         if dist.is_main() and (n := ckpt.remove_partial_writes(output_dir)):
             logger.warning("removed %d unfinished file write(s) a killed run left in %s", n, output_dir)
-        self.metrics_path = os.path.join(output_dir, "metrics.jsonl")
-        self.tb = _tensorboard_writer(output_dir) if dist.is_main() else None
+        self.hooks: list = []
+        self.register_hooks(default_hooks(cfg, evaluate) if hooks is None else hooks)
+
+    def register_hooks(self, hooks: list) -> None:
+        """Add hooks (``detseg.engine.hooks.HookBase``), run in the order given after the ones
+        already registered."""
+        for hook in hooks:
+            hook.trainer = self
+            self.hooks.append(hook)
+
+    def hook(self, kind: type):
+        """The registered hook of class ``kind``, or None."""
+        return next((h for h in self.hooks if isinstance(h, kind)), None)
 
     def _wrap(self) -> torch.nn.Module:
         """The module the forward/backward runs through: under torchrun a DDP wrapper (built
@@ -121,7 +140,8 @@ class Trainer:
             self.model, device_ids=[self.device.index] if self.cuda else None,
             find_unused_parameters=False)
 
-    def _train_mode(self) -> None:
+    def train_mode(self) -> None:
+        """The model back in training mode (frozen parts' norm layers held in eval)."""
         self.model.train()
         if self.freezer is not None:
             self.freezer.hold_norms()
@@ -132,14 +152,14 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
+        """What a checkpoint holds: the model, optimisation state, RNG, config, ``meta`` and
+        every hook's ``state_dict()``."""
         from ..config import to_dict
-        return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "iteration": self.iter,
-            "scheduler": {"plateau_scale": self.plateau_scale, "plateau_bad": self.plateau_bad},
-            "best_metric": self.best, "bad_evals": self.bad_evals, "rng": ckpt.rng_state(),
-            "config": to_dict(self.cfg), **self.meta,
-        }
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "iteration": self.iter}
+        for hook in self.hooks:
+            state.update(hook.state_dict())
+        return {**state, "rng": ckpt.rng_state(), "config": to_dict(self.cfg), **self.meta}
 
     def save(self, name: Optional[str] = None) -> str:
         path = os.path.join(self.output_dir, name or f"model_{self.iter:07d}.pth")
@@ -169,88 +189,30 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.iter = int(state["iteration"])
-        self.best = state["best_metric"]
-        self.bad_evals = int(state["bad_evals"])
-        self.plateau_scale = float(state["scheduler"]["plateau_scale"])
-        self.plateau_bad = int(state["scheduler"]["plateau_bad"])
+        for hook in self.hooks:
+            hook.load_state_dict(state)
         ckpt.set_rng_state(state["rng"])
-        self._trim_metrics()
+        for hook in self.hooks:
+            hook.after_restore()
         logger.info("resumed from %s at iteration %d", path, self.iter)
         return True
 
     def start_metrics(self) -> None:
-        """A fresh start (no ``--resume``): rows an earlier, killed start of this run logged are
-        dropped, so that each iteration is logged once."""
-        self._trim_metrics()
+        """A fresh start (no ``--resume``): each hook forgets what an earlier, killed start of
+        this run left (the metrics log drops its rows, so that each iteration is logged once)."""
+        for hook in self.hooks:
+            hook.after_restore()
 
-    def _trim_metrics(self) -> None:
-        """Drop the metrics rows logged after the checkpoint resumed from (the resumed run logs
-        those iterations again) and a torn last line."""
-        if not dist.is_main() or not os.path.exists(self.metrics_path):
-            return
-        kept = []
-        with open(self.metrics_path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if int(row.get("iter", 0)) <= self.iter:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-        from ..utils import atomic_write
-        with atomic_write(self.metrics_path, "w") as f:
-            f.writelines(kept)
-
-    # -- logging -----------------------------------------------------------------------------
+    # -- what hooks report -------------------------------------------------------------------
     def log(self, record: dict) -> None:
-        if not dist.is_main():
-            return
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for key, value in record.items():
-                if key != "iter" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, record.get("iter", 0))
-            self.tb.flush()
+        """A metrics record (``{"iter": i, name: number, ...}``) for every hook that keeps them."""
+        for hook in self.hooks:
+            hook.write(record)
 
-    # -- evaluation hooks --------------------------------------------------------------------
-    def run_eval(self) -> Optional[dict]:
-        if self.evaluate is None:
-            return None
-        self.model.eval()
-        with torch.no_grad():
-            metrics = self.evaluate(self.model)
-        self._train_mode()
-        self.log({"iter": self.iter, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
-        value = metrics.get(self.s.best_metric)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return metrics
-        better = self.best is None or (value > self.best if self.s.best_mode == "max" else value < self.best)
-        if better:
-            self.best, self.bad_evals, self.plateau_bad = value, 0, 0
-            self.save("best.pth")
-            self._write_diagnostics(metrics)
-        else:
-            self.bad_evals += 1
-            self.plateau_bad += 1
-            if self.s.plateau and self.plateau_bad >= self.s.plateau_patience:
-                self.plateau_scale *= self.s.plateau_factor
-                self.plateau_bad = 0
-                logger.info("metric plateaued: lr scaled by %g", self.plateau_scale)
-            if self.s.patience is not None and self.bad_evals >= self.s.patience:
-                raise EarlyStop(f"{self.s.best_metric} did not improve for {self.bad_evals} evaluations")
-        return metrics
-
-    def _write_diagnostics(self, metrics: dict) -> None:
-        """The best checkpoint's figures and numbers in ``diagnostics/`` (evaluation.diagnostics)."""
-        if not dist.is_main() or not any(k.endswith("diagnostics") for k in metrics):
-            return
-        from ..utils import write_json_atomic
-        from ..visualize import write_diagnostics
-        folder = os.path.join(self.output_dir, "diagnostics")
-        write_diagnostics(metrics, folder)
-        numbers = {k: v for k, v in metrics.items() if k.endswith("diagnostics")}
-        write_json_atomic({"iter": self.iter, **numbers}, os.path.join(folder, "diagnostics.json"))
+    def after_eval(self, metrics: dict, improved: Optional[bool]) -> None:
+        """Tell the hooks an evaluation ran (``improved``: of the best metric; None: no such metric)."""
+        for hook in self.hooks:
+            hook.after_eval(metrics, improved)
 
     # -- the loop ----------------------------------------------------------------------------
     def train(self, stop_at: Optional[int] = None) -> dict:
@@ -261,11 +223,12 @@ class Trainer:
                 schedule still runs to ``max_iter``); for tests and time-sliced jobs.
         """
         s = self.s
-        self._train_mode()
+        self.train_mode()
         loader = iter(self.make_train_loader(self.iter))
         bar = tqdm(total=s.max_iter, initial=self.iter, desc="train", dynamic_ncols=True,
                    disable=os.environ.get("DETSEG_NO_PROGRESS") == "1" or not dist.is_main())
-        last_eval: Optional[dict] = None
+        for hook in self.hooks:
+            hook.before_train()
         t_start = time.perf_counter()
         try:
             while self.iter < s.max_iter:
@@ -273,9 +236,9 @@ class Trainer:
                 if not batch.image_ids:
                     continue  # every image of this batch was skipped as unreadable
                 self._apply_freeze()
-                lr = s.lr * lr_factor(self.iter, s) * self.plateau_scale
+                self.lr = s.lr * lr_factor(self.iter, s) * self.lr_scale
                 for g in self.optimizer.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = self.lr
                 with torch.autocast(self.device.type, dtype=self.amp_dtype,
                                     enabled=self.amp_dtype is not None):
                     losses = self.train_model(batch)
@@ -286,7 +249,7 @@ class Trainer:
                 if float(finite) < 1:
                     raise FloatingPointError(
                         f"loss became {loss.item()} at iteration {self.iter} on images "
-                        f"{batch['image_ids']}; stopping. The last good checkpoint in "
+                        f"{batch.image_ids}; stopping. The last good checkpoint in "
                         f"{self.output_dir} is untouched.")
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
@@ -296,15 +259,11 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.iter += 1
+                self.losses, self.elapsed = losses, time.perf_counter() - t_start
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
-                if self.iter % s.log_period == 0 or self.iter == s.max_iter:
-                    self.log({"iter": self.iter, "lr": lr, "time": time.perf_counter() - t_start,
-                              **{k: v.item() for k, v in losses.items()}})
-                if self.iter % s.checkpoint_period == 0 or self.iter == s.max_iter:
-                    self.save()
-                if self.iter % s.eval_period == 0 or self.iter == s.max_iter:
-                    last_eval = self.run_eval()
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.lr:.2g}")
+                for hook in self.hooks:
+                    hook.after_step()
                 if stop_at is not None and self.iter >= stop_at:
                     break
         except EarlyStop as e:
@@ -316,21 +275,11 @@ class Trainer:
             if not dist.params_identical(self.model):
                 raise RuntimeError("parameters differ between ranks after training")
             logger.info("parameters identical on all %d ranks", dist.world_size())
-        if dist.is_main():
-            from ..visualize import plot_curves
-            plot_curves(self.metrics_path, os.path.join(self.output_dir, "curves.png"))
-        return last_eval or {}
-
-
-def _tensorboard_writer(output_dir: str):
-    """A TensorBoard SummaryWriter into ``<output_dir>/tb`` (tensorboard is a dependency; a
-    broken install is a warning, not a failed run)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        logger.warning("TensorBoard logging off: %s (pip install tensorboard)", e)
-        return None
-    return SummaryWriter(os.path.join(output_dir, "tb"))
+        for hook in self.hooks:
+            hook.after_train()
+        from .hooks import EvalHook
+        evaluation = self.hook(EvalHook)
+        return (evaluation.last if evaluation is not None else None) or {}
 
 
 def _pick_device(device: str) -> str:

@@ -190,7 +190,7 @@ class COCOEvaluator:
     def evaluate(self) -> dict:
         """Metrics for each IoU type: bbox keys plain (``AP``, ``AP50`` ...), segm keys prefixed
         ``segm_``; per-class tables under ``per_class_AP`` / ``segm_per_class_AP``."""
-        from ..engine import distributed as dist
+        from .. import comm as dist
         results, image_ids = dist.gather_lists(self.results), dist.gather_lists(self.image_ids)
         if not dist.is_main():
             return {}

@@ -54,7 +54,7 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
                 loss_batches += 1
         metrics: dict = {}
         if loss_batches:
-            from ..engine import distributed as dist
+            from .. import comm as dist
             dist.all_reduce_sum(loss_sum)
             dist.all_reduce_sum(loss_batches)
             metrics["val_loss"] = float(loss_sum / loss_batches)

@@ -38,7 +38,7 @@ class SemSegEvaluator:
 
     def evaluate(self) -> dict:
         """``compute()`` over every rank's images (confusion matrices summed under torchrun)."""
-        from ..engine import distributed as dist
+        from .. import comm as dist
         dist.all_reduce_sum(self.conf)
         return self.compute()
 

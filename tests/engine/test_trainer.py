@@ -167,3 +167,47 @@ def test_adamw_is_fused_and_updates_as_the_reference_does():
     resumed.load_state_dict(loop.state_dict())
     resumed.step()  # the loop state's moments drive the fused kernel
     assert resumed.state[next(iter(b.parameters()))]["step"].item() == 6
+
+
+def test_a_hook_of_ones_own_runs_without_editing_the_trainer(tmp_path, shapes_data, monkeypatch):
+    """A user's hook sees every step and evaluation, keeps state in the checkpoints, and reads it
+    back on resume; the plateau hook scales the learning rate the loop uses."""
+    from detseg.engine.hooks import HookBase, PlateauSchedule
+
+    class Recorder(HookBase):
+        def __init__(self):
+            self.steps, self.evals, self.lrs = [], [], []
+
+        def after_step(self):
+            self.steps.append(self.trainer.iter)
+            self.lrs.append(self.trainer.lr)
+
+        def after_eval(self, metrics, improved):
+            self.evals.append((self.trainer.iter, improved))
+
+        def state_dict(self):
+            return {"recorder_steps": len(self.steps)}
+
+        def load_state_dict(self, state):
+            self.restored = state["recorder_steps"]
+
+    monkeypatch.setenv("DETSEG_NO_PROGRESS", "1")
+    scores = iter([0.5, 0.4, 0.3, 0.2])
+    cfg = small_cfg(tmp_path / "h", "solver.max_iter=8", "solver.eval_period=2", "solver.schedule=constant",
+                    "solver.warmup_iters=0", "solver.plateau=true", "solver.plateau_patience=2",
+                    "solver.plateau_factor=0.5", "solver.checkpoint_period=4")
+    trainer = make_trainer(cfg, shapes_data, evaluate=lambda m: {"mIoU": next(scores)})
+    recorder = Recorder()
+    trainer.register_hooks([recorder])
+    trainer.train()
+    assert recorder.steps == list(range(1, 9))
+    assert recorder.evals == [(2, True), (4, False), (6, False), (8, False)]
+    # two evaluations without improvement (iterations 4, 6) halve the rate from iteration 7 on
+    assert recorder.lrs == [0.01] * 6 + [0.005] * 2
+    assert trainer.hook(PlateauSchedule).scale == 0.5
+    # hooks run in order: the checkpointer wrote iteration 8's file before the recorder saw step 8
+    state = load_checkpoint(str(tmp_path / "h" / "model_0000008.pth"))
+    assert state["recorder_steps"] == 7 and state["scheduler"]["plateau_scale"] == 0.5
+    again = make_trainer(cfg, shapes_data)
+    again.register_hooks([Recorder()])
+    assert again.resume() and again.hooks[-1].restored == 7 and again.lr_scale == 0.5

@@ -143,7 +143,7 @@ CASES = [
     ("train", [*DATA, "--init-from", "{evil.pth}"], 1, "refused"),
     ("train", [*DATA, "--init-from", "{text.pth}"], 1, "not a readable checkpoint"),
     ("train", [*DATA, "--resume", "--output-dir", "{other_run}"], 1, "another model than this config builds"),
-    ("train", [*DATA, "--eval-only", "--weights", "{evil.pth}"], 1, "refused"),
+    ("train", [*DATA, "--eval-only", "--weights", "{evil.pth}"], 2, "refused"),  # tools/eval.py's code
     # eval
     ("eval", ["--weights", "{folder}/nope.pth"], 2, "checkpoint not found"),
     ("eval", ["--weights", "{text.pth}"], 2, "not a readable checkpoint"),

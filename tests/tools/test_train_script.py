@@ -35,6 +35,9 @@ def test_short_run_leaves_checkpoint_metrics_and_curves(tmp_path, cache_env):
     assert r.returncode == 0, r.stderr[-2000:]
     metrics = json.loads(r.stdout[r.stdout.index("{"):])
     assert metrics["mIoU"] == pytest.approx(max(e["mIoU"] for e in evals), abs=1e-9)
+    # it ran tools/eval.py's code: metrics.json in an eval folder beside the weights
+    written = json.load(open(out / "eval" / "metrics.json"))
+    assert written["mIoU"] == metrics["mIoU"]
 
 
 def test_print_config_and_config_errors(cache_env):

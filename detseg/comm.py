@@ -10,7 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from ..utils import rank, world_size  # noqa: F401  (part of this module's API)
+from .utils import rank, world_size  # noqa: F401  (part of this module's API)
 
 
 def launched_by_torchrun() -> bool:

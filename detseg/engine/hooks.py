@@ -1,0 +1,259 @@
+"""Trainer hooks, in the manner of detectron2's ``HookBase``: behaviour around the optimisation
+step that a user adds, removes or replaces without editing ``Trainer``.
+
+    class PrintLR(HookBase):
+        def after_step(self):
+            if self.trainer.iter % 100 == 0:
+                print(self.trainer.iter, self.trainer.lr)
+
+    trainer.register_hooks([PrintLR()])
+
+``default_hooks`` are what ``tools/train.py`` runs, in this order (each step: log, checkpoint,
+evaluate): ``MetricsWriter`` (metrics.jsonl, TensorBoard, curves.png), ``PeriodicCheckpointer``,
+``EvalHook`` (evaluation, best.pth and diagnostics, early stopping) and ``PlateauSchedule``
+(the learning rate scaled down when the best metric stops improving).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Callable, Optional
+
+from .. import comm as dist
+
+logger = logging.getLogger(__name__)
+
+
+class HookBase:
+    """Base of the trainer's hooks. ``self.trainer`` is set when the hook is registered; each
+    method is called at its point of the run (all default to doing nothing)."""
+
+    trainer = None
+
+    def before_train(self) -> None:
+        """Once, before the first step of this run (after a resume, too)."""
+
+    def after_step(self) -> None:
+        """After each optimisation step; ``trainer.iter`` is the number of steps done,
+        ``trainer.lr`` / ``trainer.losses`` / ``trainer.elapsed`` describe the step."""
+
+    def after_train(self) -> None:
+        """Once, after the last step (not after a failure)."""
+
+    def after_eval(self, metrics: dict, improved: Optional[bool]) -> None:
+        """After an evaluation: ``improved`` tells whether the best metric improved (None: the
+        metrics lack it)."""
+
+    def write(self, record: dict) -> None:
+        """A metrics record ``{"iter": i, name: value, ...}`` (training losses, evaluation)."""
+
+    def after_restore(self) -> None:
+        """The trainer's iteration is set: restored from a checkpoint, or 0 on a fresh start."""
+
+    def state_dict(self) -> dict:
+        """Entries this hook keeps in every checkpoint (top-level keys)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Read its entries back from a checkpoint's ``state``."""
+
+
+class MetricsWriter(HookBase):
+    """``metrics.jsonl`` (one JSON record a line), TensorBoard scalars in ``tb/`` and, at the end,
+    ``curves.png``; rank 0 only. Logs the training losses every ``log_period`` steps and at the
+    last one."""
+
+    def __init__(self, log_period: int):
+        self.log_period = log_period
+        self.tb = None
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.trainer.output_dir, "metrics.jsonl")
+
+    def before_train(self) -> None:
+        if dist.is_main() and self.tb is None:
+            self.tb = _tensorboard_writer(self.trainer.output_dir)
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.iter % self.log_period == 0 or t.iter == t.s.max_iter:
+            t.log({"iter": t.iter, "lr": t.lr, "time": t.elapsed, **{k: v.item() for k, v in t.losses.items()}})
+
+    def write(self, record: dict) -> None:
+        if not dist.is_main():
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "iter" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, record.get("iter", 0))
+            self.tb.flush()
+
+    def after_restore(self) -> None:
+        """Drop the rows logged after the iteration the run restarts from (it logs those
+        iterations again) and a torn last line."""
+        if not dist.is_main() or not os.path.exists(self.path):
+            return
+        kept = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if int(row.get("iter", 0)) <= self.trainer.iter:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        from ..utils import atomic_write
+        with atomic_write(self.path, "w") as f:
+            f.writelines(kept)
+
+    def after_train(self) -> None:
+        if dist.is_main():
+            from ..visualize import plot_curves
+            plot_curves(self.path, os.path.join(self.trainer.output_dir, "curves.png"))
+
+
+class PeriodicCheckpointer(HookBase):
+    """``model_<iter>.pth`` every ``period`` steps and at the last one (the newest
+    ``solver.keep_last`` kept)."""
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.iter % self.period == 0 or t.iter == t.s.max_iter:
+            t.save()
+
+
+class EvalHook(HookBase):
+    """Evaluates every ``period`` steps and at the last one: logs the metrics, keeps the best
+    checkpoint (``best.pth``, its figures in ``diagnostics/``) by ``metric`` (``mode`` max or
+    min), and stops the run (``EarlyStop``) after ``patience`` evaluations without improvement."""
+
+    def __init__(self, evaluate: Callable, period: int, metric: str, mode: str = "max",
+                 patience: Optional[int] = None):
+        self.evaluate, self.period, self.metric, self.mode = evaluate, period, metric, mode
+        self.patience = patience
+        self.best: Optional[float] = None
+        self.bad_evals = 0  # evaluations without improvement
+        self.last: Optional[dict] = None
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.iter % self.period == 0 or t.iter == t.s.max_iter:
+            self.last = self.run()
+
+    def run(self) -> dict:
+        """Evaluate now; returns the metrics."""
+        import torch
+
+        from .trainer import EarlyStop
+        t = self.trainer
+        t.model.eval()
+        with torch.no_grad():
+            metrics = self.evaluate(t.model)
+        t.train_mode()
+        t.log({"iter": t.iter, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+        value = metrics.get(self.metric)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            t.after_eval(metrics, None)
+            return metrics
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if better:
+            self.best, self.bad_evals = value, 0
+        else:
+            self.bad_evals += 1
+        t.after_eval(metrics, better)  # before best.pth is written: it holds the hooks' state
+        if better:
+            t.save("best.pth")
+            self._write_diagnostics(metrics)
+        elif self.patience is not None and self.bad_evals >= self.patience:
+            raise EarlyStop(f"{self.metric} did not improve for {self.bad_evals} evaluations")
+        return metrics
+
+    def _write_diagnostics(self, metrics: dict) -> None:
+        """The best checkpoint's figures and numbers in ``diagnostics/`` (evaluation.diagnostics)."""
+        if not dist.is_main() or not any(k.endswith("diagnostics") for k in metrics):
+            return
+        from ..utils import write_json_atomic
+        from ..visualize import write_diagnostics
+        folder = os.path.join(self.trainer.output_dir, "diagnostics")
+        write_diagnostics(metrics, folder)
+        numbers = {k: v for k, v in metrics.items() if k.endswith("diagnostics")}
+        write_json_atomic({"iter": self.trainer.iter, **numbers}, os.path.join(folder, "diagnostics.json"))
+
+    def state_dict(self) -> dict:
+        return {"best_metric": self.best, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad_evals = state.get("best_metric"), int(state.get("bad_evals", 0))
+
+
+class PlateauSchedule(HookBase):
+    """Scales the learning rate by ``factor`` after ``patience`` evaluations without improvement
+    (the trainer's ``lr_scale``)."""
+
+    def __init__(self, patience: int, factor: float):
+        self.patience, self.factor = patience, factor
+        self.scale, self.bad = 1.0, 0
+
+    def after_eval(self, metrics: dict, improved: Optional[bool]) -> None:
+        if improved is None:
+            return
+        if improved:
+            self.bad = 0
+            return
+        self.bad += 1
+        if self.bad >= self.patience:
+            self.scale *= self.factor
+            self.bad = 0
+            self.trainer.lr_scale = self.scale
+            logger.info("metric plateaued: lr scaled by %g", self.scale)
+
+    def state_dict(self) -> dict:
+        return {"scheduler": {"plateau_scale": self.scale, "plateau_bad": self.bad}}
+
+    def load_state_dict(self, state: dict) -> None:
+        scheduler = state.get("scheduler") or {}
+        self.scale = float(scheduler.get("plateau_scale", 1.0))
+        self.bad = int(scheduler.get("plateau_bad", 0))
+        self.trainer.lr_scale = self.scale
+
+
+def default_hooks(cfg, evaluate: Optional[Callable]) -> list[HookBase]:
+    """The hooks ``solver`` describes: the metrics log, checkpoints, evaluation (when
+    ``evaluate`` is given) and, with ``solver.plateau``, the plateau schedule."""
+    s = cfg.solver
+    hooks: list[HookBase] = [MetricsWriter(s.log_period), PeriodicCheckpointer(s.checkpoint_period)]
+    if evaluate is not None:
+        hooks.append(EvalHook(evaluate, s.eval_period, s.best_metric, s.best_mode, s.patience))
+    hooks.append(PlateauSchedule(s.plateau_patience, s.plateau_factor) if s.plateau else _PlateauOff())
+    return hooks
+
+
+class _PlateauOff(PlateauSchedule):
+    """No plateau schedule, its checkpoint entries still written (scale 1) so that a run can
+    resume with ``solver.plateau`` switched on."""
+
+    def __init__(self):
+        super().__init__(patience=1, factor=1.0)
+
+    def after_eval(self, metrics: dict, improved: Optional[bool]) -> None:
+        if improved is not None:  # counted as before, for a resume that switches it on
+            self.bad = 0 if improved else self.bad + 1
+
+
+def _tensorboard_writer(output_dir: str):
+    """A TensorBoard SummaryWriter into ``<output_dir>/tb`` (tensorboard is a dependency; a
+    broken install is a warning, not a failed run)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        logger.warning("TensorBoard logging off: %s (pip install tensorboard)", e)
+        return None
+    return SummaryWriter(os.path.join(output_dir, "tb"))
