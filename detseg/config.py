@@ -1,18 +1,11 @@
-"""Typed configuration: the dataclass schema of the sections that are not heads, and the checker
-that reads a config tree into it.
+"""Typed configuration: the schema of the sections that are not heads, and the checker.
 
-A config is built in three steps, each of which remembers where every key came from so that an
-error can name both the key and the file (or the command line) that set it:
-
-1. ``load_yaml_tree(path)`` (``detseg.yaml_tree``) reads a YAML file and its ``_base_`` files;
-2. ``apply_overrides(tree, sources, ["solver.lr=0.01", ...])`` merges command-line overrides;
-3. ``from_dict(tree, sources)`` upgrades old layouts (``detseg.config_upgrade``, a one-line notice)
-   and checks every key and value against the schema.
-
-``load_config(path, overrides)`` does all three. Each head's settings dataclass lives beside its
-head (``detseg.modeling.heads``) and joins the schema through ``register_head_config``, which
-``detseg.modeling.heads.register_head`` calls; sections chosen by a ``type`` key (a head, a region
-head's ``pooler``) are ``Tagged``.
+``load_config(path, overrides)``: ``load_yaml_tree`` reads the file and its ``_base_`` files and
+``apply_overrides`` adds ``a.b=c`` overrides (``detseg.yaml_tree``), remembering which file or
+"command line" set each key; ``from_dict`` upgrades old layouts (``detseg.config_upgrade``, a
+one-line notice) and checks every key and value, naming key and source on an error. Each head's
+settings dataclass lives beside its head (``detseg.modeling.heads``) and joins the schema through
+``register_head_config``; sections picked by a ``type`` key (a head, a ``pooler``) are ``Tagged``.
 """
 from __future__ import annotations
 
@@ -26,12 +19,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from .config_upgrade import upgrade_tree
-from .yaml_tree import (ConfigError, Sources, apply_overrides, check_expanded_size, load_yaml_tree,
-                        where_set)
-
-__all__ = ["Config", "ConfigError", "Tagged", "HeadConfig", "apply_overrides", "check_expanded_size",
-           "from_dict", "load_config", "load_yaml_tree", "ranged", "register_head_config", "to_dict",
-           "to_yaml"]
+from .yaml_tree import ConfigError, Sources, apply_overrides, load_yaml_tree, where_set
 
 
 def ranged(default: Any, *, ge: Optional[float] = None, gt: Optional[float] = None,
@@ -43,7 +31,6 @@ def ranged(default: Any, *, ge: Optional[float] = None, gt: Optional[float] = No
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
-
 
 
 # --------------------------------------------------------------------------- schema
@@ -61,7 +48,6 @@ class BackboneConfig:
     fpn_channels: int = 256
     out_features: Optional[list[str]] = None  # stages to return (default c3, c4, c5)
     fpn_extra_pool: bool = False  # one more FPN level, max-pooled from the top (Mask R-CNN's "pool")
-
 
 
 class Tagged:
@@ -95,13 +81,6 @@ class HeadConfig(Tagged):
     what = "head"
 
 
-def head_settings(type_name: str, **values: Any) -> Any:
-    """The settings dataclass of a registered head type, with ``values`` set."""
-    if type_name not in HEAD_CONFIGS:
-        raise ConfigError(f"unknown head type {type_name!r}; registered: {', '.join(HEAD_CONFIGS)}")
-    return HEAD_CONFIGS[type_name](**values)
-
-
 @dataclass
 class PanopticConfig:
     """Merge a semantic head's map with a mask head's instances (needs both)."""
@@ -116,7 +95,7 @@ class PanopticConfig:
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     # instance name -> head settings with a `type` (fcn, sliding_window, rcnn, region)
-    heads: dict[str, HeadConfig] = field(default_factory=lambda: {"seg": head_settings("fcn")})
+    heads: dict[str, HeadConfig] = field(default_factory=lambda: {"seg": HEAD_CONFIGS["fcn"]()})
     panoptic: PanopticConfig = field(default_factory=PanopticConfig)
     # "model": images reach the model at their own size and are normalised, then resized with
     # bilinear interpolation to data.min_size_test / data.max_size inside it (torchvision's
@@ -269,10 +248,8 @@ def _coerce(value: Any, tp: Any, key: str, sources: Sources) -> Any:
     """Return ``value`` checked against type ``tp`` (ints are accepted for floats)."""
 
     def fail() -> ConfigError:
-        return ConfigError(
-            f"config key '{key}' (from {where_set(key, sources)}): expected {_type_name(tp)}, "
-            f"got {value!r}"
-        )
+        return ConfigError(f"config key '{key}' (from {where_set(key, sources)}): expected "
+                           f"{_type_name(tp)}, got {value!r}")
 
     origin = typing.get_origin(tp)
     if isinstance(tp, type) and issubclass(tp, Tagged):
@@ -312,32 +289,18 @@ def _coerce(value: Any, tp: Any, key: str, sources: Sources) -> Any:
         if not isinstance(value, list):
             raise fail()
         return [_coerce(v, inner, f"{key}[{i}]", sources) for i, v in enumerate(value)]
-    if tp is type(None):
-        if value is not None:
+    if tp is float and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads "1e-3" as a string; accept what Python reads as a number.
+        try:
+            return float(value)
+        except ValueError:
+            raise fail() from None
+    # bool is an int to Python, not to a config; an int is a float
+    accepted = {type(None): (type(None),), bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+    if tp in accepted:
+        if not isinstance(value, accepted[tp]) or (tp is not bool and isinstance(value, bool)):
             raise fail()
-        return None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise fail()
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail()
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            # PyYAML (YAML 1.1) reads "1e-3" as a string; accept what Python reads as a number.
-            try:
-                return float(value)
-            except ValueError:
-                raise fail() from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail()
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise fail()
-        return value
+        return float(value) if tp is float else value
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
 

@@ -245,3 +245,20 @@ def test_the_reachability_walk_finds_a_gap():
 
     assert settings_gaps(Gap) == ({"extra"}, {"unused"})
     assert settings_gaps(FCNHead) == (set(), set())
+
+
+def test_each_built_in_head_type_lives_in_the_file_named_after_it():
+    """``type: region`` is heads/region.py's head, and so on; a file of heads/ builds no type of
+    another name (the helpers there build no head type at all)."""
+    import inspect
+
+    from detseg.modeling import heads
+    from detseg.modeling.heads import HEAD_TYPES
+    built = {"fcn", "sliding_window", "rcnn", "region"}
+    for type_name in built:
+        assert os.path.basename(inspect.getfile(HEAD_TYPES[type_name])) == f"{type_name}.py"
+    folder = os.path.dirname(inspect.getfile(heads))
+    for name in os.listdir(folder):
+        stem = name.removesuffix(".py")
+        kinds = {t for t in built if os.path.basename(inspect.getfile(HEAD_TYPES[t])) == name}
+        assert kinds <= {stem}, f"heads/{name} builds {kinds}"
