@@ -69,7 +69,8 @@ def main(argv=None) -> int:
 
     from detseg.data.transforms import collate
     from detseg.modeling.backbones import build_backbone, coarsest
-    from detseg.modeling.heads import RCNNHead, SlidingWindowHead, SPPHead
+    from detseg.modeling.heads import RCNNHead, RegionHead, SlidingWindowHead
+    from detseg.modeling.poolers import RoIPoolConfig, SPPPoolerConfig, build_pooler
     from detseg.modeling.backbones import context_margin
     from detseg.modeling.model import Model
     from detseg.modeling.proposals import SelectiveSearchProposals
@@ -89,10 +90,10 @@ def main(argv=None) -> int:
     heads = {
         "R-CNN": RCNNHead(in_shapes=shapes, proposals=source_, feature=top, warp_size=224,
                           context_pad=16, pool_size=6, crop_batch_size=50, **common),
-        "SPPNet": SPPHead(in_shapes=shapes, proposals=source_, feature=top, levels=(6, 3, 2, 1),
-                          mapping="sppnet", **common),
-        "Fast R-CNN": SPPHead(in_shapes=shapes, proposals=source_, feature=top, levels=(7,),
-                              mapping="fast_rcnn", **common),
+        "SPPNet": RegionHead(proposals=source_, pooler=build_pooler(SPPPoolerConfig(), shapes, top),
+                             **common),
+        "Fast R-CNN": RegionHead(proposals=source_, pooler=build_pooler(RoIPoolConfig(output_size=7), shapes, top),
+                                 **common),
     }
     sw_feature = next((n for n, s in shapes.items() if s.stride == 16), top)
     sliding = SlidingWindowHead(in_shapes=shapes, num_classes=k, feature=sw_feature,

@@ -25,7 +25,7 @@ from benchmarks._report import base_parser, finish, markdown_table  # noqa: E402
 
 FASTER = "configs/faster_rcnn_resnet18_shapes.yaml"
 MASK = "configs/mask_rcnn_resnet18_fpn_shapes.yaml"
-POOL = "model.heads.det.pooler=spp"  # levels [7], fast_rcnn mapping: Fast R-CNN's RoI pooling
+POOL = "model.heads.det.pooler={type: roi_pool, output_size: 7}"  # Fast R-CNN's RoI pooling
 ALL_POSITIVES = "model.heads.det.mask.rois_per_image=null"  # the paper: every positive RoI
 VARIANTS = [  # (name, config, overrides, use torchvision's roi_align); the recipes pool with RoIAlign
     ("Faster R-CNN, RoIPool box head", FASTER, [POOL], False),

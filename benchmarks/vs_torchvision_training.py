@@ -85,14 +85,17 @@ def torchvision_detector(cfg, num_classes: int):
         raise SystemExit(f"the torchvision peer's RPN reads p3-p5; the recipe's reads {p.rpn_features}")
     anchors = AnchorGenerator(tuple(tuple(s) for s in p.anchor_sizes),
                               (tuple(p.aspect_ratios),) * len(p.anchor_sizes))
-    res = head.levels[0]
+    if head.pooler.type != "roi_align" or head.pooler.features or head.pooler.aligned:
+        raise SystemExit(f"the torchvision peer pools with RoIAlign (not aligned) from p3; the recipe's "
+                         f"pooler is {head.pooler}")
+    res = head.pooler.output_size
     kwargs = dict(
         rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_train=p.pre_nms_top_n[0], rpn_pre_nms_top_n_test=p.pre_nms_top_n[1],
         rpn_post_nms_top_n_train=p.post_nms_top_n[0], rpn_post_nms_top_n_test=p.post_nms_top_n[1],
         rpn_nms_thresh=p.nms_thresh, rpn_fg_iou_thresh=p.fg_iou, rpn_bg_iou_thresh=p.bg_iou,
         rpn_batch_size_per_image=p.batch_size_per_image, rpn_positive_fraction=p.positive_fraction,
-        box_roi_pool=MultiScaleRoIAlign(["p3"], res, sampling_ratio=head.sampling_ratio),
+        box_roi_pool=MultiScaleRoIAlign(["p3"], res, sampling_ratio=head.pooler.sampling_ratio),
         box_head=TwoMLPHead(b.fpn_channels * res * res, head.fc_dims[-1]),
         box_predictor=FastRCNNPredictor(head.fc_dims[-1], num_classes + 1),
         box_score_thresh=head.score_thresh, box_nms_thresh=head.nms_thresh,

@@ -96,12 +96,12 @@ def _new_pooler(old: dict, key: str, sources: Sources) -> dict:
     if not isinstance(levels, list) or not levels:
         raise ConfigError(f"config key '{key}.levels' (from {where_set(key + '.levels', sources)}): "
                           f"expected a list of int, got {levels!r}")
-    if isinstance(old.get("pooler"), str) and old["pooler"] != "spp" and "levels" not in old:
+    if isinstance(old.get("pooler"), str) and "levels" not in old:
         # its size came from levels' default, [6, 3, 2, 1], or (a command-line override of a new
         # config) from a pooler section it replaced: ambiguous, so asked for
         raise ConfigError(f"config key '{key}.pooler' (from {where_set(key + '.pooler', sources)}): "
-                          f"pooler: {old['pooler']} without levels; write pooler: "
-                          f"{{type: {old['pooler']}, output_size: N}}")
+                          f"pooler: {old['pooler']} without levels; write pooler: {{type: {old['pooler']}, "
+                          + ("levels: [L1, L2, ...]}" if old["pooler"] == "spp" else "output_size: N}"))
     features = old.get("multiscale_features")
     mapping = old.get("mapping", "sppnet")
     if features or kind == "roi_align":

@@ -26,6 +26,10 @@ from .. import comm as dist
 logger = logging.getLogger(__name__)
 
 
+class EarlyStop(Exception):
+    """Raised by a hook to end training early (the trainer saves a checkpoint and returns)."""
+
+
 class HookBase:
     """Base of the trainer's hooks. ``self.trainer`` is set when the hook is registered; each
     method is called at its point of the run (all default to doing nothing)."""
@@ -152,7 +156,6 @@ class EvalHook(HookBase):
         """Evaluate now; returns the metrics."""
         import torch
 
-        from .trainer import EarlyStop
         t = self.trainer
         t.model.eval()
         with torch.no_grad():

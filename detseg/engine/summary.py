@@ -9,6 +9,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..structures import Batch
+
 
 def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
     """``{part: {"total", "trainable"}}`` for the backbone (and its FPN) and each head (and its
@@ -75,7 +77,7 @@ def images_per_second(model: nn.Module, batch: dict, repeats: int = 3) -> float:
     def run():
         with torch.no_grad():
             model(batch)
-    return len(batch.image_ids) / median_seconds(run, repeats)
+    return len(Batch.of(batch).images) / median_seconds(run, repeats)
 
 
 def train_images_per_second(model: nn.Module, batch, repeats: int = 3, lr: float = 1e-4) -> float:
@@ -90,7 +92,7 @@ def train_images_per_second(model: nn.Module, batch, repeats: int = 3, lr: float
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return len(batch.image_ids) / median_seconds(step, repeats)
+    return len(Batch.of(batch).images) / median_seconds(step, repeats)
 
 
 def summarize(model: nn.Module, size: tuple[int, int], train_batch=None, repeats: int = 3,

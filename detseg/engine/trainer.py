@@ -18,6 +18,7 @@ from ..config import ConfigError
 from . import checkpoint as ckpt
 from .. import comm as dist
 from .freeze import PartFreezer
+from .hooks import EarlyStop, EvalHook, default_hooks
 from .memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
@@ -61,10 +62,6 @@ def build_optimizer(model: torch.nn.Module, solver) -> torch.optim.Optimizer:
                              fused=True if fused else None)
 
 
-class EarlyStop(Exception):
-    pass
-
-
 class Trainer:
     """Train ``model`` on ``train_loader`` for ``cfg.solver.max_iter`` iterations.
 
@@ -86,7 +83,6 @@ class Trainer:
     def __init__(self, cfg, model, make_train_loader: Callable[[int], object],
                  evaluate: Optional[Callable[[torch.nn.Module], dict]], output_dir: str, meta: dict,
                  hooks: Optional[list] = None):
-        from .hooks import default_hooks
         self.cfg, self.s = cfg, cfg.solver
         keep_freed_memory()  # no page faults on each step's large temporaries (see memory.py)
         self.device = torch.device(_pick_device(cfg.runtime.device))
@@ -277,7 +273,6 @@ class Trainer:
             logger.info("parameters identical on all %d ranks", dist.world_size())
         for hook in self.hooks:
             hook.after_train()
-        from .hooks import EvalHook
         evaluation = self.hook(EvalHook)
         return (evaluation.last if evaluation is not None else None) or {}
 

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..structures import Batch
 from ..utils import quiet_loggers, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -179,9 +180,10 @@ class COCOEvaluator:
         self.results: list[dict] = []
         self.image_ids: list[int] = []
 
-    def process(self, batch: dict, predictions: list) -> None:
+    def process(self, batch, predictions: list) -> None:
         """predictions: one ``Instances`` per image of ``batch``, in the pixels of the image the
         model saw (``inst.image_size``), mapped here to each file's own size."""
+        batch = Batch.of(batch)
         for img_id, inst, (oh, ow) in zip(batch.image_ids, predictions, batch.orig_sizes):
             self.image_ids.append(int(img_id))
             inst = to_file_pixels(inst, inst.image_size, (oh, ow))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..structures import SEMANTIC_IGNORE as IGNORE
+from ..structures import Batch, SEMANTIC_IGNORE as IGNORE
 
 
 class SemSegEvaluator:
@@ -29,9 +29,10 @@ class SemSegEvaluator:
         idx = target[keep] * self.n + pred[keep]
         self.conf += torch.bincount(idx, minlength=self.n * self.n).reshape(self.n, self.n)
 
-    def process(self, batch: dict, logits: torch.Tensor) -> None:
+    def process(self, batch, logits: torch.Tensor) -> None:
         """Score ``logits`` ``[B, K+1, H, W]`` against ``batch.semantic``, each image cropped to
         its unpadded size (the network's input resolution)."""
+        batch = Batch.of(batch)
         pred = logits.argmax(1).cpu()
         for i, (h, w) in enumerate(batch.image_sizes):
             self.update(pred[i, :h, :w], batch.semantic[i, :h, :w])

@@ -5,7 +5,7 @@ import torch
 
 from detseg.data.coco import CocoDataset
 from detseg.evaluation.coco import COCOEvaluator, evaluate_results
-from detseg.structures import Instances
+from detseg.structures import Batch, Instances
 from tests.conftest import coco_tiny_split
 
 
@@ -20,7 +20,8 @@ def ground_truth_as_detections(ann_file: str, image_dir: str, backend: str, out_
         hs, ws = h // 2, w // 2  # as predicted on a half-size input
         boxes = torch.from_numpy(a["boxes"]) * torch.tensor([ws / w, hs / h, ws / w, hs / h])
         inst = Instances((hs, ws), boxes, torch.ones(len(boxes)), torch.from_numpy(a["labels"]))
-        ev.process({"image_ids": [img_id], "image_sizes": [(hs, ws)], "orig_sizes": [(h, w)]}, [inst])
+        ev.process(Batch(images=torch.zeros(1, 3, hs, ws, dtype=torch.uint8), image_ids=[img_id],
+                         image_sizes=[(hs, ws)], orig_sizes=[(h, w)]), [inst])
     return ev.evaluate()
 
 
@@ -82,7 +83,8 @@ def test_ground_truth_masks_score_segm_ap_one_on_coco_tiny(tmp_path):
         a = ds.load_annotations(img_id, h, w)
         inst = Instances((h, w), torch.from_numpy(a["boxes"]), torch.ones(len(a["boxes"])),
                          torch.from_numpy(a["labels"]), torch.from_numpy(a["masks"]).bool())
-        ev.process({"image_ids": [img_id], "image_sizes": [(h, w)], "orig_sizes": [(h, w)]}, [inst])
+        ev.process(Batch(images=torch.zeros(1, 3, h, w, dtype=torch.uint8), image_ids=[img_id],
+                         image_sizes=[(h, w)], orig_sizes=[(h, w)]), [inst])
     m = ev.evaluate()
     assert m["segm_AP"] == pytest.approx(1.0) and m["AP"] == pytest.approx(1.0)
     results = json.loads((tmp_path / "coco_results.json").read_text())

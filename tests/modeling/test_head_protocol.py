@@ -3,6 +3,7 @@ still loading, two region heads in one model, and a head of one's own (examples/
 import json
 import logging
 import os
+import re
 import sys
 
 import pytest
@@ -57,10 +58,11 @@ def test_old_layout_loads_with_one_notice(tmp_path, caplog):
     assert cfg.model.heads["det"].fc_dims == [32]
     assert cfg.model.heads["det"].pooler == SPPPoolerConfig(levels=[2, 1])
     # an old pooler string alone: its size is ambiguous, so the error says what to write
-    with pytest.raises(ConfigError, match=r"pooler: roi_pool without levels; write pooler: "
-                                          r"\{type: roi_pool, output_size: N\}"):
-        load_config(os.path.join(ROOT, "configs/faster_rcnn_resnet18_shapes.yaml"),
-                    ["model.heads.det.pooler=roi_pool"])
+    for kind, section in (("roi_pool", "output_size: N"), ("spp", "levels: [L1, L2, ...]")):
+        with pytest.raises(ConfigError, match=re.escape(f"pooler: {kind} without levels; write pooler: "
+                                                        f"{{type: {kind}, {section}}}")):
+            load_config(os.path.join(ROOT, "configs/faster_rcnn_resnet18_shapes.yaml"),
+                        [f"model.heads.det.pooler={kind}"])
 
 
 def test_shipped_configs_use_the_new_layout(caplog):
@@ -86,7 +88,8 @@ def test_a_pooler_key_its_type_does_not_use_is_an_error_naming_key_file_and_type
 def test_old_pooler_keys_read_as_the_pooler_they_meant(caplog):
     from detseg.modeling.poolers import RoIAlignConfig
     old = {"type": "region", "feature": "p3", "fc_dims": [64]}
-    cases = [({}, SPPPoolerConfig()),
+    cases = [({"pooler": "spp", "levels": [6, 3, 2, 1], "mapping": "sppnet", "aligned": False,  # a
+               "sampling_ratio": 2, "multiscale_features": None}, SPPPoolerConfig()),  # checkpoint's
              ({"levels": [4, 2, 1]}, SPPPoolerConfig(levels=[4, 2, 1])),
              ({"levels": [7], "mapping": "fast_rcnn"}, RoIPoolConfig(output_size=7)),
              ({"pooler": "roi_pool", "levels": [5]}, RoIPoolConfig(output_size=5)),
@@ -97,7 +100,7 @@ def test_old_pooler_keys_read_as_the_pooler_they_meant(caplog):
     for keys, expected in cases:
         with caplog.at_level(logging.WARNING, logger="detseg.config_upgrade"):
             caplog.clear()
-            cfg = from_dict({"model": {"heads": {"det": {**old, "pooler": "spp", **keys}}}})
+            cfg = from_dict({"model": {"heads": {"det": {**old, **keys}}}})
         assert cfg.model.heads["det"].pooler == expected, keys
         assert len(caplog.records) == 1 and "read as pooler" in caplog.records[0].getMessage()
 
