@@ -30,7 +30,7 @@ QUICK = {"fcn8s_r18": ("fcn8s_resnet18_shapes", [])}
 
 
 def photos(n: int) -> list:
-    from detseg.export_parity import synthetic_photo
+    from detseg.export.parity import synthetic_photo
     folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
                           "data", "coco_tiny", "val2017")
     if os.path.isdir(folder):
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
 
     from detseg import load_model
     from detseg.export import Traced
-    from detseg.export_parity import compare_predictions, parity_problems
-    from detseg.exported import ExportedPredictor
+    from detseg.export.parity import compare_predictions, parity_problems
+    from detseg.export.runtime import ExportedPredictor
     models = QUICK if args.quick else {k: v for k, v in MODELS.items() if not args.models or k in args.models}
     images = photos(2 if args.quick else args.images)
     figures: dict = {"ms": {}, "speedup": {"onnxruntime_vs_eager": {}, "compile_vs_eager": {}},

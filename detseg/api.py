@@ -104,7 +104,7 @@ def load_model(weights: str, *, config: Optional[str] = None, device: str = "aut
     Args:
         weights: a detseg checkpoint (``best.pth``, ``model_*.pth`` or a converted one), or a
             file exported by ``tools/export.py`` (``.onnx``, ``.pt2``): then the result is a
-            ``detseg.exported.ExportedPredictor`` with the same calls and results.
+            ``detseg.export.runtime.ExportedPredictor`` with the same calls and results.
         config: optionally a config file that replaces the checkpoint's own (architecture
             changes then fail with a clear mismatch report).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
@@ -114,8 +114,8 @@ def load_model(weights: str, *, config: Optional[str] = None, device: str = "aut
         CheckpointError: the file is not a detseg checkpoint or does not fit the architecture.
         UsageError: a device this machine does not have, a score threshold outside [0, 1].
     """
-    from .export_format import is_exported
-    from .exported import load_exported
+    from .export.format import is_exported
+    from .export.runtime import load_exported
     if is_exported(weights) and device == "auto":
         device = "cpu"  # ONNX Runtime's CPU provider is the one every install has
     device = check_device(device)  # before minutes of model building, not after

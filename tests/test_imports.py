@@ -14,7 +14,7 @@ LAYERS = [
     {"data"},
     {"engine", "evaluation"},
     {"weights"},
-    {"api", "export", "export_format", "export_graph", "export_parity", "exported"},
+    {"api", "export"},
     {"__init__"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

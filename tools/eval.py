@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from detseg.utils import write_json_atomic
     from detseg.evaluation.runner import build_datasets_and_evaluator
     from detseg.modeling.heads import head_class
-    from detseg.export_format import is_exported
+    from detseg.export.format import is_exported
     from detseg.outputs import claim_dir
     from detseg.utils import UsageError
     try:

@@ -49,8 +49,8 @@ def main(argv=None) -> int:
     from detseg.config import ConfigError
     from detseg.engine.checkpoint import CheckpointError
     from detseg.export import check_static_size, export
-    from detseg.export_format import DEFAULT_OPSET, written_by_export
-    from detseg.export_parity import ParityError, check_parity
+    from detseg.export.format import DEFAULT_OPSET, written_by_export
+    from detseg.export.parity import ParityError, check_parity
     from detseg.outputs import check_output_file
     from detseg.utils import UsageError
     fmt = args.format or (os.path.splitext(args.output)[1].lstrip(".").lower() if args.output else "onnx")

@@ -66,7 +66,7 @@ def choose_backend(args, kind: str, what) -> str:
     Raises:
         UsageError: ``--backend onnxruntime`` with options only eager runs support.
     """
-    from detseg.export_format import is_exported
+    from detseg.export.format import is_exported
     from detseg.utils import UsageError
     if is_exported(args.weights):
         return "exported"
@@ -84,7 +84,7 @@ def choose_backend(args, kind: str, what) -> str:
         import onnxruntime  # noqa: F401
     except ImportError:
         return "eager"
-    from detseg.export import cached_path, has_panoptic
+    from detseg.export.cache import cached_path, has_panoptic
     count = len(what) if kind == "images" else _frame_count(what)
     if not (os.path.isfile(cached_path(args.weights)) or count >= ORT_MIN_IMAGES):
         return "eager"
@@ -324,7 +324,7 @@ def main(argv=None) -> int:
         out_dir = output.path
         weights = args.weights
         if choose_backend(args, kind, what) == "onnxruntime":
-            from detseg.export import cached_export
+            from detseg.export.cache import cached_export
             weights, cached = cached_export(args.weights)
             logger.info("ONNX Runtime on %s (%s)", weights,
                         "cached export" if cached else "exported now, cached")

@@ -22,9 +22,9 @@ ort = pytest.importorskip("onnxruntime")  # the test command installs the [expor
 onnx = pytest.importorskip("onnx")
 
 from detseg.export import Traced  # noqa: E402
-from detseg.export_parity import (BOX_TOL, SCORE_TOL, compare_predictions, fixed_proposals,  # noqa: E402
+from detseg.export.parity import (BOX_TOL, SCORE_TOL, compare_predictions, fixed_proposals,  # noqa: E402
                                   synthetic_photo)
-from detseg.exported import ExportedPredictor  # noqa: E402
+from detseg.export.runtime import ExportedPredictor  # noqa: E402
 
 CLASSES = ["circle", "rectangle", "triangle"]
 # head -> (config, overrides, ONNX operators the graph must hold)
@@ -44,7 +44,8 @@ HEADS = {
     # on RPN proposals (its selective-search proposals are SPPNet's). The Faster R-CNN recipe's
     # RoIAlign box head is in the Mask R-CNN recipe, which inherits it (the tool tests below).
     "sppnet": ("sppnet_resnet18_shapes", [], {"MaxRoiPool", "NonMaxSuppression"}),
-    "fast_rcnn_pooling_on_rpn": ("faster_rcnn_resnet18_shapes", ["model.heads.det.pooler=spp"],
+    "fast_rcnn_pooling_on_rpn": ("faster_rcnn_resnet18_shapes",
+                                 ["model.heads.det.pooler={type: roi_pool, output_size: 7}"],
                                  {"MaxRoiPool", "NonMaxSuppression"}),
     # torchvision's R50-FPN recipe (in-model resize, multi-level RoIAlign) on a ResNet-18 for time;
     # Mask R-CNN (FPN, mask head) is the exported files of the tool tests below
@@ -222,7 +223,7 @@ def test_infer_auto_backend_takes_a_cached_export(mask_rcnn_files, tmp_path, mon
     support are refused with ONNX Runtime in one line."""
     import shutil
 
-    from detseg.export import cached_path
+    from detseg.export.cache import cached_path
     from tools import infer
     root = mask_rcnn_files[0]
     monkeypatch.setenv("DETSEG_CACHE", str(tmp_path / "cache"))

@@ -35,19 +35,23 @@ image input has the size such a file has after the data pipeline's resize, and t
 
 The file carries its class names, category ids, inputs, outputs and resize in its metadata
 (ONNX ``metadata_props``, the ``.pt2`` archive's ``detseg.json``); ``EXPORT_FORMAT`` versions it.
+
+The package, by what each part does: ``graph`` (the graph, traced), ``format`` (the file format,
+its metadata written and checked), this module (``export``: tracing and writing a file),
+``runtime`` (running a file: ``ExportedPredictor``, ``load_model``'s exported branch), ``parity``
+(exported vs eager) and ``cache`` (a checkpoint's export made once for ``tools/infer.py``).
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 from typing import Optional
 
 import torch
 
-from .export_format import DEFAULT_OPSET, EXPORT_FORMAT, FORMATS, max_opset, metadata
-from .export_graph import ExportGraph, example_inputs, trace
-from .utils import UsageError, atomic_path
+from .format import DEFAULT_OPSET, FORMATS, max_opset, metadata
+from .graph import ExportGraph, example_inputs, trace
+from ..utils import UsageError, atomic_path
 
 
 def export(predictor, path: str, *, fmt: Optional[str] = None, opset: int = DEFAULT_OPSET,
@@ -101,7 +105,7 @@ class Traced:
             self.example = example_inputs(self.graph)
         else:  # the size a file of static_size has after the data pipeline's resize
             check_static_size(static_size)
-            from .data.prepare import prepare_image
+            from ..data.prepare import prepare_image
             import numpy as np
             blank = np.zeros(tuple(static_size) + (3,), np.uint8)
             shape = prepare_image(blank, predictor.transform, 0)["image"].shape
@@ -121,7 +125,7 @@ class Traced:
 def _write_onnx(program, example, path: str, meta: dict, graph: ExportGraph, opset: int) -> None:
     import onnx
 
-    from .ops.onnx import export_onnx
+    from ..ops.onnx import export_onnx
     onnx_program = export_onnx(program, example, None, opset_version=opset, verbose=False,
                                input_names=graph.input_names(), output_names=graph.output_names())
     model = onnx_program.model_proto
@@ -133,47 +137,3 @@ def _write_onnx(program, example, path: str, meta: dict, graph: ExportGraph, ops
         entry = model.metadata_props.add()
         entry.key, entry.value = f"detseg.{key}", json.dumps(value)
     onnx.save_model(model, path)
-
-
-def cached_path(weights: str, fmt: str = "onnx") -> str:
-    """Where ``cached_export`` keeps the export of checkpoint ``weights``: detseg's cache,
-    ``exports/<hash of the file's bytes>-format<EXPORT_FORMAT>.<fmt>``."""
-    from .utils import default_cache_dir
-    stat = os.stat(weights)
-    name = f"{_digest(os.path.abspath(weights), stat.st_mtime_ns, stat.st_size)}-format{EXPORT_FORMAT}.{fmt}"
-    return os.path.join(default_cache_dir(), "exports", name)
-
-
-@functools.lru_cache(maxsize=8)
-def _digest(path: str, mtime_ns: int, size: int) -> str:
-    """First 20 hex digits of the file's SHA-256, read once per (path, mtime, size): infer.py asks
-    for the cached path when choosing its backend and again when exporting."""
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:20]
-
-
-def cached_export(weights: str, fmt: str = "onnx") -> tuple[str, bool]:
-    """The export of checkpoint ``weights`` at ``cached_path``, written the first time.
-
-    Returns:
-        (path of the exported file, whether it was already there).
-    """
-    path = cached_path(weights, fmt)
-    if os.path.isfile(path):
-        return path, True
-    from .api import load_model
-    from .export import export
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    export(load_model(weights, device="cpu"), path, fmt=fmt)
-    return path, False
-
-
-def has_panoptic(weights: str) -> bool:
-    """Whether a checkpoint's config merges panoptic output (which exported graphs leave out)."""
-    from .engine.checkpoint import load_checkpoint
-    config = load_checkpoint(weights).get("config") or {}
-    return bool(((config.get("model") or {}).get("panoptic") or {}).get("enabled"))

@@ -18,10 +18,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from .engine.checkpoint import CheckpointError
-from .export_format import read_metadata
-from .structures import Instances
-from .utils import UsageError, quiet_loggers
+from ..engine.checkpoint import CheckpointError
+from .format import read_metadata
+from ..structures import Instances
+from ..utils import UsageError, quiet_loggers
 
 class _OnnxRunner:
     def __init__(self, path: str, device: torch.device):
@@ -47,7 +47,7 @@ class _OnnxRunner:
 
 class _Pt2Runner:
     def __init__(self, path: str, device: torch.device, compile: bool = False):
-        from . import ops  # noqa: F401  the graph calls detseg's ops: register them first
+        from .. import ops  # noqa: F401  the graph calls detseg's ops: register them first
         extra = {"detseg.json": ""}
         try:
             # torch logs a traceback of its own before raising; the one line below says it
@@ -88,7 +88,7 @@ class ExportedPredictor:
 
     def __init__(self, path: str, *, device: str = "cpu", score_threshold: float = 0.0,
                  compile: bool = False):
-        from .data.transforms import eval_transform
+        from ..data.transforms import eval_transform
         if not os.path.isfile(path):
             raise CheckpointError(f"{path}: no such file")
         self.path, self.device = path, torch.device(device)
@@ -111,7 +111,7 @@ class ExportedPredictor:
         if ss is not None and "proposals" in sample:
             inputs.append(sample["proposals"])
         elif ss is not None:  # as SelectiveSearchProposals does for images without cached proposals
-            from .modeling.proposals.selective_search import selective_search
+            from ..modeling.proposals.selective_search import selective_search
             boxes = selective_search(image.permute(1, 2, 0).numpy(), ss["mode"], ss["max_per_image"])
             inputs.append(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
         return inputs
@@ -120,7 +120,7 @@ class ExportedPredictor:
         """One result dict per image, as ``Predictor.predict_batch``. A batched graph
         (``meta["batch"]``: semantic heads) runs each run of consecutive images of one size in
         one call; other graphs take one image per call."""
-        from .data.prepare import prepare_image
+        from ..data.prepare import prepare_image
         given = [None] * len(images) if proposals is None else list(proposals)
         samples = [prepare_image(im, self.transform, i, props)
                    for i, (im, props) in enumerate(zip(images, given))]
@@ -143,7 +143,7 @@ class ExportedPredictor:
 
     def _result(self, sample: dict, outputs: dict) -> dict:
         """The result dict of one image from the graph's outputs for it."""
-        from .ops.paste_masks import paste_masks
+        from ..ops.paste_masks import paste_masks
         oh, ow = sample["orig_size"]
         result: dict = {"heads": {}}
         for name, head in self.meta["heads"].items():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from .engine.checkpoint import CheckpointError
+from ..engine.checkpoint import CheckpointError
 
 
 # Bumped whenever the inputs, outputs or metadata change meaning: a runner refuses other versions.
@@ -62,7 +62,7 @@ def read_metadata(path: str, raw: dict) -> dict:
     except ValueError as e:
         raise CheckpointError(f"{path}: unreadable detseg metadata ({e})") from None
     if meta["export_format"] != EXPORT_FORMAT:
-        from .utils import __version__
+        from ..utils import __version__
         raise CheckpointError(f"{path}: exported by detseg {meta.get('detseg_version', '?')} in export "
                               f"format {meta['export_format']}; this detseg ({__version__}) reads format "
                               f"{EXPORT_FORMAT}: export the checkpoint again with this version")
@@ -74,7 +74,7 @@ def read_metadata(path: str, raw: dict) -> dict:
 
 def metadata(predictor, graph, static_size: Optional[tuple[int, int]] = None) -> dict:
     """What a runner needs besides the graph: classes, inputs, outputs, resize, fixed file size."""
-    from .utils import __version__
+    from ..utils import __version__
     cfg = predictor.cfg
     heads = {name: {"type": cfg.model.heads[name].type, "output": head.output,
                     "masks": head.predicts_masks}

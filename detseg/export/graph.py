@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data.transforms import PAD_DIVISOR
-from .modeling.heads import SEMANTIC
-from .modeling.proposals import SelectiveSearchProposals
-from .structures import Batch
+from ..data.transforms import PAD_DIVISOR
+from ..modeling.heads import SEMANTIC
+from ..modeling.proposals import SelectiveSearchProposals
+from ..structures import Batch
 
 
 class ExportGraph(nn.Module):

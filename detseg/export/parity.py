@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .exported import ExportedPredictor
+from .runtime import ExportedPredictor
 
 
 class ParityError(RuntimeError):
@@ -107,7 +107,7 @@ def fixed_proposals(meta: dict, image):
     settings = meta["selective_search"]
     if settings is None:
         return None
-    from .modeling.proposals.selective_search import selective_search
+    from ..modeling.proposals.selective_search import selective_search
     return selective_search(np.asarray(image), settings["mode"], settings["max_per_image"])
 
 
