@@ -17,6 +17,15 @@ def bin_of(pid, batch_ptr, grid_ptr, PH, PW):
 
 
 @triton.jit
+def channel_block(batch_ptr, grid_ptr, PH, PW, C, BLOCK_C: tl.constexpr):
+    """This program's bin (``bin_of``) and block of channels: (k, ph, pw, n, gh, gw, offsets,
+    their mask)."""
+    k, ph, pw, n, gh, gw = bin_of(tl.program_id(0), batch_ptr, grid_ptr, PH, PW)
+    offs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return k, ph, pw, n, gh, gw, offs, offs < C
+
+
+@triton.jit
 def sample(yi_ptr, yw_ptr, xi_ptr, xw_ptr, k, ph, pw, iy, ix, PH, PW, SY, SX):
     """Sample (iy, ix) of a bin from the table: (valid, lo_y, hi_y, lo_x, hi_x, the weights
     h_y, l_y, h_x, l_x); a dropped sample's lo (-1) is clamped to 0 and masked by ``valid``."""
@@ -33,9 +42,7 @@ def sample(yi_ptr, yw_ptr, xi_ptr, xw_ptr, k, ph, pw, iy, ix, PH, PW, SY, SX):
 def forward(in_ptr, batch_ptr, yi_ptr, yw_ptr, xi_ptr, xw_ptr, grid_ptr, out_ptr,
             C, H, W, PH, PW, SY, SX, BLOCK_C: tl.constexpr):
     # One program: one output bin and a block of channels of the channels-last map.
-    k, ph, pw, n, gh, gw = bin_of(tl.program_id(0), batch_ptr, grid_ptr, PH, PW)
-    offs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs < C
+    k, ph, pw, n, gh, gw, offs, cmask = channel_block(batch_ptr, grid_ptr, PH, PW, C, BLOCK_C)
     acc = tl.zeros([BLOCK_C], yw_ptr.dtype.element_ty)
     for iy in range(0, gh):
         for ix in range(0, gw):
@@ -56,9 +63,7 @@ def forward(in_ptr, batch_ptr, yi_ptr, yw_ptr, xi_ptr, xw_ptr, grid_ptr, out_ptr
 @triton.jit
 def backward(grad_ptr, batch_ptr, yi_ptr, yw_ptr, xi_ptr, xw_ptr, grid_ptr, gin_ptr,
              C, H, W, PH, PW, SY, SX, BLOCK_C: tl.constexpr):
-    k, ph, pw, n, gh, gw = bin_of(tl.program_id(0), batch_ptr, grid_ptr, PH, PW)
-    offs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs < C
+    k, ph, pw, n, gh, gw, offs, cmask = channel_block(batch_ptr, grid_ptr, PH, PW, C, BLOCK_C)
     g = tl.load(grad_ptr + (k * C + offs) * (PH * PW) + ph * PW + pw, mask=cmask, other=0.0)
     g = g / tl.maximum(gh * gw, 1).to(g.dtype)
     plane = (n * C + offs) * (H * W)

@@ -26,16 +26,42 @@ struct Geometry {
   int64_t K, C, H, W, PH, PW, SY, SX;
 };
 
+// The sample table (sample_table's tensors), contiguous, its weights in the map's dtype.
+struct Table {
+  at::Tensor batch, yi, yw, xi, xw, grid;
+
+  Table(const at::Tensor& batch_idx, const at::Tensor& y_index, const at::Tensor& y_weight,
+        const at::Tensor& x_index, const at::Tensor& x_weight, const at::Tensor& grid_,
+        at::ScalarType dtype)
+      : batch(batch_idx.to(at::kLong).contiguous()), yi(y_index.contiguous()),
+        yw(y_weight.to(dtype).contiguous()), xi(x_index.contiguous()),
+        xw(x_weight.to(dtype).contiguous()), grid(grid_.contiguous()) {}
+};
+
+// What the kernels read of a Table: per RoI its image and (grid_h, grid_w); per axis and sample
+// the (lo, hi) cell and (1 - frac, frac) weight. Passed by value: pointers local to the kernel,
+// which the compiler need not reload after each store.
 template <typename T>
-void forward_kernel(const T* in, const int64_t* batch, const int32_t* yi, const T* yw,
-                    const int32_t* xi, const T* xw, const int32_t* grid, T* out, Geometry g) {
+struct TableView {
+  const int64_t* batch;
+  const int32_t *yi, *xi, *grid;
+  const T *yw, *xw;
+
+  explicit TableView(const Table& t)
+      : batch(t.batch.data_ptr<int64_t>()), yi(t.yi.data_ptr<int32_t>()),
+        xi(t.xi.data_ptr<int32_t>()), grid(t.grid.data_ptr<int32_t>()), yw(t.yw.data_ptr<T>()),
+        xw(t.xw.data_ptr<T>()) {}
+};
+
+template <typename T>
+void forward_kernel(const T* in, TableView<T> t, T* out, Geometry g) {
   const int64_t C = g.C, PH = g.PH, PW = g.PW;
   at::parallel_for(0, g.K, 1, [&](int64_t k0, int64_t k1) {
     std::vector<T> acc_buf(C);
     T* acc = acc_buf.data();
     for (int64_t k = k0; k < k1; ++k) {
-      const T* base = in + batch[k] * g.H * g.W * C;
-      const int32_t gh = grid[2 * k], gw = grid[2 * k + 1];
+      const T* base = in + t.batch[k] * g.H * g.W * C;
+      const int32_t gh = t.grid[2 * k], gw = t.grid[2 * k + 1];
       const T count = static_cast<T>(std::max(gh * gw, 1));
       for (int64_t ph = 0; ph < PH; ++ph) {
         const int64_t yrow = (k * PH + ph) * g.SY;
@@ -43,15 +69,15 @@ void forward_kernel(const T* in, const int64_t* batch, const int32_t* yi, const 
           const int64_t xrow = (k * PW + pw) * g.SX;
           std::fill(acc, acc + C, T(0));
           for (int32_t iy = 0; iy < gh; ++iy) {
-            const int32_t* yy = yi + (yrow + iy) * 2;
+            const int32_t* yy = t.yi + (yrow + iy) * 2;
             if (yy[0] < 0) continue;
-            const T hy = yw[(yrow + iy) * 2], ly = yw[(yrow + iy) * 2 + 1];
+            const T hy = t.yw[(yrow + iy) * 2], ly = t.yw[(yrow + iy) * 2 + 1];
             const T* row_lo = base + yy[0] * g.W * C;
             const T* row_hi = base + yy[1] * g.W * C;
             for (int32_t ix = 0; ix < gw; ++ix) {
-              const int32_t* xx = xi + (xrow + ix) * 2;
+              const int32_t* xx = t.xi + (xrow + ix) * 2;
               if (xx[0] < 0) continue;
-              const T hx = xw[(xrow + ix) * 2], lx = xw[(xrow + ix) * 2 + 1];
+              const T hx = t.xw[(xrow + ix) * 2], lx = t.xw[(xrow + ix) * 2 + 1];
               const T w1 = hy * hx, w2 = hy * lx, w3 = ly * hx, w4 = ly * lx;
               const T* __restrict__ p1 = row_lo + xx[0] * C;
               const T* __restrict__ p2 = row_lo + xx[1] * C;
@@ -77,14 +103,13 @@ inline void scatter(T* d, const T* g, T w, T count, int64_t c0, int64_t c1) {
 }
 
 template <typename T>
-void backward_kernel(const T* grad, const int64_t* batch, const int32_t* yi, const T* yw,
-                     const int32_t* xi, const T* xw, const int32_t* grid, T* gin, Geometry g) {
+void backward_kernel(const T* grad, TableView<T> t, T* gin, Geometry g) {
   const int64_t C = g.C, PH = g.PH, PW = g.PW;
   // Chunks of at least 16 channels keep each thread's loops vectorised.
   at::parallel_for(0, C, 16, [&](int64_t c0, int64_t c1) {
     for (int64_t k = 0; k < g.K; ++k) {
-      T* base = gin + batch[k] * g.H * g.W * C;
-      const int32_t gh = grid[2 * k], gw = grid[2 * k + 1];
+      T* base = gin + t.batch[k] * g.H * g.W * C;
+      const int32_t gh = t.grid[2 * k], gw = t.grid[2 * k + 1];
       const T count = static_cast<T>(gh * gw);
       for (int64_t ph = 0; ph < PH; ++ph) {
         const int64_t yrow = (k * PH + ph) * g.SY;
@@ -92,15 +117,15 @@ void backward_kernel(const T* grad, const int64_t* batch, const int32_t* yi, con
           const int64_t xrow = (k * PW + pw) * g.SX;
           const T* gp = grad + ((k * PH + ph) * PW + pw) * C;
           for (int32_t iy = 0; iy < gh; ++iy) {
-            const int32_t* yy = yi + (yrow + iy) * 2;
+            const int32_t* yy = t.yi + (yrow + iy) * 2;
             if (yy[0] < 0) continue;
-            const T hy = yw[(yrow + iy) * 2], ly = yw[(yrow + iy) * 2 + 1];
+            const T hy = t.yw[(yrow + iy) * 2], ly = t.yw[(yrow + iy) * 2 + 1];
             T* row_lo = base + yy[0] * g.W * C;
             T* row_hi = base + yy[1] * g.W * C;
             for (int32_t ix = 0; ix < gw; ++ix) {
-              const int32_t* xx = xi + (xrow + ix) * 2;
+              const int32_t* xx = t.xi + (xrow + ix) * 2;
               if (xx[0] < 0) continue;
-              const T hx = xw[(xrow + ix) * 2], lx = xw[(xrow + ix) * 2 + 1];
+              const T hx = t.xw[(xrow + ix) * 2], lx = t.xw[(xrow + ix) * 2 + 1];
               // Corners in torchvision's order; at the map's edge two corners are one cell, and
               // separate loops keep its two additions in that order.
               scatter(row_lo + xx[0] * C, gp, hy * hx, count, c0, c1);
@@ -139,15 +164,10 @@ at::Tensor roi_align_forward(const at::Tensor& input, const at::Tensor& batch_id
   if (out.numel() == 0 || g.H * g.W == 0) return out;
   // A no-op when the map is already channels-last (the detectors' fast mode).
   auto nhwc = input.permute({0, 2, 3, 1}).contiguous();
-  auto batch = batch_idx.to(at::kLong).contiguous();
-  auto yi = y_index.contiguous(), xi = x_index.contiguous(), gr = grid.contiguous();
-  auto yw = y_weight.to(input.scalar_type()).contiguous();
-  auto xw = x_weight.to(input.scalar_type()).contiguous();
+  const Table table(batch_idx, y_index, y_weight, x_index, x_weight, grid, input.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_align_forward", [&] {
-    forward_kernel<scalar_t>(nhwc.data_ptr<scalar_t>(), batch.data_ptr<int64_t>(),
-                             yi.data_ptr<int32_t>(), yw.data_ptr<scalar_t>(),
-                             xi.data_ptr<int32_t>(), xw.data_ptr<scalar_t>(),
-                             gr.data_ptr<int32_t>(), out.data_ptr<scalar_t>(), g);
+    forward_kernel<scalar_t>(nhwc.data_ptr<scalar_t>(), TableView<scalar_t>(table),
+                             out.data_ptr<scalar_t>(), g);
   });
   return out;
 }
@@ -162,15 +182,10 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& batch_id
   // Returned as a channels-last view: [N, C, H, W] in shape, no copy.
   if (grad.numel() == 0 || H * W == 0 || N == 0) return gin.permute({0, 3, 1, 2});
   auto g_nhwc = grad.permute({0, 2, 3, 1}).contiguous();  // [K, PH, PW, C]
-  auto batch = batch_idx.to(at::kLong).contiguous();
-  auto yi = y_index.contiguous(), xi = x_index.contiguous(), gr = grid.contiguous();
-  auto yw = y_weight.to(grad.scalar_type()).contiguous();
-  auto xw = x_weight.to(grad.scalar_type()).contiguous();
+  const Table table(batch_idx, y_index, y_weight, x_index, x_weight, grid, grad.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "roi_align_backward", [&] {
-    backward_kernel<scalar_t>(g_nhwc.data_ptr<scalar_t>(), batch.data_ptr<int64_t>(),
-                              yi.data_ptr<int32_t>(), yw.data_ptr<scalar_t>(),
-                              xi.data_ptr<int32_t>(), xw.data_ptr<scalar_t>(),
-                              gr.data_ptr<int32_t>(), gin.data_ptr<scalar_t>(), g);
+    backward_kernel<scalar_t>(g_nhwc.data_ptr<scalar_t>(), TableView<scalar_t>(table),
+                              gin.data_ptr<scalar_t>(), g);
   });
   return gin.permute({0, 3, 1, 2});
 }
