@@ -18,7 +18,7 @@ from typing import Literal, Optional, Sequence
 
 from torch import Tensor, nn
 
-from ..config import Tagged, ranged
+from ..config import ConfigError, Tagged, ranged
 from ..ops import MultiScaleRoIAlign, SpatialPyramidPool
 from ..structures import as_size
 from .backbones import ShapeSpec
@@ -117,7 +117,8 @@ def build_pooler(settings, in_shapes: dict[str, ShapeSpec], feature: str) -> nn.
     """The pooler a ``pooler`` section describes, reading ``feature`` unless it names its own maps.
 
     Raises:
-        ValueError: naming the maps the backbone lacks.
+        ValueError: naming the maps the backbone lacks. ConfigError: a one-level SPP with Fast
+            R-CNN's mapping, which is RoI pooling: one method, one way to write it.
     """
     names = pooler_features(settings, feature)
     unknown = [n for n in names if n not in in_shapes]
@@ -131,6 +132,10 @@ def build_pooler(settings, in_shapes: dict[str, ShapeSpec], feature: str) -> nn.
     if settings.type == "roi_pool":
         pool = SpatialPyramidPool([settings.output_size], 1.0 / spec.stride, "fast_rcnn")
     elif settings.type == "spp":
+        if len(settings.levels) == 1 and settings.mapping == "fast_rcnn":
+            raise ConfigError(f"pooler {{type: spp, levels: {settings.levels}, mapping: fast_rcnn}} is "
+                              f"Fast R-CNN's RoI pooling: write {{type: roi_pool, output_size: "
+                              f"{settings.levels[0]}}}")
         pool = SpatialPyramidPool(settings.levels, 1.0 / spec.stride, settings.mapping)
     else:
         raise ValueError(f"unknown pooler type {settings.type!r}; one of {', '.join(POOLER_CONFIGS)}")

@@ -265,3 +265,13 @@ def test_each_built_in_head_type_lives_in_the_file_named_after_it():
         stem = name.removesuffix(".py")
         kinds = {t for t in built if os.path.basename(inspect.getfile(HEAD_TYPES[t])) == name}
         assert kinds <= {stem}, f"heads/{name} builds {kinds}"
+
+
+def test_fast_rcnn_has_one_way_to_be_written():
+    """A one-level SPP with Fast R-CNN's mapping is RoI pooling; the config says to write that."""
+    with pytest.raises(ConfigError, match=r"write \{type: roi_pool, output_size: 7\}"):
+        build_model(load_config(os.path.join(ROOT, "configs/fast_rcnn_resnet18_shapes.yaml"),
+                                ["model.heads.det.pooler={type: spp, levels: [7], mapping: fast_rcnn}"]), 3)
+    spp = load_config(os.path.join(ROOT, "configs/fast_rcnn_resnet18_shapes.yaml"),
+                      ["model.heads.det.pooler={type: spp, levels: [7]}"])  # SPPNet's own mapping: fine
+    assert build_model(spp, 3).heads["det"].pooler.out_features == 128 * 49
