@@ -12,7 +12,7 @@ import yaml
 from torch import nn
 
 from detseg.config import ConfigError, from_dict, load_config
-from detseg.modeling.heads import MaskConfig, RegionHeadConfig
+from detseg.modeling.heads import MaskConfig, MaskHead, RegionHeadConfig
 from detseg.modeling.poolers import RoIPoolConfig, SPPPoolerConfig
 from detseg.data import shapes
 from detseg.data.coco import CocoDataset
@@ -227,6 +227,22 @@ def test_every_head_constructor_argument_is_reachable_from_yaml():
         unreachable, unused = settings_gaps(cls)
         assert not unreachable, f"{type_name}: constructor arguments no YAML key sets: {unreachable}"
         assert not unused, f"{type_name}: settings no constructor argument takes: {unused}"
+
+
+def test_the_parts_a_head_builds_are_reachable_from_yaml_too():
+    """The mask branch from ``mask:``, the RPN from ``proposals:`` (its maps, strides and channels
+    come from the backbone)."""
+    import dataclasses
+    import inspect
+
+    from detseg.modeling.proposals import RPN, ProposalConfig
+
+    def keyword_args(cls):
+        return {p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind == p.KEYWORD_ONLY}
+
+    assert keyword_args(MaskHead) - {"in_shapes", "num_classes"} == {f.name for f in dataclasses.fields(MaskConfig)}
+    proposal_keys = {f.name for f in dataclasses.fields(ProposalConfig)}
+    assert keyword_args(RPN) - {"in_channels", "features", "strides"} <= proposal_keys
 
 
 def test_the_reachability_walk_finds_a_gap():

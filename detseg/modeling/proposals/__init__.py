@@ -42,6 +42,8 @@ class ProposalConfig:
     positive_fraction: float = 0.5
     fg_iou: float = 0.7
     bg_iou: float = 0.3
+    min_size: float = 1e-3  # RPN: proposals smaller than this (pixels) are dropped
+    score_thresh: float = 0.0  # RPN, test time: proposals scoring lower are dropped
 
 
 def build_proposals(p, in_shapes: dict, feature: str):
@@ -66,4 +68,5 @@ def build_proposals(p, in_shapes: dict, feature: str):
                anchor_sizes=p.anchor_sizes, aspect_ratios=p.aspect_ratios,
                pre_nms_top_n=tuple(p.pre_nms_top_n), post_nms_top_n=tuple(p.post_nms_top_n),
                nms_thresh=p.nms_thresh, fg_iou=p.fg_iou, bg_iou=p.bg_iou,
-               batch_size_per_image=p.batch_size_per_image, positive_fraction=p.positive_fraction)
+               batch_size_per_image=p.batch_size_per_image, positive_fraction=p.positive_fraction,
+               min_size=p.min_size, score_thresh=p.score_thresh)
