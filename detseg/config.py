@@ -38,7 +38,8 @@ def ranged(default: Any, *, ge: Optional[float] = None, gt: Optional[float] = No
 
 @dataclass
 class BackboneConfig:
-    name: Literal["vgg16", "resnet18", "resnet50", "googlenet", "densenet121"] = "resnet18"
+    name: Literal["alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50",
+                  "resnet101", "resnet152", "googlenet", "densenet121"] = "resnet18"
     # None: random init; "DEFAULT"/"IMAGENET1K_V1": torchvision weights enum (needs network);
     # any other string: a local .pth / .safetensors file.
     weights: Optional[str] = None

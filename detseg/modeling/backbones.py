@@ -3,13 +3,16 @@
 Every backbone returns a dict of named feature maps and describes them with ``output_shape()``:
 ``{name: ShapeSpec(channels, stride)}``. Heads read channel counts from there, never from configs.
 
-=============  =====================================================================
-VGG16          c3 (256, 8), c4 (512, 16), c5 = conv5_3 (512, 16): no pool5, as in
-               R-CNN / SPPNet / FCN; Caffe's ceil-mode pooling
-ResNet-18/50   c2..c5 at strides 4, 8, 16, 32
-GoogLeNet      c3 (480, 8), c4 (832, 16), c5 (1024, 32)
-DenseNet-121   c3 (512, 8), c4 (1024, 16), c5 (1024, 32)
-=============  =====================================================================
+==================  ================================================================
+AlexNet             c3 (192, 8), c4 (256, 16), c5 (256, 32): torchvision's one-GPU
+                    AlexNet, cut after conv1, pool1, pool2 (its floor pooling: a map
+                    may be a cell short of size / stride)
+VGG-11/16 (+_bn)    c3 (256, 8), c4 (512, 16), c5 = conv5 block (512, 16): no pool5, as
+                    in R-CNN / SPPNet / FCN; Caffe's ceil-mode pooling
+ResNet-18..152      c2..c5 at strides 4, 8, 16, 32
+GoogLeNet           c3 (480, 8), c4 (832, 16), c5 (1024, 32)
+DenseNet-121        c3 (512, 8), c4 (1024, 16), c5 (1024, 32)
+==================  ================================================================
 
 With ``fpn=True`` the maps pass through torchvision's FeaturePyramidNetwork and come out as
 p3..p5 (or p2..p5) with ``fpn_channels`` each.
@@ -143,16 +146,31 @@ def _torchvision_model(name: str) -> nn.Module:
     return getattr(torchvision.models, name)()
 
 
-def _vgg16(net) -> list[tuple[str, nn.Module, ShapeSpec]]:
+def _vgg(net) -> list[tuple[str, nn.Module, ShapeSpec]]:
+    """VGG with or without batch norm, cut at its max pools: stem to pool2, c3 to pool3, c4 to
+    pool4, c5 the conv5 block without pool5."""
     feats = net.features
-    for m in feats:
-        if isinstance(m, nn.MaxPool2d):
-            m.ceil_mode = True  # Caffe pooling: every input pixel is covered, any input size
-    # features indices: pool2=9, pool3=16, pool4=23, conv5_3+relu=28,29, pool5=30 (dropped)
-    return [("stem", feats[:10], ShapeSpec(128, 4)),
-            ("c3", feats[10:17], ShapeSpec(256, 8)),
-            ("c4", feats[17:24], ShapeSpec(512, 16)),
-            ("c5", feats[24:30], ShapeSpec(512, 16))]
+    pools = [i for i, m in enumerate(feats) if isinstance(m, nn.MaxPool2d)]
+    for i in pools:
+        feats[i].ceil_mode = True  # Caffe pooling: every input pixel is covered, any input size
+
+    def width(end: int) -> int:  # channels after feats[:end]
+        return [m for m in feats[:end] if isinstance(m, nn.Conv2d)][-1].out_channels
+
+    _, p2, p3, p4, p5 = pools
+    return [("stem", feats[:p2 + 1], ShapeSpec(width(p2), 4)),
+            ("c3", feats[p2 + 1:p3 + 1], ShapeSpec(width(p3), 8)),
+            ("c4", feats[p3 + 1:p4 + 1], ShapeSpec(width(p4), 16)),
+            ("c5", feats[p4 + 1:p5], ShapeSpec(width(p5), 16))]
+
+
+def _alexnet(net) -> list[tuple[str, nn.Module, ShapeSpec]]:
+    # features: conv1 relu pool1 | conv2 relu pool2 | conv3 relu conv4 relu conv5 relu | pool5
+    f = net.features
+    return [("stem", f[:2], ShapeSpec(64, 4)),
+            ("c3", f[2:5], ShapeSpec(192, 8)),
+            ("c4", f[5:12], ShapeSpec(256, 16)),
+            ("c5", f[12:], ShapeSpec(256, 32))]
 
 
 def _resnet(net) -> list[tuple[str, nn.Module, ShapeSpec]]:
@@ -181,12 +199,16 @@ def _densenet121(net) -> list[tuple[str, nn.Module, ShapeSpec]]:
              ShapeSpec(1024, 32))]
 
 
-_DEFINITIONS = {"vgg16": _vgg16, "resnet18": _resnet, "resnet50": _resnet,
-                "googlenet": _googlenet, "densenet121": _densenet121}
+_DEFINITIONS = {"alexnet": _alexnet, "vgg11": _vgg, "vgg11_bn": _vgg, "vgg16": _vgg, "vgg16_bn": _vgg,
+                "resnet18": _resnet, "resnet34": _resnet, "resnet50": _resnet, "resnet101": _resnet,
+                "resnet152": _resnet, "googlenet": _googlenet, "densenet121": _densenet121}
 # torchvision weights enums for online use (``weights: DEFAULT`` in the config).
-_WEIGHTS_ENUMS = {"vgg16": "VGG16_Weights", "resnet18": "ResNet18_Weights",
-                  "resnet50": "ResNet50_Weights", "googlenet": "GoogLeNet_Weights",
-                  "densenet121": "DenseNet121_Weights"}
+_WEIGHTS_ENUMS = {"alexnet": "AlexNet_Weights", "vgg11": "VGG11_Weights", "vgg11_bn": "VGG11_BN_Weights",
+                  "vgg16": "VGG16_Weights", "vgg16_bn": "VGG16_BN_Weights", "resnet18": "ResNet18_Weights",
+                  "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
+                  "resnet101": "ResNet101_Weights", "resnet152": "ResNet152_Weights",
+                  "googlenet": "GoogLeNet_Weights", "densenet121": "DenseNet121_Weights"}
+BACKBONES = tuple(_DEFINITIONS)
 # Classifier parts of torchvision's models that a backbone does not use.
 _HEAD_PREFIXES = ("fc.", "classifier.", "aux1.", "aux2.", "avgpool.", "dropout.")
 
@@ -260,7 +282,8 @@ def build_backbone(name: str, *, weights: Optional[str] = None, freeze_at: int =
     """Build a backbone.
 
     Args:
-        name: vgg16 | resnet18 | resnet50 | googlenet | densenet121.
+        name: one of ``BACKBONES`` (alexnet, vgg11 / vgg16 with or without ``_bn``,
+            resnet18 / 34 / 50 / 101 / 152, googlenet, densenet121).
         weights: None (random), a torchvision weights enum member name such as ``"DEFAULT"``
             (downloads when online), or a local ``.pth`` / ``.safetensors`` file.
         freeze_at: number of leading stages to freeze (stem = 1).

@@ -4,19 +4,52 @@ import torchvision
 from safetensors.torch import save_file
 from torchvision.ops import FrozenBatchNorm2d
 
-from detseg.modeling.backbones import WeightsError, build_backbone
+from detseg.modeling.backbones import BACKBONES, WeightsError, build_backbone
 
 
-@pytest.mark.parametrize("name", ["vgg16", "resnet18", "resnet50", "googlenet", "densenet121"])
+@pytest.mark.parametrize("name", BACKBONES)
 def test_output_shape_describes_the_features(name):
     bb = build_backbone(name).eval()
     with torch.no_grad():
         feats = bb(torch.randn(1, 3, 96, 128))
     for key, spec in bb.output_shape().items():
         assert feats[key].shape[1] == spec.channels
-        assert feats[key].shape[2] == -(-96 // spec.stride)  # ceil: every pixel covered
-    if name == "vgg16":
+        if name == "alexnet":  # torchvision's floor pooling: up to one cell short
+            assert 0 <= -(-96 // spec.stride) - feats[key].shape[2] <= 1
+        else:
+            assert feats[key].shape[2] == -(-96 // spec.stride)  # ceil: every pixel covered
+    if name.startswith("vgg"):
         assert bb.output_shape()["c5"].stride == 16
+
+
+def test_every_backbone_is_a_config_choice_and_vgg16_keeps_its_checkpoint_keys():
+    """The config's backbone names are exactly the built ones; VGG-16's stages are cut where they
+    always were (stage keys ``stages.c5.24`` .. ``stages.c5.28``), so its checkpoints still load."""
+    import typing
+
+    from detseg.config import BackboneConfig
+    assert set(typing.get_args(typing.get_type_hints(BackboneConfig)["name"])) == set(BACKBONES)
+    bb = build_backbone("vgg16")
+    assert [list(bb.stages[n]._modules) for n in bb.stage_names] == \
+        [[str(i) for i in range(a, b)] for a, b in ((0, 10), (10, 17), (17, 24), (24, 30))]
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg11_bn"])
+def test_torchvision_classifier_weights_load_into_the_new_backbones(tmp_path, name):
+    """A torchvision checkpoint of the classifier gives the backbone's c5 exactly its features."""
+    torch.manual_seed(0)
+    ref = getattr(torchvision.models, name)().eval()
+    path = str(tmp_path / f"{name}.pth")
+    torch.save(ref.state_dict(), path)
+    bb = build_backbone(name, weights=path).eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        ours = bb(x)["c5"]
+        layers = list(ref.features)
+        if name.startswith("vgg"):  # detseg drops pool5 (ceil-mode pooling agrees at 96 px)
+            layers = layers[:-1]
+        theirs = torch.nn.Sequential(*layers)(x)
+    assert torch.equal(ours, theirs)
 
 
 def test_fpn_frozen_bn_and_freeze_at():
