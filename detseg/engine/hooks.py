@@ -199,10 +199,12 @@ class EvalHook(HookBase):
 
 class PlateauSchedule(HookBase):
     """Scales the learning rate by ``factor`` after ``patience`` evaluations without improvement
-    (the trainer's ``lr_scale``)."""
+    (the trainer's ``lr_scale``). Switched off (``enabled=False``) it still counts evaluations
+    without improvement and keeps its checkpoint entries, so that a run can resume with
+    ``solver.plateau`` switched on."""
 
-    def __init__(self, patience: int, factor: float):
-        self.patience, self.factor = patience, factor
+    def __init__(self, patience: int, factor: float, enabled: bool = True):
+        self.patience, self.factor, self.enabled = patience, factor, enabled
         self.scale, self.bad = 1.0, 0
 
     def after_eval(self, metrics: dict, improved: Optional[bool]) -> None:
@@ -212,7 +214,7 @@ class PlateauSchedule(HookBase):
             self.bad = 0
             return
         self.bad += 1
-        if self.bad >= self.patience:
+        if self.enabled and self.bad >= self.patience:
             self.scale *= self.factor
             self.bad = 0
             self.trainer.lr_scale = self.scale
@@ -235,20 +237,8 @@ def default_hooks(cfg, evaluate: Optional[Callable]) -> list[HookBase]:
     hooks: list[HookBase] = [MetricsWriter(s.log_period), PeriodicCheckpointer(s.checkpoint_period)]
     if evaluate is not None:
         hooks.append(EvalHook(evaluate, s.eval_period, s.best_metric, s.best_mode, s.patience))
-    hooks.append(PlateauSchedule(s.plateau_patience, s.plateau_factor) if s.plateau else _PlateauOff())
+    hooks.append(PlateauSchedule(s.plateau_patience, s.plateau_factor, enabled=s.plateau))
     return hooks
-
-
-class _PlateauOff(PlateauSchedule):
-    """No plateau schedule, its checkpoint entries still written (scale 1) so that a run can
-    resume with ``solver.plateau`` switched on."""
-
-    def __init__(self):
-        super().__init__(patience=1, factor=1.0)
-
-    def after_eval(self, metrics: dict, improved: Optional[bool]) -> None:
-        if improved is not None:  # counted as before, for a resume that switches it on
-            self.bad = 0 if improved else self.bad + 1
 
 
 def _tensorboard_writer(output_dir: str):
