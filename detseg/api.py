@@ -5,6 +5,8 @@
     out = predictor(image)                              # np.ndarray [H, W, 3] RGB uint8, or a path
     out["instances"]   # Instances in the image's own pixels (boxes, scores, labels, masks [N, H, W])
     out["semantic"]    # Tensor[H, W] uint8: 0 background, k + 1 class k (models with an FCN head)
+    out["classes"]     # Tensor[K] class probabilities (classification models)
+    predictor.top_k(out["classes"], 5)   # [(class name, probability)], best first
 """
 from __future__ import annotations
 
@@ -15,10 +17,20 @@ import torch
 from .config import Config, ConfigError, from_dict, load_config
 from .engine.checkpoint import CheckpointError, fit_report, load_checkpoint
 from .utils import UsageError, check_device
-from .modeling.heads import SEMANTIC
+from .modeling.heads import CLASSES, SEMANTIC
 from .modeling.heads.fcn import labels_at
 from .data.prepare import ImageLike, prepare_image  # noqa: F401  (prepare_image: public here too)
 from .structures import Instances
+
+# the key under which a result dict holds the first head of each output kind
+RESULT_KEYS = {SEMANTIC: "semantic", CLASSES: "classes"}
+
+
+def top_k(scores: torch.Tensor, class_names, k: int = 5) -> list[tuple[str, float]]:
+    """``[(class name, probability)]`` of the ``k`` largest of ``scores`` ``Tensor[K]``, best first."""
+    values, idx = scores.float().topk(min(k, scores.numel()))
+    return [(class_names[int(i)], float(v)) for v, i in zip(values, idx)]
+
 
 class Predictor:
     """A model in eval mode with its preprocessing and its classes.
@@ -37,7 +49,7 @@ class Predictor:
     def __init__(self, model, cfg: Config, class_names: Sequence[str], cat_ids: Sequence[int], *,
                  device: str = "cpu", score_threshold: float = 0.0, half: bool = False,
                  channels_last: Optional[bool] = None, fold_bn: bool = True):
-        from .data.transforms import eval_transform
+        from .data.build import test_transform
         self.cfg, self.class_names, self.cat_ids = cfg, list(class_names), list(cat_ids)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -48,8 +60,7 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.score_threshold = score_threshold
         self.half = half and self.device.type == "cuda"
-        self.transform = (eval_transform(cfg.data.min_size_test, cfg.data.max_size)
-                          if cfg.model.input_resize == "data" else None)  # else the model resizes
+        self.transform = test_transform(cfg)  # None: the model resizes
 
     @torch.no_grad()
     def predict_batch(self, images: Sequence[ImageLike], proposals: Optional[Sequence] = None) -> list[dict]:
@@ -68,6 +79,8 @@ class Predictor:
             for i, ((h, w), (oh, ow)) in enumerate(zip(batch.image_sizes, batch.orig_sizes)):
                 if kind == SEMANTIC:
                     value = labels_at(pred[i, :, :h, :w], (oh, ow)).cpu()
+                elif kind == CLASSES:
+                    value = pred[i].float().cpu()
                 elif kind == "panoptic":
                     seg, segments = pred[i]
                     seg = torch.nn.functional.interpolate(seg[None, None].float(), size=(oh, ow),
@@ -80,8 +93,13 @@ class Predictor:
                     value = to_file_pixels(inst, inst.image_size, (oh, ow)).to("cpu")
                 results[i]["heads"][name] = value
                 # the first head of each kind also answers under the kind's own key
-                results[i].setdefault("semantic" if kind == SEMANTIC else "instances", value)
+                results[i].setdefault(RESULT_KEYS.get(kind, "instances"), value)
         return results
+
+    def top_k(self, scores: torch.Tensor, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` most likely classes of a ``Tensor[K]`` of class probabilities (a result's
+        ``"classes"``): ``[(class name, probability)]``, best first."""
+        return top_k(scores, self.class_names, k)
 
     def __call__(self, image: ImageLike, proposals=None) -> dict:
         """Run on one image (``np.ndarray [H, W, 3]`` RGB uint8, a ``[3, H, W]`` uint8 tensor, or a
@@ -90,7 +108,8 @@ class Predictor:
         Returns:
             {"instances": ``Instances`` in the image's pixels (masks ``[N, H, W]`` bool when the
             head predicts masks)} from the first instance head, {"semantic": ``Tensor[H, W]``
-            uint8} from the first semantic head, {"panoptic": (``Tensor[H, W]`` int32 segment
+            uint8} from the first semantic head, {"classes": ``Tensor[K]`` probabilities} from
+            the first classify head, {"panoptic": (``Tensor[H, W]`` int32 segment
             ids, segments)} when enabled, and {"heads": {head name: its instances or map}}.
         """
         return self.predict_batch([image], None if proposals is None else [proposals])[0]
@@ -153,4 +172,4 @@ def load_model(weights: str, *, config: Optional[str] = None, device: str = "aut
                      channels_last=channels_last, fold_bn=fold_bn)
 
 
-__all__ = ["Instances", "Predictor", "load_model", "fit_report"]
+__all__ = ["Instances", "Predictor", "load_model", "fit_report", "top_k"]

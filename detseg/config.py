@@ -38,7 +38,7 @@ def ranged(default: Any, *, ge: Optional[float] = None, gt: Optional[float] = No
 
 @dataclass
 class BackboneConfig:
-    name: Literal["alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50",
+    name: Literal["lenet5", "alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50",
                   "resnet101", "resnet152", "googlenet", "densenet121"] = "resnet18"
     # None: random init; "DEFAULT"/"IMAGENET1K_V1": torchvision weights enum (needs network);
     # any other string: a local .pth / .safetensors file.
@@ -132,10 +132,27 @@ class ShapesConfig:
 
 
 @dataclass
+class ClassifyDataConfig:
+    """Classification data (models whose head is ``type: classify``): a folder per class when
+    ``data.train.image_dir`` is set without an ``ann_file``, object crops of a COCO-format
+    dataset when ``ann_file`` is set, else the ``builtin`` set."""
+
+    size: int = ranged(224, ge=32)  # images are cropped / resized to size x size (a multiple of 32)
+    # test: the centre size x size of the image resized to size / crop_ratio (1: the whole image)
+    crop_ratio: float = ranged(0.875, gt=0, le=1)
+    min_scale: float = ranged(0.08, gt=0, le=1)  # train (augment default): RandomResizedCrop's area share
+    flip: bool = True  # train: horizontal flips (off for digits and text)
+    crop_context: float = ranged(0.1, ge=0)  # COCO crops: the box grown by this share of its size a side
+    builtin: Literal["shapes", "digits"] = "shapes"  # shapes: data.shapes' seed, sizes and classes
+    shapes_size: int = ranged(64, ge=16)  # pixels of a built-in shapes image
+
+
+@dataclass
 class DataConfig:
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    classify: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
     batch_size: int = ranged(8, ge=1)
     num_workers: int = ranged(2, ge=0)
     # Train resize: shortest edge picked at random from min_size_train, capped by max_size.

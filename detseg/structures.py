@@ -86,6 +86,7 @@ class Batch:
         targets: per image ``{"boxes" [N, 4], "labels" [N], "ignore_boxes" [M, 4], "masks"
             [N, h, w]}`` (the keys the dataset provides).
         semantic: uint8 ``[B, Hp, Wp]`` class maps (255 = ignore), when the heads need them.
+        labels: int64 ``[B]`` one class per image (classification data).
         proposals: per image ``Tensor[P, 4]`` precomputed proposals, when the heads read them.
         pixels: the normalised float images ``[B, 3, H, W]`` ``Model`` adds (after an in-model
             resize, if any: then ``image_sizes`` are the resized sizes too).
@@ -102,6 +103,7 @@ class Batch:
     image_ids: list = field(default_factory=list)
     targets: list = field(default_factory=list)
     semantic: Optional[Tensor] = None
+    labels: Optional[Tensor] = None
     proposals: Optional[list] = None
     pixels: Optional[Tensor] = None
     num_skipped: int = 0

@@ -123,7 +123,8 @@ def draw_confusion(matrix, labels: list[str], title: str = "confusion (rows: tru
 def write_diagnostics(metrics: dict, folder: str) -> list[str]:
     """PNG figures of every ``*diagnostics`` entry of ``metrics`` into ``folder``; returns their
     paths. Detection: ``confusion.png``, ``pr_curves.png`` (precision against recall at IoU 0.5),
-    ``f1_threshold.png`` (F1 against score threshold); semantic: ``semantic_confusion.png``.
+    ``f1_threshold.png`` (F1 against score threshold); semantic: ``semantic_confusion.png``;
+    classification: ``classification_confusion.png``.
     A head's name prefixes the files when the model has several."""
     written = []
     for key, diag in metrics.items():
@@ -144,6 +145,9 @@ def write_diagnostics(metrics: dict, folder: str) -> list[str]:
                 {n: [(s, 2 * p * r / max(p + r, 1e-12)) for s, p, r in
                      zip(c["scores"], c["precision"], c["recall"])] for n, c in curves.items()},
                 "F1 (y) against score threshold (x)")
+        elif diag.get("kind") == "classification":
+            figures["classification_confusion.png"] = draw_confusion(
+                diag["confusion"], diag["labels"], "images (rows: truth, columns: prediction)")
         else:
             figures["semantic_confusion.png"] = draw_confusion(diag["confusion"], diag["labels"],
                                                                "pixels (rows: truth, columns: prediction)")
@@ -214,9 +218,26 @@ def draw_semantic(image: np.ndarray, semantic: np.ndarray, class_names: list[str
     return out
 
 
+def draw_classes(image: np.ndarray, scores, class_names: list[str], k: int = 5) -> np.ndarray:
+    """The ``k`` most likely classes of ``scores`` (``Tensor[K]`` probabilities) written on a copy
+    of ``image``, best first, each with its probability; a small image is enlarged first so
+    that the text stays readable."""
+    out = image.copy()
+    if min(out.shape[:2]) < 160:
+        f = 160 / min(out.shape[:2])
+        out = cv2.resize(out, (round(out.shape[1] * f), round(out.shape[0] * f)), interpolation=cv2.INTER_NEAREST)
+    colours = palette(len(class_names))
+    values, idx = scores.float().topk(min(k, len(class_names)))
+    for row, (v, i) in enumerate(zip(values.tolist(), idx.tolist())):
+        _label(out, f"{class_names[i]} {v:.2f}", 4, 18 + 20 * row, colours[i])
+    return out
+
+
 def draw_prediction(image: np.ndarray, result: dict, class_names: list[str]) -> np.ndarray:
     """Everything a ``Predictor`` returned for one image, drawn on a copy of it."""
     out = image
+    if "classes" in result:
+        out = draw_classes(out, result["classes"], class_names)
     if "semantic" in result:
         out = draw_semantic(out, result["semantic"].numpy(), class_names)
     if "instances" in result:

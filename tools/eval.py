@@ -74,7 +74,7 @@ def main(argv=None) -> int:
                 raise ConfigError("the config has no val split; pass --ann-file and --image-dir")
         out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(args.weights)), "eval")
         # the data first: a bad annotation file is named before anything about the output
-        datasets, evaluate = build_datasets_and_evaluator(cfg, {"val": split}, out_dir)
+        datasets, evaluate = build_datasets_and_evaluator(cfg, {"val": split}, out_dir, predictor.class_names)
         output = claim_dir(out_dir, "eval", overwrite=args.overwrite,
                            inputs=[args.weights, args.config, split["ann_file"], split["image_dir"]])
         dataset = datasets["val"]
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if dataset.cat_ids != predictor.cat_ids:
-        print(f"error: {split['ann_file']} has categories {dataset.cat_ids}, the model was trained on "
+        print(f"error: {split['ann_file'] or split['image_dir']} has categories {dataset.cat_ids}, the model was trained on "
               f"{predictor.cat_ids}", file=sys.stderr)
         return 2
     with torch.no_grad():

@@ -151,6 +151,8 @@ class Results:
             stem: Optional[str] = None) -> None:
         from detseg.evaluation.coco import instances_to_results
         self.images.append({"id": image_id, "file_name": name, "height": size[0], "width": size[1]})
+        if "classes" in result:
+            self.add_classes(image_id, name, result["classes"], stem)
         inst = result.get("instances")
         if inst is None:
             return
@@ -165,6 +167,23 @@ class Results:
             path = os.path.join(self.out_dir, "labels", (stem or os.path.splitext(name)[0]) + ".txt")
             with atomic_write(path, "w") as f:
                 f.write("\n".join(lines) + ("\n" if lines else ""))
+
+    def add_classes(self, image_id: int, name: str, scores, stem: Optional[str]) -> None:
+        """A classification result: its top 5 printed, in results.json (one record per class, as
+        COCO's results list detections) and, with --save-txt, in labels/<stem>.txt."""
+        from detseg.api import top_k
+        top = top_k(scores, self.predictor.class_names, 5)
+        print(f"{name}: " + ", ".join(f"{c} {p:.3f}" for c, p in top))
+        index = {c: i for i, c in enumerate(self.predictor.class_names)}
+        self.records.extend({"image_id": image_id, "category_id": self.predictor.cat_ids[index[c]],
+                             "class": c, "score": round(p, 6), "rank": r} for r, (c, p) in enumerate(top, 1))
+        if self.save_txt:  # "category_id score class name", best first
+            lines = [f"{self.predictor.cat_ids[index[c]]} {p:.4f} {c}" for c, p in top]
+            os.makedirs(os.path.join(self.out_dir, "labels"), exist_ok=True)
+            from detseg.utils import atomic_write
+            path = os.path.join(self.out_dir, "labels", (stem or os.path.splitext(name)[0]) + ".txt")
+            with atomic_write(path, "w") as f:
+                f.write("\n".join(lines) + "\n")
 
     def close(self) -> None:
         from detseg.utils import write_json_atomic

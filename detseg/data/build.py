@@ -8,6 +8,7 @@ not on whether the run was stopped and resumed.
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Iterator, Optional
 
 import torch
@@ -16,12 +17,21 @@ from .coco import CocoDataset
 from .io import DataError
 from .samplers import RepeatFactorSampler, TrainingSampler, repeat_factors
 from .shapes import ensure_shapes
-from .transforms import collate, eval_transform, train_transform
+from .transforms import PAD_DIVISOR, collate, eval_transform, train_transform
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_splits(cfg) -> dict:
-    """{"train": {"ann_file", "image_dir"}, "val": {...} or None}; shapes when nothing is set."""
+    """{"train": {"ann_file", "image_dir"}, "val": {...} or None}; shapes when nothing is set.
+
+    For a classification model (a ``classify`` head) a split with ``image_dir`` and no
+    ``ann_file`` is a folder per class, one with an ``ann_file`` is cut into object crops, and
+    with neither set the built-in set of ``data.classify.builtin`` is written to the cache."""
+    from ..modeling.model import data_needs
     d = cfg.data
+    if data_needs(cfg).classify:
+        return _classify_splits(cfg)
     if d.train.ann_file is None:
         s = d.shapes
         try:
@@ -33,6 +43,67 @@ def resolve_splits(cfg) -> dict:
     if d.val.ann_file:
         splits["val"] = {"ann_file": d.val.ann_file, "image_dir": d.val.image_dir}
     return splits
+
+
+def _classify_splits(cfg) -> dict:
+    d = cfg.data
+    if d.train.ann_file is None and d.train.image_dir is None:
+        c, s = d.classify, d.shapes
+        if c.builtin == "digits":
+            from .digits import ensure_digits
+            splits = ensure_digits(s.cache_dir)
+        else:
+            from .shapes import ensure_shapes_classes
+            try:
+                splits = ensure_shapes_classes(s.seed, s.num_train, s.num_val, s.cache_dir, s.classes,
+                                               c.shapes_size)
+            except ValueError as e:  # an unknown shape name
+                raise DataError(f"data.shapes.classes: {e}") from None
+        return splits if s.num_val or c.builtin == "digits" else {**splits, "val": None}
+    splits = {"train": {"ann_file": d.train.ann_file, "image_dir": d.train.image_dir}, "val": None}
+    if d.val.ann_file or d.val.image_dir:
+        splits["val"] = {"ann_file": d.val.ann_file, "image_dir": d.val.image_dir}
+    for name, split in splits.items():
+        if split is not None and split["image_dir"] is None:
+            raise DataError(f"data.{name}.image_dir: not set (the folder of images"
+                            f"{' the annotations refer to' if split['ann_file'] else ', one sub-folder per class'})")
+    return splits
+
+
+def build_classification_dataset(cfg, split: dict, *, train: bool, class_names=None):
+    """A ``ClassificationDataset`` of one split (see ``resolve_splits``); ``class_names``: the
+    train split's, for a val folder."""
+    from .classification import ClassificationDataset, ClassifyTransform, coco_crops, scan_folder
+    d, c = cfg.data, cfg.data.classify
+    if c.size % PAD_DIVISOR:
+        raise DataError(f"data.classify.size: {c.size} is not a multiple of {PAD_DIVISOR} (batches are "
+                        f"padded to multiples of {PAD_DIVISOR}; padding would enter the classifier's pooling)")
+    transform = ClassifyTransform(c.size, train=train, augment=d.augment, crop_ratio=c.crop_ratio,
+                                  min_scale=c.min_scale, flip=c.flip)
+    if split["ann_file"]:
+        items, names, cat_ids = coco_crops(split["ann_file"], split["image_dir"], c.crop_context)
+        source = split["ann_file"]
+    else:
+        items, names, counts = scan_folder(split["image_dir"], class_names)
+        cat_ids, source = None, split["image_dir"]
+        missing = [n for n, k in counts.items() if not k] + [n for n in names if n not in counts]
+        if missing:
+            logger.warning("%s: no images of %d class(es): %s", source, len(missing), ", ".join(missing[:5]))
+    return ClassificationDataset(items, names, source=source, cat_ids=cat_ids, ann_file=split["ann_file"],
+                                 transform=transform, on_bad_image=d.on_bad_image, cache=d.cache)
+
+
+def test_transform(cfg):
+    """The pipeline an image goes through at test time (predictors, export): the classification
+    resize and centre crop, the detection resize, or None where the model resizes itself."""
+    from ..modeling.model import data_needs
+    if data_needs(cfg).classify:
+        from .classification import ClassifyTransform
+        c = cfg.data.classify
+        return ClassifyTransform(c.size, train=False, crop_ratio=c.crop_ratio)
+    if cfg.model.input_resize == "model":
+        return None
+    return eval_transform(cfg.data.min_size_test, cfg.data.max_size)
 
 
 def build_dataset(cfg, split: dict, *, train: bool, with_masks=False, with_semantic=False,
@@ -48,12 +119,21 @@ def build_dataset(cfg, split: dict, *, train: bool, with_masks=False, with_seman
                        cache=d.cache)
 
 
-def build_datasets(cfg, splits: dict) -> dict:
+def build_datasets(cfg, splits: dict, class_names=None) -> dict:
     """``{split name: CocoDataset}`` for each split of ``splits`` that is set ("train" built for
     training, any other for evaluation), with what the config's heads need: semantic maps,
-    instance masks, selective-search proposals (caches computed once and reused)."""
+    instance masks, selective-search proposals (caches computed once and reused). Classification:
+    the val folder's labels follow the train split's classes, or ``class_names`` (a trained
+    model's) without a train split."""
     from ..modeling.model import data_needs
     needs = data_needs(cfg)
+    if needs.classify:
+        train = build_classification_dataset(cfg, splits["train"], train=True) if splits.get("train") else None
+        names = train.class_names if train is not None else class_names
+        out = {"train": train} if train is not None else {}
+        out.update({name: build_classification_dataset(cfg, split, train=False, class_names=names)
+                    for name, split in splits.items() if split is not None and name != "train"})
+        return out
     proposals = load_proposals(needs.proposals, splits, cfg.data.num_workers)
     return {name: build_dataset(cfg, split, train=name == "train", with_semantic=needs.semantic,
                                 with_masks=needs.masks, proposals=proposals.get(name))
@@ -114,9 +194,7 @@ def build_train_loader(cfg, dataset: CocoDataset, start_iter: int = 0) -> torch.
     """Infinite loader continuing at iteration ``start_iter`` (for exact resume)."""
     d = cfg.data
     if d.sampler == "repeat_factor":
-        labels = [[a["category_id"] for a in dataset.coco.imgToAnns.get(i, []) if not a.get("iscrowd")]
-                  for i in dataset.ids]
-        base = RepeatFactorSampler(repeat_factors(labels, d.repeat_threshold), seed=cfg.runtime.seed)
+        base = RepeatFactorSampler(repeat_factors(dataset.image_labels(), d.repeat_threshold), seed=cfg.runtime.seed)
     else:
         base = TrainingSampler(len(dataset), seed=cfg.runtime.seed)
     sampler = PositionedSampler(base, start_iter * d.batch_size)

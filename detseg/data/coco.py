@@ -239,6 +239,11 @@ class CocoDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def image_labels(self) -> list[list[int]]:
+        """Per image, the category ids of its non-crowd annotations (what the samplers count)."""
+        return [[a["category_id"] for a in self.coco.imgToAnns.get(i, []) if not a.get("iscrowd")]
+                for i in self.ids]
+
     # -- loading ---------------------------------------------------------------------------
     def image_path(self, img_id: int) -> str:
         return os.path.join(self.image_dir, self.coco.imgs[img_id]["file_name"])

@@ -307,3 +307,49 @@ def ensure_shapes(seed: int = 0, num_train: int = 300, num_val: int = 60,
 
 def _complete(paths: dict) -> bool:
     return all(os.path.isfile(p["ann_file"]) for p in paths.values())
+
+
+# --------------------------------------------------------------------------- classification split
+
+CLASSIFY_FORMAT_VERSION = 1
+
+
+def render_single(seed: int, split: str, index: int, classes: tuple[str, ...] = CLASSES,
+                  size: int = 64) -> tuple[np.ndarray, int]:
+    """One ``size x size`` image of a single shape, for the classification split: the detection
+    images' backgrounds, colours and shapes, the shape filling 60-90% of the image's width and
+    off-centre by up to a tenth of it. Classes take turns (``index % K``), so each split is
+    balanced.
+
+    Returns:
+        (image ``np.ndarray[size, size, 3]`` uint8 RGB, label).
+    """
+    rng = np.random.default_rng([seed, _SPLIT_SALT[split], index, 7])
+    label = index % len(classes)
+    image = _background(rng, size, size)
+    r = rng.uniform(0.3, 0.45) * size
+    cx, cy = size / 2 + rng.uniform(-0.1, 0.1) * size, size / 2 + rng.uniform(-0.1, 0.1) * size
+    m = np.zeros((size, size), dtype=np.uint8)
+    cv2.fillPoly(m, [_shape_polygon(rng, classes[label], cx, cy, r)], 1)
+    colour = rng.integers(0, 256, size=3)
+    shade = np.clip(colour + rng.normal(0, 6, size=(size, size, 3)), 0, 255).astype(np.uint8)
+    image[m > 0] = shade[m > 0]
+    return image, label
+
+
+def ensure_shapes_classes(seed: int = 0, num_train: int = 300, num_val: int = 60,
+                          cache_dir: Optional[str] = None, classes=None, size: int = 64) -> dict:
+    """The shapes classification split in the cache (written on first use, in the
+    folder-per-class layout): ``{"train": {"ann_file": None, "image_dir": root/train}, "val": ...}``."""
+    from .class_folders import ensure_class_folders
+    classes = check_classes(classes)
+    name = f"shapes_cls_v{CLASSIFY_FORMAT_VERSION}_seed{seed}_{num_train}_{num_val}_{size}px"
+    if classes != CLASSES:
+        name += "_" + "-".join(classes)
+
+    def samples(split: str):
+        for i in range(num_train if split == "train" else num_val):
+            image, label = render_single(seed, split, i, classes, size)
+            yield f"{i:06d}.png", classes[label], image
+
+    return ensure_class_folders(os.path.join(cache_dir or default_cache_dir(), name), classes, samples)

@@ -228,7 +228,8 @@ def collate(items: list, divisor: int = PAD_DIVISOR) -> Batch:
         ``image_sizes`` list of (h, w) before padding, ``orig_sizes`` list of the files' (h, w),
         ``image_ids``, ``targets`` (per-image dicts of boxes/labels/ignore_boxes/masks), and
         ``semantic`` uint8 ``[B, Hp, Wp]`` padded with 255 when the samples carry it, and
-        ``proposals`` (list of ``Tensor[P_i, 4]``) when they carry precomputed proposals.
+        ``proposals`` (list of ``Tensor[P_i, 4]``) when they carry precomputed proposals,
+        ``labels`` int64 ``[B]`` when they carry an image ``label`` (classification).
         ``num_skipped`` counts items the dataset skipped (returned None).
     """
     kept = [it for it in items if it is not None]
@@ -250,6 +251,8 @@ def collate(items: list, divisor: int = PAD_DIVISOR) -> Batch:
                  for it in kept],
         num_skipped=skipped,
     )
+    if "label" in kept[0]:
+        batch.labels = torch.tensor([it["label"] for it in kept], dtype=torch.int64)
     if "proposals" in kept[0]:
         batch.proposals = [it["proposals"] for it in kept]
     if "semantic" in kept[0]:

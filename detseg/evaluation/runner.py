@@ -17,16 +17,19 @@ logger = logging.getLogger(__name__)
 def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
     """``model -> metrics`` over ``loader`` for every head in ``cfg.model.heads``.
 
-    Semantic heads add ``mIoU`` / ``pixel_acc``; instance heads add COCO ``AP``, ``AP50`` ...
+    Semantic heads add ``mIoU`` / ``pixel_acc``; classify heads ``top1``, ``top5``,
+    ``balanced_accuracy``, ``per_class_accuracy``; instance heads add COCO ``AP``, ``AP50`` ...
     (box, and mask for heads with masks), each prefixed with the head's name when the model has
     more than one head of that kind; ``diagnostics`` (``cfg.evaluator.diagnostics``) and
     ``val_loss`` (``cfg.evaluator.val_loss``: the summed training losses, averaged over batches).
     """
-    from ..modeling.heads import INSTANCES, SEMANTIC, head_class
+    from ..modeling.heads import CLASSES, INSTANCES, SEMANTIC, head_class
+    from .classification import ClassificationEvaluator, format_accuracy
     kinds = {name: head_class(settings) for name, settings in cfg.model.heads.items()}
     threshold = cfg.evaluator.score_threshold if cfg.evaluator.diagnostics else None
     semantic = [n for n, cls in kinds.items() if cls.output == SEMANTIC]
     detectors = [n for n, cls in kinds.items() if cls.output == INSTANCES]
+    classifiers = [n for n, cls in kinds.items() if cls.output == CLASSES]
 
     def evaluate(model) -> dict:
         # One pass over the loader feeds every head's evaluator: the model (and its backbone)
@@ -39,6 +42,7 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
                                     backend=cfg.evaluator.backend, output_dir=output_dir,
                                     diagnostics_threshold=threshold)
                 for name in detectors}
+        classify = {name: ClassificationEvaluator(dataset.class_names) for name in classifiers}
         loss_sum, loss_batches = torch.zeros(()), torch.zeros(())
         score_losses = cfg.evaluator.val_loss and can_score_losses(model)
         for batch in loader:
@@ -48,6 +52,8 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
             for name, ev in semseg.items():
                 ev.process(batch, outputs[name])
             for name, ev in coco.items():
+                ev.process(batch, outputs[name])
+            for name, ev in classify.items():
                 ev.process(batch, outputs[name])
             if score_losses:
                 loss_sum += validation_loss(model, batch)
@@ -69,6 +75,13 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
             for key in [k for k in stats if k.endswith("per_class_AP")]:
                 logger.info("%s %s:\n%s", name, key, format_per_class(stats[key]))
             prefix = f"{name}_" if len(detectors) > 1 else ""
+            metrics.update({prefix + k: v for k, v in stats.items()})
+        for name, ev in classify.items():
+            stats = ev.evaluate()
+            logger.info("%s per-class accuracy:\n%s", name, format_accuracy(stats["per_class_accuracy"]))
+            if not cfg.evaluator.diagnostics:
+                stats.pop("diagnostics", None)
+            prefix = f"{name}_" if len(classifiers) > 1 else ""
             metrics.update({prefix + k: v for k, v in stats.items()})
         return metrics
 
@@ -105,16 +118,17 @@ def _training_mode(model, held):
         model.train(was)
 
 
-def build_datasets_and_evaluator(cfg, splits: dict, output_dir: Optional[str]):
+def build_datasets_and_evaluator(cfg, splits: dict, output_dir: Optional[str], class_names=None):
     """What ``tools/train.py`` and ``tools/eval.py`` share: the datasets of ``splits`` (see
-    ``detseg.data.build.build_datasets``) and ``evaluate(model) -> metrics`` over the ``"val"``
+    ``detseg.data.build.build_datasets``; ``class_names``: a trained model's, for a
+    classification val folder) and ``evaluate(model) -> metrics`` over the ``"val"``
     one (None without a val split).
 
     Returns:
         ``(datasets: {split name: CocoDataset}, evaluate or None)``.
     """
     from ..data.build import build_datasets, build_val_loader
-    datasets = build_datasets(cfg, splits)
+    datasets = build_datasets(cfg, splits, class_names)
     val = datasets.get("val")
     evaluate = make_evaluate(cfg, val, build_val_loader(cfg, val), output_dir) if val is not None else None
     return datasets, evaluate

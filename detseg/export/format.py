@@ -85,6 +85,8 @@ def metadata(predictor, graph, static_size: Optional[tuple[int, int]] = None) ->
             "input_resize": cfg.model.input_resize, "batch": graph.batched,
             "static_size": None if static_size is None else [int(v) for v in static_size],
             "min_size_test": cfg.data.min_size_test, "max_size": cfg.data.max_size,
+            "classify": ({"size": cfg.data.classify.size, "crop_ratio": cfg.data.classify.crop_ratio}
+                         if any(h.output == "classes" for h in graph.model.heads.values()) else None),
             "backbone": cfg.model.backbone.name,
             "selective_search": None if graph.selective_search is None else {
                 "mode": graph.selective_search.mode, "max_per_image": graph.selective_search.max_per_image}}

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.transforms import PAD_DIVISOR
-from ..modeling.heads import SEMANTIC
+from ..modeling.heads import CLASSES, SEMANTIC
 from ..modeling.proposals import SelectiveSearchProposals
 from ..structures import Batch
 
@@ -29,15 +29,18 @@ class ExportGraph(nn.Module):
         sources = [h.proposal_source() for h in model.heads.values()]
         self.selective_search = next((p for p in sources if isinstance(p, SelectiveSearchProposals)), None)
         self.needs_proposals = self.selective_search is not None
-        # a batch dimension where every head is per-pixel and no per-image resize runs inside
-        self.batched = (all(h.output == SEMANTIC for h in model.heads.values()) and model.resize is None
-                        and model.panoptic is None)
+        # a batch dimension where every head is per-pixel or per-image and no per-image resize
+        # runs inside
+        self.batched = (all(h.output in (SEMANTIC, CLASSES) for h in model.heads.values())
+                        and model.resize is None and model.panoptic is None)
 
     def output_names(self) -> list[str]:
         names = []
         for name, head in self.model.heads.items():
             if head.output == SEMANTIC:
                 names.append(f"{name}.labels")
+            elif head.output == CLASSES:
+                names.append(f"{name}.scores")
             else:
                 names += [f"{name}.boxes", f"{name}.scores", f"{name}.labels"]
                 if head.predicts_masks:
@@ -69,6 +72,9 @@ class ExportGraph(nn.Module):
             if head.output == SEMANTIC:
                 results.append(_label_maps(pred, h, w, file_size)[0])
                 continue
+            if head.output == CLASSES:
+                results.append(pred[0])
+                continue
             inst = pred[0]
             ih, iw = inst.image_size
             # to_file_pixels' scale factors: file / predicted size, in float64, then the boxes' dtype
@@ -79,14 +85,17 @@ class ExportGraph(nn.Module):
         return tuple(results)
 
     def forward_batch(self, images: Tensor, file_size: Tensor) -> tuple:
-        """``images`` uint8 ``[B, 3, H, W]`` of one size → per head ``labels [B, h, w]``; what
-        ``Model.forward`` does for semantic heads, without its per-image size list (whose length
-        would fix B)."""
+        """``images`` uint8 ``[B, 3, H, W]`` of one size → per head ``labels [B, h, w]`` (semantic)
+        or ``scores [B, K]`` (classify); what ``Model.forward`` does for these heads, without its
+        per-image size list (whose length would fix B)."""
         h, w = images.shape[2], images.shape[3]
         padded = _pad(images)
         features = self.model.backbone(self.model.preprocess(padded))
-        return tuple(_label_maps(head.forward_test(features, Batch(images=padded)), h, w, file_size)
-                     for head in self.model.heads.values())
+        out = []
+        for head in self.model.heads.values():
+            pred = head.forward_test(features, Batch(images=padded))
+            out.append(pred if head.output == CLASSES else _label_maps(pred, h, w, file_size))
+        return tuple(out)
 
 
 def _pad(images: Tensor) -> Tensor:

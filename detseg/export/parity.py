@@ -31,6 +31,9 @@ def compare_predictions(eager: dict, exported: dict) -> dict:
     out = {}
     for name, a in eager["heads"].items():
         b = exported["heads"][name]
+        if isinstance(a, Tensor) and a.is_floating_point():  # class probabilities
+            out[name] = {"score": float((a - b).abs().max()) if a.shape == b.shape else float("inf")}
+            continue
         if isinstance(a, Tensor):
             out[name] = {"pixels": float((a != b).float().mean()) if a.shape == b.shape else 1.0}
             continue
@@ -72,6 +75,10 @@ def parity_problems(diff: dict) -> list[str]:
     """The differences of ``compare_predictions`` that are more than float rounding."""
     problems = []
     for name, row in diff.items():
+        if "count" not in row and "score" in row:
+            if not row["score"] <= SCORE_TOL:
+                problems.append(f"{name}: class probabilities differ by up to {row['score']:.3g}")
+            continue
         if "pixels" in row:
             if row["pixels"] > PIXEL_TOL:
                 problems.append(f"{name}: {row['pixels']:.2%} of the label map differs")

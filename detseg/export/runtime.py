@@ -103,6 +103,10 @@ class ExportedPredictor:
         self.score_threshold = score_threshold
         self.transform = (eval_transform(self.meta["min_size_test"], self.meta["max_size"])
                           if self.meta["input_resize"] == "data" else None)
+        if self.meta.get("classify"):  # the classification resize and centre crop
+            from ..data.classification import ClassifyTransform
+            c = self.meta["classify"]
+            self.transform = ClassifyTransform(c["size"], train=False, crop_ratio=c["crop_ratio"])
 
     def _inputs(self, sample: dict) -> list[torch.Tensor]:
         image = sample["image"]
@@ -149,6 +153,8 @@ class ExportedPredictor:
         for name, head in self.meta["heads"].items():
             if head["output"] == "semantic":
                 value = outputs[f"{name}.labels"]
+            elif head["output"] == "classes":
+                value = outputs[f"{name}.scores"].float()
             else:
                 masks = outputs.get(f"{name}.masks")
                 inst = Instances((oh, ow), outputs[f"{name}.boxes"], outputs[f"{name}.scores"],
@@ -158,7 +164,7 @@ class ExportedPredictor:
                     inst.masks = paste_masks(inst.masks, inst.boxes, (oh, ow))
                 value = inst
             result["heads"][name] = value
-            result.setdefault("semantic" if head["output"] == "semantic" else "instances", value)
+            result.setdefault({"semantic": "semantic", "classes": "classes"}.get(head["output"], "instances"), value)
         return result
 
     def __call__(self, image, proposals=None) -> dict:

@@ -4,13 +4,18 @@ Every backbone returns a dict of named feature maps and describes them with ``ou
 ``{name: ShapeSpec(channels, stride)}``. Heads read channel counts from there, never from configs.
 
 ==================  ================================================================
+LeNet-5             s2 (6, 2), s4 (16, 4), c5 (120, 4): LeCun et al. 1998 (our own:
+                    torchvision has none), tanh and average-pool subsampling, valid
+                    5x5 convolutions (no padding): a 32-px input gives c5 1 x 1
 AlexNet             c3 (192, 8), c4 (256, 16), c5 (256, 32): torchvision's one-GPU
                     AlexNet, cut after conv1, pool1, pool2 (its floor pooling: a map
                     may be a cell short of size / stride)
 VGG-11/16 (+_bn)    c3 (256, 8), c4 (512, 16), c5 = conv5 block (512, 16): no pool5, as
                     in R-CNN / SPPNet / FCN; Caffe's ceil-mode pooling
 ResNet-18..152      c2..c5 at strides 4, 8, 16, 32
-GoogLeNet           c3 (480, 8), c4 (832, 16), c5 (1024, 32)
+GoogLeNet           c3 (480, 8), c4a (512, 16: inception 4a, the first auxiliary
+                    classifier's input), c4d (528, 16: 4d, the second's), c4 (832, 16),
+                    c5 (1024, 32)
 DenseNet-121        c3 (512, 8), c4 (1024, 16), c5 (1024, 32)
 ==================  ================================================================
 
@@ -41,8 +46,10 @@ class ShapeSpec:
 
 
 def coarsest(shapes: dict[str, ShapeSpec]) -> str:
-    """Name of the feature map with the largest stride (the default input of region heads)."""
-    return max(shapes, key=lambda n: shapes[n].stride)
+    """Name of the feature map with the largest stride (the default input of region heads); of
+    maps sharing it, the deepest (VGG's conv5 block after conv4's, LeNet's C5 after S4)."""
+    names = list(shapes)
+    return max(reversed(names), key=lambda n: shapes[n].stride)
 
 
 class WeightsError(RuntimeError):
@@ -140,10 +147,40 @@ class FPNBackbone(nn.Module):
 # --------------------------------------------------------------------------- definitions
 
 
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun, Bottou, Bengio, Haffner 1998) on RGB input, as torchvision would define it
+    had it one: ``features`` (C1, S2, C3, S4, C5) and ``classifier`` (F6 and the output layer).
+
+    The paper's choices are kept: 5x5 convolutions without padding, tanh, average-pool
+    subsampling, 120 C5 maps (a 32 x 32 input leaves C5 at 1 x 1, so C5 is the paper's "fully
+    connected" layer in convolutional form), 84 F6 units. The output layer is a linear one
+    rather than the paper's RBF units (as every modern reading of it does).
+    """
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 5), nn.Tanh(), nn.AvgPool2d(2),  # C1, S2
+            nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),  # C3, S4
+            nn.Conv2d(16, 120, 5), nn.Tanh())  # C5
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``[B, 3, 32, 32]`` → logits ``[B, K]``."""
+        return self.classifier(self.features(x))
+
+
 def _torchvision_model(name: str) -> nn.Module:
+    if name == "lenet5":
+        return LeNet5()
     if name == "googlenet":
         return torchvision.models.googlenet(aux_logits=False, init_weights=True)
     return getattr(torchvision.models, name)()
+
+
+def _lenet5(net) -> list[tuple[str, nn.Module, ShapeSpec]]:
+    f = net.features
+    return [("s2", f[:3], ShapeSpec(6, 2)), ("s4", f[3:6], ShapeSpec(16, 4)), ("c5", f[6:], ShapeSpec(120, 4))]
 
 
 def _vgg(net) -> list[tuple[str, nn.Module, ShapeSpec]]:
@@ -185,8 +222,10 @@ def _resnet(net) -> list[tuple[str, nn.Module, ShapeSpec]]:
 def _googlenet(n) -> list[tuple[str, nn.Module, ShapeSpec]]:
     return [("stem", nn.Sequential(n.conv1, n.maxpool1, n.conv2, n.conv3, n.maxpool2), ShapeSpec(192, 8)),
             ("c3", nn.Sequential(n.inception3a, n.inception3b), ShapeSpec(480, 8)),
-            ("c4", nn.Sequential(n.maxpool3, n.inception4a, n.inception4b, n.inception4c,
-                                 n.inception4d, n.inception4e), ShapeSpec(832, 16)),
+            # split where the auxiliary classifiers read (after 4a and after 4d)
+            ("c4a", nn.Sequential(n.maxpool3, n.inception4a), ShapeSpec(512, 16)),
+            ("c4d", nn.Sequential(n.inception4b, n.inception4c, n.inception4d), ShapeSpec(528, 16)),
+            ("c4", nn.Sequential(n.inception4e), ShapeSpec(832, 16)),
             ("c5", nn.Sequential(n.maxpool4, n.inception5a, n.inception5b), ShapeSpec(1024, 32))]
 
 
@@ -199,16 +238,18 @@ def _densenet121(net) -> list[tuple[str, nn.Module, ShapeSpec]]:
              ShapeSpec(1024, 32))]
 
 
-_DEFINITIONS = {"alexnet": _alexnet, "vgg11": _vgg, "vgg11_bn": _vgg, "vgg16": _vgg, "vgg16_bn": _vgg,
+_DEFINITIONS = {"lenet5": _lenet5, "alexnet": _alexnet, "vgg11": _vgg, "vgg11_bn": _vgg, "vgg16": _vgg, "vgg16_bn": _vgg,
                 "resnet18": _resnet, "resnet34": _resnet, "resnet50": _resnet, "resnet101": _resnet,
                 "resnet152": _resnet, "googlenet": _googlenet, "densenet121": _densenet121}
 # torchvision weights enums for online use (``weights: DEFAULT`` in the config).
-_WEIGHTS_ENUMS = {"alexnet": "AlexNet_Weights", "vgg11": "VGG11_Weights", "vgg11_bn": "VGG11_BN_Weights",
+_WEIGHTS_ENUMS = {"lenet5": None, "alexnet": "AlexNet_Weights", "vgg11": "VGG11_Weights", "vgg11_bn": "VGG11_BN_Weights",
                   "vgg16": "VGG16_Weights", "vgg16_bn": "VGG16_BN_Weights", "resnet18": "ResNet18_Weights",
                   "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
                   "resnet101": "ResNet101_Weights", "resnet152": "ResNet152_Weights",
                   "googlenet": "GoogLeNet_Weights", "densenet121": "DenseNet121_Weights"}
 BACKBONES = tuple(_DEFINITIONS)
+# Stages returned when ``out_features`` is not given.
+_DEFAULT_OUT = {"lenet5": ["s4", "c5"]}
 # Classifier parts of torchvision's models that a backbone does not use.
 _HEAD_PREFIXES = ("fc.", "classifier.", "aux1.", "aux2.", "avgpool.", "dropout.")
 
@@ -243,6 +284,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 def _resolve_weights(name: str, weights: str) -> tuple[dict, str]:
     if os.path.splitext(weights)[1] in (".pth", ".pt", ".safetensors") or os.sep in weights:
         return read_state_dict(weights), weights
+    if _WEIGHTS_ENUMS[name] is None:
+        raise WeightsError(f"{name} has no published weights to download; set model.backbone.weights "
+                           f"to a .pth / .safetensors file (a detseg checkpoint of it, say)")
     enum = getattr(torchvision.models, _WEIGHTS_ENUMS[name])
     try:
         member = getattr(enum, weights)
@@ -282,14 +326,14 @@ def build_backbone(name: str, *, weights: Optional[str] = None, freeze_at: int =
     """Build a backbone.
 
     Args:
-        name: one of ``BACKBONES`` (alexnet, vgg11 / vgg16 with or without ``_bn``,
+        name: one of ``BACKBONES`` (lenet5, alexnet, vgg11 / vgg16 with or without ``_bn``,
             resnet18 / 34 / 50 / 101 / 152, googlenet, densenet121).
         weights: None (random), a torchvision weights enum member name such as ``"DEFAULT"``
             (downloads when online), or a local ``.pth`` / ``.safetensors`` file.
         freeze_at: number of leading stages to freeze (stem = 1).
         norm: ``"bn"`` or ``"frozen_bn"``.
         fpn: add a feature pyramid over ``out_features``.
-        out_features: stage names to return (default c3, c4, c5).
+        out_features: stage names to return (default c3, c4, c5; LeNet-5: s4, c5).
         fpn_extra_pool: with ``fpn``, one more level max-pooled from the top one.
     """
     if name not in _DEFINITIONS:
@@ -301,7 +345,8 @@ def build_backbone(name: str, *, weights: Optional[str] = None, freeze_at: int =
         # A torchvision classifier checkpoint: load it into torchvision's own model, whose
         # modules our stages are then cut from.
         _load_reporting(net, state, source, ignore=_HEAD_PREFIXES)
-    body = Backbone(_DEFINITIONS[name](net), out_features or ["c3", "c4", "c5"])
+    body = Backbone(_DEFINITIONS[name](net), out_features or _DEFAULT_OUT.get(name, ["c3", "c4", "c5"]))
+    body.arch = name  # heads that follow the architecture's own design read it (classify)
     if ours:
         _load_reporting(body, state, source)
     if norm == "frozen_bn":

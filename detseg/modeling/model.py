@@ -10,7 +10,7 @@ from torch import nn
 from ..config import ConfigError
 from ..structures import Batch
 from .backbones import build_backbone
-from .heads import INSTANCES, SEMANTIC, Head, head_class
+from .heads import CLASSES, INSTANCES, SEMANTIC, Head, head_class
 
 
 class Model(nn.Module):
@@ -171,6 +171,7 @@ class DataNeeds:
     """What a config's heads need from the data pipeline (known before the model is built)."""
 
     semantic: bool  # per-pixel class maps
+    classify: bool  # one label per image (a classification dataset)
     masks: bool  # instance masks
     proposals: Optional[object]  # the ProposalConfig of heads reading selective-search caches
 
@@ -178,12 +179,16 @@ class DataNeeds:
 def data_needs(cfg) -> DataNeeds:
     """What the heads of ``cfg.model.heads`` need from the dataset."""
     heads = [(head_class(h), h) for h in cfg.model.heads.values()]
+    classify = [cls.output == CLASSES for cls, _ in heads]
+    if any(classify) and not all(classify):
+        raise ConfigError("model.heads: a classify head reads a classification dataset (one label per "
+                          "image); it cannot share a model with detection or segmentation heads")
     cached = [cls.proposal_settings(h) for cls, h in heads]
     cached = [p for p in cached if p is not None and p.source == "selective_search"]
     if len({(p.mode, p.max_per_image, p.train_file, p.val_file) for p in cached}) > 1:
         raise ConfigError("model.heads: heads reading selective-search proposals must share their "
                           "proposal settings (one cache per split)")
-    return DataNeeds(semantic=any(cls.output == SEMANTIC for cls, _ in heads),
+    return DataNeeds(semantic=any(cls.output == SEMANTIC for cls, _ in heads), classify=any(classify),
                      masks=any(cls.predicts_masks_for(h) for cls, h in heads),
                      proposals=cached[0] if cached else None)
 

@@ -6,7 +6,8 @@ of one's own is one file with a ``Head`` subclass and its settings dataclass, an
 ``register_head`` call: the call that registers the built-in heads below.
 """
 from ...config import register_head_config
-from .base import INSTANCES, SEMANTIC, Head
+from .base import CLASSES, INSTANCES, SEMANTIC, Head
+from .classify import ClassifyHead, ClassifyHeadConfig
 from .fcn import FCNHead, FCNHeadConfig
 from .mask import MaskConfig, MaskHead
 from .rcnn import RCNNHead, RCNNHeadConfig
@@ -24,6 +25,7 @@ def register_head(type_name: str, cls: type[Head]) -> None:
     HEAD_TYPES[type_name] = cls
 
 
+register_head("classify", ClassifyHead)  # image classification: LeNet to DenseNet
 register_head("fcn", FCNHead)  # FCN-32s / 16s / 8s semantic segmentation
 register_head("sliding_window", SlidingWindowHead)  # OverFeat-style convolutional window classifier
 register_head("rcnn", RCNNHead)  # R-CNN: warped proposal crops through the backbone
@@ -37,7 +39,8 @@ def head_class(settings) -> type[Head]:
     return HEAD_TYPES[settings.type]
 
 
-__all__ = ["HEAD_TYPES", "INSTANCES", "SEMANTIC", "Head", "FCNHead", "FCNHeadConfig", "MaskConfig",
+__all__ = ["HEAD_TYPES", "CLASSES", "INSTANCES", "SEMANTIC", "Head", "ClassifyHead", "ClassifyHeadConfig",
+           "FCNHead", "FCNHeadConfig", "MaskConfig",
            "MaskHead", "ProposalHeadConfig", "RCNNHead", "RCNNHeadConfig", "RegionHead",
            "RegionHeadConfig", "SampledRoIs", "SlidingWindowHead", "SlidingWindowHeadConfig",
            "head_class", "register_head"]

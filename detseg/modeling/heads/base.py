@@ -12,13 +12,14 @@ from ..class_layout import DeclaresClassAxes
 
 INSTANCES = "instances"  # forward_test -> list[Instances], one per image (boxes, maybe masks)
 SEMANTIC = "semantic"  # forward_test -> Tensor[B, K + 1, H, W] class logits at the padded size
+CLASSES = "classes"  # forward_test -> Tensor[B, K] class probabilities, one row per image
 
 
 class Head(nn.Module, DeclaresClassAxes):
     """Base class of every head.
 
     Class attributes a head sets:
-        output: ``INSTANCES`` or ``SEMANTIC`` (what ``forward_test`` returns, see above).
+        output: ``INSTANCES``, ``SEMANTIC`` or ``CLASSES`` (what ``forward_test`` returns, see above).
         needs_features: reads the shared full-image backbone features (``Model`` runs the
             backbone once per batch when any head does).
         uses_backbone: runs the backbone itself on inputs of its own (R-CNN's warped crops, the

@@ -1,0 +1,74 @@
+"""A classifier through the tools: train.py on a folder of images, eval.py, infer.py (top-k printed
+and drawn), the Python API, and export with parity."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import call_tool
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """LeNet-5 trained for a few iterations on a user's folder per class (two classes that differ
+    in brightness, so that even a short run is right on most images)."""
+    root = tmp_path_factory.mktemp("cls")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("val", 8)):
+        for cls, base in (("dark", 40), ("light", 210)):
+            os.makedirs(root / split / cls)
+            for i in range(n):
+                img = np.clip(base + rng.normal(0, 20, (36, 40, 3)), 0, 255).astype(np.uint8)
+                cv2.imwrite(str(root / split / cls / f"{i}.jpg"), img)
+    out = root / "run"
+    args = ["--config", "configs/classify_lenet5_digits.yaml", f"data.train.image_dir={root / 'train'}",
+            f"data.val.image_dir={root / 'val'}", "data.batch_size=8", "data.classify.crop_ratio=0.875",
+            "solver.max_iter=30", "solver.eval_period=30", "solver.checkpoint_period=30",
+            "solver.warmup_iters=2", "--output-dir", str(out)]
+    assert call_tool("train", args) == 0
+    return root, out
+
+
+def test_train_writes_classification_metrics_and_the_confusion_figure(trained):
+    root, out = trained
+    evals = [json.loads(x) for x in open(out / "metrics.jsonl") if "top1" in x]
+    assert evals and 0.0 <= evals[-1]["top1"] <= 1.0 and "balanced_accuracy" in evals[-1]
+    assert "top5" not in evals[-1]  # two classes: top-5 says nothing
+    assert (out / "best.pth").is_file()
+
+
+def test_eval_infer_api_and_export_agree(trained, tmp_path, capsys):
+    root, out = trained
+    assert call_tool("eval", ["--weights", str(out / "best.pth"), "--output", str(tmp_path / "ev")]) == 0
+    metrics = json.load(open(tmp_path / "ev" / "metrics.json"))
+    logged = [json.loads(x) for x in open(out / "metrics.jsonl") if "top1" in x][-1]
+    assert metrics["top1"] == pytest.approx(logged["top1"])
+    assert (tmp_path / "ev" / "classification_confusion.png").is_file()
+
+    from detseg import load_model
+    predictor = load_model(str(out / "best.pth"))
+    image = cv2.cvtColor(cv2.imread(str(root / "val" / "light" / "0.jpg")), cv2.COLOR_BGR2RGB)
+    result = predictor(image)
+    assert result["classes"].shape == (2,) and float(result["classes"].sum()) == pytest.approx(1.0, abs=1e-5)
+    top = predictor.top_k(result["classes"], 5)
+    assert [c for c, _ in top] in (["light", "dark"], ["dark", "light"]) and top[0][1] >= top[1][1]
+
+    capsys.readouterr()
+    assert call_tool("infer", ["--weights", str(out / "best.pth"), "--input", str(root / "val" / "light"),
+                               "--output", str(tmp_path / "inf"), "--save-txt"]) == 0
+    printed = capsys.readouterr().out
+    assert "0.jpg: " in printed and ("light" in printed or "dark" in printed)
+    records = json.load(open(tmp_path / "inf" / "results.json"))
+    assert {r["rank"] for r in records} == {1, 2} and len(records) == 2 * 8
+    assert (tmp_path / "inf" / "0.jpg").is_file() and (tmp_path / "inf" / "labels" / "0.txt").is_file()
+
+    onnx = tmp_path / "cls.onnx"
+    assert call_tool("export", ["--weights", str(out / "best.pth"), "--output", str(onnx)]) == 0
+    exported = load_model(str(onnx))
+    assert exported.meta["batch"] is True and exported.meta["classify"]["size"] == 32
+    several = [image, cv2.resize(image, (60, 50))]
+    for a, b in zip(predictor.predict_batch(several), exported.predict_batch(several)):
+        torch.testing.assert_close(b["classes"], a["classes"], atol=1e-4, rtol=0)
