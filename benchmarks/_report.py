@@ -68,9 +68,23 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def cpu_name() -> str:
+    """The CPU's model name and whether it runs bfloat16 natively (AVX512-BF16 / AMX) or has AVX2
+    only: timings differ between the two kinds of machine these benchmarks run on."""
+    try:
+        info = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return platform.processor() or "CPU"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    kind = ("AMX" if "amx_tile" in flags else "AVX512-BF16" if "avx512_bf16" in flags
+            else "AVX2 only" if "avx2" in flags else "no AVX2")
+    return f"{name} ({kind})"
+
+
 def machine() -> str:
     import torch
-    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+    return (f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 

@@ -96,6 +96,20 @@ def train_for(config: str, overrides: list[str], iters: int, seed: int, cache: s
     return {"top1": last["top1"], "wall_s": wall, "iters": iters}
 
 
+def export_check(run_dir: str) -> str:
+    """tools/export.py on the run's best.pth (ONNX, with its parity check against the eager
+    model): "yes", or the first line of what went wrong."""
+    import subprocess
+    onnx = os.path.join(run_dir, "model.onnx")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export.py"), "--weights",
+                        os.path.join(run_dir, "best.pth"), "--output", onnx, "--overwrite"],
+                       cwd=ROOT, capture_output=True, text=True)
+    for path in (onnx, onnx + ".data"):
+        if os.path.exists(path):
+            os.remove(path)
+    return "yes" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["failed"])[-1][:80]
+
+
 def plot(rows: list[dict], path: str) -> None:
     """Top-1 against training seconds, one point per variant (the seeds' mean)."""
     from detseg.visualize import _panel, write_png
@@ -112,9 +126,11 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", help="row names to run (default: all)")
     args = p.parse_args(argv)
     variants = VARIANTS
+    small = []
     if args.quick:
         variants = [v for v in VARIANTS if v[0] in ("LeNet-5", "ResNet-18")]
         args.budget, args.seeds, repeats = 4.0, [0], 2
+        small = ["data.shapes.num_train=200", "data.shapes.num_val=40"]
     else:
         repeats = 5
     if args.only:
@@ -123,10 +139,12 @@ def main(argv=None) -> int:
     cache = os.path.join(tmp, "cache")
     rows = []
     for name, backbone, extra in variants:
-        ov = overrides_for(backbone, extra, args.size, args.batch)
+        ov = overrides_for(backbone, extra, args.size, args.batch) + small
         row = {"name": name, **measure(SHAPES, ov, args.size, args.batch, repeats), "budget_s": args.budget}
         iters = max(10, int(args.budget / row["train_step_s"]))
-        runs = [train_for(SHAPES, ov, iters, s, cache, os.path.join(tmp, f"{backbone}-{s}")) for s in args.seeds]
+        key = name.replace(" ", "").replace(",", "").replace("+", "p")
+        runs = [train_for(SHAPES, ov, iters, s, cache, os.path.join(tmp, f"{key}-{s}")) for s in args.seeds]
+        row["onnx"] = export_check(os.path.join(tmp, f"{key}-{args.seeds[0]}"))
         row.update(iters=iters, shapes_runs=[r["top1"] for r in runs],
                    shapes_top1=statistics.mean(r["top1"] for r in runs),
                    run_wall_s=statistics.mean(r["wall_s"] for r in runs))
@@ -135,17 +153,17 @@ def main(argv=None) -> int:
             dov = [f"model.backbone.name={backbone}", f"data.classify.size={size}", *extra]
             step = measure(DIGITS, dov, size, 64, repeats)["train_step_s"]
             d_iters = max(10, int(args.budget / step))
-            digits = [train_for(DIGITS, dov, d_iters, s, cache, os.path.join(tmp, f"d-{backbone}-{s}"))
+            digits = [train_for(DIGITS, dov, d_iters, s, cache, os.path.join(tmp, f"d-{key}-{s}"))
                       for s in args.seeds]
             row.update(digits_runs=[r["top1"] for r in digits], digits_iters=d_iters)
         rows.append(row)
         print(name, {k: v for k, v in row.items() if k != "name"}, flush=True)
     table = markdown_table(
         ["network", "params (M)", "GFLOPs / image", "train img/s", "test img/s", "iterations",
-         "shapes top-1 (seeds)", "digits top-1 (seeds)"],
+         "shapes top-1 (seeds)", "digits top-1 (seeds)", "ONNX export, parity"],
         [[r["name"], f"{r['params_M']:.2f}", f"{r['gflops']:.3f}", f"{r['train_img_s']:.0f}",
           f"{r['test_img_s']:.0f}", r["iters"], " / ".join(f"{v:.3f}" for v in r["shapes_runs"]),
-          " / ".join(f"{v:.3f}" for v in r.get("digits_runs", [])) or "-"] for r in rows])
+          " / ".join(f"{v:.3f}" for v in r.get("digits_runs", [])) or "-", r["onnx"]] for r in rows])
     png = os.path.join(ROOT, "benchmarks", "results", "architectures.png")
     if not args.quick and not args.no_write:
         plot(rows, png)

@@ -388,7 +388,13 @@ def from_dict(data: dict, sources: Optional[Sources] = None, cls: type = Config)
     sources = {} if sources is None else sources
     if cls is Config:
         data = upgrade_tree(data, sources, HEAD_CONFIGS)
-    return _build(cls, data, "", sources)
+    cfg = _build(cls, data, "", sources)
+    if cls is Config and cfg.solver.best_metric == "mIoU" and all(
+            h.type == "classify" for h in cfg.model.heads.values()):
+        # the default names a segmentation metric, which a classifier never reports: without this
+        # a classification run would keep no best.pth
+        cfg.solver.best_metric = "top1"
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict:

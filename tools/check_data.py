@@ -1,6 +1,9 @@
 """Dataset doctor: list every problem in a COCO-format dataset; optionally write a fixed copy.
+A classification folder (one sub-folder of images per class) is checked as well: empty classes,
+files that do not decode, files the loader skips, and the images per class.
 
     python tools/check_data.py ANN_JSON IMAGE_DIR [--fix clip|drop]
+    python tools/check_data.py CLASS_FOLDER
 
 Exit status 0 when the dataset is clean, 1 when problems were found (also when --fix wrote a
 cleaned copy: the original still has them), 2 on bad usage.
@@ -16,8 +19,8 @@ from detseg.data.validate import check_dataset, fix_dataset, format_table
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ann_file")
-    p.add_argument("image_dir")
+    p.add_argument("ann_file", help="COCO annotation file, or a classification folder (root/<class>/*.jpg)")
+    p.add_argument("image_dir", nargs="?", help="the images of the annotation file")
     p.add_argument("--fix", choices=["clip", "drop"],
                    help="write a cleaned copy beside the original (the original is not modified; "
                         "an existing copy only when an earlier --fix wrote it)")
@@ -29,6 +32,8 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from detseg.utils import parse_once
     args = parse_once(get_parser(), argv)
+    if args.image_dir is None:
+        return check_class_folder(args.ann_file, args.fix)
     problems = check_dataset(args.ann_file, args.image_dir)
     if not problems:
         print(f"{args.ann_file}: no problems found")
@@ -53,6 +58,23 @@ def main(argv=None) -> int:
         print(f"wrote {out}: {counts['clipped']} clipped, {counts['dropped_annotations']} "
               f"annotation(s) and {counts['dropped_images']} image(s) dropped")
     return 1
+
+
+def check_class_folder(root: str, fix) -> int:
+    """The doctor on a folder per class: problems, then the class counts."""
+    from detseg.data.classification import check_folder, format_counts
+    if fix:
+        print("error: --fix applies to COCO annotation files; a folder's problems are files to move",
+              file=sys.stderr)
+        return 2
+    problems, counts = check_folder(root)
+    if problems:
+        print(format_table(problems))
+        print()
+    if counts:
+        print(format_counts(counts))
+    print(f"{len(problems)} problem(s) in {root}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -132,16 +132,23 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     if args.check_data:
+        from detseg.data.classification import check_folder, format_counts
         from detseg.data.validate import check_dataset, format_table
         bad = 0
         for name, split in splits.items():
             if split is None:
                 continue
-            problems = check_dataset(split["ann_file"], split["image_dir"])
+            counts = None
+            if split["ann_file"] is None:  # a classification folder per class
+                problems, counts = check_folder(split["image_dir"])
+            else:
+                problems = check_dataset(split["ann_file"], split["image_dir"])
             bad += len(problems)
-            print(f"{name}: {split['ann_file']}: {len(problems)} problem(s)")
+            print(f"{name}: {split['ann_file'] or split['image_dir']}: {len(problems)} problem(s)")
             if problems:
                 print(format_table(problems))
+            if counts:
+                print(format_counts(counts))
         return 1 if bad else 0
 
     try:

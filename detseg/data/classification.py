@@ -222,3 +222,54 @@ class ClassifyTransform:
 
     def __call__(self, s: dict) -> dict:
         return {**s, "image": self.compose(image=s["image"])["image"]}
+
+
+def check_folder(root: str, class_names: Optional[Sequence[str]] = None) -> tuple[list, dict]:
+    """The dataset doctor for a folder per class: every problem, not only the first.
+
+    Returns:
+        (problems ``[detseg.data.validate.Problem]``: ``no_folder``, ``no_class_folders``,
+        ``unknown_class`` (a val folder's class the training classes lack), ``empty_class``,
+        ``unreadable_image`` (each file that does not decode), ``not_an_image`` (a file of
+        another extension, which the loader skips), and ``{class: image count}``).
+    """
+    from .validate import Problem
+    if not os.path.isdir(root):
+        return [Problem(root, None, None, "no_folder", "folder not found")], {}
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not found:
+        return [Problem(root, None, None, "no_class_folders",
+                        "no sub-folders: expected one folder of images per class")], {}
+    problems, counts = [], {}
+    for name in found:
+        folder = os.path.join(root, name)
+        if class_names is not None and name not in class_names:
+            problems.append(Problem(folder, None, None, "unknown_class", "not a class of the training data"))
+        n = 0
+        for f in sorted(os.listdir(folder)):
+            path = os.path.join(folder, f)
+            if not os.path.isfile(path):
+                continue
+            if not f.lower().endswith(IMG_EXTENSIONS):
+                problems.append(Problem(path, None, None, "not_an_image", "skipped by the loader (extension)"))
+                continue
+            try:
+                read_image(path)
+                n += 1
+            except DataError as e:
+                problems.append(Problem(path, None, None, "unreadable_image", str(e).split(": ", 1)[-1]))
+        counts[name] = n
+        if n == 0:
+            problems.append(Problem(folder, None, None, "empty_class", "no readable image"))
+    return problems, counts
+
+
+def format_counts(counts: dict) -> str:
+    """Images per class, and the ratio of the largest class to the smallest."""
+    width = max([len(c) for c in counts] + [5])
+    lines = [f"{'class':<{width}}  images"] + [f"{c:<{width}}  {n:6d}" for c, n in counts.items()]
+    nonzero = [n for n in counts.values() if n]
+    if nonzero:
+        lines.append(f"{len(counts)} classes, {sum(nonzero)} images, largest / smallest class "
+                     f"{max(nonzero) / min(nonzero):.1f}")
+    return "\n".join(lines)

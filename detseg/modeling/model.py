@@ -48,9 +48,9 @@ class Model(nn.Module):
             if not isinstance(head, Head):
                 raise TypeError(f"head {name!r} ({type(head).__name__}) is not a "
                                 f"detseg.modeling.heads.Head")
-        if resize is not None and any(h.output == SEMANTIC for h in heads.values()):
-            raise ValueError("in-model resizing is for detection heads "
-                             "(a semantic map would need resizing back)")
+        if resize is not None and any(h.output in (SEMANTIC, CLASSES) for h in heads.values()):
+            raise ValueError("in-model resizing is for detection heads (a semantic map would need "
+                             "resizing back; a classifier's images are cropped by the data pipeline)")
         self.panoptic = panoptic
         if panoptic is not None and (self._head_of(heads, SEMANTIC) is None
                                      or self._mask_head_name(heads) is None):

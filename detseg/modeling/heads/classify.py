@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

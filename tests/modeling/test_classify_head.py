@@ -124,3 +124,10 @@ def test_classification_metrics_by_hand():
     assert m["per_class_accuracy"]["a"] == pytest.approx(0.5) and m["per_class_accuracy"]["c"] == 0.0
     assert m["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0) / 3)  # classes without images left out
     assert m["diagnostics"]["confusion"][0][:3] == [1, 1, 0] and m["num_images"] == 4
+
+
+def test_a_classifier_keeps_its_best_checkpoint_by_top1_unless_told_otherwise():
+    assert load_config(None, ["model.heads={cls: {type: classify}}"]).solver.best_metric == "top1"
+    cfg = load_config(None, ["model.heads={cls: {type: classify}}", "solver.best_metric=balanced_accuracy"])
+    assert cfg.solver.best_metric == "balanced_accuracy"
+    assert load_config(None).solver.best_metric == "mIoU"  # the FCN default keeps its own

@@ -4,7 +4,6 @@ import os
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from detseg.config import load_config
 from detseg.data.build import build_datasets, build_train_loader, resolve_splits
@@ -115,3 +114,18 @@ def test_a_size_that_is_not_a_multiple_of_32_is_refused(tmp_path):
                              "data.classify.size=48"])
     with pytest.raises(DataError, match="multiple of 32"):
         build_datasets(cfg, resolve_splits(cfg))
+
+
+def test_the_doctor_lists_every_folder_problem_and_the_counts(tmp_path, capsys):
+    from tests.conftest import call_tool
+    root = _folder(tmp_path / "train", {"cat": 3, "dog": 1})
+    os.makedirs(tmp_path / "train" / "emu")
+    (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    (tmp_path / "train" / "dog" / "readme.md").write_text("x")
+    assert call_tool("check_data", [root]) == 1
+    out = capsys.readouterr().out
+    for kind in ("empty_class", "unreadable_image", "not_an_image", "broken.jpg"):
+        assert kind in out
+    assert "cat         3" in out and "largest / smallest class 3.0" in out
+    clean = _folder(tmp_path / "clean", {"a": 2, "b": 2})
+    assert call_tool("check_data", [clean]) == 0
