@@ -49,7 +49,7 @@ class Predictor:
     def __init__(self, model, cfg: Config, class_names: Sequence[str], cat_ids: Sequence[int], *,
                  device: str = "cpu", score_threshold: float = 0.0, half: bool = False,
                  channels_last: Optional[bool] = None, fold_bn: bool = True):
-        from .data.build import test_transform
+        from .data.build import inference_transform
         self.cfg, self.class_names, self.cat_ids = cfg, list(class_names), list(cat_ids)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -60,7 +60,7 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.score_threshold = score_threshold
         self.half = half and self.device.type == "cuda"
-        self.transform = test_transform(cfg)  # None: the model resizes
+        self.transform = inference_transform(cfg)  # None: the model resizes
 
     @torch.no_grad()
     def predict_batch(self, images: Sequence[ImageLike], proposals: Optional[Sequence] = None) -> list[dict]:

@@ -83,6 +83,9 @@ def build_classification_dataset(cfg, split: dict, *, train: bool, class_names=N
     if split["ann_file"]:
         items, names, cat_ids = coco_crops(split["ann_file"], split["image_dir"], c.crop_context)
         source = split["ann_file"]
+        if class_names is not None and list(class_names) != names:
+            raise DataError(f"{source}: categories {', '.join(names[:8])} are not the training data's "
+                            f"({', '.join(list(class_names)[:8])}); labels would mean other classes")
     else:
         items, names, counts = scan_folder(split["image_dir"], class_names)
         cat_ids, source = None, split["image_dir"]
@@ -93,7 +96,7 @@ def build_classification_dataset(cfg, split: dict, *, train: bool, class_names=N
                                  transform=transform, on_bad_image=d.on_bad_image, cache=d.cache)
 
 
-def test_transform(cfg):
+def inference_transform(cfg):
     """The pipeline an image goes through at test time (predictors, export): the classification
     resize and centre crop, the detection resize, or None where the model resizes itself."""
     from ..modeling.model import data_needs

@@ -131,3 +131,24 @@ def test_a_classifier_keeps_its_best_checkpoint_by_top1_unless_told_otherwise():
     cfg = load_config(None, ["model.heads={cls: {type: classify}}", "solver.best_metric=balanced_accuracy"])
     assert cfg.solver.best_metric == "balanced_accuracy"
     assert load_config(None).solver.best_metric == "mIoU"  # the FCN default keeps its own
+
+
+def test_a_sliding_window_or_fcn_model_starts_from_a_classifier_checkpoint(tmp_path):
+    """``--init-from`` a classification run: the backbone's weights carry over (the classifier's
+    class rows have no counterpart in a detector's background-and-classes layout, and stay fresh)."""
+    from detseg.config import to_dict
+    from detseg.engine.init_from import init_from
+    torch.manual_seed(0)
+    cls_cfg = load_config("configs/classify_resnet18_shapes.yaml")
+    classifier = build_model(cls_cfg, 4)
+    names = ["circle", "hexagon", "rectangle", "triangle"]
+    path = tmp_path / "best.pth"
+    torch.save({"model": classifier.state_dict(), "class_names": names, "config": to_dict(cls_cfg)}, path)
+    for config in ("configs/sliding_window_resnet18_shapes.yaml", "configs/fcn8s_resnet18_shapes.yaml"):
+        model = build_model(load_config(config), 4)
+        report = init_from(model, str(path), ["circle", "rectangle", "triangle", "hexagon"], backbone="resnet18")
+        for key, value in model.state_dict().items():
+            if key.startswith("backbone."):
+                assert torch.equal(value, classifier.state_dict()[key]), key
+        assert any(k.startswith("backbone.") for k in report.loaded)
+        assert "heads.cls.classifier.3.weight" in report.ignored
