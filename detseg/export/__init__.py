@@ -28,7 +28,8 @@ from files of one size, such as a video's frames) and returns ``<head>.labels [B
 metadata says ``"batch": true``. Instance heads keep per-image proposal lists, NMS and output
 counts, so their graphs take one image.
 
-Image sizes are dynamic unless ``static_size=(H, W)`` (``tools/export.py --static H W``): then the
+Image sizes are dynamic (a classifier's: fixed at ``data.classify.size``, the crop every image
+is made into before the graph) unless ``static_size=(H, W)`` (``tools/export.py --static H W``): then the
 graph is for files of that size only (a fixed camera, runtimes that build for one shape), its
 image input has the size such a file has after the data pipeline's resize, and the metadata's
 ``static_size`` lets a runner refuse other files in one line.
@@ -101,7 +102,13 @@ class Traced:
         model = predictor.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
         self.graph = ExportGraph(model)
         self.meta = metadata(predictor, self.graph, static_size)
-        if static_size is None:
+        fixed = self.meta.get("classify")
+        if static_size is None and fixed:
+            # A classifier's input is always the data pipeline's size x size crop: traced at that
+            # size, static, since adaptive pooling to a grid (AlexNet's 6 x 6, VGG's 7 x 7) has
+            # no form that follows a dynamic map size in ONNX.
+            self.example = example_inputs(self.graph, (fixed["size"], fixed["size"]))
+        elif static_size is None:
             self.example = example_inputs(self.graph)
         else:  # the size a file of static_size has after the data pipeline's resize
             check_static_size(static_size)
@@ -110,7 +117,7 @@ class Traced:
             blank = np.zeros(tuple(static_size) + (3,), np.uint8)
             shape = prepare_image(blank, predictor.transform, 0)["image"].shape
             self.example = example_inputs(self.graph, tuple(shape[1:]), tuple(static_size))
-        self.program = trace(self.graph, self.example, dynamic_size=static_size is None)
+        self.program = trace(self.graph, self.example, dynamic_size=static_size is None and not fixed)
 
     def write(self, path: str, fmt: str, *, opset: int = DEFAULT_OPSET) -> dict:
         """Write ``path`` atomically as ``fmt`` (``"onnx"`` or ``"pt2"``); returns the metadata."""
