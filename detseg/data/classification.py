@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from .io import DataError, read_image
+from .io import DataError, read_image, read_or_skip
 
 logger = logging.getLogger(__name__)
 
@@ -155,14 +155,9 @@ class ClassificationDataset(torch.utils.data.Dataset):
 
     def _read(self, index: int) -> Optional[np.ndarray]:
         path, _, box = self.items[index]
-        try:
-            image = read_image(path)
-        except DataError as e:
-            if self.on_bad_image == "skip":
-                logger.warning("skipping image %s: %s", index, e)
-                self.skipped.append(path)
-                return None
-            raise DataError(f"{e} (item {index} of {self.source})") from None
+        image = read_or_skip(path, self.on_bad_image, self.skipped, f"item {index} of {self.source}")
+        if image is None:
+            return None
         if box is not None:
             h, w = image.shape[:2]
             x0, y0 = int(max(0, np.floor(box[0]))), int(max(0, np.floor(box[1])))

@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from ..structures import SEMANTIC_IGNORE as IGNORE
-from .io import DataError, read_image, read_image_size
+from .io import DataError, read_image_size, read_or_skip
 from .validate import DROPPED, FATAL, SEGMENTATION, check_annotations, read_annotations
 
 logger = logging.getLogger(__name__)
@@ -299,14 +299,9 @@ class CocoDataset(torch.utils.data.Dataset):
     def _read(self, img_id: int) -> Optional[dict]:
         """Image and annotations of ``img_id`` as read from disk (None: a bad image, skipped)."""
         path = self.image_path(img_id)
-        try:
-            image = read_image(path)
-        except DataError as e:
-            if self.on_bad_image == "skip":
-                logger.warning("skipping image %s: %s", img_id, e)
-                self.skipped.append(path)
-                return None
-            raise DataError(f"{e} (image id {img_id} in {self.ann_file})") from None
+        image = read_or_skip(path, self.on_bad_image, self.skipped, f"image id {img_id} in {self.ann_file}")
+        if image is None:
+            return None
         h, w = image.shape[:2]
         info = self.coco.imgs[img_id]
         if (info.get("height"), info.get("width")) != (h, w) and img_id not in self._size_named:

@@ -6,7 +6,9 @@ into a ``DataError`` that names the file.
 """
 from __future__ import annotations
 
+import logging
 import os
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -97,3 +99,17 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
         raise DataError(f"{path}: cannot read image header ({e})") from None
     # Orientations 5..8 swap width and height.
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def read_or_skip(path: str, on_bad_image: str, skipped: list, what: str) -> Optional[np.ndarray]:
+    """``read_image(path)``; a file that does not decode is, with ``on_bad_image="skip"``, logged,
+    added to ``skipped`` and answered with None, else a ``DataError`` naming ``what`` (the item
+    and its dataset, e.g. "image id 7 in train.json")."""
+    try:
+        return read_image(path)
+    except DataError as e:
+        if on_bad_image == "skip":
+            logging.getLogger("detseg.data").warning("skipping %s: %s", what, e)
+            skipped.append(path)
+            return None
+        raise DataError(f"{e} ({what})") from None

@@ -72,3 +72,27 @@ def test_eval_infer_api_and_export_agree(trained, tmp_path, capsys):
     several = [image, cv2.resize(image, (60, 50))]
     for a, b in zip(predictor.predict_batch(several), exported.predict_batch(several)):
         torch.testing.assert_close(b["classes"], a["classes"], atol=1e-4, rtol=0)
+
+
+def test_a_classifier_pooling_to_a_larger_grid_exports_with_parity(tmp_path):
+    """AlexNet's classifier pools its map to 6 x 6; at 64 px the map is smaller than that. The
+    graph is traced at the classification size, so the exported pooling is the eager one."""
+    from detseg.api import Predictor
+    from detseg.config import load_config
+    from detseg.export import export
+    from detseg.export.parity import check_parity, synthetic_photo
+    from detseg.modeling.model import build_model
+    cfg = load_config("configs/classify_resnet18_shapes.yaml",
+                      ["model.backbone.name=alexnet", "model.heads.cls.hidden=[32]", "data.classify.size=64"])
+    torch.manual_seed(0)
+    model = build_model(cfg, 4)
+    with torch.no_grad():  # confident outputs, so that a wrong pooling shows in the probabilities
+        model.heads["cls"].classifier[-1].weight.mul_(200)
+    predictor = Predictor(model, cfg, ["a", "b", "c", "d"], [1, 2, 3, 4])
+    path = str(tmp_path / "alexnet.onnx")
+    meta = export(predictor, path)
+    assert meta["classify"] == {"size": 64, "crop_ratio": 1.0}
+    images = [synthetic_photo((50, 70)), synthetic_photo((300, 200))]
+    spread = max(float(predictor(im)["classes"].max() - predictor(im)["classes"].min()) for im in images)
+    assert spread > 0.1  # the check below compares probabilities that mean something
+    check_parity(predictor, path, images)
