@@ -22,6 +22,8 @@ from tests.conftest import ROOT, run_script
     ("benchmarks/finetune.py", ["finetune_frozen", "scratch", "speedup"]),
     ("benchmarks/vs_torchvision_training.py", ["detseg", "torchvision", "speedup", "ap_gain", "runs"]),
     ("benchmarks/host_overhead.py", ["us", "ratio", "backend"]),
+    ("benchmarks/classification.py", ["ResNet-18, shapes", "LeNet-5, digits"]),
+    ("benchmarks/architectures.py", ["rows", "budget_s"]),
 ])
 def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
     out = tmp_path / "figures.json"
@@ -40,6 +42,9 @@ def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
     if script.endswith("roi_align.py"):  # its script checks the outputs equal torchvision's first
         assert set(figures["speedup"]) == {"box", "fpn", "mask"}
         assert all(v > 0 for case in figures["speedup"].values() for v in case.values())
+    if script.endswith("architectures.py"):  # every row measured, trained and exported
+        assert all(r["train_img_s"] > 0 and 0 <= r["shapes_top1"] <= 1 and r["onnx"] == "yes"
+                   for r in figures["rows"])
     if script.endswith("step_time.py"):
         steps = figures["seconds_per_step"]
         assert len(steps) == 8 and all(v > 0 for v in steps.values())

@@ -77,12 +77,12 @@ def test_bad_image_errors_or_is_skipped(tmp_path):
 
 
 def test_cache_reads_each_file_once_and_a_writing_transform_cannot_change_it(tmp_path, monkeypatch):
-    import detseg.data.coco as coco
+    import detseg.data.io as io
     ann, img_dir = make_dataset(tmp_path)
     (tmp_path / "img" / "b.png").write_bytes(b"garbage")
     reads = []
-    real_read = coco.read_image
-    monkeypatch.setattr(coco, "read_image", lambda p: reads.append(p) or real_read(p))
+    real_read = io.read_image
+    monkeypatch.setattr(io, "read_image", lambda p: reads.append(p) or real_read(p))
 
     def scribble(sample):  # writes into the arrays it is given, as an in-place transform would
         sample["image"][:] = 0

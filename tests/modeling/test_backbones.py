@@ -16,6 +16,8 @@ def test_output_shape_describes_the_features(name):
         assert feats[key].shape[1] == spec.channels
         if name == "alexnet":  # torchvision's floor pooling: up to one cell short
             assert 0 <= -(-96 // spec.stride) - feats[key].shape[2] <= 1
+        elif name == "lenet5":  # valid 5x5 convolutions: 96 -> 92 / 2 = 46 -> 42 / 2 = 21 -> 17
+            assert feats[key].shape[2] == {"s4": 21, "c5": 17}[key]
         else:
             assert feats[key].shape[2] == -(-96 // spec.stride)  # ceil: every pixel covered
     if name.startswith("vgg"):
