@@ -18,13 +18,10 @@ from .config import Config, ConfigError, from_dict, load_config
 from .engine.checkpoint import CheckpointError, fit_report, load_checkpoint
 from .utils import UsageError, check_device
 from .modeling.heads import CLASSES, SEMANTIC
+from .modeling.heads.base import RESULT_KEYS
 from .modeling.heads.fcn import labels_at
 from .data.prepare import ImageLike, prepare_image  # noqa: F401  (prepare_image: public here too)
 from .structures import Instances
-
-# the key under which a result dict holds the first head of each output kind
-RESULT_KEYS = {SEMANTIC: "semantic", CLASSES: "classes"}
-
 
 def top_k(scores: torch.Tensor, class_names, k: int = 5) -> list[tuple[str, float]]:
     """``[(class name, probability)]`` of the ``k`` largest of ``scores`` ``Tensor[K]``, best first."""
@@ -93,7 +90,7 @@ class Predictor:
                     value = to_file_pixels(inst, inst.image_size, (oh, ow)).to("cpu")
                 results[i]["heads"][name] = value
                 # the first head of each kind also answers under the kind's own key
-                results[i].setdefault(RESULT_KEYS.get(kind, "instances"), value)
+                results[i].setdefault(RESULT_KEYS[kind], value)
         return results
 
     def top_k(self, scores: torch.Tensor, k: int = 5) -> list[tuple[str, float]]:

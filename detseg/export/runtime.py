@@ -20,6 +20,7 @@ import torch
 
 from ..engine.checkpoint import CheckpointError
 from .format import read_metadata
+from ..modeling.heads.base import RESULT_KEYS
 from ..structures import Instances
 from ..utils import UsageError, quiet_loggers
 
@@ -164,7 +165,7 @@ class ExportedPredictor:
                     inst.masks = paste_masks(inst.masks, inst.boxes, (oh, ow))
                 value = inst
             result["heads"][name] = value
-            result.setdefault({"semantic": "semantic", "classes": "classes"}.get(head["output"], "instances"), value)
+            result.setdefault(RESULT_KEYS[head["output"]], value)
         return result
 
     def __call__(self, image, proposals=None) -> dict:

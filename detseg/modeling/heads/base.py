@@ -13,6 +13,9 @@ from ..class_layout import DeclaresClassAxes
 INSTANCES = "instances"  # forward_test -> list[Instances], one per image (boxes, maybe masks)
 SEMANTIC = "semantic"  # forward_test -> Tensor[B, K + 1, H, W] class logits at the padded size
 CLASSES = "classes"  # forward_test -> Tensor[B, K] class probabilities, one row per image
+# The key under which a predictor's result dict holds the first head of each output kind (the
+# eager Predictor's and the exported one's alike).
+RESULT_KEYS = {INSTANCES: "instances", SEMANTIC: "semantic", CLASSES: "classes"}
 
 
 class Head(nn.Module, DeclaresClassAxes):
