@@ -16,6 +16,7 @@ into BENCHMARKS.md.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -116,6 +117,13 @@ def export_check(run_dir: str) -> str:
     return "yes" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["failed"])[-1][:80]
 
 
+def drop_runs(tmp: str, key: str, seeds: list[int]) -> None:
+    """Delete a variant's run folders once measured: a VGG-16 run keeps two 1.6 GB checkpoints,
+    and thirty runs left behind filled the disk."""
+    for seed in seeds:
+        shutil.rmtree(os.path.join(tmp, f"{key}-{seed}"), ignore_errors=True)
+
+
 def plot(rows: list[dict], path: str) -> None:
     """Top-1 against training seconds, one curve per variant (seed 0's four evaluations)."""
     from detseg.visualize import _panel, write_png
@@ -151,6 +159,7 @@ def main(argv=None) -> int:
         key = name.replace(" ", "").replace(",", "").replace("+", "p")
         runs = [train_for(SHAPES, ov, iters, s, cache, os.path.join(tmp, f"{key}-{s}")) for s in args.seeds]
         row["onnx"] = export_check(os.path.join(tmp, f"{key}-{args.seeds[0]}"))
+        drop_runs(tmp, key, args.seeds)
         row.update(iters=iters, shapes_runs=[r["top1"] for r in runs], shapes_curve=runs[0]["curve"],
                    shapes_top1=statistics.mean(r["top1"] for r in runs),
                    run_wall_s=statistics.mean(r["wall_s"] for r in runs))
@@ -162,8 +171,10 @@ def main(argv=None) -> int:
             digits = [train_for(DIGITS, dov, d_iters, s, cache, os.path.join(tmp, f"d-{key}-{s}"))
                       for s in args.seeds]
             row.update(digits_runs=[r["top1"] for r in digits], digits_iters=d_iters)
+            drop_runs(tmp, f"d-{key}", args.seeds)
         rows.append(row)
         print(name, {k: v for k, v in row.items() if k != "name"}, flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     table = markdown_table(
         ["network", "params (M)", "GFLOPs / image", "train img/s", "test img/s", "iterations",
          "shapes top-1 (seeds)", "digits top-1 (seeds)", "ONNX export, parity"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -107,6 +108,7 @@ def main(argv=None) -> int:
     body = ("Val top-1 of the classification recipes as shipped (shapes: 400 val images; digits: 450 "
             "scans), each run timed whole through tools/train.py (start-up and evaluation included; "
             f"data generated beforehand).\n\n{table}\n")
+    shutil.rmtree(tmp, ignore_errors=True)  # run folders and cache: hundreds of MB a run
     finish(args, "classification", "Classification recipes (LeNet-5 on digits, ResNet-18 on shapes)", body, figures)
     return 0
 
