@@ -414,6 +414,24 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
             wrongly typed value.
     """
     tree, sources = load_yaml_tree(path) if path else ({}, {})
-    tree = apply_overrides(tree, sources, list(overrides or []))
+    overrides = list(overrides or [])
+    tree = apply_overrides(_default_heads_named(tree, overrides), sources, overrides)
     return from_dict(tree, sources)
+
+
+def _default_heads_named(tree: dict, overrides: list[str]) -> dict:
+    """``tree`` with the built-in default head written out (``{seg: {type: fcn}}``) when it sets
+    no ``model.heads`` and an override edits a key of that head: ``model.heads.seg.head_norm=bn``
+    on the defaults then edits the default FCN head, as it does on a file that names it, instead
+    of making a head of its own with no ``type``."""
+    model = tree.get("model")
+    if model is not None and (not isinstance(model, dict) or "heads" in model):
+        return tree
+    defaults = ModelConfig().heads
+    edited = {parts[2] for parts in (o.partition("=")[0].strip().split(".") for o in overrides)
+              if len(parts) >= 4 and parts[:2] == ["model", "heads"] and parts[2] in defaults}
+    if not edited:
+        return tree
+    heads = {name: {"type": defaults[name].type} for name in sorted(edited)}
+    return {**tree, "model": {**(model or {}), "heads": heads}}
 

@@ -26,6 +26,19 @@ def test_defaults_and_overrides_parse_to_field_types():
     assert cfg.runtime.output_dir == "/tmp/x"
 
 
+def test_an_override_under_the_default_head_edits_that_head():
+    cfg = load_config(None, ["model.heads.seg.head_norm=bn", "model.heads.seg.variant=16s"])
+    seg = cfg.model.heads["seg"]
+    assert (seg.type, seg.head_norm, seg.variant) == ("fcn", "bn", "16s")
+    # a head of another name on the defaults still stands alone, and a full section replaces
+    cfg = load_config(None, ["model.heads.cls={type: classify}"])
+    assert list(cfg.model.heads) == ["cls"]
+    cfg = load_config(None, ["model.heads.seg={type: classify}"])
+    assert cfg.model.heads["seg"].type == "classify"
+    with pytest.raises(ConfigError, match="head_nrom"):
+        load_config(None, ["model.heads.seg.head_nrom=bn"])
+
+
 def test_base_inheritance_and_provenance_in_errors(tmp_path):
     (tmp_path / "base").mkdir()
     write(tmp_path / "base" / "a.yaml", "solver:\n  lr: 0.5\n  max_iter: 7\n")

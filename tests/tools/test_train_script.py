@@ -1,6 +1,8 @@
 """tools/train.py as a user runs it: a short run, config printing and errors, torchrun on CPU."""
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,19 +20,32 @@ def cache_env(tmp_path_factory):
     return {"DETSEG_CACHE": str(tmp_path_factory.getbasetemp() / "cache"), "DETSEG_NO_PROGRESS": "1"}
 
 
-def test_short_run_leaves_checkpoint_metrics_and_curves(tmp_path, cache_env):
+def readme_first_command() -> list[str]:
+    """The arguments of tools/train.py in README's first set-up command."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    block = re.search(r"```bash\n(.*?)\n```", readme.split("## Set-up", 1)[1], re.S).group(1)
+    return shlex.split(block.split("tools/train.py", 1)[1])
+
+
+def test_readme_first_command_runs_quietly_and_leaves_checkpoint_metrics_and_curves(tmp_path, cache_env):
+    """README's first command (its config, on tiny data for a few iterations) as a fresh process:
+    a complete run folder, and no output line that reads like a warning or an error."""
+    from benchmarks.quickstart import alarming_lines
     out = tmp_path / "run"
-    r = run_script("tools/train.py", "--config", "configs/fcn8s_resnet18_shapes.yaml", *TINY,
+    first = readme_first_command()
+    assert first[:2] == ["--config", "configs/quickstart.yaml"]
+    r = run_script("tools/train.py", *first, *TINY,
                    "solver.max_iter=6", "solver.eval_period=3", "solver.checkpoint_period=3",
-                   "--output-dir", str(out), env=cache_env)
+                   "--output-dir", str(out), env={**cache_env, "DETSEG_NO_PROGRESS": "0"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "done:" in r.stdout
+    assert alarming_lines(r.stdout + "\n" + r.stderr) == []
     expected = {"best.pth", "model_0000006.pth", "metrics.jsonl", "curves.png", "config.yaml"}
     assert expected <= set(os.listdir(out))
     evals = [json.loads(x) for x in open(out / "metrics.jsonl") if "mIoU" in x]
     assert [e["iter"] for e in evals] == [3, 6] and all(0 <= e["mIoU"] <= 1 for e in evals)
     # --eval-only on the best checkpoint reproduces a logged figure.
-    r = run_script("tools/train.py", "--config", "configs/fcn8s_resnet18_shapes.yaml", *TINY,
+    r = run_script("tools/train.py", *readme_first_command(), *TINY,
                    "--output-dir", str(out), "--eval-only", env=cache_env)
     assert r.returncode == 0, r.stderr[-2000:]
     metrics = json.loads(r.stdout[r.stdout.index("{"):])
