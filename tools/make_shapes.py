@@ -2,6 +2,7 @@
 
     python tools/make_shapes.py --out data/shapes --seed 0 --num-train 300 --num-val 60
     python tools/make_shapes.py --out data/shapes2 --classes star ellipse cross circle triangle
+    python tools/make_shapes.py --out data/shapes_pan --panoptic   # + sky / ground / water stuff
 
 The output folder is replaced only when it is empty or an earlier shapes dataset holding nothing
 else (its manifest lists what the generator wrote; a file added or changed there is refused).
@@ -25,6 +26,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help=f"shapes to draw, from {', '.join(shapes.VOCABULARY)} (default: "
                         f"{' '.join(shapes.CLASSES)})")
+    p.add_argument("--panoptic", action="store_true",
+                   help="the panoptic variant: sky, ground and water regions (stuff) behind the "
+                        "shapes, in the COCO panoptic format (annotations/panoptic_<split>.json and "
+                        "its PNG folder) beside the things' instances file")
     return p
 
 
@@ -35,12 +40,15 @@ def main(argv=None) -> int:
         print("error: --num-train and --num-val must be >= 0", file=sys.stderr)
         return 2
     try:
-        paths = shapes.generate(args.out, args.seed, args.num_train, args.num_val, args.classes)
+        paths = shapes.generate(args.out, args.seed, args.num_train, args.num_val, args.classes,
+                                panoptic=args.panoptic)
     except (ValueError, OSError) as e:  # NotShapesFolder, an unknown shape, an unwritable folder
         print(f"error: {e}", file=sys.stderr)
         return 1
     for split, p in paths.items():
         print(f"{split}: {p['ann_file']}  images in {p['image_dir']}")
+        if "panoptic_json" in p:
+            print(f"{split}: {p['panoptic_json']}  PNGs in {p['panoptic_dir']}")
     return 0
 
 

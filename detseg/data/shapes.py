@@ -119,6 +119,18 @@ def render_image(seed: int, split: str, index: int,
     rng = np.random.default_rng([seed, _SPLIT_SALT[split], index])
     h, w = int(rng.integers(160, 257)), int(rng.integers(160, 257))
     image = _background(rng, h, w)
+    instances = draw_shapes(rng, image, classes)
+    semantic = np.zeros((h, w), dtype=np.uint8)
+    for inst in instances:
+        semantic[inst["mask"] > 0] = inst["label"] + 1
+    return image, semantic, instances
+
+
+def draw_shapes(rng: np.random.Generator, image: np.ndarray, classes: tuple[str, ...]) -> list[dict]:
+    """Draw 1-6 shapes of ``classes`` onto ``image`` (``[H, W, 3]`` uint8, in place), later ones
+    occluding earlier ones; the visible ones as {"label", "mask" ``[H, W]`` uint8}, in drawing
+    order (a shape with fewer than 30 visible pixels is not a findable object and is left out)."""
+    h, w = image.shape[:2]
     owner = np.full((h, w), -1, dtype=np.int32)  # which shape is visible at each pixel
     labels = []
     for i in range(int(rng.integers(1, 7))):
@@ -133,15 +145,12 @@ def render_image(seed: int, split: str, index: int,
         image[m > 0] = shade[m > 0]
         owner[m > 0] = i
         labels.append(cls)
-    semantic = np.zeros((h, w), dtype=np.uint8)
     instances = []
     for i, cls in enumerate(labels):
         m = (owner == i).astype(np.uint8)
-        if m.sum() < 30:  # almost fully occluded: not a findable object
-            continue
-        semantic[m > 0] = cls + 1
-        instances.append({"label": cls, "mask": m})
-    return image, semantic, instances
+        if m.sum() >= 30:
+            instances.append({"label": cls, "mask": m})
+    return instances
 
 
 def _instance_annotation(inst: dict, ann_id: int, image_id: int, category_id: int) -> Optional[dict]:
@@ -241,8 +250,11 @@ def not_generated(path: str) -> list[str]:
 
 
 def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 60,
-             classes=None, keep_complete: bool = False) -> dict:
+             classes=None, keep_complete: bool = False, panoptic: bool = False) -> dict:
     """Write train and val splits into ``out_dir`` (atomically: built beside it, then renamed).
+
+    ``panoptic``: the panoptic variant (``detseg.data.shapes_panoptic``: stuff regions behind the
+    shapes, the COCO panoptic files beside the instances files of the things).
 
     An existing ``out_dir`` is replaced only when it is empty or a shapes dataset written
     earlier holding nothing else (its manifest, ``detseg.outputs``): a folder of anything else,
@@ -253,7 +265,8 @@ def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 6
     under a process that may already read it.
 
     Returns:
-        {"train": {"ann_file", "image_dir"}, "val": {...}}
+        {"train": {"ann_file", "image_dir"}, "val": {...}}; a panoptic dataset adds
+        "panoptic_json" and "panoptic_dir" to each split.
     """
     classes = check_classes(classes)
     out_dir = os.path.abspath(out_dir)
@@ -270,8 +283,13 @@ def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 6
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".shapes-", dir=parent)
     try:
-        write_split(tmp, "train", num_train, seed, classes)
-        write_split(tmp, "val", num_val, seed, classes)
+        if panoptic:
+            from .shapes_panoptic import write_panoptic_split
+            write_panoptic_split(tmp, "train", num_train, seed, classes)
+            write_panoptic_split(tmp, "val", num_val, seed, classes)
+        else:
+            write_split(tmp, "train", num_train, seed, classes)
+            write_split(tmp, "val", num_val, seed, classes)
         OutputDir(tmp, TOOL).list_files(complete=True)  # what a later replace may delete
         if os.path.exists(out_dir) and not (keep_complete and _complete(split_paths(out_dir))):
             shutil.rmtree(out_dir)
@@ -286,8 +304,13 @@ def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 6
 
 
 def split_paths(root: str) -> dict:
-    return {s: {"ann_file": os.path.join(root, "annotations", f"instances_{s}.json"),
-                "image_dir": os.path.join(root, s)} for s in ("train", "val")}
+    paths = {s: {"ann_file": os.path.join(root, "annotations", f"instances_{s}.json"),
+                 "image_dir": os.path.join(root, s)} for s in ("train", "val")}
+    for s, p in paths.items():
+        pan = os.path.join(root, "annotations", f"panoptic_{s}.json")
+        if os.path.isfile(pan):
+            p.update(panoptic_json=pan, panoptic_dir=os.path.splitext(pan)[0])
+    return paths
 
 
 def ensure_shapes(seed: int = 0, num_train: int = 300, num_val: int = 60,

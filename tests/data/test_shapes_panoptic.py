@@ -1,0 +1,111 @@
+"""The panoptic shapes variant in the COCO panoptic format: written, read back identical, checked
+by the panoptic checks, scored against itself and against perturbed predictions."""
+import json
+import os
+
+import cv2
+import pytest
+
+from detseg.data import shapes
+from detseg.data.panoptic_format import check_image, load_panoptic, targets_from_segments
+from detseg.data.shapes_panoptic import STUFF, categories, render_panoptic
+from detseg.evaluation.panoptic_quality import id_to_rgb, pq_compute, read_segment_png
+from tests.conftest import call_tool
+
+
+@pytest.fixture(scope="module")
+def pan(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("pan") / "shapes_pan")
+    assert call_tool("make_shapes", ["--out", root, "--panoptic", "--num-train", "3", "--num-val", "4",
+                                     "--seed", "3"]) == 0
+    return shapes.split_paths(root)
+
+
+def test_every_pixel_is_a_thing_or_one_of_the_stuff_regions():
+    image, ids, segments, things = render_panoptic(0, "train", 5)
+    assert image.shape[:2] == ids.shape and (ids > 0).all()  # no void in the generated data
+    cats = [s["category_id"] for s in segments]
+    assert cats[:len(things)] == [shapes.VOCABULARY[shapes.CLASSES[t["label"]]] for t in things]
+    assert set(cats[len(things):]) <= set(STUFF.values()) and len(cats) - len(things) >= 2
+    for s in segments:
+        assert s["area"] == int((ids == s["id"]).sum())
+    again = render_panoptic(0, "train", 5)
+    assert (again[0] == image).all() and (again[1] == ids).all()  # deterministic
+
+
+def test_written_dataset_reads_back_identical_and_passes_the_checks(pan):
+    data = load_panoptic(pan["val"]["panoptic_json"])
+    assert sorted(data.stuff_ids) == sorted(STUFF.values())
+    assert sorted(data.thing_ids) == sorted(shapes.CATEGORY_IDS)
+    assert len(data.images) == 4
+    for i, entry in enumerate(data.images):
+        image, ids, segments, _ = render_panoptic(3, "val", i)
+        assert (read_segment_png(entry.png) == ids).all()
+        assert entry.segments == segments
+        photo = cv2.imread(os.path.join(pan["val"]["image_dir"], entry.file_name))[..., ::-1]
+        assert (photo == image).all()
+        assert check_image(entry, data.categories) == []
+    # the things' instances file lists the same images, one annotation per thing segment
+    inst = json.load(open(pan["val"]["ann_file"]))
+    things = sum(1 for e in data.images for s in e.segments if s["category_id"] in data.thing_ids)
+    assert len(inst["annotations"]) == things and len(inst["images"]) == 4
+
+
+def test_ground_truth_scored_against_itself_is_pq_one_and_a_perturbed_copy_is_not(pan, tmp_path):
+    out = pq_compute(pan["val"]["panoptic_json"], pan["val"]["panoptic_json"])
+    for name in ("All", "Things", "Stuff"):
+        assert out[name]["pq"] == 1.0 and out[name]["n"] > 0
+    # every image's first thing merged into its sky segment: that thing becomes a false negative
+    data = load_panoptic(pan["val"]["panoptic_json"])
+    (tmp_path / "pred").mkdir()
+    annotations = []
+    for e in data.images:
+        ids = read_segment_png(e.png)
+        first, sky = e.segments[0], next(s for s in e.segments if s["category_id"] == STUFF["sky"])
+        ids[ids == first["id"]] = sky["id"]
+        cv2.imwrite(str(tmp_path / "pred" / os.path.basename(e.png)), id_to_rgb(ids)[..., ::-1])
+        annotations.append({"image_id": e.image_id, "file_name": os.path.basename(e.png),
+                            "segments_info": [s for s in e.segments if s["id"] != first["id"]]})
+    (tmp_path / "pred.json").write_text(json.dumps({"annotations": annotations}))
+    out = pq_compute(pan["val"]["panoptic_json"], str(tmp_path / "pred.json"))
+    assert out["Things"]["rq"] < 1.0 and out["Things"]["sq"] == 1.0  # the rest still exact
+    assert out["All"]["pq"] < 1.0
+
+
+def test_targets_from_segments_give_semantic_map_and_thing_instances():
+    image, ids, segments, things = render_panoptic(1, "train", 2)
+    cats = {c["id"]: c for c in categories()}
+    contiguous = {c: i for i, c in enumerate(sorted(cats))}
+    t = targets_from_segments(ids, segments, cats, contiguous)
+    assert t["masks"].shape[0] == len(things) and len(t["labels"]) == len(things)
+    for m, thing in zip(t["masks"], things):
+        assert (m == thing["mask"]).all()
+    for s in segments:
+        assert (t["semantic"][ids == s["id"]] == contiguous[s["category_id"]] + 1).all()
+    # a crowd segment is left out of the loss and of the instances, and kept as an ignore box
+    segments[0] = dict(segments[0], iscrowd=1)
+    t = targets_from_segments(ids, segments, cats, contiguous)
+    assert (t["semantic"][ids == segments[0]["id"]] == 255).all()
+    assert len(t["labels"]) == len(things) - 1 and len(t["ignore_boxes"]) == 1
+
+
+def test_the_checks_name_each_problem(pan, tmp_path):
+    data = load_panoptic(pan["train"]["panoptic_json"])
+    entry = data.images[0]
+    ids = read_segment_png(entry.png)
+    ids[0, 0] = 999
+    extra = dict(entry.segments[0], id=77)
+    unknown = dict(entry.segments[1], category_id=4242)
+    entry.segments = [extra, unknown, *entry.segments[2:]]
+    problems = check_image(entry, data.categories, ids)
+    text = "\n".join(problems)
+    assert "PNG ids [1, 999] not in segments_info" in text
+    assert "segment 77 is in segments_info but has no pixels" in text
+    assert "unknown category_id 4242" in text
+    assert "states area" in text  # the segment that owned pixel (0, 0) lost it to id 999
+    problems = check_image(entry, data.categories, ids[:, :-3])
+    assert any("PNG is" in p and "the image" in p for p in problems)
+    with pytest.raises(ValueError, match="annotations\\[0\\]"):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"images": [], "annotations": [{"image_id": 5}], "categories": []}))
+        load_panoptic(str(bad))
