@@ -1,9 +1,13 @@
 """Dataset doctor: list every problem in a COCO-format dataset; optionally write a fixed copy.
 A classification folder (one sub-folder of images per class) is checked as well: empty classes,
-files that do not decode, files the loader skips, and the images per class.
+files that do not decode, files the loader skips, and the images per class. So is a COCO
+panoptic file (read as one when its annotations carry segments_info): PNG ids missing from
+segments_info and back, unknown category ids, stated areas against the PNG, PNG sizes against
+the images, missing photos, and the segments per category.
 
     python tools/check_data.py ANN_JSON IMAGE_DIR [--fix clip|drop]
     python tools/check_data.py CLASS_FOLDER
+    python tools/check_data.py panoptic_val.json IMAGE_DIR [--png-dir DIR]
 
 Exit status 0 when the dataset is clean, 1 when problems were found (also when --fix wrote a
 cleaned copy: the original still has them), 2 on bad usage.
@@ -24,6 +28,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--fix", choices=["clip", "drop"],
                    help="write a cleaned copy beside the original (the original is not modified; "
                         "an existing copy only when an earlier --fix wrote it)")
+    p.add_argument("--png-dir", help="a panoptic file's PNG folder (default: the JSON path without .json)")
     p.add_argument("--overwrite", action="store_true",
                    help="with --fix: replace an existing file at the copy's path that --fix did not write")
     return p
@@ -34,6 +39,9 @@ def main(argv=None) -> int:
     args = parse_once(get_parser(), argv)
     if args.image_dir is None:
         return check_class_folder(args.ann_file, args.fix)
+    from detseg.data.panoptic_format import is_panoptic_file
+    if is_panoptic_file(args.ann_file):
+        return check_panoptic_file(args.ann_file, args.image_dir, args.png_dir, args.fix)
     problems = check_dataset(args.ann_file, args.image_dir)
     if not problems:
         print(f"{args.ann_file}: no problems found")
@@ -74,6 +82,23 @@ def check_class_folder(root: str, fix) -> int:
     if counts:
         print(format_counts(counts))
     print(f"{len(problems)} problem(s) in {root}")
+    return 1 if problems else 0
+
+
+def check_panoptic_file(path: str, image_dir: str, png_dir, fix) -> int:
+    """The doctor on a COCO panoptic file: problems, then the segments per category."""
+    from detseg.data.panoptic_format import check_panoptic
+    if fix:
+        print("error: --fix applies to instance annotation files; a panoptic file's problems are in "
+              "its PNGs and segments_info", file=sys.stderr)
+        return 2
+    problems, counts = check_panoptic(path, image_dir, png_dir)
+    if problems:
+        print(format_table(problems))
+        print()
+    for name, n in sorted(counts.items()):
+        print(f"{name}: {n} segment(s)")
+    print(f"{len(problems)} problem(s) in {path}")
     return 1 if problems else 0
 
 

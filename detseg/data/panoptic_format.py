@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..evaluation.panoptic_quality import VOID, read_segment_png
+from .validate import Problem
 
 
 @dataclass
@@ -50,6 +51,16 @@ def default_png_folder(json_path: str) -> str:
     return os.path.splitext(json_path)[0]
 
 
+def is_panoptic_file(path: str) -> bool:
+    """Whether ``path`` reads as a COCO panoptic JSON (its annotations carry ``segments_info``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            anns = json.load(f).get("annotations")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(anns, list) and bool(anns) and isinstance(anns[0], dict) and "segments_info" in anns[0]
+
+
 def load_panoptic(json_path: str, png_folder: str | None = None) -> PanopticDataset:
     """Read a COCO panoptic JSON file; a malformed one is a ValueError naming the file and item."""
     png_folder = png_folder or default_png_folder(json_path)
@@ -84,37 +95,64 @@ def load_panoptic(json_path: str, png_folder: str | None = None) -> PanopticData
     return PanopticDataset(json_path, categories, out)
 
 
-def check_image(entry: PanopticImage, categories: dict[int, dict], ids: np.ndarray | None = None) -> list[str]:
-    """What is wrong with one image's panoptic ground truth, one line each (empty: nothing).
+def check_image(entry: PanopticImage, categories: dict[int, dict], ids: np.ndarray | None = None) -> list[Problem]:
+    """What is wrong with one image's panoptic ground truth (empty: nothing), in the dataset
+    doctor's rows: the PNG's size against the image's, ids in the PNG missing from
+    ``segments_info`` and back, unknown category ids, repeated segment ids, and stated areas
+    that are not the PNG's pixel counts. ``ann_id`` holds the segment id."""
+    png = os.path.basename(entry.png)
 
-    Checks the PNG's size against the image's, ids in the PNG missing from ``segments_info`` and
-    back, unknown category ids, repeated segment ids, and segments whose stated area is not the
-    PNG's pixel count (an empty segment has area 0 in a PNG that lacks it).
-    """
-    where = f"image {entry.image_id} ({os.path.basename(entry.png)})"
+    def problem(kind: str, detail: str, seg_id: int | None = None) -> Problem:
+        return Problem(png, entry.image_id, seg_id, kind, detail)
+
     if ids is None:
         try:
             ids = read_segment_png(entry.png)
         except ValueError as e:
-            return [f"{where}: {e}"]
+            return [problem("unreadable_png", str(e))]
     problems = []
     if ids.shape != (entry.height, entry.width):
-        problems.append(f"{where}: PNG is {ids.shape[1]}x{ids.shape[0]}, the image {entry.width}x{entry.height}")
+        problems.append(problem("png_size_mismatch", f"PNG is {ids.shape[1]}x{ids.shape[0]}, the image "
+                                                     f"{entry.width}x{entry.height}"))
     labels, counts = np.unique(ids, return_counts=True)
     area = {int(k): int(c) for k, c in zip(labels, counts) if k != VOID}
     listed = [s["id"] for s in entry.segments]
-    if len(set(listed)) != len(listed):
-        problems.append(f"{where}: segment ids listed twice in segments_info")
-    if sorted(set(area) - set(listed)):
-        problems.append(f"{where}: PNG ids {sorted(set(area) - set(listed))} not in segments_info")
+    for seg_id in sorted({i for i in listed if listed.count(i) > 1}):
+        problems.append(problem("duplicate_segment_id", "listed more than once in segments_info", seg_id))
+    for seg_id in sorted(set(area) - set(listed)):
+        problems.append(problem("id_not_listed", f"PNG id {seg_id} ({area[seg_id]} px) is not in "
+                                                 f"segments_info", seg_id))
     for s in entry.segments:
         if s["category_id"] not in categories:
-            problems.append(f"{where}: segment {s['id']} has unknown category_id {s['category_id']}")
+            problems.append(problem("unknown_category", f"unknown category_id {s['category_id']}", s["id"]))
         if s["id"] not in area:
-            problems.append(f"{where}: segment {s['id']} is in segments_info but has no pixels in the PNG")
+            problems.append(problem("empty_segment", "in segments_info but has no pixels in the PNG", s["id"]))
         elif "area" in s and int(s["area"]) != area[s["id"]]:
-            problems.append(f"{where}: segment {s['id']} states area {s['area']}, the PNG has {area[s['id']]}")
+            problems.append(problem("area_mismatch", f"states area {s['area']}, the PNG has "
+                                                     f"{area[s['id']]} px", s["id"]))
     return problems
+
+
+def check_panoptic(json_path: str, image_dir: str, png_folder: str | None = None) -> tuple[list[Problem], dict]:
+    """The dataset doctor on a COCO panoptic dataset: every image's problems (``check_image``,
+    plus a missing photo), and the segments per category name (things and stuff)."""
+    try:
+        data = load_panoptic(json_path, png_folder)
+    except ValueError as e:
+        return [Problem(os.path.basename(json_path), None, None, "bad_json", str(e))], {}
+    problems, counts = [], {}
+    for entry in data.images:
+        if not os.path.isfile(os.path.join(image_dir, entry.file_name)):
+            problems.append(Problem(entry.file_name, entry.image_id, None, "missing_file",
+                                    f"not in {image_dir}"))
+        problems += check_image(entry, data.categories)
+        for s in entry.segments:
+            info = data.categories.get(s["category_id"])
+            if info is not None:
+                kind = "thing" if info.get("isthing", 0) == 1 else "stuff"
+                key = f"{info.get('name', s['category_id'])} ({kind})"
+                counts[key] = counts.get(key, 0) + 1
+    return problems, counts
 
 
 def targets_from_segments(ids: np.ndarray, segments: list[dict], categories: dict[int, dict],

@@ -98,14 +98,31 @@ def test_the_checks_name_each_problem(pan, tmp_path):
     unknown = dict(entry.segments[1], category_id=4242)
     entry.segments = [extra, unknown, *entry.segments[2:]]
     problems = check_image(entry, data.categories, ids)
-    text = "\n".join(problems)
-    assert "PNG ids [1, 999] not in segments_info" in text
-    assert "segment 77 is in segments_info but has no pixels" in text
-    assert "unknown category_id 4242" in text
-    assert "states area" in text  # the segment that owned pixel (0, 0) lost it to id 999
+    kinds = {(p.kind, p.ann_id) for p in problems}
+    assert {("id_not_listed", 1), ("id_not_listed", 999), ("empty_segment", 77),
+            ("unknown_category", entry.segments[1]["id"])} <= kinds
+    owner = [s["id"] for s in entry.segments if s["id"] == int(read_segment_png(entry.png)[0, 0])]
+    assert all(("area_mismatch", i) in kinds for i in owner)  # the segment that lost pixel (0, 0)
+    assert all(p.image_id == entry.image_id and p.file == os.path.basename(entry.png) for p in problems)
     problems = check_image(entry, data.categories, ids[:, :-3])
-    assert any("PNG is" in p and "the image" in p for p in problems)
+    assert any(p.kind == "png_size_mismatch" and "the image" in p.detail for p in problems)
     with pytest.raises(ValueError, match="annotations\\[0\\]"):
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"images": [], "annotations": [{"image_id": 5}], "categories": []}))
         load_panoptic(str(bad))
+
+
+def test_dataset_doctor_reads_a_panoptic_file(pan, tmp_path, capsys):
+    from tools import check_data
+    assert check_data.main([pan["val"]["panoptic_json"], pan["val"]["image_dir"]]) == 0
+    out = capsys.readouterr().out
+    assert "0 problem(s)" in out and "sky (stuff):" in out and "circle (thing):" in out
+    # a copy whose first segment lost its entry: one named problem, exit 1
+    data = json.load(open(pan["val"]["panoptic_json"]))
+    dropped = data["annotations"][0]["segments_info"].pop(0)
+    bad = tmp_path / "panoptic_val.json"
+    bad.write_text(json.dumps(data))
+    assert check_data.main([str(bad), pan["val"]["image_dir"], "--png-dir", pan["val"]["panoptic_dir"]]) == 1
+    out = capsys.readouterr().out
+    assert f"PNG id {dropped['id']}" in out and "id_not_listed" in out and "1 problem(s)" in out
+    assert check_data.main([str(bad), pan["val"]["image_dir"], "--fix", "drop"]) == 2
