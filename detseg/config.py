@@ -129,6 +129,9 @@ class ShapesConfig:
     cache_dir: Optional[str] = None
     # Which shapes to draw (detseg.data.shapes.VOCABULARY); None: circle, rectangle, triangle, hexagon
     classes: Optional[list[str]] = None
+    # A long-tailed train split: the first class this many times as frequent as the last
+    # (exponential decay between); val stays balanced. 1: every class alike.
+    imbalance: float = ranged(1.0, ge=1.0)
 
 
 @dataclass

@@ -129,6 +129,7 @@ def test_every_shipped_config_loads_and_builds(path):
     ("data.min_size_test=0", "'data.min_size_test' (from command line): must be >= 16"),
     ("data.min_size_train=[128, 0]", "'data.min_size_train' (from command line): must be >= 16, got 0"),
     ("solver.momentum=1.5", "'solver.momentum' (from command line): must be >= 0 and <= 1"),
+    ("data.shapes.imbalance=0.5", "'data.shapes.imbalance' (from command line): must be >= 1.0"),
 ])
 def test_out_of_range_values_are_refused_at_load(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -1,6 +1,7 @@
 """Dataset doctor: list every problem in a COCO-format dataset; optionally write a fixed copy.
 A classification folder (one sub-folder of images per class) is checked as well: empty classes,
-files that do not decode, files the loader skips, and the images per class. So is a COCO
+files that do not decode, files the loader skips, and the images per class. A COCO file's
+instances per class and imbalance ratio come first (with a sampler to try when it is large). So is a COCO
 panoptic file (read as one when its annotations carry segments_info): PNG ids missing from
 segments_info and back, unknown category ids, stated areas against the PNG, PNG sizes against
 the images, missing photos, and the segments per category.
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
     if is_panoptic_file(args.ann_file):
         return check_panoptic_file(args.ann_file, args.image_dir, args.png_dir, args.fix)
     problems = check_dataset(args.ann_file, args.image_dir)
+    print_balance(args.ann_file)
     if not problems:
         print(f"{args.ann_file}: no problems found")
         return 0
@@ -83,6 +85,17 @@ def check_class_folder(root: str, fix) -> int:
         print(format_counts(counts))
     print(f"{len(problems)} problem(s) in {root}")
     return 1 if problems else 0
+
+
+def print_balance(ann_file: str) -> None:
+    """Instances per class and the imbalance ratio (nothing when the file does not read as JSON:
+    the problems table says why)."""
+    from detseg.data.class_balance import class_histogram, format_balance
+    try:
+        counts = class_histogram(ann_file)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return
+    print(format_balance(counts) + "\n")
 
 
 def check_panoptic_file(path: str, image_dir: str, png_dir, fix) -> int:

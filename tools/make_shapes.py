@@ -3,6 +3,8 @@
     python tools/make_shapes.py --out data/shapes --seed 0 --num-train 300 --num-val 60
     python tools/make_shapes.py --out data/shapes2 --classes star ellipse cross circle triangle
     python tools/make_shapes.py --out data/shapes_pan --panoptic   # + sky / ground / water stuff
+    python tools/make_shapes.py --out data/longtail --classes circle rectangle triangle hexagon star \
+        ellipse cross pentagon --imbalance 100   # long-tailed train split, balanced val
 
 The output folder is replaced only when it is empty or an earlier shapes dataset holding nothing
 else (its manifest lists what the generator wrote; a file added or changed there is refused).
@@ -26,6 +28,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help=f"shapes to draw, from {', '.join(shapes.VOCABULARY)} (default: "
                         f"{' '.join(shapes.CLASSES)})")
+    p.add_argument("--imbalance", type=float, default=1.0,
+                   help="long-tailed train split: the first class this many times as frequent as the "
+                        "last, exponential decay between (val stays balanced); default 1, balanced")
     p.add_argument("--panoptic", action="store_true",
                    help="the panoptic variant: sky, ground and water regions (stuff) behind the "
                         "shapes, in the COCO panoptic format (annotations/panoptic_<split>.json and "
@@ -39,9 +44,15 @@ def main(argv=None) -> int:
     if args.num_train < 0 or args.num_val < 0:
         print("error: --num-train and --num-val must be >= 0", file=sys.stderr)
         return 2
+    if not args.imbalance >= 1:
+        print(f"error: --imbalance must be >= 1 (got {args.imbalance:g})", file=sys.stderr)
+        return 2
+    if args.panoptic and args.imbalance > 1:
+        print("error: --imbalance applies to the instances dataset, not yet to --panoptic", file=sys.stderr)
+        return 2
     try:
         paths = shapes.generate(args.out, args.seed, args.num_train, args.num_val, args.classes,
-                                panoptic=args.panoptic)
+                                panoptic=args.panoptic, imbalance=args.imbalance)
     except (ValueError, OSError) as e:  # NotShapesFolder, an unknown shape, an unwritable folder
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -35,7 +35,7 @@ def resolve_splits(cfg) -> dict:
     if d.train.ann_file is None:
         s = d.shapes
         try:
-            splits = ensure_shapes(s.seed, s.num_train, s.num_val, s.cache_dir, s.classes)
+            splits = ensure_shapes(s.seed, s.num_train, s.num_val, s.cache_dir, s.classes, s.imbalance)
         except ValueError as e:  # an unknown shape name
             raise DataError(f"data.shapes.classes: {e}") from None
         return splits if s.num_val else {**splits, "val": None}

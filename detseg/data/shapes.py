@@ -108,9 +108,10 @@ def _mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
     return polys
 
 
-def render_image(seed: int, split: str, index: int,
-                 classes: tuple[str, ...] = CLASSES) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Draw one image with shapes of ``classes``.
+def render_image(seed: int, split: str, index: int, classes: tuple[str, ...] = CLASSES,
+                 weights: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Draw one image with shapes of ``classes`` (drawn with probabilities ``weights``, uniform
+    when None).
 
     Returns:
         image (np.ndarray[H, W, 3] uint8 RGB), semantic (np.ndarray[H, W] uint8, 0 = background,
@@ -119,14 +120,24 @@ def render_image(seed: int, split: str, index: int,
     rng = np.random.default_rng([seed, _SPLIT_SALT[split], index])
     h, w = int(rng.integers(160, 257)), int(rng.integers(160, 257))
     image = _background(rng, h, w)
-    instances = draw_shapes(rng, image, classes)
+    instances = draw_shapes(rng, image, classes, weights)
     semantic = np.zeros((h, w), dtype=np.uint8)
     for inst in instances:
         semantic[inst["mask"] > 0] = inst["label"] + 1
     return image, semantic, instances
 
 
-def draw_shapes(rng: np.random.Generator, image: np.ndarray, classes: tuple[str, ...]) -> list[dict]:
+def long_tail_weights(num_classes: int, imbalance: float) -> Optional[np.ndarray]:
+    """Class probabilities decaying exponentially from the first class to the last, the first
+    ``imbalance`` times as likely as the last (None for 1: uniform)."""
+    if imbalance <= 1 or num_classes < 2:
+        return None
+    w = imbalance ** (-np.arange(num_classes) / (num_classes - 1))
+    return w / w.sum()
+
+
+def draw_shapes(rng: np.random.Generator, image: np.ndarray, classes: tuple[str, ...],
+                weights: Optional[np.ndarray] = None) -> list[dict]:
     """Draw 1-6 shapes of ``classes`` onto ``image`` (``[H, W, 3]`` uint8, in place), later ones
     occluding earlier ones; the visible ones as {"label", "mask" ``[H, W]`` uint8}, in drawing
     order (a shape with fewer than 30 visible pixels is not a findable object and is left out)."""
@@ -134,7 +145,8 @@ def draw_shapes(rng: np.random.Generator, image: np.ndarray, classes: tuple[str,
     owner = np.full((h, w), -1, dtype=np.int32)  # which shape is visible at each pixel
     labels = []
     for i in range(int(rng.integers(1, 7))):
-        cls = int(rng.integers(len(classes)))
+        # (the uniform draw stays rng.integers: the default data keeps its bytes)
+        cls = int(rng.integers(len(classes))) if weights is None else int(rng.choice(len(classes), p=weights))
         r = rng.uniform(12, min(h, w) / 3.2)
         cx, cy = rng.uniform(r * 0.3, w - r * 0.3), rng.uniform(r * 0.3, h - r * 0.3)
         pts = _shape_polygon(rng, classes[cls], cx, cy, r)
@@ -177,8 +189,10 @@ def _write_png(path: str, rgb_or_gray: np.ndarray) -> None:
 
 
 def write_split(root: str, split: str, num_images: int, seed: int,
-                classes: tuple[str, ...] = CLASSES) -> str:
-    """Write one split of shapes of ``classes`` under ``root``; returns the annotation file's path."""
+                classes: tuple[str, ...] = CLASSES, imbalance: float = 1.0) -> str:
+    """Write one split of shapes of ``classes`` under ``root`` (the classes long-tailed by
+    ``imbalance``, see ``long_tail_weights``); returns the annotation file's path."""
+    weights = long_tail_weights(len(classes), imbalance)
     os.makedirs(os.path.join(root, split), exist_ok=True)
     os.makedirs(os.path.join(root, f"semantic_{split}"), exist_ok=True)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
@@ -186,7 +200,7 @@ def write_split(root: str, split: str, num_images: int, seed: int,
     ann_id = 1
     for index in range(num_images):
         image_id = index + 1
-        image, semantic, instances = render_image(seed, split, index, classes)
+        image, semantic, instances = render_image(seed, split, index, classes, weights)
         name = f"{image_id:06d}.png"
         _write_png(os.path.join(root, split, name), image)
         _write_png(os.path.join(root, f"semantic_{split}", name), semantic)
@@ -198,7 +212,8 @@ def write_split(root: str, split: str, num_images: int, seed: int,
                 annotations.append(ann)
                 ann_id += 1
     dataset = {
-        "info": {"description": f"detseg shapes v{FORMAT_VERSION}", "seed": seed, "split": split},
+        "info": {"description": f"detseg shapes v{FORMAT_VERSION}", "seed": seed, "split": split,
+                 **({"imbalance": imbalance} if imbalance > 1 else {})},
         "images": images,
         "annotations": annotations,
         "categories": [{"id": VOCABULARY[name], "name": name, "supercategory": "shape"}
@@ -250,11 +265,14 @@ def not_generated(path: str) -> list[str]:
 
 
 def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 60,
-             classes=None, keep_complete: bool = False, panoptic: bool = False) -> dict:
+             classes=None, keep_complete: bool = False, panoptic: bool = False,
+             imbalance: float = 1.0) -> dict:
     """Write train and val splits into ``out_dir`` (atomically: built beside it, then renamed).
 
     ``panoptic``: the panoptic variant (``detseg.data.shapes_panoptic``: stuff regions behind the
     shapes, the COCO panoptic files beside the instances files of the things).
+    ``imbalance``: the train split long-tailed (the first class ``imbalance`` times as frequent as
+    the last, exponential decay between); val stays balanced, so every class is measured alike.
 
     An existing ``out_dir`` is replaced only when it is empty or a shapes dataset written
     earlier holding nothing else (its manifest, ``detseg.outputs``): a folder of anything else,
@@ -288,7 +306,7 @@ def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 6
             write_panoptic_split(tmp, "train", num_train, seed, classes)
             write_panoptic_split(tmp, "val", num_val, seed, classes)
         else:
-            write_split(tmp, "train", num_train, seed, classes)
+            write_split(tmp, "train", num_train, seed, classes, imbalance)
             write_split(tmp, "val", num_val, seed, classes)
         OutputDir(tmp, TOOL).list_files(complete=True)  # what a later replace may delete
         if os.path.exists(out_dir) and not (keep_complete and _complete(split_paths(out_dir))):
@@ -314,17 +332,19 @@ def split_paths(root: str) -> dict:
 
 
 def ensure_shapes(seed: int = 0, num_train: int = 300, num_val: int = 60,
-                  cache_dir: Optional[str] = None, classes=None) -> dict:
+                  cache_dir: Optional[str] = None, classes=None, imbalance: float = 1.0) -> dict:
     """Generate the shapes dataset into the cache on first use; reuse it afterwards."""
     classes = check_classes(classes)
     name = f"shapes_v{FORMAT_VERSION}_seed{seed}_{num_train}_{num_val}"
     if classes != CLASSES:
         name += "_" + "-".join(classes)
+    if imbalance > 1:
+        name += f"_longtail{imbalance:g}"
     root = os.path.join(cache_dir or default_cache_dir(), name)
     paths = split_paths(root)
     if not _complete(paths):
         # two processes on a fresh cache (two trainings, two test workers) may both build it
-        generate(root, seed, num_train, num_val, classes, keep_complete=True)
+        generate(root, seed, num_train, num_val, classes, keep_complete=True, imbalance=imbalance)
     return paths
 
 

@@ -2,6 +2,8 @@ import hashlib
 import json
 import os
 
+import cv2
+import numpy as np
 import pytest
 
 from detseg.data import shapes
@@ -127,3 +129,36 @@ def test_a_dataset_of_many_images_is_recognised_and_replaced(tmp_path):
     assert shapes.is_shapes_folder(ds)
     shapes.generate(ds, seed=2, num_train=1, num_val=1)
     assert len(os.listdir(os.path.join(ds, "train"))) == 1
+
+
+def test_long_tailed_train_split_and_balanced_val(tmp_path):
+    from detseg.data.class_balance import class_histogram, imbalance_ratio
+    from detseg.data.shapes import long_tail_weights
+    w = long_tail_weights(8, 100.0)
+    assert w[0] / w[-1] == pytest.approx(100.0) and (np.diff(w) < 0).all() and w.sum() == pytest.approx(1)
+    assert long_tail_weights(8, 1.0) is None
+    classes = ["circle", "rectangle", "triangle", "hexagon", "star", "ellipse", "cross", "pentagon"]
+    paths = shapes.ensure_shapes(seed=2, num_train=200, num_val=60, cache_dir=str(tmp_path), classes=classes,
+                                 imbalance=50.0)
+    assert "longtail50" in paths["train"]["ann_file"]
+    train, val = class_histogram(paths["train"]["ann_file"]), class_histogram(paths["val"]["ann_file"])
+    counts = [train[c] for c in classes]
+    assert counts[0] > 5 * counts[-1] and counts[0] == max(counts)  # the head class leads by far
+    assert imbalance_ratio(train) > 10 and imbalance_ratio(val) < 4
+    # the same seed without imbalance draws the default data, byte for byte as before
+    balanced = shapes.ensure_shapes(seed=2, num_train=3, num_val=1, cache_dir=str(tmp_path))
+    image, _, _ = shapes.render_image(2, "train", 0)
+    assert (cv2.imread(os.path.join(balanced["train"]["image_dir"], "000001.png"))[..., ::-1] == image).all()
+
+
+def test_doctor_prints_class_histogram_and_advice(tmp_path, capsys):
+    from tools import check_data, make_shapes
+    out = str(tmp_path / "lt")
+    assert make_shapes.main(["--out", out, "--num-train", "120", "--num-val", "4", "--imbalance", "100",
+                             "--classes", "circle", "rectangle", "triangle", "hexagon", "star"]) == 0
+    capsys.readouterr()
+    assert check_data.main([f"{out}/annotations/instances_train.json", f"{out}/train"]) == 0
+    text = capsys.readouterr().out
+    assert "imbalance ratio" in text and "try data.sampler=repeat_factor" in text
+    assert text.index("circle") < text.index("star")  # most frequent first
+    assert make_shapes.main(["--out", str(tmp_path / "x"), "--imbalance", "0.5"]) == 2
