@@ -166,8 +166,15 @@ class DataConfig:
     # (detectron2's default); none: only the resize
     augment: Literal["default", "flip", "none"] = "default"
     keep_empty: bool = True
-    sampler: Literal["random", "repeat_factor"] = "random"
+    # random: plain shuffling; repeat_factor: LVIS's (images of classes held by fewer than
+    # repeat_threshold of the images repeat); class_aware: a class picked uniformly, then an image
+    # holding it; sqrt_frequency: a class picked in proportion to the square root of its image
+    # count; undersample: images holding only frequent classes (in more than undersample_frequent
+    # of the images) kept with probability undersample_keep each epoch
+    sampler: Literal["random", "repeat_factor", "class_aware", "sqrt_frequency", "undersample"] = "random"
     repeat_threshold: float = 0.001
+    undersample_frequent: float = ranged(0.1, ge=0, le=1)
+    undersample_keep: float = ranged(0.5, gt=0, le=1)
     on_bad_image: Literal["error", "skip"] = "error"
     # keep decoded images and annotations in memory after their first read (small datasets: the
     # decoded size, once per loader worker); saves the PNG/JPEG decode and mask rasterising

@@ -15,7 +15,7 @@ import torch
 
 from .coco import CocoDataset
 from .io import DataError
-from .samplers import RepeatFactorSampler, TrainingSampler, repeat_factors
+from .samplers import ClassBalancedSampler, RepeatFactorSampler, TrainingSampler, UnderSampler, repeat_factors
 from .shapes import ensure_shapes
 from .transforms import PAD_DIVISOR, collate, eval_transform, train_transform
 
@@ -193,13 +193,22 @@ class PositionedSampler(torch.utils.data.Sampler):
         return ((idx, pos) for pos, idx in enumerate(stream, self.start))
 
 
+def build_train_sampler(d, dataset, seed: int) -> TrainingSampler:
+    """The endless sampler ``data.sampler`` names, over ``dataset``'s per-image labels."""
+    if d.sampler == "random":
+        return TrainingSampler(len(dataset), seed=seed)
+    labels = dataset.image_labels()
+    if d.sampler == "repeat_factor":
+        return RepeatFactorSampler(repeat_factors(labels, d.repeat_threshold), seed=seed)
+    if d.sampler in ("class_aware", "sqrt_frequency"):
+        return ClassBalancedSampler(labels, power=0.0 if d.sampler == "class_aware" else 0.5, seed=seed)
+    return UnderSampler(labels, d.undersample_frequent, d.undersample_keep, seed=seed)
+
+
 def build_train_loader(cfg, dataset: CocoDataset, start_iter: int = 0) -> torch.utils.data.DataLoader:
     """Infinite loader continuing at iteration ``start_iter`` (for exact resume)."""
     d = cfg.data
-    if d.sampler == "repeat_factor":
-        base = RepeatFactorSampler(repeat_factors(dataset.image_labels(), d.repeat_threshold), seed=cfg.runtime.seed)
-    else:
-        base = TrainingSampler(len(dataset), seed=cfg.runtime.seed)
+    base = build_train_sampler(d, dataset, cfg.runtime.seed)
     sampler = PositionedSampler(base, start_iter * d.batch_size)
     return torch.utils.data.DataLoader(
         SeededStream(dataset, cfg.runtime.seed, base.rank, base.world_size), batch_size=d.batch_size,

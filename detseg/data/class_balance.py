@@ -44,5 +44,6 @@ def format_balance(counts: dict[str, int]) -> str:
         lines.append(f"no instances at all: {', '.join(empty)}")
     if ratio >= LARGE_RATIO:
         lines.append("large: rare classes are seldom seen in training; try data.sampler=repeat_factor "
-                     "(LVIS's repeat-factor sampling: images holding rare classes repeat)")
+                     "(LVIS's repeat-factor sampling: images holding rare classes repeat), sqrt_frequency "
+                     "or class_aware")
     return "\n".join(lines)
