@@ -174,6 +174,33 @@ def eval_only(args, cfg) -> int:
                            *args.overrides])
 
 
+def apply_class_counts(model, train_ds, output_dir: str) -> None:
+    """Class weights for the heads whose loss asks for them (``loss.class_weight``), from the
+    training data's counts: counted once and kept in the run folder's ``class_counts.json``, which
+    a resumed run reads back instead of counting again."""
+    from detseg import comm as dist
+    heads = [h for h in model.heads.values() if getattr(h, "class_weighted", False)]
+    if not heads:
+        return
+    path = os.path.join(output_dir, "class_counts.json")
+    stored = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            stored = json.load(f)
+    counts = dict(stored.get("counts", {}))
+    for head in heads:
+        kind = head.count_kind
+        if kind not in counts:
+            counts[kind] = train_ds.pixel_counts() if kind == "pixels" else train_ds.class_counts()
+        head.set_class_counts(counts[kind])
+    for head in heads:
+        names = (["background"] if head.count_kind == "pixels" else []) + list(train_ds.class_names)
+        logging.info("class weights from the training %s per class: %s", head.count_kind,
+                     ", ".join(f"{n} {w:.3g}" for n, w in zip(names, head.class_weight.tolist())))
+    if dist.is_main() and counts != stored.get("counts"):
+        write_json_atomic({"class_names": list(train_ds.class_names), "counts": counts}, path, indent=1)
+
+
 def run(cfg, splits: dict, args) -> int:
     from detseg.data.build import build_train_loader
     from detseg import comm as dist
@@ -197,6 +224,7 @@ def run(cfg, splits: dict, args) -> int:
     train_ds = datasets["train"]
     model = build_model(cfg, train_ds.num_classes)
 
+    apply_class_counts(model, train_ds, output_dir)
     meta = {"class_names": train_ds.class_names, "label_map": train_ds.label_map(),
             "num_classes": train_ds.num_classes}
     trainer = Trainer(cfg, model, lambda start: build_train_loader(cfg, train_ds, start),

@@ -244,6 +244,29 @@ class CocoDataset(torch.utils.data.Dataset):
         return [[a["category_id"] for a in self.coco.imgToAnns.get(i, []) if not a.get("iscrowd")]
                 for i in self.ids]
 
+    def class_counts(self) -> list[int]:
+        """Images holding each class (label order), crowd regions left out."""
+        counts = [0] * self.num_classes
+        for labels in self.image_labels():
+            for cat in set(labels):
+                counts[self.label_of_cat[cat]] += 1
+        return counts
+
+    def pixel_counts(self) -> list[int]:
+        """Annotated pixels per class from the annotations' areas, background first (every
+        image's pixels less its objects'): the class frequencies of a semantic map, counted from
+        the JSON without decoding a mask (overlaps counted twice)."""
+        counts = [0] * (self.num_classes + 1)
+        for img_id in self.ids:
+            img = self.coco.imgs[img_id]
+            objects = 0
+            for a in self.coco.imgToAnns.get(img_id, []):
+                if not a.get("iscrowd") and a["category_id"] in self.label_of_cat:
+                    counts[self.label_of_cat[a["category_id"]] + 1] += int(a.get("area", 0))
+                    objects += int(a.get("area", 0))
+            counts[0] += max(0, int(img.get("height", 0)) * int(img.get("width", 0)) - objects)
+        return counts
+
     # -- loading ---------------------------------------------------------------------------
     def image_path(self, img_id: int) -> str:
         return os.path.join(self.image_dir, self.coco.imgs[img_id]["file_name"])

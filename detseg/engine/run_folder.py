@@ -25,7 +25,7 @@ _NOT_IDENTITY = {("runtime", "output_dir"), ("runtime", "device"), ("data", "num
                  ("solver", "max_iter")}
 # What a training run writes (a folder from before the manifest is recognised by these names).
 RUN_FILES = ("model_*.pth", "best.pth", "metrics.jsonl", "curves.png", "config.yaml",
-             "init_report.json", "coco_results.json", "tb/*", "diagnostics/*")
+             "init_report.json", "class_counts.json", "coco_results.json", "tb/*", "diagnostics/*")
 
 
 def _identity_tree(tree: dict) -> dict:

@@ -26,6 +26,7 @@ from ...config import ConfigError, ranged
 from ...structures import Batch
 from ..backbones import ShapeSpec, coarsest
 from ..class_layout import PER_CLASS
+from ..losses import ClassWeightedLoss, LossConfig
 from .base import CLASSES, Head
 
 # The classifier each architecture was published with: (kind, hidden widths, pool size, dropout,
@@ -61,6 +62,8 @@ class ClassifyHeadConfig:
     # GoogLeNet's auxiliary classifiers: feature maps they read (the backbone must return them)
     aux_features: list[str] = field(default_factory=list)
     aux_weight: float = ranged(0.3, ge=0)
+    # cross-entropy or focal, optionally class-weighted by the training images per class
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 def build_classifier(channels: int, num_classes: int, kind: str, hidden: Sequence[int], pool_size: int,
@@ -82,7 +85,7 @@ def build_classifier(channels: int, num_classes: int, kind: str, hidden: Sequenc
     return nn.Sequential(*layers)
 
 
-class ClassifyHead(Head):
+class ClassifyHead(ClassWeightedLoss, Head):
     """K-way image classifier on one backbone map.
 
     Args (keyword-only):
@@ -118,8 +121,12 @@ class ClassifyHead(Head):
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, arch: Optional[str] = None,
                  feature: Optional[str] = None, classifier: str = "auto", hidden: Optional[Sequence[int]] = None,
                  pool_size: Optional[int] = None, dropout: Optional[float] = None,
-                 label_smoothing: float = 0.0, aux_features: Sequence[str] = (), aux_weight: float = 0.3):
+                 label_smoothing: float = 0.0, aux_features: Sequence[str] = (), aux_weight: float = 0.3,
+                 loss: Optional[LossConfig] = None):
         super().__init__()
+        self.init_loss(loss, num_classes)
+        if label_smoothing > 0 and self.loss_settings.kind == "focal":
+            raise ValueError("classify head: label_smoothing applies to the cross-entropy loss, not to focal")
         kind, own_hidden, own_pool, own_dropout, activation = published_classifier(arch)
         if classifier != "auto" and classifier != kind:
             # another kind than the architecture's: its hidden widths and pool size do not apply
@@ -158,9 +165,9 @@ class ClassifyHead(Head):
                              "(a classification dataset's samples carry 'label')")
         labels = batch.labels.to(features[self.feature].device)
         ls = self.label_smoothing
-        losses = {"loss_cls": F.cross_entropy(self.logits(features).float(), labels, label_smoothing=ls)}
+        losses = {"loss_cls": self.classification_loss(self.logits(features).float(), labels, label_smoothing=ls)}
         for i, (name, aux) in enumerate(zip(self.aux_features, self.aux), 1):
-            loss = F.cross_entropy(aux(features[name]).float(), labels, label_smoothing=ls)
+            loss = self.classification_loss(aux(features[name]).float(), labels, label_smoothing=ls)
             losses[f"loss_aux{i}"] = self.aux_weight * loss
         return losses
 

@@ -7,7 +7,7 @@ the input size for any input size.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -18,6 +18,7 @@ from ...config import ranged
 from ...structures import Batch, SEMANTIC_IGNORE as IGNORE
 from ..backbones import ShapeSpec
 from ..class_layout import BG_FIRST
+from ..losses import ClassWeightedLoss, LossConfig
 from .base import SEMANTIC, Head
 
 
@@ -50,6 +51,8 @@ class FCNHeadConfig:
     # loss) first: DeepLab's hard pixel mining (detectron2's ``top_k_percent_pixels``); 1 = all
     # (from scratch on the shapes recipe 0.2 collapsed: mIoU 0.17 after 2000 iterations, vs 0.71)
     top_k_pixels: float = ranged(1.0, gt=0, le=1)
+    # the pixels' loss: cross-entropy or focal, optionally class-weighted by pixel counts
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 class Upsample(nn.Module):
@@ -89,7 +92,7 @@ def fit_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x
 
 
-class FCNHead(Head):
+class FCNHead(ClassWeightedLoss, Head):
     """FCN-32s / 16s / 8s on backbone features.
 
     Args (keyword-only):
@@ -105,6 +108,8 @@ class FCNHead(Head):
         top_k_pixels: the loss averages the per-pixel cross entropy over only this share of the
             labelled pixels of the batch, the highest-loss ones (DeepLab's hard pixel mining);
             1.0 is the plain mean.
+        loss: ``LossConfig``: cross-entropy or focal, class weights from the training pixels
+            (background first) when ``class_weight`` is set.
 
     Input: features dict; ``images_hw`` (H, W) of the padded input batch.
     Output: logits ``Tensor[B, K + 1, H, W]``.
@@ -112,6 +117,7 @@ class FCNHead(Head):
 
     output = SEMANTIC
     config_class = FCNHeadConfig
+    count_kind = "pixels"
 
     @classmethod
     def from_config(cls, settings: FCNHeadConfig, backbone: nn.Module, num_classes: int) -> "FCNHead":
@@ -119,7 +125,7 @@ class FCNHead(Head):
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, variant: str = "8s",
                  hidden: int = 256, dropout: float = 0.1, head_norm: str = "none", aux_weight: float = 0.0,
-                 top_k_pixels: float = 1.0):
+                 top_k_pixels: float = 1.0, loss: LossConfig | None = None):
         super().__init__()
         if variant not in ("32s", "16s", "8s"):
             raise ValueError(f"FCN variant must be 32s, 16s or 8s, got {variant!r}")
@@ -130,6 +136,9 @@ class FCNHead(Head):
         if not 0 < top_k_pixels <= 1:
             raise ValueError(f"FCN top_k_pixels must be in (0, 1], got {top_k_pixels}")
         self.top_k_pixels = float(top_k_pixels)
+        self.init_loss(loss, num_classes + 1)
+        if self.top_k_pixels < 1 and self.loss_settings.kind == "focal":
+            raise ValueError("FCN: top_k_pixels and the focal loss both weight the hard pixels; choose one")
         names = sorted(in_shapes, key=lambda n: (in_shapes[n].stride, n))
         self.top = names[-1]
         # Skips: the stride-16 and stride-8 features (excluding the top map itself).
@@ -214,12 +223,13 @@ class FCNHead(Head):
         return self(features, tuple(batch.images.shape[-2:]))
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-pixel cross entropy of ``logits`` ``[B, K + 1, H, W]`` against ``target`` uint8/int
-        ``[B, H, W]`` (255 ignored), averaged over all labelled pixels, or over the hardest
-        ``top_k_pixels`` share of them."""
+        """Per-pixel loss (``loss_settings``: cross-entropy or focal, class-weighted or not) of
+        ``logits`` ``[B, K + 1, H, W]`` against ``target`` uint8/int ``[B, H, W]`` (255 ignored),
+        averaged over all labelled pixels, or over the hardest ``top_k_pixels`` share of them."""
         if self.top_k_pixels >= 1.0:
-            return F.cross_entropy(logits, target.long(), ignore_index=IGNORE)
-        per_pixel = F.cross_entropy(logits, target.long(), ignore_index=IGNORE, reduction="none")
+            return self.classification_loss(logits, target.long(), ignore_index=IGNORE)
+        weight = self.class_weight.to(logits.dtype) if self.class_weighted else None
+        per_pixel = F.cross_entropy(logits, target.long(), weight=weight, ignore_index=IGNORE, reduction="none")
         # Ignored pixels have loss 0, so they sort last; k counts labelled pixels only.
         labelled = int((target != IGNORE).sum())
         k = max(1, int(round(labelled * self.top_k_pixels)))

@@ -1,0 +1,97 @@
+"""Losses for imbalanced data: class weights from counts, focal loss, and the heads and the
+trainer that use them."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from detseg.modeling.losses import LossConfig, class_weights, classification_loss
+from tests.conftest import call_tool
+
+
+def test_class_weights_from_counts():
+    counts = torch.tensor([100.0, 10.0, 1.0])
+    inv = class_weights(counts, "inverse")
+    assert inv.mean().item() == pytest.approx(1.0)
+    assert (inv / inv[0]).tolist() == pytest.approx([1.0, 10.0, 100.0])
+    eff = class_weights(counts, "effective", beta=0.99)
+    ratio = (eff[2] / eff[0]).item()
+    assert 1.0 < ratio < 100.0  # the effective number grows more slowly than the count
+    n = torch.tensor([100.0, 1.0])
+    assert (class_weights(n, "effective", 0.99) / class_weights(n, "effective", 0.99)[0])[1].item() == \
+        pytest.approx((1 - 0.99 ** 100) / (1 - 0.99), rel=1e-5)
+    assert class_weights(counts, "effective", beta=1.0).tolist() == pytest.approx(inv.tolist())
+    assert class_weights(counts, "none") is None
+    w = class_weights(torch.tensor([50.0, 0.0, 5.0]), "inverse")
+    assert w[1] == w[2] == w.max()  # a class never seen weighs as the rarest seen one
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_zero_and_down_weights_easy_examples():
+    torch.manual_seed(0)
+    logits, target = torch.randn(6, 4, 5, 5), torch.randint(0, 4, (6, 5, 5))
+    target[0, 0] = 255
+    weight = torch.tensor([0.2, 1.0, 2.0, 0.8])
+    for w in (None, weight):
+        ce = F.cross_entropy(logits, target, weight=w, ignore_index=255)
+        assert classification_loss(logits, target, "ce", weight=w, ignore_index=255) == pytest.approx(ce.item())
+        assert classification_loss(logits, target, "focal", gamma=0.0, weight=w, ignore_index=255).item() == \
+            pytest.approx(ce.item(), rel=1e-5)
+    easy = torch.tensor([[8.0, 0.0]]), torch.tensor([0])
+    hard = torch.tensor([[0.0, 1.0]]), torch.tensor([0])
+    ratio_easy = (classification_loss(*easy, "focal", gamma=2.0) / F.cross_entropy(*easy)).item()
+    ratio_hard = (classification_loss(*hard, "focal", gamma=2.0) / F.cross_entropy(*hard)).item()
+    assert ratio_easy < 1e-6 < 0.5 < ratio_hard  # (1 - p_t)^2: ~0 for a sure hit, > 0.5 for a miss
+
+
+def test_heads_take_their_loss_settings_and_class_counts():
+    from detseg.config import load_config
+    from detseg.modeling.model import build_model
+    cfg = load_config(None, ["model.heads.seg.loss.class_weight=inverse"])
+    head = build_model(cfg, 3).heads["seg"]
+    assert head.class_weighted and head.count_kind == "pixels"
+    logits, target = torch.randn(2, 4, 8, 8), torch.randint(0, 4, (2, 8, 8), dtype=torch.uint8)
+    plain = head.loss(logits, target)
+    head.set_class_counts([1000, 100, 10, 1])
+    assert head.class_weight[3] > head.class_weight[0]
+    assert head.loss(logits, target).item() != pytest.approx(plain.item())
+    with pytest.raises(ValueError, match="for 4 classes"):
+        head.set_class_counts([1, 2, 3])
+    with pytest.raises(ValueError, match="choose one"):
+        build_model(load_config(None, ["model.heads.seg.loss.kind=focal", "model.heads.seg.top_k_pixels=0.5"]), 3)
+    cls_cfg = load_config(None, ["model.heads={cls: {type: classify, loss: {kind: focal, class_weight: effective}}}",
+                                 "model.backbone.name=lenet5"])
+    cls = build_model(cls_cfg, 5).heads["cls"]
+    assert cls.count_kind == "images" and cls.loss_settings == LossConfig("focal", 2.0, "effective", 0.999)
+
+
+def test_a_class_weighted_run_counts_once_and_a_resume_reads_the_counts(tmp_path, shapes_data, monkeypatch):
+    monkeypatch.setenv("DETSEG_NO_PROGRESS", "1")
+    out = tmp_path / "run"
+    args = ["data.batch_size=2", "data.num_workers=0", "data.min_size_train=[64]", "data.min_size_test=64",
+            f"data.train.ann_file={shapes_data['train']['ann_file']}",
+            f"data.train.image_dir={shapes_data['train']['image_dir']}",
+            "solver.warmup_iters=1", "solver.max_iter=2", "solver.checkpoint_period=2", "solver.eval_period=100",
+            "model.heads.seg.loss.class_weight=effective", "model.heads.seg.loss.kind=focal",
+            "--output-dir", str(out)]
+    assert call_tool("train", args) == 0
+    stored = json.load(open(out / "class_counts.json"))
+    pixels = stored["counts"]["pixels"]
+    assert len(pixels) == len(stored["class_names"]) + 1 and pixels[0] > max(pixels[1:]) > 0
+    # a resume reads them back instead of counting again: the same weights, no count
+    from detseg.data.coco import CocoDataset
+    from tools import train
+    seen = []
+    real = train.apply_class_counts
+
+    def spy(model, ds, folder):
+        real(model, ds, folder)
+        seen.append(model.heads["seg"].class_weight.tolist())
+    monkeypatch.setattr(train, "apply_class_counts", spy)
+
+    def no_count(self):
+        raise AssertionError("counted again")
+    monkeypatch.setattr(CocoDataset, "pixel_counts", no_count)
+    assert call_tool("train", [*args, "--resume"]) == 0
+    from detseg.modeling.losses import class_weights
+    assert seen == [pytest.approx(class_weights(torch.tensor(pixels, dtype=torch.float64), "effective").tolist())]
