@@ -47,12 +47,13 @@ def main(argv=None) -> int:
     if not args.imbalance >= 1:
         print(f"error: --imbalance must be >= 1 (got {args.imbalance:g})", file=sys.stderr)
         return 2
-    if args.panoptic and args.imbalance > 1:
-        print("error: --imbalance applies to the instances dataset, not yet to --panoptic", file=sys.stderr)
-        return 2
+
     try:
+        writer = None
+        if args.panoptic:
+            from detseg.data.shapes_panoptic import write_panoptic_split as writer
         paths = shapes.generate(args.out, args.seed, args.num_train, args.num_val, args.classes,
-                                panoptic=args.panoptic, imbalance=args.imbalance)
+                                imbalance=args.imbalance, writer=writer)
     except (ValueError, OSError) as e:  # NotShapesFolder, an unknown shape, an unwritable folder
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -13,8 +13,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluation.panoptic_quality import VOID, read_segment_png
 from .validate import Problem
+
+VOID = 0  # the id of unlabelled pixels
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB of a COCO panoptic PNG → ``[H, W]`` int64 segment ids."""
+    rgb = np.asarray(rgb).astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """``[H, W]`` segment ids (below 256^3) → ``[H, W, 3]`` uint8 RGB for a COCO panoptic PNG."""
+    ids = np.asarray(ids).astype(np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= 256 ** 3):
+        raise ValueError("segment ids must lie in [0, 256^3) to be stored in a COCO panoptic PNG")
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+
+
+def read_segment_png(path: str) -> np.ndarray:
+    """A COCO panoptic PNG's ``[H, W]`` segment ids (a clear error for a missing or bad file)."""
+    import cv2
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{path}: missing or not a readable PNG")
+    return rgb_to_id(bgr[..., ::-1])
 
 
 @dataclass

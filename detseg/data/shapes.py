@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -265,12 +265,14 @@ def not_generated(path: str) -> list[str]:
 
 
 def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 60,
-             classes=None, keep_complete: bool = False, panoptic: bool = False,
-             imbalance: float = 1.0) -> dict:
+             classes=None, keep_complete: bool = False, imbalance: float = 1.0,
+             writer: Optional[Callable] = None) -> dict:
     """Write train and val splits into ``out_dir`` (atomically: built beside it, then renamed).
 
-    ``panoptic``: the panoptic variant (``detseg.data.shapes_panoptic``: stuff regions behind the
-    shapes, the COCO panoptic files beside the instances files of the things).
+    ``writer``: what writes a split, ``writer(root, split, num_images, seed, classes, imbalance)``;
+    default ``write_split``; ``detseg.data.shapes_panoptic.write_panoptic_split`` writes the
+    panoptic variant (stuff regions behind the shapes, the COCO panoptic files beside the
+    instances files of the things).
     ``imbalance``: the train split long-tailed (the first class ``imbalance`` times as frequent as
     the last, exponential decay between); val stays balanced, so every class is measured alike.
 
@@ -301,13 +303,9 @@ def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 6
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".shapes-", dir=parent)
     try:
-        if panoptic:
-            from .shapes_panoptic import write_panoptic_split
-            write_panoptic_split(tmp, "train", num_train, seed, classes)
-            write_panoptic_split(tmp, "val", num_val, seed, classes)
-        else:
-            write_split(tmp, "train", num_train, seed, classes, imbalance)
-            write_split(tmp, "val", num_val, seed, classes)
+        write = writer or write_split
+        write(tmp, "train", num_train, seed, classes, imbalance)
+        write(tmp, "val", num_val, seed, classes)
         OutputDir(tmp, TOOL).list_files(complete=True)  # what a later replace may delete
         if os.path.exists(out_dir) and not (keep_complete and _complete(split_paths(out_dir))):
             shutil.rmtree(out_dir)

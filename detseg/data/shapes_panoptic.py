@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 import cv2
 import numpy as np
 
-from ..evaluation.panoptic_quality import id_to_rgb
-from .shapes import CLASSES, FORMAT_VERSION, VOCABULARY, _instance_annotation, _write_png, draw_shapes
+from .panoptic_format import id_to_rgb
+from .shapes import (CLASSES, FORMAT_VERSION, VOCABULARY, _instance_annotation, _write_png, draw_shapes,
+                     long_tail_weights)
 
 # Stuff categories and their COCO ids (after the shapes' ids, like COCO's stuff after its things)
 STUFF = {"sky": 101, "ground": 102, "water": 103}
@@ -54,9 +56,10 @@ def _texture(rng: np.random.Generator, name: str, h: int, w: int) -> np.ndarray:
     return base + shade + rng.normal(0, 4, size=(h, w, 3)).astype(np.float32)
 
 
-def render_panoptic(seed: int, split: str, index: int,
-                    classes: tuple[str, ...] = CLASSES) -> tuple[np.ndarray, np.ndarray, list[dict], list[dict]]:
-    """One panoptic shapes image.
+def render_panoptic(seed: int, split: str, index: int, classes: tuple[str, ...] = CLASSES,
+                    weights: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, list[dict], list[dict]]:
+    """One panoptic shapes image (the shapes' classes drawn with probabilities ``weights``,
+    uniform when None).
 
     Returns:
         image ``[H, W, 3]`` uint8 RGB; segment ids ``[H, W]`` int32 (things 1..N in drawing order,
@@ -72,7 +75,7 @@ def render_panoptic(seed: int, split: str, index: int,
         region = layout == k
         image[region] = _texture(rng, name, h, w)[region]
     image = np.clip(image, 0, 255).astype(np.uint8)
-    things = draw_shapes(rng, image, classes)
+    things = draw_shapes(rng, image, classes, weights)
     ids = np.zeros((h, w), np.int32)
     segments = []
 
@@ -101,15 +104,17 @@ def categories(classes: tuple[str, ...] = CLASSES) -> list[dict]:
 
 
 def write_panoptic_split(root: str, split: str, num_images: int, seed: int,
-                         classes: tuple[str, ...] = CLASSES) -> str:
-    """Write one panoptic split under ``root``; returns the panoptic JSON's path."""
+                         classes: tuple[str, ...] = CLASSES, imbalance: float = 1.0) -> str:
+    """Write one panoptic split under ``root`` (things long-tailed by ``imbalance``, as
+    ``shapes.write_split``); returns the panoptic JSON's path."""
+    weights = long_tail_weights(len(classes), imbalance)
     png_dir = os.path.join(root, "annotations", f"panoptic_{split}")
     os.makedirs(os.path.join(root, split), exist_ok=True)
     os.makedirs(png_dir, exist_ok=True)
     images, panoptic, instances = [], [], []
     for index in range(num_images):
         image_id = index + 1
-        image, ids, segments, things = render_panoptic(seed, split, index, classes)
+        image, ids, segments, things = render_panoptic(seed, split, index, classes, weights)
         name = f"{image_id:06d}.png"
         _write_png(os.path.join(root, split, name), image)
         _write_png(os.path.join(png_dir, name), id_to_rgb(ids))

@@ -14,7 +14,7 @@ figure here is comparable with detectron2's and MMDetection's:
   with at least one TP, FP or FN.
 
 Segment maps are integer id maps (``[H, W]``, 0 = void / unlabelled); the COCO panoptic PNGs store
-``id = R + 256 G + 256^2 B`` (``rgb_to_id`` / ``id_to_rgb``).
+``id = R + 256 G + 256^2 B`` (``detseg.data.panoptic_format.rgb_to_id`` / ``id_to_rgb``).
 """
 from __future__ import annotations
 
@@ -24,22 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-VOID = 0
+from ..data.panoptic_format import VOID, read_segment_png
+
 MATCH_IOU = 0.5
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB of a COCO panoptic PNG → ``[H, W]`` int64 segment ids."""
-    rgb = np.asarray(rgb).astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """``[H, W]`` segment ids (below 256^3) → ``[H, W, 3]`` uint8 RGB for a COCO panoptic PNG."""
-    ids = np.asarray(ids).astype(np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() >= 256 ** 3):
-        raise ValueError("segment ids must lie in [0, 256^3) to be stored in a COCO panoptic PNG")
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
 
 
 @dataclass
@@ -192,15 +179,6 @@ def pq_image(gt_ids: np.ndarray, gt_segments: list[dict], pred_ids: np.ndarray,
             continue
         stats[seg["category_id"]].fp += 1
     return stats
-
-
-def read_segment_png(path: str) -> np.ndarray:
-    """A COCO panoptic PNG's ``[H, W]`` segment ids (a clear error for a missing or bad file)."""
-    import cv2
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path}: missing or not a readable PNG")
-    return rgb_to_id(bgr[..., ::-1])
 
 
 def pq_compute(gt_json: str, pred_json: str, gt_folder: str | None = None,

@@ -7,9 +7,10 @@ import cv2
 import pytest
 
 from detseg.data import shapes
-from detseg.data.panoptic_format import check_image, load_panoptic, targets_from_segments
+from detseg.data.panoptic_format import (check_image, id_to_rgb, load_panoptic, read_segment_png,
+                                         targets_from_segments)
 from detseg.data.shapes_panoptic import STUFF, categories, render_panoptic
-from detseg.evaluation.panoptic_quality import id_to_rgb, pq_compute, read_segment_png
+from detseg.evaluation.panoptic_quality import pq_compute
 from tests.conftest import call_tool
 
 

@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from detseg.evaluation.panoptic_quality import PQStats, id_to_rgb, pq_compute, pq_image, rgb_to_id
+from detseg.data.panoptic_format import id_to_rgb, rgb_to_id
+from detseg.evaluation.panoptic_quality import PQStats, pq_compute, pq_image
 
 CATEGORIES = {1: {"id": 1, "name": "circle", "isthing": 1}, 2: {"id": 2, "name": "square", "isthing": 1},
               10: {"id": 10, "name": "sky", "isthing": 0}, 11: {"id": 11, "name": "ground", "isthing": 0}}
