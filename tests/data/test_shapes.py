@@ -138,7 +138,7 @@ def test_long_tailed_train_split_and_balanced_val(tmp_path):
     assert w[0] / w[-1] == pytest.approx(100.0) and (np.diff(w) < 0).all() and w.sum() == pytest.approx(1)
     assert long_tail_weights(8, 1.0) is None
     classes = ["circle", "rectangle", "triangle", "hexagon", "star", "ellipse", "cross", "pentagon"]
-    paths = shapes.ensure_shapes(seed=2, num_train=200, num_val=60, cache_dir=str(tmp_path), classes=classes,
+    paths = shapes.ensure_shapes(seed=2, num_train=120, num_val=40, cache_dir=str(tmp_path), classes=classes,
                                  imbalance=50.0)
     assert "longtail50" in paths["train"]["ann_file"]
     train, val = class_histogram(paths["train"]["ann_file"]), class_histogram(paths["val"]["ann_file"])
