@@ -239,6 +239,10 @@ class EvaluatorConfig:
     score_threshold: float = ranged(0.5, ge=0, le=1)
     # the training losses on the val split, at each evaluation (val_loss, drawn in curves.png)
     val_loss: bool = True
+    # per-class figures also averaged by training frequency (APr / APc / APf, mIoU_r ...,
+    # accuracy_r ...): a class held by at most bins[0] training images is rare, by at most
+    # bins[1] common, by more frequent (LVIS's 10 and 100)
+    frequency_bins: list[int] = ranged([10, 100], ge=0)
 
 
 @dataclass

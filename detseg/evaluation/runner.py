@@ -9,13 +9,19 @@ from typing import Callable, Optional
 import torch
 
 from .coco import COCOEvaluator, format_per_class
+from .frequency import frequency_groups, split_by_frequency
 from .semseg import SemSegEvaluator
 
 logger = logging.getLogger(__name__)
 
 
-def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
+def make_evaluate(cfg, dataset, loader, output_dir: Optional[str],
+                  train_images: Optional[dict[str, int]] = None) -> Callable:
     """``model -> metrics`` over ``loader`` for every head in ``cfg.model.heads``.
+
+    With ``train_images`` (class name → training images holding it) every per-class figure is
+    also averaged over the rare, common and frequent classes (``cfg.evaluator.frequency_bins``):
+    ``APr`` / ``APc`` / ``APf`` (and ``segm_``), ``mIoU_r`` ..., ``accuracy_r`` ...
 
     Semantic heads add ``mIoU`` / ``pixel_acc``; classify heads ``top1``, ``top5``,
     ``balanced_accuracy``, ``per_class_accuracy``; instance heads add COCO ``AP``, ``AP50`` ...
@@ -30,6 +36,14 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
     semantic = [n for n, cls in kinds.items() if cls.output == SEMANTIC]
     detectors = [n for n, cls in kinds.items() if cls.output == INSTANCES]
     classifiers = [n for n, cls in kinds.items() if cls.output == CLASSES]
+    groups = frequency_groups(train_images, cfg.evaluator.frequency_bins) if train_images else None
+
+    def by_frequency(per_class: dict, names: dict[str, str]) -> dict:
+        """``{names[g]: mean of group g}`` for the rare / common / frequent groups that hold a
+        measured class (nothing without training counts)."""
+        if groups is None:
+            return {}
+        return {names[g]: v for g, v in split_by_frequency(per_class, groups).items() if v == v}
 
     def evaluate(model) -> dict:
         # One pass over the loader feeds every head's evaluator: the model (and its backbone)
@@ -67,17 +81,24 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str]) -> Callable:
         for name, ev in semseg.items():
             prefix = f"{name}_" if len(semantic) > 1 else ""
             stats = ev.evaluate()
+            stats.update(by_frequency(stats["IoU"], {"r": "mIoU_r", "c": "mIoU_c", "f": "mIoU_f"}))
             if not cfg.evaluator.diagnostics:
                 stats.pop("diagnostics", None)
             metrics.update({prefix + k: v for k, v in stats.items()})
         for name, ev in coco.items():
             stats = ev.evaluate()
+            for kind in ("", "segm_"):
+                if f"{kind}per_class_AP" in stats:
+                    stats.update(by_frequency(stats[f"{kind}per_class_AP"],
+                                              {g: f"{kind}AP{g}" for g in ("r", "c", "f")}))
             for key in [k for k in stats if k.endswith("per_class_AP")]:
                 logger.info("%s %s:\n%s", name, key, format_per_class(stats[key]))
             prefix = f"{name}_" if len(detectors) > 1 else ""
             metrics.update({prefix + k: v for k, v in stats.items()})
         for name, ev in classify.items():
             stats = ev.evaluate()
+            stats.update(by_frequency(stats["per_class_accuracy"],
+                                      {g: f"accuracy_{g}" for g in ("r", "c", "f")}))
             logger.info("%s per-class accuracy:\n%s", name, format_accuracy(stats["per_class_accuracy"]))
             if not cfg.evaluator.diagnostics:
                 stats.pop("diagnostics", None)
@@ -129,6 +150,8 @@ def build_datasets_and_evaluator(cfg, splits: dict, output_dir: Optional[str], c
     """
     from ..data.build import build_datasets, build_val_loader
     datasets = build_datasets(cfg, splits, class_names)
-    val = datasets.get("val")
-    evaluate = make_evaluate(cfg, val, build_val_loader(cfg, val), output_dir) if val is not None else None
+    val, train = datasets.get("val"), datasets.get("train")
+    train_images = dict(zip(train.class_names, train.class_counts())) if train is not None else None
+    evaluate = (make_evaluate(cfg, val, build_val_loader(cfg, val), output_dir, train_images)
+                if val is not None else None)
     return datasets, evaluate
