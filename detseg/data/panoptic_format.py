@@ -32,6 +32,12 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
 
 
+def segment_areas(ids: np.ndarray) -> dict[int, int]:
+    """Pixels per segment id of a ``[H, W]`` map, void left out."""
+    labels, counts = np.unique(ids, return_counts=True)
+    return {int(k): int(c) for k, c in zip(labels, counts) if k != VOID}
+
+
 def read_segment_png(path: str) -> np.ndarray:
     """A COCO panoptic PNG's ``[H, W]`` segment ids (a clear error for a missing or bad file)."""
     import cv2
@@ -138,8 +144,7 @@ def check_image(entry: PanopticImage, categories: dict[int, dict], ids: np.ndarr
     if ids.shape != (entry.height, entry.width):
         problems.append(problem("png_size_mismatch", f"PNG is {ids.shape[1]}x{ids.shape[0]}, the image "
                                                      f"{entry.width}x{entry.height}"))
-    labels, counts = np.unique(ids, return_counts=True)
-    area = {int(k): int(c) for k, c in zip(labels, counts) if k != VOID}
+    area = segment_areas(ids)
     listed = [s["id"] for s in entry.segments]
     for seg_id in sorted({i for i in listed if listed.count(i) > 1}):
         problems.append(problem("duplicate_segment_id", "listed more than once in segments_info", seg_id))

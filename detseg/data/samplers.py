@@ -61,7 +61,19 @@ def repeat_factors(image_labels: Sequence[Sequence[int]], threshold: float) -> t
                          for labels in image_labels], dtype=torch.float32)
 
 
-class RepeatFactorSampler(TrainingSampler):
+class EpochSampler(TrainingSampler):
+    """Endless stream of epochs, each the index list ``epoch_indices`` draws anew."""
+
+    def epoch_indices(self, g: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _indices(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed)
+        while True:
+            yield from self.epoch_indices(g).tolist()
+
+
+class RepeatFactorSampler(EpochSampler):
     """Images of rare categories repeated ``r_i`` times per epoch (stochastic rounding)."""
 
     def __init__(self, factors: torch.Tensor, seed: int = 0):
@@ -73,11 +85,6 @@ class RepeatFactorSampler(TrainingSampler):
         reps = self.int_part + (torch.rand(len(self.frac_part), generator=g) < self.frac_part).float()
         indices = torch.repeat_interleave(torch.arange(self.size), reps.long())
         return indices[torch.randperm(len(indices), generator=g)]
-
-    def _indices(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed)
-        while True:
-            yield from self.epoch_indices(g).tolist()
 
 
 def images_per_class(image_labels: Sequence[Sequence[int]]) -> dict[int, list[int]]:
@@ -120,7 +127,7 @@ class ClassBalancedSampler(TrainingSampler):
                 yield queues[c].pop()
 
 
-class UnderSampler(TrainingSampler):
+class UnderSampler(EpochSampler):
     """Random under-sampling: each epoch keeps an image whose every instance belongs to a frequent
     class (held by more than ``frequent`` of the images) with probability ``keep``; all other
     images, those with a rarer class or with no instance, always stay."""
@@ -138,8 +145,3 @@ class UnderSampler(TrainingSampler):
         kept = ~self.only_frequent | (torch.rand(self.size, generator=g) < self.keep)
         indices = torch.nonzero(kept).flatten()
         return indices[torch.randperm(len(indices), generator=g)]
-
-    def _indices(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed)
-        while True:
-            yield from self.epoch_indices(g).tolist()

@@ -220,9 +220,14 @@ def write_split(root: str, split: str, num_images: int, seed: int,
                        for name in classes],
     }
     ann_path = os.path.join(root, "annotations", f"instances_{split}.json")
-    with open(ann_path, "w", encoding="utf-8") as f:
-        json.dump(dataset, f, separators=(",", ":"), sort_keys=True)
+    write_json(ann_path, dataset)
     return ann_path
+
+
+def write_json(path: str, data: dict) -> None:
+    """Fixed formatting (sorted keys, no spaces): the same seed gives the same bytes."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, separators=(",", ":"), sort_keys=True)
 
 
 class NotShapesFolder(FileExistsError):

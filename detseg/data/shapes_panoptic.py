@@ -10,7 +10,6 @@ its texture and colour rather than from where it sits. Deterministic like the de
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from .panoptic_format import id_to_rgb
 from .shapes import (CLASSES, FORMAT_VERSION, VOCABULARY, _instance_annotation, _write_png, draw_shapes,
-                     long_tail_weights)
+                     long_tail_weights, write_json)
 
 # Stuff categories and their COCO ids (after the shapes' ids, like COCO's stuff after its things)
 STUFF = {"sky": 101, "ground": 102, "water": 103}
@@ -134,9 +133,3 @@ def write_panoptic_split(root: str, split: str, num_images: int, seed: int,
                {"info": info, "images": images, "annotations": instances,
                 "categories": [{k: c[k] for k in ("id", "name", "supercategory")} for c in cats if c["isthing"]]})
     return os.path.join(root, "annotations", f"panoptic_{split}.json")
-
-
-def write_json(path: str, data: dict) -> None:
-    """Fixed formatting (sorted keys, no spaces): the same seed gives the same bytes."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"), sort_keys=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.panoptic_format import VOID, read_segment_png
+from ..data.panoptic_format import VOID, read_segment_png, segment_areas
 
 MATCH_IOU = 0.5
 
@@ -91,8 +91,7 @@ def _predicted_areas(ids: np.ndarray, segments: dict[int, dict], categories: dic
     """Pixel count of every predicted segment; every id of the map but void must be listed in
     ``segments``, every listed one must appear, with a known category (a ValueError names the
     image and the segment)."""
-    labels, counts = np.unique(ids, return_counts=True)
-    areas = {int(k): int(c) for k, c in zip(labels, counts) if k != VOID}
+    areas = segment_areas(ids)
     unlisted = sorted(set(areas) - set(segments))
     if unlisted:
         raise ValueError(f"image {image}: predicted segment id(s) {unlisted} are in the map but not "
@@ -132,8 +131,7 @@ def pq_image(gt_ids: np.ndarray, gt_segments: list[dict], pred_ids: np.ndarray,
     # The ground truth's areas are its entries' ``area`` (the reference reads them so; a map
     # count stands in where an entry has none), and ids of the map that no entry lists are
     # neither matched nor void, as in the reference: tools/check_data.py reports both.
-    labels, counts = np.unique(gt_ids, return_counts=True)
-    counted = {int(k): int(c) for k, c in zip(labels, counts)}
+    counted = segment_areas(gt_ids)
     gt_area = {k: int(s["area"]) if "area" in s else counted.get(k, 0) for k, s in gt.items()}
     for seg_id, seg in gt.items():
         if seg["category_id"] not in categories:

@@ -38,12 +38,12 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str],
     classifiers = [n for n, cls in kinds.items() if cls.output == CLASSES]
     groups = frequency_groups(train_images, cfg.evaluator.frequency_bins) if train_images else None
 
-    def by_frequency(per_class: dict, names: dict[str, str]) -> dict:
-        """``{names[g]: mean of group g}`` for the rare / common / frequent groups that hold a
-        measured class (nothing without training counts)."""
+    def by_frequency(per_class: dict, name: str) -> dict:
+        """``{name.format(g): mean of group g}`` for the rare / common / frequent groups ("r",
+        "c", "f") that hold a measured class (nothing without training counts)."""
         if groups is None:
             return {}
-        return {names[g]: v for g, v in split_by_frequency(per_class, groups).items() if v == v}
+        return {name.format(g): v for g, v in split_by_frequency(per_class, groups).items() if v == v}
 
     def evaluate(model) -> dict:
         # One pass over the loader feeds every head's evaluator: the model (and its backbone)
@@ -81,7 +81,7 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str],
         for name, ev in semseg.items():
             prefix = f"{name}_" if len(semantic) > 1 else ""
             stats = ev.evaluate()
-            stats.update(by_frequency(stats["IoU"], {"r": "mIoU_r", "c": "mIoU_c", "f": "mIoU_f"}))
+            stats.update(by_frequency(stats["IoU"], "mIoU_{}"))
             if not cfg.evaluator.diagnostics:
                 stats.pop("diagnostics", None)
             metrics.update({prefix + k: v for k, v in stats.items()})
@@ -89,16 +89,14 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str],
             stats = ev.evaluate()
             for kind in ("", "segm_"):
                 if f"{kind}per_class_AP" in stats:
-                    stats.update(by_frequency(stats[f"{kind}per_class_AP"],
-                                              {g: f"{kind}AP{g}" for g in ("r", "c", "f")}))
+                    stats.update(by_frequency(stats[f"{kind}per_class_AP"], kind + "AP{}"))
             for key in [k for k in stats if k.endswith("per_class_AP")]:
                 logger.info("%s %s:\n%s", name, key, format_per_class(stats[key]))
             prefix = f"{name}_" if len(detectors) > 1 else ""
             metrics.update({prefix + k: v for k, v in stats.items()})
         for name, ev in classify.items():
             stats = ev.evaluate()
-            stats.update(by_frequency(stats["per_class_accuracy"],
-                                      {g: f"accuracy_{g}" for g in ("r", "c", "f")}))
+            stats.update(by_frequency(stats["per_class_accuracy"], "accuracy_{}"))
             logger.info("%s per-class accuracy:\n%s", name, format_accuracy(stats["per_class_accuracy"]))
             if not cfg.evaluator.diagnostics:
                 stats.pop("diagnostics", None)
