@@ -141,6 +141,46 @@ def summarise(config: str, iterations: int, runs: dict, val: int = VAL_IMAGES,
             "seeds": dict(sorted(runs.items(), key=lambda kv: int(kv[0])))}
 
 
+def seeded_parser(doc: str, iterations: int | None = None):
+    """The parser of a one-recipe accuracy benchmark: ``--quick``, ``--json`` and the rest of
+    ``base_parser``, plus ``--iterations`` (default ``iterations``), ``--seeds`` and ``--keep-run``."""
+    p = base_parser(doc)
+    p.add_argument("--iterations", type=int, default=iterations,
+                   help="solver.max_iter" + (f" (default {iterations})" if iterations else " (default: the config's)"))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="runtime.seed of each run (default 0)")
+    p.add_argument("--keep-run", metavar="DIR", help="keep the run folders (checkpoints, metrics) here, "
+                                                     "one per seed")
+    return p
+
+
+def run_recipe(args, config: str, iterations: int, store: str, keys: tuple[str, ...],
+               label: str) -> tuple[dict | None, list[int]]:
+    """Train ``config`` once per ``args.seeds`` (``train_seeds``), join the runs stored in ``store``
+    of the same recipe, length and val split, and store the result (not for --quick / --no-write).
+
+    Returns:
+        (``summarise``'s figures, None when no seed ran; the seeds whose runs failed).
+    """
+    val = QUICK_VAL_IMAGES if args.quick else VAL_IMAGES
+    runs = previous_runs(None if args.quick else load_store(store), config, iterations, val)
+    with tempfile.TemporaryDirectory() as tmp:
+        # a failed seed is reported on stderr; the seeds that ran are still reported
+        last_iter, failed = train_seeds(config, iterations, args.quick, args.keep_run or tmp, args.seeds,
+                                        runs, keys, label=label)
+    if last_iter is None:
+        return None, failed
+    figures = summarise(config, last_iter, runs, val, keys)
+    if records_figures(args):
+        save_store(store, figures)
+    return figures, failed
+
+
+def seeds_row(figures: dict, keys: tuple[str, ...]) -> list:
+    """A table row: config, iterations, mean wall minutes, the seeds, then each key per seed."""
+    return [figures["config"], figures["iterations"], f"{figures['wall_s'] / 60:.1f}",
+            ", ".join(seed_runs(figures)), *(per_seed(figures, k) for k in keys)]
+
+
 def per_seed(f: dict, key: str) -> str:
     """'0.581' for one run; '0.581 / 0.574 (0.578)' (each seed, then the mean) for several."""
     runs = list(seed_runs(f).values())

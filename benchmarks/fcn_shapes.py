@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import base_parser, finish, markdown_table, records_figures  # noqa: E402
-from benchmarks.detection_shapes import (QUICK_VAL_IMAGES, VAL_IMAGES, load_store,  # noqa: E402
-                                         per_seed, previous_runs, save_store, seed_runs, summarise,
-                                         train_seeds)
+from benchmarks._report import finish, markdown_table  # noqa: E402
+from benchmarks.detection_shapes import run_recipe, seeded_parser, seeds_row  # noqa: E402
 from detseg.config import load_config  # noqa: E402
 
 CONFIG = "configs/fcn8s_resnet18_shapes.yaml"
@@ -24,35 +21,21 @@ STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "fcn
 
 
 def main(argv=None) -> int:
-    p = base_parser(__doc__)
+    p = seeded_parser(__doc__)
     p.add_argument("--config", default=CONFIG)
-    p.add_argument("--iterations", type=int, help="solver.max_iter (default: the config's)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="runtime.seed of each run (default 0)")
-    p.add_argument("--keep-run", metavar="DIR", help="keep the run folders (checkpoints, metrics) here, "
-                                                     "one per seed")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
-    iters = args.iterations or cfg.solver.max_iter
-    val = QUICK_VAL_IMAGES if args.quick else VAL_IMAGES
-    runs = previous_runs(None if args.quick else load_store(STORE), args.config, iters, val)
-    with tempfile.TemporaryDirectory() as tmp:
-        # a failed seed is reported on stderr; the seeds that ran are still reported
-        last_iter, failed = train_seeds(args.config, iters, args.quick, args.keep_run or tmp, args.seeds,
-                                        runs, KEYS, label="fcn_shapes: ")
-        if last_iter is None:
-            return 1
-    figures = summarise(args.config, last_iter, runs, val, KEYS)
-    if records_figures(args):
-        save_store(STORE, figures)
-    rows = [[args.config, figures["iterations"], f"{figures['wall_s'] / 60:.1f}",
-             ", ".join(seed_runs(figures)), *(per_seed(figures, k) for k in KEYS)]]
+    figures, failed = run_recipe(args, args.config, args.iterations or cfg.solver.max_iter, STORE, KEYS,
+                                 "fcn_shapes: ")
+    if figures is None:
+        return 1
     body = markdown_table(["config", "iterations", "wall min (whole train.py run, mean)", "seeds",
-                           "mIoU", "pixel acc"], rows)
+                           "mIoU", "pixel acc"], [seeds_row(figures, KEYS)])
     precision = "bfloat16 autocast (solver.amp)" if cfg.solver.amp else "float32"
     body += ("\n\nFrom scratch (no pretrained weights: none can be downloaded here), CPU, "
-             f"{precision}, shapes val ({val} images) at the network's input resolution (the config's "
-             "data.min_size_test). mIoU over background + 4 classes. With several seeds each cell "
-             "gives every seed's figure, then their mean; each run's command is kept in "
+             f"{precision}, shapes val ({figures['val_images']} images) at the network's input resolution "
+             "(the config's data.min_size_test). mIoU over background + 4 classes. With several seeds each "
+             "cell gives every seed's figure, then their mean; each run's command is kept in "
              "benchmarks/results/fcn_shapes.json.")
     finish(args, "fcn_shapes", "FCN-8s on shapes (accuracy)", body, figures)
     return 1 if failed else 0

@@ -5,6 +5,7 @@
     out = predictor(image)                              # np.ndarray [H, W, 3] RGB uint8, or a path
     out["instances"]   # Instances in the image's own pixels (boxes, scores, labels, masks [N, H, W])
     out["semantic"]    # Tensor[H, W] uint8: 0 background, k + 1 class k (models with an FCN head)
+    out["panoptic"]    # (Tensor[H, W] int32 segment ids, [segment dicts]) (panoptic models)
     out["classes"]     # Tensor[K] class probabilities (classification models)
     predictor.top_k(out["classes"], 5)   # [(class name, probability)], best first
 """
@@ -20,6 +21,7 @@ from .utils import UsageError, check_device
 from .modeling.heads import CLASSES, SEMANTIC
 from .modeling.heads.base import RESULT_KEYS
 from .modeling.heads.fcn import labels_at
+from .modeling.panoptic import name_segments
 from .data.prepare import ImageLike, prepare_image  # noqa: F401  (prepare_image: public here too)
 from .structures import Instances
 
@@ -41,13 +43,18 @@ class Predictor:
         fold_bn: fold frozen BatchNorm into the convolutions before it (faster; results change
             by float rounding only). ``channels_last=False, fold_bn=False`` runs exactly the
             arithmetic of torchvision's models, for imported weights.
+        stuff_names, stuff_cat_ids: a panoptic model's stuff classes (its semantic head's
+            classes 1.. when trained on panoptic data), which its stuff segments name.
     """
 
     def __init__(self, model, cfg: Config, class_names: Sequence[str], cat_ids: Sequence[int], *,
                  device: str = "cpu", score_threshold: float = 0.0, half: bool = False,
-                 channels_last: Optional[bool] = None, fold_bn: bool = True):
+                 channels_last: Optional[bool] = None, fold_bn: bool = True,
+                 stuff_names: Optional[Sequence[str]] = None, stuff_cat_ids: Optional[Sequence[int]] = None):
         from .data.build import inference_transform
         self.cfg, self.class_names, self.cat_ids = cfg, list(class_names), list(cat_ids)
+        self.stuff_names = list(stuff_names) if stuff_names else None
+        self.stuff_cat_ids = list(stuff_cat_ids) if stuff_cat_ids else None
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         if fold_bn:
@@ -78,11 +85,10 @@ class Predictor:
                     value = labels_at(pred[i, :, :h, :w], (oh, ow)).cpu()
                 elif kind == CLASSES:
                     value = pred[i].float().cpu()
-                elif kind == "panoptic":
+                elif kind == "panoptic":  # merged at the file's size already
                     seg, segments = pred[i]
-                    seg = torch.nn.functional.interpolate(seg[None, None].float(), size=(oh, ow),
-                                                          mode="nearest")[0, 0].to(torch.int32)
-                    results[i]["panoptic"] = (seg.cpu(), segments)
+                    results[i]["panoptic"] = (seg.cpu(), name_segments(
+                        segments, self.class_names, self.cat_ids, self.stuff_names, self.stuff_cat_ids))
                     continue
                 else:
                     inst = pred[i]
@@ -107,7 +113,9 @@ class Predictor:
             head predicts masks)} from the first instance head, {"semantic": ``Tensor[H, W]``
             uint8} from the first semantic head, {"classes": ``Tensor[K]`` probabilities} from
             the first classify head, {"panoptic": (``Tensor[H, W]`` int32 segment
-            ids, segments)} when enabled, and {"heads": {head name: its instances or map}}.
+            ids in the image's pixels, segments: dicts with ``id``, ``label``, ``isthing``,
+            ``score``, ``area``, ``category_id``, ``name``)} for panoptic models, and {"heads":
+            {head name: its instances or map}}.
         """
         return self.predict_batch([image], None if proposals is None else [proposals])[0]
 
@@ -156,9 +164,11 @@ def load_model(weights: str, *, config: Optional[str] = None, device: str = "aut
     names = state.get("class_names") or (state.get("label_map") or {}).get("class_names")
     if not names:
         raise CheckpointError(f"{weights}: holds no class names")
-    cat_ids = (state.get("label_map") or {}).get("cat_ids") or list(range(1, len(names) + 1))
+    label_map = state.get("label_map") or {}
+    cat_ids = label_map.get("cat_ids") or list(range(1, len(names) + 1))
+    stuff_names = label_map.get("stuff_names")
     cfg.model.backbone.weights = None  # the checkpoint carries every weight; download nothing
-    model = build_model(cfg, len(names))
+    model = build_model(cfg, len(names), len(stuff_names) if stuff_names else None)
     problem = fit_report(model, state["model"])
     if problem:
         raise CheckpointError(f"{weights} does not fit the model its config describes "
@@ -166,7 +176,8 @@ def load_model(weights: str, *, config: Optional[str] = None, device: str = "aut
                               f"{ {n: h.type for n, h in cfg.model.heads.items()} }): {problem}")
     model.load_state_dict(state["model"])
     return Predictor(model, cfg, names, cat_ids, device=device, score_threshold=score_threshold, half=half,
-                     channels_last=channels_last, fold_bn=fold_bn)
+                     channels_last=channels_last, fold_bn=fold_bn, stuff_names=stuff_names,
+                     stuff_cat_ids=label_map.get("stuff_cat_ids"))
 
 
 __all__ = ["Instances", "Predictor", "load_model", "fit_report", "top_k"]

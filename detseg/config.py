@@ -84,12 +84,17 @@ class HeadConfig(Tagged):
 
 @dataclass
 class PanopticConfig:
-    """Merge a semantic head's map with a mask head's instances (needs both)."""
+    """Merge a semantic head's map with a mask head's instances (needs both), as detectron2's
+    ``combine_semantic_and_instance_outputs``. With panoptic training data (``data.*.panoptic_file``
+    or ``data.shapes.panoptic``) the semantic heads predict the stuff classes (0: any thing)."""
 
     enabled: bool = False
-    instance_score: float = 0.5  # instances below this score are left out
-    overlap: float = 0.5  # an instance mostly hidden by higher-scoring ones is dropped
-    min_area: int = 64  # leftover semantic regions smaller than this (pixels) are dropped
+    instance_score: float = ranged(0.5, ge=0, le=1)  # instances below this score are left out
+    # an instance with more than this share of its mask under higher-scoring ones is dropped
+    overlap: float = ranged(0.5, ge=0, le=1)
+    # stuff regions smaller than this (pixels of the image file) are dropped (detectron2's
+    # stuff_area_thresh, 4096 for COCO's 640 px photos)
+    min_area: int = ranged(64, ge=0)
 
 
 @dataclass
@@ -117,6 +122,10 @@ class ModelConfig:
 class SplitConfig:
     ann_file: Optional[str] = None
     image_dir: Optional[str] = None
+    # COCO panoptic ground truth of the same images (panoptic_*.json; ann_file holds the things'
+    # instances): stuff targets for a panoptic model's semantic head, and PQ at evaluation
+    panoptic_file: Optional[str] = None
+    panoptic_dir: Optional[str] = None  # its PNG folder (default: panoptic_file without .json)
 
 
 @dataclass
@@ -132,6 +141,8 @@ class ShapesConfig:
     # A long-tailed train split: the first class this many times as frequent as the last
     # (exponential decay between); val stays balanced. 1: every class alike.
     imbalance: float = ranged(1.0, ge=1.0)
+    # the panoptic variant: sky, ground and water (stuff) behind the shapes, with COCO panoptic files
+    panoptic: bool = False
 
 
 @dataclass

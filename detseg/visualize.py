@@ -233,8 +233,49 @@ def draw_classes(image: np.ndarray, scores, class_names: list[str], k: int = 5) 
     return out
 
 
+def draw_panoptic(image: np.ndarray, ids: np.ndarray, segments: list[dict],
+                  alpha: float = 0.45) -> np.ndarray:
+    """A panoptic segmentation over a copy of ``image``: each stuff segment tinted in its class's
+    colour with its name once, each thing outlined in its class's colour and labelled with its
+    name and segment id.
+
+    Args:
+        image: ``np.ndarray[H, W, 3]`` RGB uint8; ids: ``[H, W]`` segment ids (0: none);
+        segments: dicts with ``id``, ``isthing``, ``label`` and ``name`` (``Predictor`` results).
+    """
+    out = image.copy()
+    things = sorted({s["label"] for s in segments if s["isthing"]})
+    colours = palette(max([*things, 0]) + 1 + 8)
+    stuff_colours = colours[::-1]  # stuff labels count from the other end, apart from things'
+    legend = []
+    for seg in segments:
+        m = ids == seg["id"]
+        if seg["isthing"] or not m.any():
+            continue
+        c = stuff_colours[seg["label"] % len(stuff_colours)]
+        out[m] = (out[m] * (1 - alpha) + c * alpha).astype(np.uint8)
+        legend.append((seg.get("name", f"stuff {seg['label']}"), c))
+    for seg in segments:
+        if not seg["isthing"]:
+            continue
+        m = (ids == seg["id"]).astype(np.uint8)
+        c = tuple(int(v) for v in colours[seg["label"] % len(colours)])
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, c, 2)
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            _label(out, f"{seg.get('name', seg['label'])} #{seg['id']}", int(xs.min()), int(ys.min()), c)
+    for row, (name, c) in enumerate(legend):
+        _label(out, name, 4, 18 + 20 * row, c)
+    return out
+
+
 def draw_prediction(image: np.ndarray, result: dict, class_names: list[str]) -> np.ndarray:
-    """Everything a ``Predictor`` returned for one image, drawn on a copy of it."""
+    """Everything a ``Predictor`` returned for one image, drawn on a copy of it (a panoptic
+    model's result as its panoptic segmentation)."""
+    if "panoptic" in result:
+        ids, segments = result["panoptic"]
+        return draw_panoptic(image, np.asarray(ids), segments)
     out = image
     if "classes" in result:
         out = draw_classes(out, result["classes"], class_names)

@@ -17,6 +17,7 @@ from tests.conftest import ROOT, run_script
     ("benchmarks/lineage.py", ["speedup", "ms", "naive_max_abs_diff"]),
     ("benchmarks/detection_shapes.py", ["sppnet"]),
     ("benchmarks/mask_shapes.py", ["segm_AP", "segm_AP50", "AP"]),
+    ("benchmarks/panoptic_shapes.py", ["PQ", "PQ_th", "PQ_st", "seeds"]),
     ("benchmarks/paste_masks.py", ["speedup", "mismatches"]),
     ("benchmarks/vs_torchvision.py", ["seconds", "speedup", "agreement"]),
     ("benchmarks/finetune.py", ["finetune_frozen", "scratch", "speedup"]),

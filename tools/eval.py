@@ -3,10 +3,13 @@
     python tools/eval.py --weights runs/x/best.pth                        # the config's val split
     python tools/eval.py --weights runs/x/best.pth --ann-file A.json --image-dir IMGS
     python tools/eval.py --weights runs/x/best.pth evaluator.backend=faster_coco_eval
+    python tools/eval.py --weights runs/pan/best.pth --ann-file instances_val2017.json \
+        --image-dir val2017 --panoptic-file panoptic_val2017.json      # + PQ / SQ / RQ
 
 Detection heads: COCO box (and mask) AP and a per-class AP table; FCN heads: mIoU and pixel
-accuracy. Writes metrics.json (and coco_results.json) into --output (default: an ``eval`` folder
-beside the weights).
+accuracy; panoptic models with panoptic ground truth: PQ, SQ and RQ, for things and stuff.
+Writes metrics.json (and coco_results.json) into --output (default: an ``eval`` folder beside
+the weights). Overrides of ``model.panoptic`` change the merge that is scored.
 """
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config replacing the checkpoint's own")
     p.add_argument("--ann-file", help="COCO annotations to evaluate on (default: the config's val split)")
     p.add_argument("--image-dir", help="their images")
+    p.add_argument("--panoptic-file", help="COCO panoptic ground truth of the same images (a panoptic "
+                   "model is then scored with PQ); its PNGs in --panoptic-dir or beside it")
+    p.add_argument("--panoptic-dir", help="the panoptic PNG folder (default: --panoptic-file without .json)")
     p.add_argument("--output", help="folder for metrics.json (default: <weights folder>/eval); an "
                    "existing one only when empty or holding an earlier eval.py output")
     p.add_argument("--overwrite", action="store_true",
@@ -62,8 +68,15 @@ def main(argv=None) -> int:
         # the model exactly as the trainer evaluated it (no inference-time folding)
         predictor = load_model(args.weights, config=args.config, device=args.device, fold_bn=False)
         cfg = from_dict(apply_overrides(to_dict(predictor.cfg), {}, args.overrides))
+        if predictor.model.panoptic is not None:  # the merge's settings may be overridden too
+            from detseg.modeling.model import panoptic_settings
+            predictor.model.panoptic = panoptic_settings(cfg) or predictor.model.panoptic
         if args.ann_file:
             split = {"ann_file": args.ann_file, "image_dir": args.image_dir or os.path.dirname(args.ann_file)}
+            if args.panoptic_file:
+                from detseg.data.panoptic_format import default_png_folder
+                split.update(panoptic_json=args.panoptic_file,
+                             panoptic_dir=args.panoptic_dir or default_png_folder(args.panoptic_file))
             for settings in cfg.model.heads.values():  # a cache made for another dataset would not fit
                 proposals = head_class(settings).proposal_settings(settings)
                 if proposals is not None:
@@ -76,7 +89,8 @@ def main(argv=None) -> int:
         # the data first: a bad annotation file is named before anything about the output
         datasets, evaluate = build_datasets_and_evaluator(cfg, {"val": split}, out_dir, predictor.class_names)
         output = claim_dir(out_dir, "eval", overwrite=args.overwrite,
-                           inputs=[args.weights, args.config, split["ann_file"], split["image_dir"]])
+                           inputs=[args.weights, args.config, split["ann_file"], split["image_dir"],
+                                   split.get("panoptic_json"), split.get("panoptic_dir")])
         dataset = datasets["val"]
     except (CheckpointError, ConfigError, DataError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -84,6 +98,11 @@ def main(argv=None) -> int:
     if dataset.cat_ids != predictor.cat_ids:
         print(f"error: {split['ann_file'] or split['image_dir']} has categories {dataset.cat_ids}, the model was trained on "
               f"{predictor.cat_ids}", file=sys.stderr)
+        return 2
+    stuff = getattr(dataset, "stuff_cat_ids", None)
+    if getattr(dataset, "panoptic", None) is not None and stuff != (predictor.stuff_cat_ids or []):
+        print(f"error: {split['panoptic_json']} has stuff categories {dataset.stuff_cat_ids}, the model was "
+              f"trained on {predictor.stuff_cat_ids or 'none'}", file=sys.stderr)
         return 2
     with torch.no_grad():
         metrics = evaluate(predictor.model)
@@ -93,6 +112,9 @@ def main(argv=None) -> int:
         logging.info("wrote %s", path)
     for key in [k for k in metrics if k.endswith("per_class_AP")]:
         print(f"{key}:\n{format_per_class(metrics[key])}")
+    if "PQ" in metrics:
+        from detseg.evaluation.panoptic_quality import format_pq
+        print(f"panoptic quality:\n{format_pq(metrics)}")
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(json.dumps(summary, indent=2))
     output.list_files(complete=True)

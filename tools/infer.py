@@ -8,7 +8,9 @@
 
 Writes into --output (default runs/infer/<n>): annotated images (or video), results.json in COCO
 results format (image ids from --ann-file when the images belong to a COCO dataset, else 1..N in
-input order, listed in images.json) and, with --save-txt, labels/<name>.txt per image. The exit
+input order, listed in images.json) and, with --save-txt, labels/<name>.txt per image. A panoptic
+model's images also give panoptic.json and panoptic/<name>.png in the COCO panoptic format
+(segment ids as R + 256 G + 256^2 B, the JSON's segments_info naming each id's category). The exit
 status is 1 when any input could not be read (each is reported), 2 for bad arguments.
 """
 from __future__ import annotations
@@ -84,11 +86,9 @@ def choose_backend(args, kind: str, what) -> str:
         import onnxruntime  # noqa: F401
     except ImportError:
         return "eager"
-    from detseg.export.cache import cached_path, has_panoptic
+    from detseg.export.cache import cached_path
     count = len(what) if kind == "images" else _frame_count(what)
-    if not (os.path.isfile(cached_path(args.weights)) or count >= ORT_MIN_IMAGES):
-        return "eager"
-    return "eager" if has_panoptic(args.weights) else "onnxruntime"
+    return "onnxruntime" if os.path.isfile(cached_path(args.weights)) or count >= ORT_MIN_IMAGES else "eager"
 
 
 def _frame_count(path: str) -> int:
@@ -142,10 +142,12 @@ class Display:
 class Results:
     """COCO results, per-image label files and the image list, written atomically at the end."""
 
-    def __init__(self, out_dir: str, predictor, save_txt: bool):
+    def __init__(self, out_dir: str, predictor, save_txt: bool, panoptic_pngs: bool = True):
         self.out_dir, self.predictor, self.save_txt = out_dir, predictor, save_txt
+        self.panoptic_pngs = panoptic_pngs
         self.records: list[dict] = []
         self.images: list[dict] = []
+        self.panoptic: list[dict] = []  # COCO panoptic annotations, one per image
 
     def add(self, image_id: int, name: str, size: tuple[int, int], result: dict,
             stem: Optional[str] = None) -> None:
@@ -153,6 +155,8 @@ class Results:
         self.images.append({"id": image_id, "file_name": name, "height": size[0], "width": size[1]})
         if "classes" in result:
             self.add_classes(image_id, name, result["classes"], stem)
+        if "panoptic" in result and self.panoptic_pngs:
+            self.add_panoptic(image_id, result["panoptic"], stem or os.path.splitext(name)[0])
         inst = result.get("instances")
         if inst is None:
             return
@@ -185,10 +189,38 @@ class Results:
             with atomic_write(path, "w") as f:
                 f.write("\n".join(lines) + "\n")
 
+    def add_panoptic(self, image_id: int, panoptic: tuple, stem: str) -> None:
+        """panoptic/<stem>.png (segment ids in COCO's RGB encoding) and the image's entry of
+        panoptic.json (``segments_info``: id, category_id, isthing, score, area, bbox)."""
+        import numpy as np
+
+        from detseg.data.panoptic_format import id_to_rgb
+        ids, segments = panoptic
+        ids = np.asarray(ids)
+        file_name = stem + ".png"
+        os.makedirs(os.path.join(self.out_dir, "panoptic"), exist_ok=True)
+        _write_rgb(os.path.join(self.out_dir, "panoptic", file_name), id_to_rgb(ids))
+        info = []
+        for seg in segments:
+            ys, xs = np.nonzero(ids == seg["id"])
+            bbox = ([int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+                    if len(xs) else [0, 0, 0, 0])
+            info.append({"id": int(seg["id"]), "category_id": int(seg["category_id"]),
+                         "isthing": int(bool(seg["isthing"])), "score": round(float(seg["score"]), 6),
+                         "area": int(seg["area"]), "bbox": bbox})
+        self.panoptic.append({"image_id": image_id, "file_name": file_name, "segments_info": info})
+
     def close(self) -> None:
         from detseg.utils import write_json_atomic
         write_json_atomic(self.records, os.path.join(self.out_dir, "results.json"))
         write_json_atomic(self.images, os.path.join(self.out_dir, "images.json"))
+        if self.panoptic:
+            p = self.predictor
+            categories = [{"id": int(c), "name": n, "isthing": 1} for c, n in zip(p.cat_ids, p.class_names)]
+            categories += [{"id": int(c), "name": n, "isthing": 0}
+                           for c, n in zip(p.stuff_cat_ids or [], p.stuff_names or [])]
+            write_json_atomic({"images": self.images, "annotations": self.panoptic, "categories": categories},
+                              os.path.join(self.out_dir, "panoptic.json"))
 
 
 def _write_rgb(path: str, rgb) -> None:
@@ -283,7 +315,8 @@ def run_video(source, predictor, args, out_dir: str) -> int:
     stem = os.path.join(out_dir, "webcam" if isinstance(source, int) else
                         os.path.splitext(os.path.basename(source))[0])
     writer = VideoWriter(stem, reader.fps, (reader.width, reader.height))
-    results, display = Results(out_dir, predictor, False), Display(args.show)
+    # a video's panoptic output is the drawn video (a PNG per frame would swamp the folder)
+    results, display = Results(out_dir, predictor, False, panoptic_pngs=False), Display(args.show)
     bar = tqdm(total=reader.frame_count, unit="frame", desc="infer",
                disable=os.environ.get("DETSEG_NO_PROGRESS") == "1")
     memory, frames, pending, t0 = [], 0, [], time.perf_counter()

@@ -72,13 +72,14 @@ def main(argv=None) -> int:
             predictor = load_model(args.weights, config=args.config, device=device, fold_bn=False)
             model, cfg, num_classes = predictor.model, predictor.cfg, len(predictor.class_names)
         else:
-            from detseg.data.build import resolve_splits
+            from detseg.data.build import panoptic_source, resolve_splits
             from detseg.data.coco import CocoDataset
             from detseg.modeling.model import build_model
             cfg = load_config(args.config, args.overrides)
             split = resolve_splits(cfg)["train"]
-            num_classes = CocoDataset(split["ann_file"], split["image_dir"]).num_classes
-            model = build_model(cfg, num_classes).to(device)
+            ds = CocoDataset(split["ann_file"], split["image_dir"], panoptic=panoptic_source(cfg, split))
+            num_classes = ds.num_classes
+            model = build_model(cfg, num_classes, ds.num_stuff).to(device)
     except (ConfigError, DataError, CheckpointError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

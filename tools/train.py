@@ -222,7 +222,7 @@ def run(cfg, splits: dict, args) -> int:
         output_dir, cfg, resume=args.resume, overwrite=args.overwrite)
     datasets, evaluate = build_datasets_and_evaluator(cfg, splits, output_dir)
     train_ds = datasets["train"]
-    model = build_model(cfg, train_ds.num_classes)
+    model = build_model(cfg, train_ds.num_classes, getattr(train_ds, "num_stuff", None))
 
     apply_class_counts(model, train_ds, output_dir)
     meta = {"class_names": train_ds.class_names, "label_map": train_ds.label_map(),

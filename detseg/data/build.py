@@ -34,15 +34,29 @@ def resolve_splits(cfg) -> dict:
         return _classify_splits(cfg)
     if d.train.ann_file is None:
         s = d.shapes
+        ensure = ensure_shapes
+        if s.panoptic:
+            from .shapes_panoptic import ensure_panoptic_shapes as ensure
         try:
-            splits = ensure_shapes(s.seed, s.num_train, s.num_val, s.cache_dir, s.classes, s.imbalance)
+            splits = ensure(s.seed, s.num_train, s.num_val, s.cache_dir, s.classes, s.imbalance)
         except ValueError as e:  # an unknown shape name
             raise DataError(f"data.shapes.classes: {e}") from None
         return splits if s.num_val else {**splits, "val": None}
-    splits = {"train": {"ann_file": d.train.ann_file, "image_dir": d.train.image_dir}, "val": None}
+    splits = {"train": _split(d.train), "val": None}
     if d.val.ann_file:
-        splits["val"] = {"ann_file": d.val.ann_file, "image_dir": d.val.image_dir}
+        splits["val"] = _split(d.val)
     return splits
+
+
+def _split(split) -> dict:
+    """A ``data.train`` / ``data.val`` section as a split dict (``panoptic_json`` / ``panoptic_dir``
+    only when a panoptic file is set)."""
+    out = {"ann_file": split.ann_file, "image_dir": split.image_dir}
+    if split.panoptic_file:
+        from .panoptic_format import default_png_folder
+        out.update(panoptic_json=split.panoptic_file,
+                   panoptic_dir=split.panoptic_dir or default_png_folder(split.panoptic_file))
+    return out
 
 
 def _classify_splits(cfg) -> dict:
@@ -109,6 +123,14 @@ def inference_transform(cfg):
     return eval_transform(cfg.data.min_size_test, cfg.data.max_size)
 
 
+def panoptic_source(cfg, split: dict) -> Optional[tuple[str, Optional[str]]]:
+    """``CocoDataset``'s ``panoptic`` argument for ``split``: its panoptic JSON and PNG folder when
+    the model merges panoptic output and the split has panoptic ground truth, else None."""
+    if cfg.model.panoptic.enabled and split.get("panoptic_json"):
+        return split["panoptic_json"], split.get("panoptic_dir")
+    return None
+
+
 def build_dataset(cfg, split: dict, *, train: bool, with_masks=False, with_semantic=False,
                   proposals: Optional[dict] = None) -> CocoDataset:
     d = cfg.data
@@ -119,7 +141,7 @@ def build_dataset(cfg, split: dict, *, train: bool, with_masks=False, with_seman
     return CocoDataset(split["ann_file"], split["image_dir"], with_masks=with_masks,
                        with_semantic=with_semantic, keep_empty=d.keep_empty or not train,
                        transform=transform, on_bad_image=d.on_bad_image, proposals=proposals,
-                       cache=d.cache)
+                       cache=d.cache, panoptic=panoptic_source(cfg, split))
 
 
 def build_datasets(cfg, splits: dict, class_names=None) -> dict:

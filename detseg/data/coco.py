@@ -5,6 +5,10 @@ boxes become float32 ``(x1, y1, x2, y2)``; crowd annotations become ignore regio
 positives; images with no annotations stay as negatives unless ``keep_empty=False``. Masks are
 decoded (polygons and RLE alike) only when asked for, and a semantic target (0 background, k+1
 for class k, 255 ignore) is derived from them for FCN.
+
+With COCO panoptic ground truth beside the instances file (``panoptic=``), the semantic target
+is the panoptic one instead, as Panoptic FPN trains its semantic branch: 0 for every thing pixel,
+k+1 for stuff class k (the panoptic file's stuff categories, sorted by id), 255 for void.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pycocotools.coco import COCO
 
 from ..structures import SEMANTIC_IGNORE as IGNORE
 from .io import DataError, read_image_size, read_or_skip
+from .panoptic_format import PanopticImage, load_panoptic, read_segment_png
 from .validate import DROPPED, FATAL, SEGMENTATION, check_annotations, read_annotations
 
 logger = logging.getLogger(__name__)
@@ -190,6 +195,10 @@ class CocoDataset(torch.utils.data.Dataset):
             later epochs skip the file decode and the polygon rasterising (the transform still
             runs on every read, on a copy). Costs the decoded size of the dataset (0.64 GB
             for the 2000-image shapes set with masks), once per loader worker.
+        panoptic: ``(panoptic JSON, PNG folder or None)``: COCO panoptic ground truth of the same
+            images; the semantic target then holds the stuff classes (see the module docstring),
+            ``stuff_names`` / ``stuff_cat_ids`` name them and ``panoptic_image(id)`` gives an
+            image's ground truth for PQ.
 
     Each item is a dict: ``image`` uint8 ``[3, H, W]``, ``boxes`` float32 ``[N, 4]`` xyxy,
     ``labels`` int64 ``[N]``, ``ignore_boxes`` float32 ``[M, 4]``, ``image_id``, ``orig_size``
@@ -199,7 +208,8 @@ class CocoDataset(torch.utils.data.Dataset):
     def __init__(self, ann_file: str, image_dir: str, *, with_masks: bool = False,
                  with_semantic: bool = False, keep_empty: bool = True,
                  transform: Optional[Callable[[dict], dict]] = None,
-                 on_bad_image: str = "error", proposals: Optional[dict] = None, cache: bool = False):
+                 on_bad_image: str = "error", proposals: Optional[dict] = None, cache: bool = False,
+                 panoptic: Optional[tuple[str, Optional[str]]] = None):
         self.ann_file = ann_file
         self.image_dir = image_dir
         self.coco = load_coco(ann_file, image_dir)
@@ -217,6 +227,7 @@ class CocoDataset(torch.utils.data.Dataset):
         self.cat_ids = sorted(self.coco.getCatIds())
         self.label_of_cat = {cid: i for i, cid in enumerate(self.cat_ids)}
         self.class_names = [self.coco.cats[cid]["name"] for cid in self.cat_ids]
+        self._init_panoptic(panoptic)
 
         # (load_coco refused undeclared categories and dropped unusable boxes, with a warning)
         ids = []
@@ -227,14 +238,80 @@ class CocoDataset(torch.utils.data.Dataset):
                 ids.append(img_id)
         self.ids = ids
 
+    def _init_panoptic(self, panoptic: Optional[tuple[str, Optional[str]]]) -> None:
+        self.panoptic = None
+        self.stuff_cat_ids: list[int] = []
+        self.stuff_names: list[str] = []
+        self._panoptic_of: dict[int, PanopticImage] = {}
+        if panoptic is None:
+            return
+        try:
+            self.panoptic = load_panoptic(*panoptic)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        self.stuff_cat_ids = sorted(self.panoptic.stuff_ids)
+        self.stuff_names = [self.panoptic.categories[c].get("name", str(c)) for c in self.stuff_cat_ids]
+        self._stuff_label = {c: k for k, c in enumerate(self.stuff_cat_ids)}
+        self._panoptic_of = {im.image_id: im for im in self.panoptic.images}
+        missing = [i for i in self.coco.getImgIds() if i not in self._panoptic_of]
+        if missing:
+            logger.warning("%s: %d image(s) of %s have no panoptic entry (image ids %s); their "
+                           "semantic targets are left out of the loss and of PQ", panoptic[0], len(missing),
+                           self.ann_file, ", ".join(map(str, missing[:5])))
+
     # -- label map -------------------------------------------------------------------------
     @property
     def num_classes(self) -> int:
         return len(self.cat_ids)
 
+    @property
+    def num_stuff(self) -> Optional[int]:
+        """Stuff classes of the panoptic ground truth (None without one)."""
+        return len(self.stuff_cat_ids) if self.panoptic is not None else None
+
+    @property
+    def semantic_names(self) -> list[str]:
+        """Names of the semantic target's values 0, 1, ...: background and the classes, or with
+        panoptic ground truth "things" and the stuff classes."""
+        if self.panoptic is not None:
+            return ["things", *self.stuff_names]
+        return ["background", *self.class_names]
+
     def label_map(self) -> dict:
-        """Checkpoint-safe description: contiguous label → dataset category id, and names."""
-        return {"cat_ids": list(self.cat_ids), "class_names": list(self.class_names)}
+        """Checkpoint-safe description: contiguous label → dataset category id, and names (and
+        the stuff classes' with panoptic ground truth)."""
+        out = {"cat_ids": list(self.cat_ids), "class_names": list(self.class_names)}
+        if self.panoptic is not None:
+            out.update(stuff_cat_ids=list(self.stuff_cat_ids), stuff_names=list(self.stuff_names))
+        return out
+
+    def panoptic_image(self, img_id: int) -> Optional[PanopticImage]:
+        """The panoptic ground truth of image ``img_id`` (None: no panoptic file, or no entry)."""
+        return self._panoptic_of.get(img_id)
+
+    def panoptic_categories(self) -> dict[int, dict]:
+        """``{category id: {"name", "isthing"}}`` of the panoptic ground truth ({} without one)."""
+        return dict(self.panoptic.categories) if self.panoptic is not None else {}
+
+    def stuff_map(self, img_id: int, height: int, width: int) -> np.ndarray:
+        """uint8 ``[H, W]`` of image ``img_id`` for transport through the transforms: 0 void (and
+        images without a panoptic entry), 1 things, k + 2 stuff class k."""
+        entry = self._panoptic_of.get(img_id)
+        out = np.zeros((height, width), np.uint8)
+        if entry is None:
+            return out
+        try:
+            ids = read_segment_png(entry.png)
+        except ValueError as e:
+            raise DataError(f"{self.panoptic.path}: image {img_id}: {e}") from None
+        if ids.shape != (height, width):
+            raise DataError(f"{entry.png}: PNG is {ids.shape[1]}x{ids.shape[0]}, its image {img_id} "
+                            f"{width}x{height}; run tools/check_data.py")
+        for seg in entry.segments:
+            cat = seg["category_id"]
+            value = 1 if cat not in self._stuff_label else self._stuff_label[cat] + 2
+            out[ids == seg["id"]] = value
+        return out
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -255,7 +332,16 @@ class CocoDataset(torch.utils.data.Dataset):
     def pixel_counts(self) -> list[int]:
         """Annotated pixels per class from the annotations' areas, background first (every
         image's pixels less its objects'): the class frequencies of a semantic map, counted from
-        the JSON without decoding a mask (overlaps counted twice)."""
+        the JSON without decoding a mask (overlaps counted twice). With panoptic ground truth:
+        the panoptic semantic target's classes, things first, from the segments' areas."""
+        if self.panoptic is not None:
+            counts = [0] * (len(self.stuff_cat_ids) + 1)
+            for img_id in self.ids:
+                entry = self._panoptic_of.get(img_id)
+                for seg in entry.segments if entry is not None else ():
+                    k = self._stuff_label.get(seg["category_id"])
+                    counts[0 if k is None else k + 1] += int(seg.get("area", 0))
+            return counts
         counts = [0] * (self.num_classes + 1)
         for img_id in self.ids:
             img = self.coco.imgs[img_id]
@@ -330,7 +416,10 @@ class CocoDataset(torch.utils.data.Dataset):
         if (info.get("height"), info.get("width")) != (h, w) and img_id not in self._size_named:
             self._size_named.add(img_id)  # once per image (each loader worker has its own set)
             _name_wrong_size(self.ann_file, info, h, w)
-        return {"image": image, **self.load_annotations(img_id, h, w)}
+        sample = {"image": image, **self.load_annotations(img_id, h, w)}
+        if self.panoptic is not None and self.with_semantic:
+            sample["stuff_map"] = self.stuff_map(img_id, h, w)
+        return sample
 
     def __getitem__(self, index: int) -> Optional[dict]:
         img_id = self.ids[index]
@@ -369,7 +458,10 @@ class CocoDataset(torch.utils.data.Dataset):
             out["proposals"] = torch.from_numpy(np.ascontiguousarray(s["proposals"])).float().reshape(-1, 4)
         if self.with_masks:
             out["masks"] = torch.from_numpy(np.ascontiguousarray(s["masks"]))
-        if self.with_semantic:
+        if self.with_semantic and s.get("stuff_map") is not None:
+            stuff = s["stuff_map"].astype(np.int16) - 1
+            out["semantic"] = torch.from_numpy(np.where(stuff < 0, IGNORE, stuff).astype(np.uint8))
+        elif self.with_semantic:
             sem = semantic_from_instances(s["masks"], s["labels"], s["ignore_mask"], image.shape[:2])
             out["semantic"] = torch.from_numpy(sem)
         return out

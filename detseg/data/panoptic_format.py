@@ -1,5 +1,5 @@
-"""The COCO panoptic format: reading it, checking it, and turning one image's segments into the
-targets the heads train on.
+"""The COCO panoptic format: reading it and checking it (``CocoDataset`` turns an image's segments
+into training targets).
 
 A COCO panoptic dataset is a JSON file (``images``, ``annotations`` with one entry per image:
 ``image_id``, ``file_name`` of its PNG and ``segments_info``, and ``categories`` with ``isthing``)
@@ -182,43 +182,3 @@ def check_panoptic(json_path: str, image_dir: str, png_folder: str | None = None
                 key = f"{info.get('name', s['category_id'])} ({kind})"
                 counts[key] = counts.get(key, 0) + 1
     return problems, counts
-
-
-def targets_from_segments(ids: np.ndarray, segments: list[dict], categories: dict[int, dict],
-                          contiguous: dict[int, int]) -> dict:
-    """One image's training targets from its segment-id map.
-
-    Args:
-        ids: ``[H, W]`` segment ids (0 = void).
-        segments: the image's ``segments_info``.
-        categories: category id → entry with ``isthing``.
-        contiguous: category id → training label ``0..K-1`` (things and stuff alike).
-    Returns:
-        ``semantic`` uint8 ``[H, W]`` (label + 1, 0 = void, 255 = crowd: left out of the loss),
-        ``masks`` uint8 ``[N, H, W]``, ``labels`` int64 ``[N]`` and ``boxes`` float32 ``[N, 4]``
-        (x0, y0, x1, y1) of the non-crowd thing segments, ``ignore_boxes`` ``[M, 4]`` of the crowd ones.
-    """
-    h, w = ids.shape
-    semantic = np.zeros((h, w), np.uint8)
-    masks, labels, boxes, ignore = [], [], [], []
-    for s in segments:
-        m = ids == s["id"]
-        if not m.any():
-            continue
-        crowd = s.get("iscrowd", 0) == 1
-        semantic[m] = 255 if crowd else contiguous[s["category_id"]] + 1
-        if categories[s["category_id"]].get("isthing", 0) != 1:
-            continue
-        ys, xs = np.nonzero(m)
-        box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-        if crowd:
-            ignore.append(box)
-            continue
-        masks.append(m.astype(np.uint8))
-        labels.append(contiguous[s["category_id"]])
-        boxes.append(box)
-    return {"semantic": semantic,
-            "masks": np.stack(masks) if masks else np.zeros((0, h, w), np.uint8),
-            "labels": np.asarray(labels, np.int64),
-            "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
-            "ignore_boxes": np.asarray(ignore, np.float32).reshape(-1, 4)}

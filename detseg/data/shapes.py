@@ -335,10 +335,13 @@ def split_paths(root: str) -> dict:
 
 
 def ensure_shapes(seed: int = 0, num_train: int = 300, num_val: int = 60,
-                  cache_dir: Optional[str] = None, classes=None, imbalance: float = 1.0) -> dict:
-    """Generate the shapes dataset into the cache on first use; reuse it afterwards."""
+                  cache_dir: Optional[str] = None, classes=None, imbalance: float = 1.0,
+                  writer: Optional[Callable] = None, variant: str = "shapes") -> dict:
+    """Generate the shapes dataset into the cache on first use; reuse it afterwards. ``writer``
+    and ``variant``: another variant's split writer (``generate``) and the name its cache folders
+    start with."""
     classes = check_classes(classes)
-    name = f"shapes_v{FORMAT_VERSION}_seed{seed}_{num_train}_{num_val}"
+    name = f"{variant}_v{FORMAT_VERSION}_seed{seed}_{num_train}_{num_val}"
     if classes != CLASSES:
         name += "_" + "-".join(classes)
     if imbalance > 1:
@@ -347,7 +350,9 @@ def ensure_shapes(seed: int = 0, num_train: int = 300, num_val: int = 60,
     paths = split_paths(root)
     if not _complete(paths):
         # two processes on a fresh cache (two trainings, two test workers) may both build it
-        generate(root, seed, num_train, num_val, classes, keep_complete=True, imbalance=imbalance)
+        generate(root, seed, num_train, num_val, classes, keep_complete=True, imbalance=imbalance,
+                 writer=writer)
+        paths = split_paths(root)  # a writer's extra files (the panoptic JSONs) are listed now
     return paths
 
 

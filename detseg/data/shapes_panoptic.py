@@ -18,7 +18,7 @@ import numpy as np
 
 from .panoptic_format import id_to_rgb
 from .shapes import (CLASSES, FORMAT_VERSION, VOCABULARY, _instance_annotation, _write_png, draw_shapes,
-                     long_tail_weights, write_json)
+                     ensure_shapes, long_tail_weights, write_json)
 
 # Stuff categories and their COCO ids (after the shapes' ids, like COCO's stuff after its things)
 STUFF = {"sky": 101, "ground": 102, "water": 103}
@@ -133,3 +133,12 @@ def write_panoptic_split(root: str, split: str, num_images: int, seed: int,
                {"info": info, "images": images, "annotations": instances,
                 "categories": [{k: c[k] for k in ("id", "name", "supercategory")} for c in cats if c["isthing"]]})
     return os.path.join(root, "annotations", f"panoptic_{split}.json")
+
+
+def ensure_panoptic_shapes(seed: int = 0, num_train: int = 300, num_val: int = 60,
+                           cache_dir: Optional[str] = None, classes=None, imbalance: float = 1.0) -> dict:
+    """The panoptic shapes dataset in the cache (written on first use, reused afterwards), as
+    ``shapes.ensure_shapes``: each split's ``ann_file`` / ``image_dir`` plus ``panoptic_json`` /
+    ``panoptic_dir``."""
+    return ensure_shapes(seed, num_train, num_val, cache_dir, classes, imbalance,
+                         writer=write_panoptic_split, variant="shapes_panoptic")

@@ -3,8 +3,8 @@
 A *sample* is a dict of numpy arrays: ``image`` uint8 ``[H, W, 3]``, ``boxes`` float32 ``[N, 4]``
 xyxy, ``labels`` int64 ``[N]``, ``ignore_boxes`` float32 ``[M, 4]``, ``masks`` uint8 ``[N, H, W]``
 or None, ``ignore_mask`` uint8 ``[H, W]`` or None, and optionally ``proposals`` float32 ``[P, 4]``
-(precomputed region proposals). Every transform keeps boxes, masks and the
-image in step and drops instances that vanish.
+(precomputed region proposals) and ``stuff_map`` uint8 ``[H, W]`` (panoptic data). Every
+transform keeps boxes, masks and the image in step and drops instances that vanish.
 """
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ from ..structures import Batch
 from .coco import IGNORE
 
 PAD_DIVISOR = 32
+# Per-pixel label maps a sample may carry beside its instance masks, moved with the image
+# (nearest neighbour; 0 where a shift or scale brings in pixels from outside): the crowd
+# regions, and a panoptic dataset's stuff map (``CocoDataset``: 0 void, 1 things, k + 2 stuff k).
+LABEL_MAPS = ("ignore_mask", "stuff_map")
 
 
 # --------------------------------------------------------------------------- resize
@@ -49,8 +53,9 @@ def resize_sample(s: dict, scale: float) -> dict:
         m = s["masks"]
         out["masks"] = (np.stack([cv2.resize(x, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT) for x in m])
                         if len(m) else np.zeros((0, nh, nw), dtype=np.uint8))
-    if s.get("ignore_mask") is not None:
-        out["ignore_mask"] = cv2.resize(s["ignore_mask"], (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT)
+    for key in LABEL_MAPS:
+        if s.get(key) is not None:
+            out[key] = cv2.resize(s[key], (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT)
     return out
 
 
@@ -119,9 +124,9 @@ class Augment:
         ids = np.arange(len(boxes))
         kwargs = {"image": s["image"], "bboxes": boxes, "ids": ids}
         has_masks = s.get("masks") is not None
+        maps = [k for k in LABEL_MAPS if s.get(k) is not None] if has_masks else []
         if has_masks:
-            masks = list(s["masks"]) + [s["ignore_mask"]]
-            kwargs["masks"] = masks
+            kwargs["masks"] = list(s["masks"]) + [s[k] for k in maps]
         r = self.compose(**kwargs)
         kept_ids = np.asarray(r["ids"], dtype=np.int64).reshape(-1)
         kept_boxes = np.asarray(r["bboxes"], dtype=np.float32).reshape(-1, 4)
@@ -139,7 +144,8 @@ class Augment:
             pos_ids = kept_ids[pos]
             out["masks"] = (np.stack([np.asarray(new_masks[i]) for i in pos_ids]).astype(np.uint8)
                             if len(pos_ids) else np.zeros((0, nh, nw), dtype=np.uint8))
-            out["ignore_mask"] = np.asarray(new_masks[n]).astype(np.uint8)
+            for j, key in enumerate(maps):
+                out[key] = np.asarray(new_masks[n + j]).astype(np.uint8)
         return out
 
 

@@ -209,3 +209,66 @@ def pq_compute(gt_json: str, pred_json: str, gt_folder: str | None = None,
                            read_segment_png(os.path.join(pred_folder, p["file_name"])), p["segments_info"],
                            categories, image=str(ann["image_id"])))
     return stats.summary(categories)
+
+
+class PanopticEvaluator:
+    """PQ of a model's panoptic output (``Model``'s ``"panoptic"``: per image a segment-id map
+    at the file's size and its segments) against a dataset's COCO panoptic ground truth.
+
+    Args:
+        dataset: a ``CocoDataset`` built with ``panoptic=``: ``panoptic_image(id)``,
+            ``panoptic_categories()``, ``cat_ids`` (a thing segment's label → category id) and
+            ``stuff_cat_ids`` (a stuff segment's label → category id).
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.categories = dataset.panoptic_categories()
+        self.stats = PQStats()
+
+    def _category(self, seg: dict) -> int:
+        ids = self.dataset.cat_ids if seg["isthing"] else self.dataset.stuff_cat_ids
+        return int(ids[seg["label"]])
+
+    def process(self, batch, panoptic: list) -> None:
+        """Score one batch's ``(segment ids Tensor[H, W], segments)`` pairs, images without
+        panoptic ground truth left out."""
+        for img_id, (ids, segments) in zip(batch.image_ids, panoptic):
+            entry = self.dataset.panoptic_image(img_id)
+            if entry is None:
+                continue
+            pred = [{"id": s["id"], "category_id": self._category(s)} for s in segments]
+            self.stats.add(pq_image(read_segment_png(entry.png), entry.segments,
+                                    ids.cpu().numpy().astype(np.int64), pred, self.categories,
+                                    image=f"{img_id} ({os.path.basename(entry.png)})"))
+
+    def evaluate(self) -> dict:
+        """``PQ``, ``SQ``, ``RQ`` over all categories, ``_th`` over things, ``_st`` over stuff,
+        and ``per_class_PQ`` ``{name: PQ}``; summed over every rank's images under torchrun."""
+        import torch
+
+        from .. import comm as dist
+        cats = sorted(self.categories)
+        table = torch.tensor([[self.stats[c].iou, self.stats[c].tp, self.stats[c].fp, self.stats[c].fn]
+                              for c in cats], dtype=torch.float64).reshape(-1, 4)
+        dist.all_reduce_sum(table)
+        total = PQStats()
+        for c, (iou, tp, fp, fn) in zip(cats, table.tolist()):
+            total.per_category[c] = CategoryStats(iou, int(tp), int(fp), int(fn))
+        summary = total.summary(self.categories)
+        out = {}
+        for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+            if summary[group]["n"]:
+                out.update({f"{k.upper()}{suffix}": summary[group][k] for k in ("pq", "sq", "rq")})
+        out["per_class_PQ"] = {self.categories[c].get("name", str(c)): v["pq"]
+                               for c, v in summary["per_class"].items()}
+        return out
+
+
+def format_pq(stats: dict) -> str:
+    """PQ / SQ / RQ (percent) for all, things and stuff, as a small text table."""
+    lines = [f"{'':<7} {'PQ':>5} {'SQ':>5} {'RQ':>5}"]
+    for name, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+        if f"PQ{suffix}" in stats:
+            lines.append(f"{name:<7} " + " ".join(f"{100 * stats[k + suffix]:5.1f}" for k in ("PQ", "SQ", "RQ")))
+    return "\n".join(lines)

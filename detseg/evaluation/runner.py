@@ -10,6 +10,7 @@ import torch
 
 from .coco import COCOEvaluator, format_per_class
 from .frequency import frequency_groups, split_by_frequency
+from .panoptic_quality import PanopticEvaluator, format_pq
 from .semseg import SemSegEvaluator
 
 logger = logging.getLogger(__name__)
@@ -26,8 +27,10 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str],
     Semantic heads add ``mIoU`` / ``pixel_acc``; classify heads ``top1``, ``top5``,
     ``balanced_accuracy``, ``per_class_accuracy``; instance heads add COCO ``AP``, ``AP50`` ...
     (box, and mask for heads with masks), each prefixed with the head's name when the model has
-    more than one head of that kind; ``diagnostics`` (``cfg.evaluator.diagnostics``) and
-    ``val_loss`` (``cfg.evaluator.val_loss``: the summed training losses, averaged over batches).
+    more than one head of that kind; a panoptic model on a split with panoptic ground truth adds
+    ``PQ``, ``SQ``, ``RQ``, their ``_th`` (things) / ``_st`` (stuff) parts and ``per_class_PQ``;
+    then ``diagnostics`` (``cfg.evaluator.diagnostics``) and ``val_loss``
+    (``cfg.evaluator.val_loss``: the summed training losses, averaged over batches).
     """
     from ..modeling.heads import CLASSES, INSTANCES, SEMANTIC, head_class
     from .classification import ClassificationEvaluator, format_accuracy
@@ -37,6 +40,8 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str],
     detectors = [n for n, cls in kinds.items() if cls.output == INSTANCES]
     classifiers = [n for n, cls in kinds.items() if cls.output == CLASSES]
     groups = frequency_groups(train_images, cfg.evaluator.frequency_bins) if train_images else None
+    # PQ where the model merges a panoptic output and the split has panoptic ground truth
+    with_pq = cfg.model.panoptic.enabled and getattr(dataset, "panoptic", None) is not None
 
     def by_frequency(per_class: dict, name: str) -> dict:
         """``{name.format(g): mean of group g}`` for the rare / common / frequent groups ("r",
@@ -48,7 +53,9 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str],
     def evaluate(model) -> dict:
         # One pass over the loader feeds every head's evaluator: the model (and its backbone)
         # runs once per batch however many heads it has.
-        semseg = {name: SemSegEvaluator(dataset.num_classes + 1, dataset.class_names) for name in semantic}
+        names = getattr(dataset, "semantic_names", None) or ["background", *dataset.class_names]
+        semseg = {name: SemSegEvaluator(len(names), names[1:], names[0]) for name in semantic}
+        panoptic = PanopticEvaluator(dataset) if with_pq else None
         coco = {name: COCOEvaluator(dataset.ann_file, dataset.cat_ids, dataset.class_names,
                                     iou_types=("bbox", "segm")
                                     if kinds[name].predicts_masks_for(cfg.model.heads[name])
@@ -69,6 +76,8 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str],
                 ev.process(batch, outputs[name])
             for name, ev in classify.items():
                 ev.process(batch, outputs[name])
+            if panoptic is not None:
+                panoptic.process(batch, outputs["panoptic"])
             if score_losses:
                 loss_sum += validation_loss(model, batch)
                 loss_batches += 1
@@ -94,6 +103,10 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str],
                 logger.info("%s %s:\n%s", name, key, format_per_class(stats[key]))
             prefix = f"{name}_" if len(detectors) > 1 else ""
             metrics.update({prefix + k: v for k, v in stats.items()})
+        if panoptic is not None:
+            stats = panoptic.evaluate()
+            logger.info("panoptic quality:\n%s", format_pq(stats))
+            metrics.update(stats)
         for name, ev in classify.items():
             stats = ev.evaluate()
             stats.update(by_frequency(stats["per_class_accuracy"], "accuracy_{}"))

@@ -12,11 +12,13 @@ class SemSegEvaluator:
     Args:
         num_outputs: number of semantic classes including background (K + 1).
         class_names: names of the K object classes (background is added in front).
+        background: the name of value 0 ("things" for a panoptic model's stuff map).
     """
 
-    def __init__(self, num_outputs: int, class_names: list[str] | None = None):
+    def __init__(self, num_outputs: int, class_names: list[str] | None = None,
+                 background: str = "background"):
         self.n = num_outputs
-        self.names = ["background"] + list(class_names or [f"class{i}" for i in range(num_outputs - 1)])
+        self.names = [background] + list(class_names or [f"class{i}" for i in range(num_outputs - 1)])
         self.reset()
 
     def reset(self) -> None:

@@ -14,7 +14,11 @@ for semantic heads, the bilinear upsampling to the file's size and the argmax. W
 - pasting the ``28 x 28`` mask probabilities into the image (``detseg.ops.paste_masks``): the graph
   returns them with their boxes, the way Mask R-CNN defines its output;
 - selective search, which is not a network: heads that read selective-search proposals take
-  them as an input, ``Tensor[P, 4]`` in the pixels of the image given.
+  them as an input, ``Tensor[P, 4]`` in the pixels of the image given;
+- a panoptic model's merge (``detseg.modeling.panoptic.merge_panoptic``: a loop over a
+  data-dependent number of instances): the metadata's ``panoptic`` holds its settings and the
+  stuff classes, and ``ExportedPredictor`` merges the graph's semantic labels and instances
+  exactly as the eager model does.
 
 Inputs: ``image`` uint8 ``[3, H, W]`` RGB (any H, W), ``file_size`` int64 ``[2]`` (the file's
 height, width: the size results are given in), then ``proposals`` where a head needs them. Outputs,
@@ -69,8 +73,7 @@ def export(predictor, path: str, *, fmt: Optional[str] = None, opset: int = DEFA
         the metadata written into the file.
 
     Raises:
-        UsageError: an unknown format, an opset below 16 or above ``max_opset()``, a
-            panoptic-only output.
+        UsageError: an unknown format, an opset below 16 or above ``max_opset()``.
         ImportError: ONNX export without ``onnxscript`` / ``onnx`` installed.
     """
     fmt = fmt or os.path.splitext(path)[1].lstrip(".").lower()

@@ -43,10 +43,3 @@ def cached_export(weights: str, fmt: str = "onnx") -> tuple[str, bool]:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     export(load_model(weights, device="cpu"), path, fmt=fmt)
     return path, False
-
-
-def has_panoptic(weights: str) -> bool:
-    """Whether a checkpoint's config merges panoptic output (which exported graphs leave out)."""
-    from ..engine.checkpoint import load_checkpoint
-    config = load_checkpoint(weights).get("config") or {}
-    return bool(((config.get("model") or {}).get("panoptic") or {}).get("enabled"))

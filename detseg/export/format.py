@@ -11,7 +11,8 @@ from ..engine.checkpoint import CheckpointError
 
 # Bumped whenever the inputs, outputs or metadata change meaning: a runner refuses other versions.
 # 2: semantic-only graphs take a batch of images (metadata "batch"); "static_size".
-EXPORT_FORMAT = 2
+# 3: "panoptic": a panoptic model's merge settings and stuff classes (the runner merges).
+EXPORT_FORMAT = 3
 
 
 FORMATS = ("onnx", "pt2")
@@ -22,7 +23,8 @@ EXPORTED_SUFFIXES = (".onnx", ".pt2")
 
 
 REQUIRED_KEYS = ("export_format", "detseg_version", "class_names", "cat_ids", "inputs", "outputs", "heads",
-                 "input_resize", "min_size_test", "max_size", "selective_search", "batch", "static_size")
+                 "input_resize", "min_size_test", "max_size", "selective_search", "batch", "static_size",
+                 "panoptic")
 
 
 def is_exported(path: str) -> bool:
@@ -88,6 +90,10 @@ def metadata(predictor, graph, static_size: Optional[tuple[int, int]] = None) ->
             "classify": ({"size": cfg.data.classify.size, "crop_ratio": cfg.data.classify.crop_ratio}
                          if any(h.output == "classes" for h in graph.model.heads.values()) else None),
             "backbone": cfg.model.backbone.name,
+            # a panoptic model's merge runs on the graph's outputs, outside it (data-dependent loops)
+            "panoptic": (None if graph.model.panoptic is None else
+                         {**graph.model.panoptic, "stuff_names": predictor.stuff_names,
+                          "stuff_cat_ids": predictor.stuff_cat_ids}),
             "selective_search": None if graph.selective_search is None else {
                 "mode": graph.selective_search.mode, "max_per_image": graph.selective_search.max_per_image}}
 

@@ -64,7 +64,7 @@ class ExportGraph(nn.Module):
             images = image[None]
         batch = Batch(images=images, image_sizes=[(h, w)],
                       proposals=None if proposals is None else [proposals.float()])
-        out = self.model(batch)
+        out = self.model(batch, panoptic=False)  # the runner merges (see detseg.export)
         fh, fw = file_size.to(torch.float64).unbind(0)
         results: list[Tensor] = []
         for name, head in self.model.heads.items():
@@ -112,7 +112,12 @@ def _label_maps(logits: Tensor, h, w, file_size: Tensor) -> Tensor:
     oh, ow = file_size.tolist()
     torch._check(oh > 0)
     torch._check(ow > 0)
-    up = F.interpolate(logits[:, :, :h, :w].float(), size=(oh, ow), mode="bilinear", align_corners=False)
+    # The crop as a copy (index_select), not a view: a view of logits that are exactly the padded
+    # size is contiguous only when the image needed no padding, and tracing would fix that case.
+    rows = torch.arange(h, device=logits.device)
+    cols = torch.arange(w, device=logits.device)
+    cropped = logits.index_select(2, rows).index_select(3, cols).float()
+    up = F.interpolate(cropped, size=(oh, ow), mode="bilinear", align_corners=False)
     return up.argmax(1).to(torch.uint8)
 
 

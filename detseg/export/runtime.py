@@ -101,6 +101,9 @@ class ExportedPredictor:
             self.runner = _Pt2Runner(path, self.device, compile)
         self.meta = read_metadata(path, self.runner.raw)
         self.class_names, self.cat_ids = list(self.meta["class_names"]), list(self.meta["cat_ids"])
+        panoptic = self.meta.get("panoptic")
+        self.stuff_names = panoptic.get("stuff_names") if panoptic else None
+        self.stuff_cat_ids = panoptic.get("stuff_cat_ids") if panoptic else None
         self.score_threshold = score_threshold
         self.transform = (eval_transform(self.meta["min_size_test"], self.meta["max_size"])
                           if self.meta["input_resize"] == "data" else None)
@@ -151,6 +154,7 @@ class ExportedPredictor:
         from ..ops.paste_masks import paste_masks
         oh, ow = sample["orig_size"]
         result: dict = {"heads": {}}
+        raw = {}  # instances before the score threshold, masks unpasted: what the merge reads
         for name, head in self.meta["heads"].items():
             if head["output"] == "semantic":
                 value = outputs[f"{name}.labels"]
@@ -160,13 +164,27 @@ class ExportedPredictor:
                 masks = outputs.get(f"{name}.masks")
                 inst = Instances((oh, ow), outputs[f"{name}.boxes"], outputs[f"{name}.scores"],
                                  outputs[f"{name}.labels"], masks)
+                raw[name] = inst
                 inst = inst[inst.scores >= self.score_threshold]
                 if masks is not None:
                     inst.masks = paste_masks(inst.masks, inst.boxes, (oh, ow))
                 value = inst
             result["heads"][name] = value
             result.setdefault(RESULT_KEYS[head["output"]], value)
+        if self.meta.get("panoptic"):
+            result["panoptic"] = self._panoptic(result, raw)
         return result
+
+    def _panoptic(self, result: dict, raw: dict) -> tuple:
+        """The eager model's merge (``Model._merge``) on the graph's file-sized outputs: the
+        first semantic head's labels and the raw instances of the first head with masks."""
+        from ..modeling.panoptic import merge_panoptic, name_segments
+        settings = self.meta["panoptic"]
+        masked = next(n for n, h in self.meta["heads"].items() if h["output"] == "instances" and h["masks"])
+        ids, segments = merge_panoptic(result["semantic"], raw[masked], **{
+            k: settings[k] for k in ("instance_score", "overlap", "min_area")})
+        return ids, name_segments(segments, self.class_names, self.cat_ids, self.stuff_names,
+                                  self.stuff_cat_ids)
 
     def __call__(self, image, proposals=None) -> dict:
         return self.predict_batch([image], None if proposals is None else [proposals])[0]

@@ -93,7 +93,9 @@ class Model(nn.Module):
                            for r in resized])
         return out, [tuple(r.shape[1:]) for r in resized]
 
-    def forward(self, batch: Union[Batch, dict]) -> dict:
+    def forward(self, batch: Union[Batch, dict], *, panoptic: bool = True) -> dict:
+        """``panoptic=False`` leaves out the panoptic merge (export traces the heads and merges
+        outside the graph)."""
         batch = Batch.of(batch)
         pixels = self.preprocess(batch.images)
         if self.resize is not None:
@@ -109,7 +111,7 @@ class Model(nn.Module):
             extra = {"backbone": self.backbone} if head.uses_backbone else {}
             outputs[name] = getattr(head, call)(features, batch, **extra)
         if not self.training:
-            if self.panoptic is not None:
+            if self.panoptic is not None and panoptic:
                 outputs["panoptic"] = self._merge(outputs, batch)
             return outputs
         # A loss name two heads share (two region heads both have loss_cls) is kept apart by
@@ -153,12 +155,20 @@ class Model(nn.Module):
     def _mask_head_name(heads) -> Optional[str]:
         return next((n for n, h in heads.items() if h.output == INSTANCES and h.predicts_masks), None)
 
-    def _merge(self, outputs: dict, batch: dict) -> list:
+    def _merge(self, outputs: dict, batch: Batch) -> list:
+        """Each image's panoptic segmentation at its file's size (``batch.orig_sizes``), as
+        detectron2 merges: the semantic logits upsampled bilinearly, the masks pasted into the
+        file's pixels."""
+        from .heads.fcn import labels_at
         from .panoptic import merge_panoptic
-        semantic = outputs[self._head_of(self.heads, SEMANTIC)].argmax(1)
+        logits = outputs[self._head_of(self.heads, SEMANTIC)]
         instances = outputs[self._mask_head_name(self.heads)]
-        return [merge_panoptic(semantic[i, :h, :w], inst, **self.panoptic)
-                for i, ((h, w), inst) in enumerate(zip(batch.image_sizes, instances))]
+        out = []
+        for i, ((h, w), inst) in enumerate(zip(batch.image_sizes, instances)):
+            size = tuple(batch.orig_sizes[i]) if batch.orig_sizes else (h, w)
+            semantic = labels_at(logits[i, :, :h, :w], size)
+            out.append(merge_panoptic(semantic, inst.scale(size[1] / w, size[0] / h, size), **self.panoptic))
+        return out
 
 
 def build_head(settings, backbone: nn.Module, num_classes: int) -> Head:
@@ -193,18 +203,31 @@ def data_needs(cfg) -> DataNeeds:
                      proposals=cached[0] if cached else None)
 
 
-def build_model(cfg, num_classes: int) -> Model:
-    """Build the model a config describes, for a dataset of ``num_classes`` classes."""
+def panoptic_settings(cfg) -> Optional[dict]:
+    """``merge_panoptic``'s keyword arguments from ``cfg.model.panoptic`` (None: no merge)."""
+    p = cfg.model.panoptic
+    if not p.enabled:
+        return None
+    return {"instance_score": p.instance_score, "overlap": p.overlap, "min_area": p.min_area}
+
+
+def build_model(cfg, num_classes: int, num_stuff: Optional[int] = None) -> Model:
+    """Build the model a config describes, for a dataset of ``num_classes`` classes (things).
+
+    ``num_stuff``: the stuff classes of panoptic training data; the semantic heads of a panoptic
+    model then predict those (index 0: any thing) instead of the ``num_classes`` classes."""
     m = cfg.model
     bb = m.backbone
     backbone = build_backbone(bb.name, weights=bb.weights, freeze_at=bb.freeze_at, norm=bb.norm,
                               fpn=bb.fpn, fpn_channels=bb.fpn_channels, out_features=bb.out_features,
                               fpn_extra_pool=bb.fpn_extra_pool)
-    heads = {name: build_head(settings, backbone, num_classes) for name, settings in m.heads.items()}
-    panoptic = None
-    if m.panoptic.enabled:
-        panoptic = {"instance_score": m.panoptic.instance_score, "overlap": m.panoptic.overlap,
-                    "min_area": m.panoptic.min_area}
+
+    def classes(settings) -> int:
+        stuff = m.panoptic.enabled and num_stuff is not None and head_class(settings).output == SEMANTIC
+        return num_stuff if stuff else num_classes
+
+    heads = {name: build_head(settings, backbone, classes(settings)) for name, settings in m.heads.items()}
+    panoptic = panoptic_settings(cfg)
     resize = (cfg.data.min_size_test, cfg.data.max_size) if m.input_resize == "model" else None
     return Model(backbone, heads, pixel_mean=m.pixel_mean, pixel_std=m.pixel_std, panoptic=panoptic,
                  resize=resize)

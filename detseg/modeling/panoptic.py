@@ -1,10 +1,15 @@
-"""Panoptic output: instances laid over a semantic map (Kirillov et al. 2019's heuristic).
+"""Panoptic output: instances laid over a semantic map, as detectron2's
+``combine_semantic_and_instance_outputs`` does it (Kirillov et al. 2019's heuristic).
 
-Instances are placed in decreasing score order; each takes the pixels no higher-scoring instance
-took, and is dropped when most of it is already taken. Pixels left over keep the semantic map's
-class as one region per class, dropped when smaller than ``min_area``.
+Instances are placed in decreasing score order down to a score threshold; each takes the pixels
+no higher-scoring instance took, and is dropped when more than ``overlap`` of its mask is already
+taken. Pixels left over take the semantic map's class, one segment per class, dropped when
+smaller than ``min_area`` (detectron2's stuff area limit); value 0 of the semantic map
+(background, or in a panoptic model "any thing") and 255 never become segments.
 """
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -23,11 +28,12 @@ def merge_panoptic(semantic: Tensor, instances: Instances, *, instance_score: fl
             probabilities (pasted here).
         instance_score: instances scoring below this are left out.
         overlap: an instance is dropped when more than this share of its mask is already taken.
-        min_area: leftover semantic regions (and visible instance parts) smaller than this are dropped.
+        min_area: leftover semantic regions smaller than this are dropped.
 
     Returns:
         (``Tensor[H, W]`` int32 segment ids, 0 = nothing; segments: list of ``{"id", "label",
-        "isthing", "score", "area"}``, ``label`` in ``0..K-1``).
+        "isthing", "score", "area"}``: a thing's ``label`` is its instance label, a stuff
+        segment's the semantic map's value less one).
     """
     h, w = semantic.shape
     panoptic = torch.zeros(h, w, dtype=torch.int32, device=semantic.device)
@@ -45,7 +51,7 @@ def merge_panoptic(semantic: Tensor, instances: Instances, *, instance_score: fl
             if area == 0:
                 continue
             visible = m & ~taken
-            if int(visible.sum()) < max(1, min_area) or 1 - visible.sum().item() / area > overlap:
+            if (area - int(visible.sum())) / area > overlap:
                 continue
             seg_id = len(segments) + 1
             panoptic[visible] = seg_id
@@ -65,3 +71,18 @@ def merge_panoptic(semantic: Tensor, instances: Instances, *, instance_score: fl
         segments.append({"id": seg_id, "label": int(value) - 1, "isthing": False, "score": 1.0,
                          "area": area})
     return panoptic, segments
+
+
+def name_segments(segments: list[dict], class_names: Sequence[str], cat_ids: Sequence[int],
+                  stuff_names: Optional[Sequence[str]] = None,
+                  stuff_cat_ids: Optional[Sequence[int]] = None) -> list[dict]:
+    """``merge_panoptic``'s segments with ``category_id`` (the dataset's) and ``name`` added: a
+    thing's from its label and the classes, a stuff segment's from the stuff classes (a model
+    trained on panoptic data), or from the classes when there are none (a semantic head over the
+    thing classes)."""
+    out = []
+    for seg in segments:
+        stuff = not seg["isthing"] and stuff_names is not None
+        names, ids = (stuff_names, stuff_cat_ids) if stuff else (class_names, cat_ids)
+        out.append({**seg, "category_id": int(ids[seg["label"]]), "name": names[seg["label"]]})
+    return out

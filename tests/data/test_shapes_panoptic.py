@@ -5,11 +5,11 @@ import os
 
 import cv2
 import pytest
+import torch
 
 from detseg.data import shapes
-from detseg.data.panoptic_format import (check_image, id_to_rgb, load_panoptic, read_segment_png,
-                                         targets_from_segments)
-from detseg.data.shapes_panoptic import STUFF, categories, render_panoptic
+from detseg.data.panoptic_format import check_image, id_to_rgb, load_panoptic, read_segment_png
+from detseg.data.shapes_panoptic import STUFF, render_panoptic
 from detseg.evaluation.panoptic_quality import pq_compute
 from tests.conftest import call_tool
 
@@ -73,21 +73,55 @@ def test_ground_truth_scored_against_itself_is_pq_one_and_a_perturbed_copy_is_no
     assert out["All"]["pq"] < 1.0
 
 
-def test_targets_from_segments_give_semantic_map_and_thing_instances():
-    image, ids, segments, things = render_panoptic(1, "train", 2)
-    cats = {c["id"]: c for c in categories()}
-    contiguous = {c: i for i, c in enumerate(sorted(cats))}
-    t = targets_from_segments(ids, segments, cats, contiguous)
-    assert t["masks"].shape[0] == len(things) and len(t["labels"]) == len(things)
-    for m, thing in zip(t["masks"], things):
-        assert (m == thing["mask"]).all()
-    for s in segments:
-        assert (t["semantic"][ids == s["id"]] == contiguous[s["category_id"]] + 1).all()
-    # a crowd segment is left out of the loss and of the instances, and kept as an ignore box
-    segments[0] = dict(segments[0], iscrowd=1)
-    t = targets_from_segments(ids, segments, cats, contiguous)
-    assert (t["semantic"][ids == segments[0]["id"]] == 255).all()
-    assert len(t["labels"]) == len(things) - 1 and len(t["ignore_boxes"]) == 1
+def test_dataset_with_panoptic_ground_truth_trains_stuff_and_one_things_class(pan):
+    from detseg.data.coco import CocoDataset
+    from detseg.data.transforms import train_transform
+    split = pan["val"]
+    ds = CocoDataset(split["ann_file"], split["image_dir"], with_semantic=True,
+                     panoptic=(split["panoptic_json"], None))
+    assert ds.stuff_names == ["sky", "ground", "water"] and ds.num_stuff == 3
+    assert ds.semantic_names == ["things", "sky", "ground", "water"]
+    assert ds.label_map()["stuff_cat_ids"] == [STUFF[n] for n in ("sky", "ground", "water")]
+    data = load_panoptic(split["panoptic_json"])
+    for i, entry in enumerate(data.images):
+        item = ds[i]
+        ids = read_segment_png(entry.png)
+        sem = item["semantic"].numpy()
+        for seg in entry.segments:
+            want = 0 if seg["category_id"] in data.thing_ids else ds.stuff_cat_ids.index(seg["category_id"]) + 1
+            assert (sem[ids == seg["id"]] == want).all()
+        assert len(item["labels"]) == sum(s["category_id"] in data.thing_ids for s in entry.segments)
+    counts = ds.pixel_counts()
+    assert len(counts) == 4 and sum(counts) == sum(e.height * e.width for e in data.images)
+    # flipped and rescaled with the image: the map still lines up with the instance masks
+    ds.transform = train_transform([96], 200, "flip")
+    for seed in range(3):
+        ds.transform.reseed(seed)
+        item = ds[0]
+        sem, masks = item["semantic"], item["masks"].bool()
+        assert sem.shape == item["image"].shape[1:] and set(sem.unique().tolist()) <= {0, 1, 2, 3}
+        inside = masks.any(0)
+        assert (sem[inside] == 0).float().mean() > 0.95  # thing pixels (nearest-neighbour edges aside)
+
+
+def test_panoptic_evaluator_scores_ground_truth_as_one(pan):
+    from detseg.data.coco import CocoDataset
+    from detseg.evaluation.panoptic_quality import PanopticEvaluator
+    from detseg.structures import Batch
+    split = pan["val"]
+    ds = CocoDataset(split["ann_file"], split["image_dir"], panoptic=(split["panoptic_json"], None))
+    ev = PanopticEvaluator(ds)
+    things = {c: k for k, c in enumerate(ds.cat_ids)}
+    stuff = {c: k for k, c in enumerate(ds.stuff_cat_ids)}
+    for entry in load_panoptic(split["panoptic_json"]).images:
+        # the segments as the model gives them: thing labels index the classes, stuff the stuff
+        segs = [{"id": s["id"], "isthing": s["category_id"] in things,
+                 "label": things.get(s["category_id"], stuff.get(s["category_id"]))} for s in entry.segments]
+        ids = torch.from_numpy(read_segment_png(entry.png))
+        ev.process(Batch(images=torch.zeros(1, 3, 32, 32, dtype=torch.uint8), image_ids=[entry.image_id]),
+                   [(ids, segs)])
+    out = ev.evaluate()
+    assert out["PQ"] == out["PQ_th"] == out["PQ_st"] == 1.0 and out["per_class_PQ"]["sky"] == 1.0
 
 
 def test_the_checks_name_each_problem(pan, tmp_path):

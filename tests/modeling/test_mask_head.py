@@ -120,11 +120,10 @@ def test_multi_head_model_runs_the_backbone_once_and_returns_every_output(tmp_pa
     with torch.no_grad():
         out = model.eval()(batch)
     assert len(calls) == 1
-    h, w = batch["image_sizes"][0]
     assert out["seg"].shape[1] == ds.num_classes + 1
     assert isinstance(out["det"][0], Instances) and out["det"][0].masks is not None
     pan, segments = out["panoptic"][0]
-    assert pan.shape == (h, w)
+    assert tuple(pan.shape) == tuple(batch["orig_sizes"][0])  # merged at the file's size
 
 
 def test_panoptic_merge_resolves_overlaps_by_score_and_drops_small_leftovers():
@@ -145,3 +144,17 @@ def test_panoptic_merge_resolves_overlaps_by_score_and_drops_small_leftovers():
     # what is left of the right half (200 - 50 covered by instance 2 - 50 by instance 1) stays
     assert [(s["label"], s["area"]) for s in stuff] == [(1, 100)]
     assert (pan[0:2, 0:2] == 0).all()
+
+
+def test_panoptic_merge_keeps_a_small_instance_as_detectron2_does():
+    """detectron2's combine_semantic_and_instance_outputs drops an instance only by score and
+    overlap; the area limit is for stuff. A 4-pixel instance under a min_area of 8 stays."""
+    semantic = torch.zeros(10, 10, dtype=torch.long)
+    masks = torch.zeros(2, 10, 10, dtype=torch.bool)
+    masks[0, 0:2, 0:2] = True
+    masks[1, 5:9, 5:9] = True
+    inst = Instances((10, 10), torch.tensor([[0.0, 0, 2, 2], [5, 5, 9, 9]]), torch.tensor([0.9, 0.4]),
+                     torch.tensor([1, 0]), masks)
+    pan, segments = merge_panoptic(semantic, inst, instance_score=0.5, overlap=0.5, min_area=8)
+    assert [(s["label"], s["area"]) for s in segments] == [(1, 4)]  # the 0.4 one is below the score
+    assert int((pan > 0).sum()) == 4

@@ -12,6 +12,7 @@ from .fcn import FCNHead, FCNHeadConfig
 from .mask import MaskConfig, MaskHead
 from .rcnn import RCNNHead, RCNNHeadConfig
 from .region import ProposalHeadConfig, RegionHead, RegionHeadConfig, SampledRoIs
+from .semantic_fpn import SemanticFPNHead, SemanticFPNHeadConfig
 from .sliding_window import SlidingWindowHead, SlidingWindowHeadConfig
 
 HEAD_TYPES: dict[str, type[Head]] = {}
@@ -30,6 +31,7 @@ register_head("fcn", FCNHead)  # FCN-32s / 16s / 8s semantic segmentation
 register_head("sliding_window", SlidingWindowHead)  # OverFeat-style convolutional window classifier
 register_head("rcnn", RCNNHead)  # R-CNN: warped proposal crops through the backbone
 register_head("region", RegionHead)  # SPPNet, Fast / Faster R-CNN, Mask R-CNN: pooled shared features
+register_head("semantic_fpn", SemanticFPNHead)  # Panoptic FPN's semantic branch
 
 
 def head_class(settings) -> type[Head]:
@@ -42,5 +44,6 @@ def head_class(settings) -> type[Head]:
 __all__ = ["HEAD_TYPES", "CLASSES", "INSTANCES", "SEMANTIC", "Head", "ClassifyHead", "ClassifyHeadConfig",
            "FCNHead", "FCNHeadConfig", "MaskConfig",
            "MaskHead", "ProposalHeadConfig", "RCNNHead", "RCNNHeadConfig", "RegionHead",
-           "RegionHeadConfig", "SampledRoIs", "SlidingWindowHead", "SlidingWindowHeadConfig",
+           "RegionHeadConfig", "SampledRoIs", "SemanticFPNHead", "SemanticFPNHeadConfig",
+           "SlidingWindowHead", "SlidingWindowHeadConfig",
            "head_class", "register_head"]
