@@ -4,6 +4,7 @@ import json
 import os
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -161,3 +162,57 @@ def test_dataset_doctor_reads_a_panoptic_file(pan, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"PNG id {dropped['id']}" in out and "id_not_listed" in out and "1 problem(s)" in out
     assert check_data.main([str(bad), pan["val"]["image_dir"], "--fix", "drop"]) == 2
+
+
+def _perturbed(entry, kind: str):
+    """A void-free prediction of ``entry``: its ids map and segments, changed as ``kind`` says."""
+    ids = read_segment_png(entry.png)
+    segments = [dict(s) for s in entry.segments]
+    things = [s for s in segments if s["category_id"] in shapes.CATEGORY_IDS]
+    if kind == "merged" and things:  # the first thing swallowed by the sky (or another stuff)
+        into = next(s for s in segments if s["category_id"] not in shapes.CATEGORY_IDS)
+        ids[ids == things[0]["id"]] = into["id"]
+        segments.remove(things[0])
+    elif kind == "relabelled":  # every thing called the next shape class: FP and FN each
+        order = sorted(shapes.CATEGORY_IDS)
+        for s in things:
+            s["category_id"] = order[(order.index(s["category_id"]) + 1) % len(order)]
+    elif kind == "shifted":  # the whole map moved (wrapping round: no void), IoUs below 1
+        ids = np.roll(ids, (3, -4), axis=(0, 1))
+    elif kind == "split" and things:  # the largest thing cut in two at its middle column
+        big = max(things, key=lambda s: s["area"])
+        ys, xs = np.nonzero(ids == big["id"])
+        new = max(s["id"] for s in segments) + 1
+        ids[(ids == big["id"]) & (np.arange(ids.shape[1])[None] > np.median(xs))] = new
+        segments.append({"id": new, "category_id": big["category_id"]})
+    present = set(np.unique(ids).tolist())
+    return ids, [s for s in segments if s["id"] in present]
+
+
+@pytest.mark.parametrize("kind", ["identity", "merged", "relabelled", "shifted", "split"])
+def test_pq_matches_torchmetrics_on_perturbed_predictions(pan, kind):
+    """torchmetrics' PanopticQuality (an independent implementation of the same definition) gives
+    the same PQ, SQ and RQ on predictions without void pixels and ground truth without crowd
+    regions: where it departs from the COCO reference, which detseg follows, are void in the
+    prediction, crowd, and a stuff class predicted as several segments (it joins them)."""
+    tm = pytest.importorskip("torchmetrics.detection")
+    from detseg.evaluation.panoptic_quality import PQStats, pq_image
+    data = load_panoptic(pan["val"]["panoptic_json"])
+    things, stuff = set(data.thing_ids), set(data.stuff_ids)
+    metric = tm.PanopticQuality(things=things, stuffs=stuff, return_sq_and_rq=True)
+    ours = PQStats()
+
+    def colours(ids, segments):  # (category id, segment id) per pixel, as torchmetrics takes them
+        cat = dict((s["id"], s["category_id"]) for s in segments)
+        return torch.stack([torch.from_numpy(np.vectorize(cat.get)(ids)), torch.from_numpy(ids)], -1)[None]
+
+    for entry in data.images[:2]:  # torchmetrics loops over segment pairs in Python: two images
+        gt = read_segment_png(entry.png)
+        pred, segments = (gt, entry.segments) if kind == "identity" else _perturbed(entry, kind)
+        ours.add(pq_image(gt, entry.segments, pred, segments, data.categories))
+        metric.update(colours(pred, segments).long(), colours(gt, entry.segments).long())
+    pq, sq, rq = metric.compute().tolist()
+    mean, _ = ours.average(data.categories)
+    # torchmetrics sums in float32
+    assert (mean["pq"], mean["sq"], mean["rq"]) == pytest.approx((pq, sq, rq), rel=1e-6)
+    assert (mean["pq"] == 1.0) == (kind == "identity")
