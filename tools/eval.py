@@ -74,9 +74,8 @@ def main(argv=None) -> int:
         if args.ann_file:
             split = {"ann_file": args.ann_file, "image_dir": args.image_dir or os.path.dirname(args.ann_file)}
             if args.panoptic_file:
-                from detseg.data.panoptic_format import default_png_folder
-                split.update(panoptic_json=args.panoptic_file,
-                             panoptic_dir=args.panoptic_dir or default_png_folder(args.panoptic_file))
+                from detseg.data.panoptic_format import panoptic_paths
+                split.update(panoptic_paths(args.panoptic_file, args.panoptic_dir))
             for settings in cfg.model.heads.values():  # a cache made for another dataset would not fit
                 proposals = head_class(settings).proposal_settings(settings)
                 if proposals is not None:

@@ -194,20 +194,15 @@ class Results:
         panoptic.json (``segments_info``: id, category_id, isthing, score, area, bbox)."""
         import numpy as np
 
-        from detseg.data.panoptic_format import id_to_rgb
+        from detseg.data.panoptic_format import id_to_rgb, mask_bbox
         ids, segments = panoptic
         ids = np.asarray(ids)
         file_name = stem + ".png"
         os.makedirs(os.path.join(self.out_dir, "panoptic"), exist_ok=True)
         _write_rgb(os.path.join(self.out_dir, "panoptic", file_name), id_to_rgb(ids))
-        info = []
-        for seg in segments:
-            ys, xs = np.nonzero(ids == seg["id"])
-            bbox = ([int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-                    if len(xs) else [0, 0, 0, 0])
-            info.append({"id": int(seg["id"]), "category_id": int(seg["category_id"]),
-                         "isthing": int(bool(seg["isthing"])), "score": round(float(seg["score"]), 6),
-                         "area": int(seg["area"]), "bbox": bbox})
+        info = [{"id": int(seg["id"]), "category_id": int(seg["category_id"]),
+                 "isthing": int(bool(seg["isthing"])), "score": round(float(seg["score"]), 6),
+                 "area": int(seg["area"]), "bbox": mask_bbox(ids == seg["id"])} for seg in segments]
         self.panoptic.append({"image_id": image_id, "file_name": file_name, "segments_info": info})
 
     def close(self) -> None:

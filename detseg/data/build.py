@@ -53,9 +53,8 @@ def _split(split) -> dict:
     only when a panoptic file is set)."""
     out = {"ann_file": split.ann_file, "image_dir": split.image_dir}
     if split.panoptic_file:
-        from .panoptic_format import default_png_folder
-        out.update(panoptic_json=split.panoptic_file,
-                   panoptic_dir=split.panoptic_dir or default_png_folder(split.panoptic_file))
+        from .panoptic_format import panoptic_paths
+        out.update(panoptic_paths(split.panoptic_file, split.panoptic_dir))
     return out
 
 

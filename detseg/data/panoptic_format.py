@@ -38,6 +38,15 @@ def segment_areas(ids: np.ndarray) -> dict[int, int]:
     return {int(k): int(c) for k, c in zip(labels, counts) if k != VOID}
 
 
+def mask_bbox(mask: np.ndarray) -> list[int]:
+    """COCO ``[x, y, w, h]`` (integer pixels) enclosing a ``[H, W]`` mask's pixels; zeros when it
+    has none."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return [0, 0, 0, 0]
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+
+
 def read_segment_png(path: str) -> np.ndarray:
     """A COCO panoptic PNG's ``[H, W]`` segment ids (a clear error for a missing or bad file)."""
     import cv2
@@ -79,6 +88,12 @@ class PanopticDataset:
 def default_png_folder(json_path: str) -> str:
     """COCO's convention: ``annotations/panoptic_val2017.json`` ↔ ``annotations/panoptic_val2017/``."""
     return os.path.splitext(json_path)[0]
+
+
+def panoptic_paths(json_path: str, png_folder: str | None = None) -> dict:
+    """A split's panoptic entries: ``{"panoptic_json", "panoptic_dir"}`` (the folder by COCO's
+    convention when not given)."""
+    return {"panoptic_json": json_path, "panoptic_dir": png_folder or default_png_folder(json_path)}
 
 
 def is_panoptic_file(path: str) -> bool:

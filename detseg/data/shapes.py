@@ -24,6 +24,7 @@ import numpy as np
 
 from ..outputs import OutputDir, foreign_files, read_manifest
 from ..utils import default_cache_dir
+from .panoptic_format import mask_bbox, panoptic_paths
 
 CLASSES = ("circle", "rectangle", "triangle", "hexagon")
 # Every shape that can be drawn, with its category id. Non-contiguous COCO-style ids on purpose:
@@ -169,13 +170,11 @@ def _instance_annotation(inst: dict, ann_id: int, image_id: int, category_id: in
     polys = _mask_to_polygons(inst["mask"])
     if not polys:
         return None
-    ys, xs = np.nonzero(inst["mask"])
-    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
     return {
         "id": ann_id,
         "image_id": image_id,
         "category_id": category_id,
-        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "bbox": mask_bbox(inst["mask"]),
         "area": int(inst["mask"].sum()),
         "segmentation": polys,
         "iscrowd": 0,
@@ -330,7 +329,7 @@ def split_paths(root: str) -> dict:
     for s, p in paths.items():
         pan = os.path.join(root, "annotations", f"panoptic_{s}.json")
         if os.path.isfile(pan):
-            p.update(panoptic_json=pan, panoptic_dir=os.path.splitext(pan)[0])
+            p.update(panoptic_paths(pan))
     return paths
 
 

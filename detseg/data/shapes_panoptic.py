@@ -16,7 +16,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from .panoptic_format import id_to_rgb
+from .panoptic_format import id_to_rgb, mask_bbox
 from .shapes import (CLASSES, FORMAT_VERSION, VOCABULARY, _instance_annotation, _write_png, draw_shapes,
                      ensure_shapes, long_tail_weights, write_json)
 
@@ -81,10 +81,8 @@ def render_panoptic(seed: int, split: str, index: int, classes: tuple[str, ...] 
     def add(mask: np.ndarray, category_id: int) -> None:
         seg_id = len(segments) + 1
         ids[mask] = seg_id
-        ys, xs = np.nonzero(mask)
         segments.append({"id": seg_id, "category_id": category_id, "iscrowd": 0, "area": int(mask.sum()),
-                         "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
-                                  int(ys.max() - ys.min() + 1)]})
+                         "bbox": mask_bbox(mask)})
 
     for inst in things:
         add(inst["mask"] > 0, VOCABULARY[classes[inst["label"]]])
