@@ -14,7 +14,7 @@ LAYERS = [
     {"data"},
     {"engine", "evaluation"},
     {"weights"},
-    {"api", "export"},
+    {"api", "export", "explain"},
     {"__init__"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

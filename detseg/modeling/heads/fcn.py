@@ -154,6 +154,7 @@ class FCNHead(ClassWeightedLoss, Head):
         k = num_classes + 1
         self.num_outputs = k
         top = in_shapes[self.top]
+        self.top_stride = top.stride
         # The norm slot is an Identity for the paper's head, so the conv keeps the key fc.0 either way.
         norm = nn.BatchNorm2d(hidden) if head_norm == "bn" else nn.Identity()
         self.fc = nn.Sequential(nn.Conv2d(top.channels, hidden, 3, padding=1, bias=head_norm == "none"),
@@ -198,12 +199,21 @@ class FCNHead(ClassWeightedLoss, Head):
                 axes[f"{name}.deconv.weight"] = {0: BG_FIRST, 1: BG_FIRST}
         return axes
 
-    def forward(self, features: dict[str, torch.Tensor], images_hw: tuple[int, int]) -> torch.Tensor:
+    def score_stages(self, features: dict[str, torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
+        """The class scores after each stage, coarse to fine: ``[(stride, [B, K + 1, h, w])]``,
+        the top map's (FCN-32s) first, then each skip's fusion (16s, 8s)."""
         x = self.score_top(self.fc(features[self.top]))
+        stride = self.top_stride
+        stages = [(stride, x)]
         for name, score, up in zip(self.skips, self.score_skips, self.ups):
             skip = score(features[name])
             x = fit_to(up(x), *skip.shape[-2:]) + skip
-        return fit_to(self.final_up(x), *images_hw)
+            stride //= up.factor
+            stages.append((stride, x))
+        return stages
+
+    def forward(self, features: dict[str, torch.Tensor], images_hw: tuple[int, int]) -> torch.Tensor:
+        return fit_to(self.final_up(self.score_stages(features)[-1][1]), *images_hw)
 
     def forward_train(self, features: dict, batch) -> dict[str, torch.Tensor]:
         """Losses against ``batch.semantic`` (``[B, H, W]``, 255 = ignore)."""
