@@ -26,6 +26,7 @@ from tests.conftest import ROOT, run_script
     ("benchmarks/classification.py", ["ResNet-18, shapes", "LeNet-5, digits"]),
     ("benchmarks/architectures.py", ["rows", "budget_s"]),
     ("benchmarks/quickstart.py", ["runs"]),
+    ("benchmarks/saliency.py", ["rows", "checkpoint_box_AP"]),
 ])
 def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
     out = tmp_path / "figures.json"
