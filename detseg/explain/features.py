@@ -25,6 +25,23 @@ def find_module(model: nn.Module, name: str) -> nn.Module:
                                                          else "; `explain layers` lists them"))
 
 
+def head_of_type(model: nn.Module, kind: type, head: Optional[str], view: str) -> tuple[str, nn.Module]:
+    """(name, head) of the model's first head of class ``kind``, or of the one named ``head``.
+
+    Raises:
+        ValueError: naming the view and the heads the model has.
+    """
+    names = [n for n, h in model.heads.items() if isinstance(h, kind)]
+    if head is not None:
+        if head not in names:
+            raise ValueError(f"head {head!r} is not a {kind.__name__}; those here: {names or 'none'}")
+        return head, model.heads[head]
+    if not names:
+        raise ValueError(f"the {view} view needs a {kind.__name__}; this model has "
+                         + ", ".join(f"{n} ({type(h).__name__})" for n, h in model.heads.items()))
+    return names[0], model.heads[names[0]]
+
+
 def capture(model: nn.Module, run, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """``{name: first tensor output of that module}`` during ``run()`` (its last call)."""
     got: dict[str, torch.Tensor] = {}

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modeling.heads.fcn import FCNHead, bilinear_kernel
+from .features import head_of_type
 
 
 @dataclass
@@ -30,15 +31,7 @@ class Kernel:
 
 def fcn_head(model: nn.Module, head: str | None = None) -> tuple[str, FCNHead]:
     """(name, head) of the model's FCN head (``head`` names one)."""
-    names = [n for n, h in model.heads.items() if isinstance(h, FCNHead)]
-    if head is not None:
-        if head not in names:
-            raise ValueError(f"head {head!r} is not an FCN head; FCN heads here: {names or 'none'}")
-        return head, model.heads[head]
-    if not names:
-        raise ValueError("the upsampling view needs an FCN head; this model has "
-                         + ", ".join(f"{n} ({type(h).__name__})" for n, h in model.heads.items()))
-    return names[0], model.heads[names[0]]
+    return head_of_type(model, FCNHead, head, "upsampling")
 
 
 @torch.no_grad()

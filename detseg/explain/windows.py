@@ -10,18 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modeling.heads.sliding_window import SlidingWindowHead
+from .features import head_of_type
 
 
 def sliding_window_head(model: nn.Module, head: Optional[str] = None) -> tuple[str, SlidingWindowHead]:
-    names = [n for n, h in model.heads.items() if isinstance(h, SlidingWindowHead)]
-    if head is not None:
-        if head not in names:
-            raise ValueError(f"head {head!r} is not a sliding-window head; those here: {names or 'none'}")
-        return head, model.heads[head]
-    if not names:
-        raise ValueError("the windows view needs a sliding-window head; this model has "
-                         + ", ".join(f"{n} ({type(h).__name__})" for n, h in model.heads.items()))
-    return names[0], model.heads[names[0]]
+    """(name, head) of the model's sliding-window head (``head`` names one)."""
+    return head_of_type(model, SlidingWindowHead, head, "windows")
 
 
 @torch.no_grad()

@@ -72,8 +72,8 @@ def test_every_view_of_a_checkpoint_writes_its_pictures(photo, tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["features", "--image", "missing.jpg"], "missing.jpg"),
     (["features", "--layer", "backbone.stages.c9"], "did you mean"),
-    (["windows"], "sliding-window head"),
-    (["upsampling"], "FCN head"),
+    (["windows"], "needs a SlidingWindowHead"),
+    (["upsampling"], "needs a FCNHead"),
     (["saliency", "--target", "unicorn"], "unknown class 'unicorn'"),
     (["layers", "--max-depth", "-1"], "--max-depth"),
 ])
