@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="detseg-cls-")
     cache = os.path.join(tmp, "cache")
-    quick = ["solver.max_iter=20", "solver.eval_period=20", "solver.checkpoint_period=20",
-             "solver.warmup_iters=5", "data.shapes.num_train=64", "data.shapes.num_val=16"] if args.quick else []
+    quick = ["solver.max_iter=6", "solver.eval_period=6", "solver.checkpoint_period=6",
+             "solver.warmup_iters=2", "data.shapes.num_train=64", "data.shapes.num_val=16"] if args.quick else []
     seeds = args.seeds[:1] if args.quick else args.seeds
     rows, figures = [], {}
     for name, (config, peer) in RECIPES.items():
