@@ -11,7 +11,6 @@ architecture untrained (its own top detection), which says what the ratio is wit
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -22,15 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._report import base_parser, finish, markdown_table, run_train  # noqa: E402
 
 CONFIG = "configs/faster_rcnn_resnet18_shapes.yaml"
-
-
-def val_images(ex, limit: int) -> list[str]:
-    """Paths of the first ``limit`` images of the checkpoint's val split."""
-    from detseg.data.build import resolve_splits
-    split = resolve_splits(ex.predictor.cfg)["val"]
-    with open(split["ann_file"], encoding="utf-8") as f:
-        images = json.load(f)["images"]
-    return [os.path.join(split["image_dir"], im["file_name"]) for im in images[:limit]]
 
 
 def ratios(ex, images: list[str], min_score: float, **cam) -> list[float]:
@@ -82,7 +72,7 @@ def main(argv=None) -> int:
         else:
             ap, wall = None, None
         ex = Explainer.from_checkpoint(weights)
-        images = val_images(ex, args.images)
+        images = ex.val_images(args.images)
         last = default_layer(ex.model)
         stages = ex.model.backbone.body.stage_names
         before = last.rsplit(".", 1)[0] + "." + stages[stages.index(last.rsplit(".", 1)[1]) - 1]

@@ -90,21 +90,6 @@ def train(config: str, iterations: int, quick: bool, out: str, cache: str) -> di
     return [r for r in records if any(k in r for k in ("AP", "mIoU", "top1", "PQ"))][-1]
 
 
-def val_paths(ex, n: int) -> list[str]:
-    """The first ``n`` val images of the checkpoint's data (a detection split's annotations, a
-    classification split's class folders)."""
-    from detseg.data.build import resolve_splits
-    split = resolve_splits(ex.predictor.cfg)["val"]
-    if split.get("ann_file"):
-        with open(split["ann_file"], encoding="utf-8") as f:
-            files = [im["file_name"] for im in json.load(f)["images"]]
-        return [os.path.join(split["image_dir"], name) for name in files[:n]]
-    root = split["image_dir"]
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    # one image of each of the first n classes: the classifier is shown one crop of each kind
-    return [os.path.join(root, c, sorted(os.listdir(os.path.join(root, c)))[0]) for c in classes[:n]]
-
-
 def predictions_picture(ex, paths: list[str]):
     """The step's predictions on each image, side by side (score threshold 0.5)."""
     from detseg.data.io import read_image
@@ -163,7 +148,7 @@ def main(argv=None) -> int:
             record = train(config, iterations, args.quick, os.path.join(tmp, key), cache)
             wall = time.perf_counter() - t0
             ex = Explainer.from_checkpoint(os.path.join(tmp, key, "best.pth"))
-            paths = val_paths(ex, IMAGES)
+            paths = ex.val_images(IMAGES)  # the classifier: one crop of each kind
             written = [f"{key}_predictions.png"]
             panels.write_rgb(output.file(written[0]), predictions_picture(ex, paths))
             for view in views:

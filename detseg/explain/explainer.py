@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from ..api import Predictor, load_model
-from ..data.io import read_image
 from ..data.prepare import ImageLike, prepare_image
 from ..data.transforms import collate
 from ..modeling.heads.base import CLASSES, SEMANTIC
@@ -78,18 +77,25 @@ class Explainer:
                              channels_last=False, fold_bn=False, stuff_names=stuff))
 
     # -- inputs ---------------------------------------------------------------------------------
-    def image(self, image: ImageLike) -> np.ndarray:
-        """RGB uint8 ``[H, W, 3]`` of a path, array or tensor."""
-        if isinstance(image, (str, os.PathLike)):
-            return read_image(image)
-        if isinstance(image, torch.Tensor):
-            image = image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image.numpy()
-        return np.ascontiguousarray(image)
-
     def batch(self, image: ImageLike):
         """The one-image ``Batch`` the network reads (resized as at test time), on the model's device."""
-        b = collate([prepare_image(self.image(image), self.transform, 0)])
+        b = collate([prepare_image(image, self.transform, 0)])
         return b.replace(images=b.images.to(self.model.device))
+
+    def val_images(self, n: int) -> list[str]:
+        """Paths of the first ``n`` images of the model's val split: a detection split's first
+        images, or one image of each of the first ``n`` classes of a folder-per-class split."""
+        import json
+
+        from ..data.build import resolve_splits
+        split = resolve_splits(self.predictor.cfg)["val"]
+        if split.get("ann_file"):
+            with open(split["ann_file"], encoding="utf-8") as f:
+                files = [im["file_name"] for im in json.load(f)["images"]]
+            return [os.path.join(split["image_dir"], name) for name in files[:n]]
+        root = split["image_dir"]
+        classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        return [os.path.join(root, c, sorted(os.listdir(os.path.join(root, c)))[0]) for c in classes[:n]]
 
     @staticmethod
     def input_image(batch) -> np.ndarray:
@@ -218,7 +224,7 @@ class Explainer:
             img = panels.enlarge(picture, 240, nearest=False)
             f = img.shape[0] / picture.shape[0]
             for b in boxes[:shown].tolist():
-                cv2.rectangle(img, *[(int(b[0] * f), int(b[1] * f)), (int(b[2] * f), int(b[3] * f))], (255, 200, 0), 1)
+                cv2.rectangle(img, (int(b[0] * f), int(b[1] * f)), (int(b[2] * f), int(b[3] * f)), (255, 200, 0), 1)
             if gt is not None:
                 for b in gt.tolist():
                     cv2.rectangle(img, (int(b[0] * f), int(b[1] * f)), (int(b[2] * f), int(b[3] * f)), (0, 255, 0), 2)

@@ -54,13 +54,14 @@ def _score(model: nn.Module, outputs: dict, features: Optional[dict], head_name:
     head = model.heads[head_name]
     pred = outputs[head_name]
 
-    def class_index(n: int, offset: int = 0) -> int:
+    def class_index(n: int) -> int:
+        """``target`` (a name or an index) as a class index below ``n``."""
         if isinstance(target, str):
             if target not in class_names:
                 raise ValueError(f"unknown class {target!r}; the model's classes: {', '.join(class_names)}")
-            return class_names.index(target) + offset
-        if not 0 <= target - offset < n - offset:
-            raise ValueError(f"class index {target} is out of range (0..{n - offset - 1})")
+            return class_names.index(target)
+        if not 0 <= target < n:
+            raise ValueError(f"class index {target} is out of range (0..{n - 1})")
         return int(target)
 
     if head.output == CLASSES:
@@ -74,9 +75,7 @@ def _score(model: nn.Module, outputs: dict, features: Optional[dict], head_name:
             counts = torch.bincount(labels.flatten(), minlength=logits.shape[0])[1:]
             c = int(counts.argmax()) + 1 if int(counts.max()) > 0 else 1
         else:
-            c = class_index(len(class_names), 0) + 1 if isinstance(target, str) else int(target) + 1
-            if not 1 <= c < logits.shape[0]:
-                raise ValueError(f"class index {target} is out of range (0..{logits.shape[0] - 2})")
+            c = class_index(logits.shape[0] - 1) + 1
         where = labels == c
         score = logits[c][where].sum() if bool(where.any()) else logits[c].sum()
         return score, {"head": head_name, "class": class_names[c - 1], "pixels": int(where.sum())}
