@@ -129,6 +129,20 @@ class SplitConfig:
 
 
 @dataclass
+class CopyPasteConfig:
+    """Copy-paste augmentation (``detseg.data.copy_paste``): objects cut from other training
+    images along their masks pasted in; the train split only."""
+
+    prob: float = ranged(0.0, ge=0, le=1)  # share of training images given pasted objects; 0: off
+    max_objects: int = ranged(3, ge=1)  # 1 to this many objects pasted into such an image
+    # what to paste: a class drawn with probability n_c^(1 - rarity) (n_c its training instances):
+    # 0 every instance alike (the paper's random objects), 1 every class alike (rare ones favoured)
+    rarity: float = ranged(1.0, ge=0)
+    scale: list[float] = ranged([0.5, 1.5], gt=0)  # random scale of a pasted object, [low, high]
+    min_visible: float = ranged(0.1, ge=0, le=1)  # an object covered more than this is dropped
+
+
+@dataclass
 class ShapesConfig:
     """The built-in synthetic dataset used when no ``data.train.ann_file`` is set."""
 
@@ -166,6 +180,7 @@ class DataConfig:
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    copy_paste: CopyPasteConfig = field(default_factory=CopyPasteConfig)
     classify: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
     batch_size: int = ranged(8, ge=1)
     num_workers: int = ranged(2, ge=0)

@@ -191,10 +191,12 @@ def apply_class_counts(model, train_ds, output_dir: str) -> None:
     for head in heads:
         kind = head.count_kind
         if kind not in counts:
-            counts[kind] = train_ds.pixel_counts() if kind == "pixels" else train_ds.class_counts()
+            counts[kind] = {"pixels": train_ds.pixel_counts, "instances": train_ds.instance_counts,
+                            "images": train_ds.class_counts}[kind]()
         head.set_class_counts(counts[kind])
     for head in heads:
-        names = (["background"] if head.count_kind == "pixels" else []) + list(train_ds.class_names)
+        names = ((["background"] if head.count_kind == "pixels" else []) + list(train_ds.class_names)
+                 + (["background"] if getattr(head, "background_last", False) else []))
         logging.info("class weights from the training %s per class: %s", head.count_kind,
                      ", ".join(f"{n} {w:.3g}" for n, w in zip(names, head.class_weight.tolist())))
     if dist.is_main() and counts != stored.get("counts"):

@@ -7,6 +7,7 @@ not on whether the run was stopped and resumed.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from typing import Iterator, Optional
@@ -140,7 +141,8 @@ def build_dataset(cfg, split: dict, *, train: bool, with_masks=False, with_seman
     return CocoDataset(split["ann_file"], split["image_dir"], with_masks=with_masks,
                        with_semantic=with_semantic, keep_empty=d.keep_empty or not train,
                        transform=transform, on_bad_image=d.on_bad_image, proposals=proposals,
-                       cache=d.cache, panoptic=panoptic_source(cfg, split))
+                       cache=d.cache, panoptic=panoptic_source(cfg, split),
+                       copy_paste=dataclasses.asdict(d.copy_paste) if train else None)
 
 
 def build_datasets(cfg, splits: dict, class_names=None) -> dict:
@@ -196,9 +198,12 @@ class SeededStream(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         index, position = item
+        global_position = position * self.world_size + self.rank
+        seed = (self.seed * 1_000_003 + global_position) % (2**31)
         if hasattr(self.dataset.transform, "reseed"):
-            global_position = position * self.world_size + self.rank
-            self.dataset.transform.reseed((self.seed * 1_000_003 + global_position) % (2**31))
+            self.dataset.transform.reseed(seed)
+        if getattr(self.dataset, "copy_paste", None) is not None:
+            self.dataset.copy_paste.reseed(seed + 7919)  # its own stream, not the transform's
         return self.dataset[index]
 
 

@@ -45,5 +45,7 @@ def format_balance(counts: dict[str, int]) -> str:
     if ratio >= LARGE_RATIO:
         lines.append("large: rare classes are seldom seen in training; try data.sampler=repeat_factor "
                      "(LVIS's repeat-factor sampling: images holding rare classes repeat), sqrt_frequency "
-                     "or class_aware")
+                     "or class_aware; with masks, data.copy_paste.prob=0.5 (rare objects pasted into other "
+                     "images); or a loss for the long tail, model.heads.<head>.loss.kind=seesaw (region and "
+                     "image classifiers) or loss.class_weight=effective")
     return "\n".join(lines)

@@ -199,6 +199,9 @@ class CocoDataset(torch.utils.data.Dataset):
             images; the semantic target then holds the stuff classes (see the module docstring),
             ``stuff_names`` / ``stuff_cat_ids`` name them and ``panoptic_image(id)`` gives an
             image's ground truth for PQ.
+        copy_paste: ``detseg.data.copy_paste.CopyPaste`` settings (prob, max_objects, rarity,
+            scale, min_visible): objects of other images pasted in before ``transform`` (masks
+            are decoded for it even when the items do not carry them).
 
     Each item is a dict: ``image`` uint8 ``[3, H, W]``, ``boxes`` float32 ``[N, 4]`` xyxy,
     ``labels`` int64 ``[N]``, ``ignore_boxes`` float32 ``[M, 4]``, ``image_id``, ``orig_size``
@@ -209,7 +212,7 @@ class CocoDataset(torch.utils.data.Dataset):
                  with_semantic: bool = False, keep_empty: bool = True,
                  transform: Optional[Callable[[dict], dict]] = None,
                  on_bad_image: str = "error", proposals: Optional[dict] = None, cache: bool = False,
-                 panoptic: Optional[tuple[str, Optional[str]]] = None):
+                 panoptic: Optional[tuple[str, Optional[str]]] = None, copy_paste: Optional[dict] = None):
         self.ann_file = ann_file
         self.image_dir = image_dir
         self.coco = load_coco(ann_file, image_dir)
@@ -237,6 +240,13 @@ class CocoDataset(torch.utils.data.Dataset):
             if has_pos or keep_empty:
                 ids.append(img_id)
         self.ids = ids
+        self.copy_paste = None  # after self.ids: it indexes the training instances
+        if copy_paste and copy_paste.get("prob", 0) > 0:
+            if self.panoptic is not None:
+                raise ValueError("copy-paste would need the panoptic stuff map edited too; set "
+                                 "data.copy_paste.prob to 0 for panoptic data")
+            from .copy_paste import CopyPaste
+            self.copy_paste = CopyPaste(self, **copy_paste)
 
     def _init_panoptic(self, panoptic: Optional[tuple[str, Optional[str]]]) -> None:
         self.panoptic = None
@@ -329,6 +339,15 @@ class CocoDataset(torch.utils.data.Dataset):
                 counts[self.label_of_cat[cat]] += 1
         return counts
 
+    def instance_counts(self) -> list[int]:
+        """Annotated instances of each class (label order), crowd regions left out: what a
+        region or window classifier's class weights count."""
+        counts = [0] * self.num_classes
+        for labels in self.image_labels():
+            for cat in labels:
+                counts[self.label_of_cat[cat]] += 1
+        return counts
+
     def pixel_counts(self) -> list[int]:
         """Annotated pixels per class from the annotations' areas, background first (every
         image's pixels less its objects'): the class frequencies of a semantic map, counted from
@@ -382,7 +401,7 @@ class CocoDataset(torch.utils.data.Dataset):
             "masks": None,
             "ignore_mask": None,
         }
-        if self.with_masks:
+        if self.with_masks or self.copy_paste is not None:
             out["masks"] = np.stack(
                 [self._decode(s, img_id, height, width, out["boxes"][i]) for i, s in enumerate(segms)]
             ) if segms else np.zeros((0, height, width), dtype=np.uint8)
@@ -391,6 +410,21 @@ class CocoDataset(torch.utils.data.Dataset):
                 ignore |= self._decode(s, img_id, height, width, b)
             out["ignore_mask"] = ignore
         return out
+
+    def decode_annotation(self, ann: dict, img_id: int, height: int, width: int) -> np.ndarray:
+        """One annotation's mask ``[height, width]`` uint8 (its box filled when it has no
+        segmentation)."""
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        return self._decode(ann.get("segmentation"), img_id, height, width, np.asarray([x, y, x + w, y + h]))
+
+    def source_image(self, img_id: int) -> Optional[np.ndarray]:
+        """The decoded image ``[H, W, 3]`` uint8 of ``img_id`` (from the cache when it is there;
+        None for a skipped bad image), for reading only."""
+        if self.cache is not None and img_id in self.cache:
+            cached = self.cache[img_id]
+            return None if cached is None else cached["image"]
+        return read_or_skip(self.image_path(img_id), self.on_bad_image, self.skipped,
+                            f"image id {img_id} in {self.ann_file}")
 
     def _decode(self, segm, img_id: int, height: int, width: int, box: np.ndarray) -> np.ndarray:
         if not segm:
@@ -440,6 +474,10 @@ class CocoDataset(torch.utils.data.Dataset):
                 raise DataError(f"image {img_id} of {self.ann_file} has no precomputed proposals; "
                                 f"rerun tools/proposals.py for this dataset")
             sample["proposals"] = np.asarray(self.proposals[img_id], dtype=np.float32).reshape(-1, 4)
+        if self.copy_paste is not None:
+            sample = self.copy_paste(sample)
+        if not self.with_masks:
+            sample["masks"] = None  # decoded for the pastes only
         if self.transform is not None:
             sample = self.transform(sample)
         return self._to_tensors(sample, img_id, (h, w))

@@ -82,15 +82,18 @@ def evaluate_results(ann_file: str, results: list[dict], iou_type: str = "bbox",
             matrix at this score threshold, PR and F1 curves (``evaluation.diagnostics``).
 
     Returns:
-        {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class_AP": {name: AP}} with AP in
-        [0, 1] (-1 where COCO has no ground truth for a size range).
+        {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class_AP": {name: AP},
+        "per_class_recall": {name: recall}} with AP in [0, 1] (-1 where COCO has no ground truth
+        for a size range); a class's recall is COCO's at IoU 0.5, 100 detections, all areas: the
+        share of its objects found at all (what a rare class lacks first).
     """
     COCO, COCOeval = _api(backend)
     gt = _ground_truth(COCO, ann_file)
     cat_ids = sorted(gt.getCatIds())
     names = list(class_names) if class_names else [gt.cats[c]["name"] for c in cat_ids]
     if not results:
-        stats = {**{k: 0.0 for k in STAT_NAMES}, "per_class_AP": {n: 0.0 for n in names}}
+        stats = {**{k: 0.0 for k in STAT_NAMES}, "per_class_AP": {n: 0.0 for n in names},
+                 "per_class_recall": {n: 0.0 for n in names}}
         if diagnostics_threshold is not None and iou_type == "bbox":
             from .diagnostics import confusion_matrix
             ids = image_ids if image_ids is not None else gt.getImgIds()
@@ -117,6 +120,9 @@ def evaluate_results(ann_file: str, results: list[dict], iou_type: str = "bbox",
         p = p[p > -1]
         per_class[name] = float(p.mean()) if p.size else float("nan")
     stats["per_class_AP"] = per_class
+    recall = np.asarray(ev.eval["recall"])  # [T, K, A, M]; T[0] is IoU 0.5
+    stats["per_class_recall"] = {name: float(recall[0, k, 0, -1]) if recall[0, k, 0, -1] > -1 else float("nan")
+                                 for k, name in enumerate(names)}
     if diagnostics_threshold is not None and iou_type == "bbox":
         stats["diagnostics"] = _diagnostics(ann_file, gt, ev, results, image_ids, cat_ids, names,
                                             backend, diagnostics_threshold)

@@ -99,6 +99,8 @@ def make_evaluate(cfg, dataset, loader, output_dir: Optional[str],
             for kind in ("", "segm_"):
                 if f"{kind}per_class_AP" in stats:
                     stats.update(by_frequency(stats[f"{kind}per_class_AP"], kind + "AP{}"))
+                if f"{kind}per_class_recall" in stats:
+                    stats.update(by_frequency(stats[f"{kind}per_class_recall"], kind + "recall_{}"))
             for key in [k for k in stats if k.endswith("per_class_AP")]:
                 logger.info("%s %s:\n%s", name, key, format_per_class(stats[key]))
             prefix = f"{name}_" if len(detectors) > 1 else ""

@@ -1,5 +1,6 @@
-"""Classification losses for imbalanced data, shared by the heads that classify (images, pixels):
-cross-entropy with optional class weights, and the focal loss (Lin et al. 2017).
+"""Classification losses for imbalanced data, shared by the heads that classify (images, pixels,
+regions, windows): cross-entropy with optional class weights, the focal loss (Lin et al. 2017),
+and for softmax classifiers over classes the Seesaw loss (Wang et al. 2021).
 
 Class weights come from the training data's class counts (``class_weights``): inverse frequency,
 or Cui et al. 2019's "effective number of samples" ``(1 - beta^n) / (1 - beta)``, which grows
@@ -21,12 +22,16 @@ from ..config import ranged
 class LossConfig:
     """A head's classification loss (``model.heads.<name>.loss``)."""
 
-    kind: Literal["ce", "focal"] = "ce"
+    # seesaw: region, window and image classifiers only (a pixel's class is not a sample count)
+    kind: Literal["ce", "focal", "seesaw"] = "ce"
     gamma: float = ranged(2.0, ge=0)  # focal: the (1 - p_t)^gamma factor's exponent
     # none: every class alike; inverse: 1 / count; effective: 1 / Cui et al.'s effective number
     # of samples, with beta (counts from the training data, written to the run's class_counts.json)
     class_weight: Literal["none", "inverse", "effective"] = "none"
     beta: float = ranged(0.999, ge=0, le=1)
+    # seesaw: mitigation exponent p on the count ratio, compensation exponent q on the score ratio
+    seesaw_p: float = ranged(0.8, ge=0)
+    seesaw_q: float = ranged(2.0, ge=0)
 
 
 def class_weights(counts: Tensor, mode: str, beta: float = 0.999) -> Optional[Tensor]:
@@ -73,6 +78,42 @@ def classification_loss(logits: Tensor, target: Tensor, loss: str = "ce", gamma:
     return (term * w).sum() / w.sum().clamp(min=1e-12)
 
 
+def seesaw_loss(logits: Tensor, target: Tensor, counts: Tensor, p: float = 0.8, q: float = 2.0,
+                background: Optional[int] = None, weight: Optional[Tensor] = None) -> Tensor:
+    """Seesaw loss (Wang et al. 2021, "Seesaw Loss for Long-Tailed Instance Segmentation"): the
+    cross-entropy of ``logits`` ``[N, C]`` against ``target`` ``[N]`` with every other class's
+    term in the softmax denominator scaled by ``S_ij = M_ij * C_ij`` (i the sample's class):
+
+    - mitigation ``M_ij = (N_j / N_i)^p`` where class j has seen fewer samples than i (``counts``
+      ``[C]``, cumulative), else 1: a frequent class's samples push a rare class's score down less;
+    - compensation ``C_ij = (sigma_j / sigma_i)^q`` where the softmax gives j more than i, else 1:
+      a wrong class that outscores the true one is pushed down harder.
+
+    ``background``: the index of a background class, whose samples take the plain cross-entropy
+    and whose column is never scaled (the paper trains objectness apart; our region heads keep
+    one softmax with a background column). ``weight`` ``[C]``: class weights, as in
+    ``F.cross_entropy``. Returns the mean (weighted mean) over the samples.
+    """
+    n, c = logits.shape
+    cls = torch.arange(c, device=logits.device)
+    n_i = counts.to(logits.device, torch.float32).clamp(min=1)
+    ratio = n_i[None, :] / n_i[:, None]                       # [C, C]: N_j / N_i
+    mitigation = torch.where(ratio < 1, ratio.pow(p), torch.ones_like(ratio))[target]  # [N, C]
+    probs = logits.detach().float().softmax(dim=1)
+    own = probs.gather(1, target[:, None]).clamp(min=1e-12)
+    score_ratio = probs / own
+    compensation = torch.where(score_ratio > 1, score_ratio.pow(q), torch.ones_like(score_ratio))
+    factor = mitigation * compensation
+    others = cls[None, :] != target[:, None]
+    if background is not None:
+        # background samples and the background column keep the plain softmax
+        others = others & (target[:, None] != background) & (cls[None, :] != background)
+    adjusted = logits + torch.where(others, factor.log(), torch.zeros_like(factor)).to(logits.dtype)
+    if weight is not None:
+        weight = weight.to(device=logits.device, dtype=logits.dtype)
+    return F.cross_entropy(adjusted, target, weight=weight)
+
+
 class ClassWeightedLoss:
     """Mixin of a head whose loss is ``classification_loss`` over ``num_outputs`` classes: keeps
     its ``LossConfig`` and the class weights, which the trainer sets from the training data's
@@ -83,10 +124,21 @@ class ClassWeightedLoss:
     """
 
     count_kind = "images"
+    # a background output after the K classes (region and window classifiers): its weight is 1,
+    # the classes' weights come from the K counts; None: every output is a counted class
+    background_last = False
 
     def init_loss(self, loss: Optional[LossConfig], num_outputs: int) -> None:
         self.loss_settings = loss if loss is not None else LossConfig()
+        if self.loss_settings.kind == "seesaw" and self.count_kind == "pixels":
+            raise ValueError(f"{type(self).__name__}: the seesaw loss is for region, window and image "
+                             f"classifiers (it counts samples); a pixel head takes ce or focal")
         self.register_buffer("class_weight", torch.ones(num_outputs), persistent=False)
+        if self.loss_settings.kind == "seesaw":
+            # Seesaw's cumulative sample counts, from the labels trained on so far (as in the
+            # paper: counted online, not from the dataset; a resumed run counts again)
+            self.register_buffer("seesaw_counts", torch.zeros(num_outputs, dtype=torch.float64),
+                                 persistent=False)
 
     @property
     def class_weighted(self) -> bool:
@@ -95,16 +147,23 @@ class ClassWeightedLoss:
     def set_class_counts(self, counts) -> None:
         """Class weights from training counts (``[num_outputs]``, in the head's class order)."""
         counts = torch.as_tensor(counts, dtype=torch.float64)
-        if counts.shape != self.class_weight.shape:
-            raise ValueError(f"class counts for {self.class_weight.numel()} classes expected, got "
-                             f"{counts.numel()}")
+        expected = self.class_weight.numel() - int(self.background_last)
+        if counts.numel() != expected:
+            raise ValueError(f"class counts for {expected} classes expected, got {counts.numel()}")
         w = class_weights(counts, self.loss_settings.class_weight, self.loss_settings.beta)
         if w is not None:
+            if self.background_last:
+                w = torch.cat([w, w.new_ones(1)])
             self.class_weight.copy_(w)
 
     def classification_loss(self, logits: Tensor, target: Tensor, ignore_index: int = -100,
                             label_smoothing: float = 0.0) -> Tensor:
         s = self.loss_settings
-        return classification_loss(logits, target, s.kind, s.gamma,
-                                   self.class_weight if self.class_weighted else None,
-                                   ignore_index, label_smoothing)
+        weight = self.class_weight if self.class_weighted else None
+        if s.kind == "seesaw":
+            if self.training:
+                self.seesaw_counts += torch.bincount(target.flatten(), minlength=len(self.seesaw_counts)).to(
+                    self.seesaw_counts)
+            background = len(self.seesaw_counts) - 1 if self.background_last else None
+            return seesaw_loss(logits, target, self.seesaw_counts, s.seesaw_p, s.seesaw_q, background, weight)
+        return classification_loss(logits, target, s.kind, s.gamma, weight, ignore_index, label_smoothing)

@@ -31,6 +31,7 @@ def test_ground_truth_scores_ap_one_on_shapes(shapes_data, backend, tmp_path):
     m = ground_truth_as_detections(split["ann_file"], split["image_dir"], backend, tmp_path)
     assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0)
     assert all(v == pytest.approx(1.0) for v in m["per_class_AP"].values())
+    assert all(v == pytest.approx(1.0) for v in m["per_class_recall"].values())
     results = json.loads((tmp_path / "coco_results.json").read_text())
     gt = json.load(open(split["ann_file"]))
     assert {r["category_id"] for r in results} == {a["category_id"] for a in gt["annotations"]}
@@ -89,3 +90,29 @@ def test_ground_truth_masks_score_segm_ap_one_on_coco_tiny(tmp_path):
     assert m["segm_AP"] == pytest.approx(1.0) and m["AP"] == pytest.approx(1.0)
     results = json.loads((tmp_path / "coco_results.json").read_text())
     assert all(isinstance(r["segmentation"]["counts"], str) for r in results)
+
+
+def test_per_class_recall_is_the_share_of_objects_found(shapes_data):
+    """A class given no detections has recall 0, one given every other object 1/2 of them (COCO's
+    recall at IoU 0.5, 100 detections), the rest 1."""
+    from detseg.evaluation.coco import evaluate_results
+    split = shapes_data["val"]
+    gt = json.load(open(split["ann_file"]))
+    cats = sorted(c["id"] for c in gt["categories"])
+    names = [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
+    dropped, halved = cats[0], cats[1]
+    results, seen = [], 0
+    for a in gt["annotations"]:
+        if a["category_id"] == dropped or a.get("iscrowd"):
+            continue
+        if a["category_id"] == halved:
+            seen += 1
+            if seen % 2:
+                continue
+        results.append({"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0})
+    stats = evaluate_results(split["ann_file"], results, "bbox", "pycocotools", names)
+    total = sum(1 for a in gt["annotations"] if a["category_id"] == halved and not a.get("iscrowd"))
+    recall = stats["per_class_recall"]
+    assert recall[names[0]] == 0.0
+    assert recall[names[1]] == pytest.approx((total - (total + 1) // 2) / total)
+    assert all(recall[n] == pytest.approx(1.0) for n in names[2:])

@@ -95,3 +95,80 @@ def test_a_class_weighted_run_counts_once_and_a_resume_reads_the_counts(tmp_path
     assert call_tool("train", [*args, "--resume"]) == 0
     from detseg.modeling.losses import class_weights
     assert seen == [pytest.approx(class_weights(torch.tensor(pixels, dtype=torch.float64), "effective").tolist())]
+
+
+def test_seesaw_loss_equals_its_formula_on_hand_made_logits():
+    """Seesaw: the other classes' softmax terms scaled by (N_j / N_i)^p where j is rarer, times
+    (sigma_j / sigma_i)^q where j outscores the true class; background rows and column plain."""
+    from detseg.modeling.losses import seesaw_loss
+    logits = torch.tensor([[2.0, 0.5, 1.0, 0.0],    # class 0 (frequent), scored right
+                           [0.0, 1.0, 3.0, 0.5],    # class 1, outscored by class 2
+                           [1.0, 0.0, 0.0, 2.0]])   # background (index 3)
+    target = torch.tensor([0, 1, 3])
+    counts = torch.tensor([1000.0, 100.0, 10.0, 5000.0])
+    p, q = 0.8, 2.0
+    probs = logits.softmax(1)
+    expected = []
+    for z, y, pr in zip(logits, target.tolist(), probs):
+        s = torch.ones(4)
+        if y != 3:
+            for j in range(3):
+                if j == y:
+                    continue
+                m = (counts[j] / counts[y]) ** p if counts[j] < counts[y] else 1.0
+                c = (pr[j] / pr[y]) ** q if pr[j] > pr[y] else 1.0
+                s[j] = m * c
+        denom = sum(s[j] * z[j].exp() for j in range(4) if j != y) + z[y].exp()
+        expected.append(-(z[y].exp() / denom).log())
+    got = seesaw_loss(logits, target, counts, p, q, background=3)
+    assert got.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    # with nothing rarer and nothing outscoring, it is the cross-entropy
+    plain = torch.tensor([[3.0, 0.0, 0.0]])
+    assert seesaw_loss(plain, torch.tensor([0]), torch.tensor([1.0, 1.0, 1.0])).item() == \
+        pytest.approx(F.cross_entropy(plain, torch.tensor([0])).item())
+
+
+def test_region_and_window_heads_take_focal_seesaw_and_instance_weights():
+    from detseg.config import ConfigError, load_config
+    from detseg.modeling.model import build_model
+    cfg = load_config("configs/faster_rcnn_resnet18_shapes.yaml",
+                      ["model.heads.det.loss.class_weight=inverse", "model.heads.det.loss.kind=seesaw",
+                       "model.heads.det.proposals.rpn_loss=focal"])
+    head = build_model(cfg, 3).heads["det"]
+    assert head.count_kind == "instances" and head.background_last
+    head.set_class_counts([100, 10, 1])
+    w = head.class_weight.tolist()
+    assert w[3] == 1.0 and w[0] < w[1] < w[2] and sum(w[:3]) == pytest.approx(3.0)
+    # seesaw counts the labels it trains on, background included
+    head.train()
+    logits, labels = torch.randn(6, 4), torch.tensor([0, 0, 1, 3, 3, 3])
+    head.classification_loss(logits, labels)
+    assert head.seesaw_counts.tolist() == [2, 1, 0, 3]
+    # the RPN's focal objectness loss is torchvision's sigmoid focal loss without alpha
+    assert head.proposals.loss == "focal"
+    sw = build_model(load_config("configs/sliding_window_resnet18_shapes.yaml",
+                                 ["model.heads.det.loss.kind=focal"]), 3).heads["det"]
+    assert sw.count_kind == "instances" and sw.loss_settings.kind == "focal"
+    with pytest.raises((ValueError, ConfigError), match="seesaw"):
+        build_model(load_config(None, ["model.heads.seg.loss.kind=seesaw"]), 3)
+
+
+def test_rpn_focal_objectness_loss_down_weights_easy_anchors():
+    from torchvision.ops import sigmoid_focal_loss
+    from detseg.modeling.proposals.rpn import RPN
+    kwargs = dict(in_channels=8, features=["c4"], strides=[16], anchor_sizes=[[32.0]])
+    torch.manual_seed(0)
+    plain, focal = RPN(**kwargs), RPN(**kwargs, loss="focal", focal_gamma=2.0)
+    focal.load_state_dict(plain.state_dict())
+    anchors = torch.tensor([[0.0, 0, 32, 32], [40, 40, 72, 72], [100, 100, 132, 132]]).repeat(1, 1)
+    batch = type("B", (), {"targets": [{"boxes": torch.tensor([[0.0, 0, 32, 32]])}]})()
+    obj = torch.tensor([[3.0, -2.0, 0.5] * 1]).reshape(1, 3)
+    delta = torch.zeros(1, 3, 4)
+    torch.manual_seed(1)
+    a = plain.losses(obj, delta, anchors, batch)["loss_rpn_cls"]
+    torch.manual_seed(1)
+    b = focal.losses(obj, delta, anchors, batch)["loss_rpn_cls"]
+    target = torch.tensor([1.0, 0.0, 0.0])
+    assert a.item() == pytest.approx(F.binary_cross_entropy_with_logits(obj[0], target).item(), rel=1e-5)
+    assert b.item() == pytest.approx(sigmoid_focal_loss(obj[0], target, alpha=-1, gamma=2.0).mean().item(), rel=1e-5)
+    assert b < a

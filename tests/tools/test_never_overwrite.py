@@ -162,6 +162,8 @@ CASES = [
     ("export", ["--format", "onnx", "--output", "{thesis}"], 2, "is a folder"),
     ("export", ["--output", "{home}/fresh.onnx", "--opset", "99999"], 2, "--opset 99999"),
     ("export", ["--output", "{home}/a.onnx", "--output", "{home}/b.onnx"], 2, "given twice"),
+    # rebalance: a model without a feature-vector classifier is refused before anything is written
+    ("rebalance", ["--weights", "{ckpt}", "--output", "{home}/rb"], 2, "no classify, region or rcnn head"),
     # summary --json
     ("summary", ["--weights", "{ckpt}", "--json", "{ckpt}"], 2, "is the input"),
     ("summary", ["--config", "{my_config/config.yaml}", "--json", "{my_config/config.yaml}"], 2, "is the input"),

@@ -5,6 +5,8 @@ Shared by the R-CNN, SPPNet / Fast R-CNN and sliding-window heads. Background is
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,8 +44,11 @@ class BoxPredictor(nn.Module, DeclaresClassAxes):
 
 
 def classification_and_box_losses(logits: Tensor, deltas: Tensor, labels: Tensor, targets: Tensor,
-                                  regress: Tensor, beta: float = 1.0) -> dict[str, Tensor]:
-    """Softmax cross entropy and class-specific smooth-L1 box loss.
+                                  regress: Tensor, beta: float = 1.0,
+                                  cls_loss: Optional[Callable[[Tensor, Tensor], Tensor]] = None
+                                  ) -> dict[str, Tensor]:
+    """Softmax cross entropy (or ``cls_loss(logits, labels)``, a mean over the rows: focal,
+    class-weighted, seesaw) and class-specific smooth-L1 box loss.
 
     Args:
         logits: ``Tensor[R, K + 1]``; deltas: ``Tensor[R, 4K]``.
@@ -55,7 +60,10 @@ def classification_and_box_losses(logits: Tensor, deltas: Tensor, labels: Tensor
     Fast R-CNN, so that it does not grow when a batch happens to hold few positives.
     """
     r = max(1, labels.numel())
-    loss_cls = F.cross_entropy(logits, labels, reduction="sum") / r
+    if cls_loss is None or labels.numel() == 0:
+        loss_cls = F.cross_entropy(logits, labels, reduction="sum") / r
+    else:
+        loss_cls = cls_loss(logits, labels)
     idx = torch.nonzero(regress).flatten()
     if idx.numel() == 0:
         return {"loss_cls": loss_cls, "loss_box": deltas.sum() * 0.0}

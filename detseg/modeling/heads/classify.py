@@ -125,8 +125,9 @@ class ClassifyHead(ClassWeightedLoss, Head):
                  loss: Optional[LossConfig] = None):
         super().__init__()
         self.init_loss(loss, num_classes)
-        if label_smoothing > 0 and self.loss_settings.kind == "focal":
-            raise ValueError("classify head: label_smoothing applies to the cross-entropy loss, not to focal")
+        if label_smoothing > 0 and self.loss_settings.kind != "ce":
+            raise ValueError(f"classify head: label_smoothing applies to the cross-entropy loss, not to "
+                             f"{self.loss_settings.kind}")
         kind, own_hidden, own_pool, own_dropout, activation = published_classifier(arch)
         if classifier != "auto" and classifier != kind:
             # another kind than the architecture's: its hidden widths and pool size do not apply
@@ -157,6 +158,10 @@ class ClassifyHead(ClassWeightedLoss, Head):
     def logits(self, features: dict[str, Tensor]) -> Tensor:
         """``[B, K]`` class logits of the main classifier."""
         return self.classifier(features[self.feature])
+
+    def embed(self, features: dict[str, Tensor]) -> Tensor:
+        """``[B, D]``: what the main classifier's last linear layer reads (its embedding)."""
+        return self.classifier[:-1](features[self.feature]).flatten(1)
 
     def forward_train(self, features, batch, **kwargs) -> dict[str, Tensor]:
         batch = Batch.of(batch)

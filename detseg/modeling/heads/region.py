@@ -22,6 +22,7 @@ from ...structures import Batch, Instances
 from ..backbones import coarsest
 from ..box_coder import BoxCoder
 from ..class_layout import PER_CLASS
+from ..losses import ClassWeightedLoss, LossConfig
 from ..poolers import PoolerConfig, SPPPoolerConfig, build_pooler, pooler_features
 from ..proposals import ProposalConfig, build_proposals
 from ..sampling import match, sample, sampled_targets
@@ -47,6 +48,9 @@ class ProposalHeadConfig:
     reg_iou: Optional[float] = None  # proposals training the box regressor (default fg_iou)
     min_box_size: float = 0.0  # test time: smaller boxes are dropped
     classifier: Literal["softmax", "svm"] = "softmax"
+    # the softmax classifier's loss: cross-entropy, focal or seesaw, optionally class-weighted by
+    # the training instances per class (background weighted 1)
+    loss: LossConfig = field(default_factory=LossConfig)
     svm_neg_iou: float = 0.3
     svm_weight_decay: float = ranged(1e-4, ge=0)  # L2 on the SVM weights, inside the hinge loss
     score_thresh: float = 0.05
@@ -94,7 +98,7 @@ def hard_negatives(scores: Tensor, negative: Tensor, margin: float = 1.0) -> Ten
     return torch.nonzero(negative & (scores > -margin)).flatten()
 
 
-class RegionHead(Head):
+class RegionHead(ClassWeightedLoss, Head):
     """Proposals pooled from the shared features, then fc layers, classification, box regression.
 
     Args (keyword-only):
@@ -109,6 +113,8 @@ class RegionHead(Head):
         fg_iou: proposals with IoU >= this are foreground; below ``bg_iou`` (and >= ``bg_iou_low``)
             background.
         reg_iou: only proposals with IoU >= this train the box regressor (R-CNN: 0.6).
+        loss: the softmax classifier's ``LossConfig`` (ce, focal or seesaw; class weights from
+            the training instances per class).
         classifier: ``"softmax"`` or ``"svm"`` (per-class linear SVMs on the detached fc features,
             positives = ground-truth boxes, negatives = proposals with IoU < ``svm_neg_iou`` to
             every box of that class, hard-negative mined).
@@ -121,6 +127,8 @@ class RegionHead(Head):
     # constructor arguments that are built objects, not settings (``from_config`` makes them)
     built_arguments = ("proposals", "pooler", "num_classes", "in_features", "box_coder", "mask_head")
     consumed_settings = ("proposals", "pooler", "mask", "feature")
+    count_kind = "instances"
+    background_last = True
 
     def __init__(self, *, proposals: nn.Module, num_classes: int, pooler: Optional[nn.Module] = None,
                  in_features: Optional[int] = None,
@@ -130,8 +138,9 @@ class RegionHead(Head):
                  classifier: str = "softmax", svm_neg_iou: float = 0.3, svm_weight_decay: float = 1e-4,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_image: int = 100,
                  box_coder: Optional[BoxCoder] = None, mask_head: Optional[nn.Module] = None,
-                 min_box_size: float = 0.0):
+                 min_box_size: float = 0.0, loss: Optional[LossConfig] = None):
         super().__init__()
+        self.init_loss(loss, num_classes + 1)
         if classifier not in ("softmax", "svm"):
             raise ValueError(f"classifier must be 'softmax' or 'svm', got {classifier!r}")
         if in_features is None:
@@ -241,7 +250,7 @@ class RegionHead(Head):
         labels = torch.cat([s.labels for s in sampled])
         losses.update(classification_and_box_losses(
             logits, deltas, labels, torch.cat([s.box_targets for s in sampled]),
-            torch.cat([s.regress for s in sampled])))
+            torch.cat([s.regress for s in sampled]), cls_loss=self.classification_loss))
         if self.svm is not None:
             losses["loss_svm"] = self.svm_loss(x.detach(), rois, sampled, batch.targets)
         if self.mask_head is not None:

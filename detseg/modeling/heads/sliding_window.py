@@ -47,6 +47,7 @@ from ...structures import Batch, Instances
 from ..backbones import ShapeSpec, coarsest, context_margin, run_until
 from ..box_coder import BoxCoder
 from ..class_layout import BOX_DELTAS, SCORES_BG_LAST
+from ..losses import ClassWeightedLoss, LossConfig
 from ..proposals.windows import window_sizes
 from ..sampling import BACKGROUND, match, sample, sampled_targets
 from .base import Head
@@ -78,6 +79,9 @@ class SlidingWindowHeadConfig:
     nms_thresh: float = 0.5
     detections_per_image: int = 100
     naive_batch_size: int = ranged(64, ge=1)  # mode naive: window crops per backbone call
+    # the window classifier's loss: cross-entropy, focal or seesaw, optionally class-weighted by
+    # the training instances per class (background weighted 1)
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 def default_feature(in_shapes: dict[str, ShapeSpec]) -> str:
@@ -117,7 +121,7 @@ def scaled_windows(base: Sequence[tuple[int, int]],
     return out
 
 
-class SlidingWindowHead(Head):
+class SlidingWindowHead(ClassWeightedLoss, Head):
     """Window classifier at several scales and aspect ratios on one backbone feature map.
 
     Args (keyword-only):
@@ -140,6 +144,8 @@ class SlidingWindowHead(Head):
         hard_negative_fraction: share of each image's background windows taken as the ones the
             classifier currently scores most like an object (bootstrapping, as sliding-window
             detectors were trained); the rest are drawn at random. 0: all at random.
+        loss: the window classifier's ``LossConfig`` (ce, focal or seesaw; class weights from
+            the training instances per class).
 
     Uses the backbone itself: ``forward_*(features, batch, backbone=...)`` with
     ``batch.pixels`` the normalised images; ``Model`` passes both.
@@ -150,6 +156,8 @@ class SlidingWindowHead(Head):
     config_class = SlidingWindowHeadConfig
     built_arguments = ("in_shapes", "num_classes", "margin")
     consumed_settings = ("context_margin",)
+    count_kind = "instances"
+    background_last = True
 
     @classmethod
     def from_config(cls, settings: SlidingWindowHeadConfig, backbone: nn.Module,
@@ -169,8 +177,10 @@ class SlidingWindowHead(Head):
                  mode: str = "conv", fg_iou: float = 0.5, bg_iou: float = 0.4,
                  batch_size_per_image: int = 256, fg_fraction: float = 0.25,
                  hard_negative_fraction: float = 0.0, score_thresh: float = 0.05,
-                 nms_thresh: float = 0.5, detections_per_image: int = 100, naive_batch_size: int = 64):
+                 nms_thresh: float = 0.5, detections_per_image: int = 100, naive_batch_size: int = 64,
+                 loss: Optional[LossConfig] = None):
         super().__init__()
+        self.init_loss(loss, num_classes + 1)
         feature = feature or default_feature(in_shapes)
         if mode not in ("conv", "naive"):
             raise ValueError(f"sliding window mode must be 'conv' or 'naive', got {mode!r}")
@@ -443,7 +453,8 @@ class SlidingWindowHead(Head):
         else:
             out = torch.cat(outs)
         losses = classification_and_box_losses(out[:, : k + 1], out[:, k + 1:], torch.cat(labels),
-                                               torch.cat(targets), torch.cat(regress))
+                                               torch.cat(targets), torch.cat(regress),
+                                               cls_loss=self.classification_loss)
         return {"loss_window_cls": losses["loss_cls"], "loss_window_box": losses["loss_box"]}
 
     def forward_test(self, features, batch, *, backbone: nn.Module) -> list[Instances]:

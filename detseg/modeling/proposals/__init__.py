@@ -8,6 +8,8 @@
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from ...config import ranged
+
 from .precomputed import SelectiveSearchProposals
 from .rpn import RPN
 from .windows import DenseWindowProposals, dense_windows
@@ -44,6 +46,10 @@ class ProposalConfig:
     bg_iou: float = 0.3
     min_size: float = 1e-3  # RPN: proposals smaller than this (pixels) are dropped
     score_thresh: float = 0.0  # RPN, test time: proposals scoring lower are dropped
+    # RPN objectness loss: binary cross-entropy, or focal (Lin et al. 2017) with exponent
+    # rpn_focal_gamma, which lets the easy background anchors count less
+    rpn_loss: Literal["bce", "focal"] = "bce"
+    rpn_focal_gamma: float = ranged(2.0, ge=0)
 
 
 def build_proposals(p, in_shapes: dict, feature: str):
@@ -69,4 +75,5 @@ def build_proposals(p, in_shapes: dict, feature: str):
                pre_nms_top_n=tuple(p.pre_nms_top_n), post_nms_top_n=tuple(p.post_nms_top_n),
                nms_thresh=p.nms_thresh, fg_iou=p.fg_iou, bg_iou=p.bg_iou,
                batch_size_per_image=p.batch_size_per_image, positive_fraction=p.positive_fraction,
-               min_size=p.min_size, score_thresh=p.score_thresh)
+               min_size=p.min_size, score_thresh=p.score_thresh, loss=p.rpn_loss,
+               focal_gamma=p.rpn_focal_gamma)

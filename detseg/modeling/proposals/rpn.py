@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import sigmoid_focal_loss
 
 from ...ops.nms import batched_nms
 from ...structures import Batch, clip_boxes, nonempty
@@ -54,6 +55,9 @@ class RPN(nn.Module):
         fg_iou, bg_iou: anchor labelling thresholds.
         batch_size_per_image, positive_fraction: anchors sampled for the loss.
         min_size: proposals smaller than this are dropped.
+        loss, focal_gamma: the objectness loss, ``"bce"`` or ``"focal"`` (torchvision's
+            ``sigmoid_focal_loss`` without the alpha balance: the sampled anchors are balanced
+            already), summed over the sampled anchors and divided by their count.
 
     ``forward(features, batch)`` → (proposals: list of ``Tensor[P_i, 4]`` detached,
     losses ``{"loss_rpn_cls", "loss_rpn_box"}`` in training, else ``{}``).
@@ -65,8 +69,11 @@ class RPN(nn.Module):
                  post_nms_top_n: tuple[int, int] = (2000, 1000),
                  nms_thresh: float = 0.7, fg_iou: float = 0.7, bg_iou: float = 0.3,
                  batch_size_per_image: int = 256, positive_fraction: float = 0.5, min_size: float = 1e-3,
-                 score_thresh: float = 0.0):
+                 score_thresh: float = 0.0, loss: str = "bce", focal_gamma: float = 2.0):
         super().__init__()
+        if loss not in ("bce", "focal"):
+            raise ValueError(f"RPN loss must be 'bce' or 'focal', got {loss!r}")
+        self.loss, self.focal_gamma = loss, float(focal_gamma)
         if not (len(features) == len(strides) == len(anchor_sizes)):
             raise ValueError("RPN: features, strides and anchor_sizes need one entry per feature map")
         self.features, self.strides = list(features), list(strides)
@@ -158,8 +165,11 @@ class RPN(nn.Module):
             regress_rows.append(torch.stack([torch.full_like(fg, i), fg], dim=1))
         rows_t, reg_t = torch.cat(rows), torch.cat(regress_rows)
         n = max(1, rows_t.shape[0])
-        loss_cls = F.binary_cross_entropy_with_logits(obj[rows_t[:, 0], rows_t[:, 1]], torch.cat(labels),
-                                                      reduction="sum") / n
+        picked, target = obj[rows_t[:, 0], rows_t[:, 1]], torch.cat(labels)
+        if self.loss == "focal":
+            loss_cls = sigmoid_focal_loss(picked, target, alpha=-1, gamma=self.focal_gamma, reduction="sum") / n
+        else:
+            loss_cls = F.binary_cross_entropy_with_logits(picked, target, reduction="sum") / n
         pred = delta[reg_t[:, 0], reg_t[:, 1]]
         loss_box = F.smooth_l1_loss(pred, torch.cat(targets), beta=1 / 9, reduction="sum") / n
         return {"loss_rpn_cls": loss_cls, "loss_rpn_box": loss_box}
