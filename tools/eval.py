@@ -44,6 +44,20 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def own_train_split(cfg, generate: bool):
+    """The model's own training split, whose class frequencies give the rare / common / frequent
+    split of the figures (APr ...); None where it is not on this machine (the evaluation goes on
+    without the split). ``generate``: the built-in shapes may be written for it (an evaluation
+    on the config's own val split, which needs them anyway)."""
+    from detseg.data.build import resolve_splits
+    if not (cfg.data.train.ann_file or cfg.data.train.image_dir or generate):
+        return None
+    try:
+        return resolve_splits(cfg).get("train")
+    except (ConfigError, DataError):
+        return None
+
+
 def main(argv=None) -> int:
     from detseg.utils import parse_once
     args = parse_once(get_parser(), argv, intermixed=True)
@@ -84,9 +98,11 @@ def main(argv=None) -> int:
             split = resolve_splits(cfg).get("val")
             if split is None:
                 raise ConfigError("the config has no val split; pass --ann-file and --image-dir")
+        train_split = own_train_split(cfg, generate=not args.ann_file)
         out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(args.weights)), "eval")
         # the data first: a bad annotation file is named before anything about the output
-        datasets, evaluate = build_datasets_and_evaluator(cfg, {"val": split}, out_dir, predictor.class_names)
+        datasets, evaluate = build_datasets_and_evaluator(cfg, {"val": split}, out_dir, predictor.class_names,
+                                                          train_split=train_split)
         output = claim_dir(out_dir, "eval", overwrite=args.overwrite,
                            inputs=[args.weights, args.config, split["ann_file"], split["image_dir"],
                                    split.get("panoptic_json"), split.get("panoptic_dir")])

@@ -70,7 +70,7 @@ def _classify_splits(cfg) -> dict:
             from .shapes import ensure_shapes_classes
             try:
                 splits = ensure_shapes_classes(s.seed, s.num_train, s.num_val, s.cache_dir, s.classes,
-                                               c.shapes_size)
+                                               c.shapes_size, s.imbalance)
             except ValueError as e:  # an unknown shape name
                 raise DataError(f"data.shapes.classes: {e}") from None
         return splits if s.num_val or c.builtin == "digits" else {**splits, "val": None}

@@ -365,17 +365,20 @@ CLASSIFY_FORMAT_VERSION = 1
 
 
 def render_single(seed: int, split: str, index: int, classes: tuple[str, ...] = CLASSES,
-                  size: int = 64) -> tuple[np.ndarray, int]:
+                  size: int = 64, weights: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
     """One ``size x size`` image of a single shape, for the classification split: the detection
     images' backgrounds, colours and shapes, the shape filling 60-90% of the image's width and
     off-centre by up to a tenth of it. Classes take turns (``index % K``), so each split is
-    balanced.
+    balanced; with ``weights`` (``long_tail_weights``) the class is drawn with those
+    probabilities instead, from a stream of its own (the drawing's stream is unchanged).
 
     Returns:
         (image ``np.ndarray[size, size, 3]`` uint8 RGB, label).
     """
     rng = np.random.default_rng([seed, _SPLIT_SALT[split], index, 7])
     label = index % len(classes)
+    if weights is not None:
+        label = int(np.random.default_rng([seed, _SPLIT_SALT[split], index, 11]).choice(len(classes), p=weights))
     image = _background(rng, size, size)
     r = rng.uniform(0.3, 0.45) * size
     cx, cy = size / 2 + rng.uniform(-0.1, 0.1) * size, size / 2 + rng.uniform(-0.1, 0.1) * size
@@ -388,18 +391,24 @@ def render_single(seed: int, split: str, index: int, classes: tuple[str, ...] = 
 
 
 def ensure_shapes_classes(seed: int = 0, num_train: int = 300, num_val: int = 60,
-                          cache_dir: Optional[str] = None, classes=None, size: int = 64) -> dict:
+                          cache_dir: Optional[str] = None, classes=None, size: int = 64,
+                          imbalance: float = 1.0) -> dict:
     """The shapes classification split in the cache (written on first use, in the
-    folder-per-class layout): ``{"train": {"ann_file": None, "image_dir": root/train}, "val": ...}``."""
+    folder-per-class layout): ``{"train": {"ann_file": None, "image_dir": root/train}, "val": ...}``.
+    ``imbalance`` > 1: the train split's classes long-tailed as the detection split's are (the
+    first class that many times as frequent as the last), val balanced."""
     from .class_folders import ensure_class_folders
     classes = check_classes(classes)
     name = f"shapes_cls_v{CLASSIFY_FORMAT_VERSION}_seed{seed}_{num_train}_{num_val}_{size}px"
     if classes != CLASSES:
         name += "_" + "-".join(classes)
+    if imbalance > 1:
+        name += f"_lt{imbalance:g}"
+    weights = long_tail_weights(len(classes), imbalance)
 
     def samples(split: str):
         for i in range(num_train if split == "train" else num_val):
-            image, label = render_single(seed, split, i, classes, size)
+            image, label = render_single(seed, split, i, classes, size, weights if split == "train" else None)
             yield f"{i:06d}.png", classes[label], image
 
     return ensure_class_folders(os.path.join(cache_dir or default_cache_dir(), name), classes, samples)

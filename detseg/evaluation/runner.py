@@ -152,11 +152,35 @@ def _training_mode(model, held):
         model.train(was)
 
 
-def build_datasets_and_evaluator(cfg, splits: dict, output_dir: Optional[str], class_names=None):
+def training_counts(cfg, split: Optional[dict]) -> Optional[dict[str, int]]:
+    """Class name -> training images holding it, read from the train ``split``'s annotations (or
+    class folders) without building the training set; None when there is no split or it cannot
+    be read (the frequency split is then left out, not the evaluation)."""
+    from ..data.build import build_classification_dataset
+    from ..data.coco import CocoDataset
+    from ..data.io import DataError
+    from ..modeling.model import data_needs
+    if not split:
+        return None
+    try:
+        if data_needs(cfg).classify:
+            ds = build_classification_dataset(cfg, split, train=False)
+        else:
+            ds = CocoDataset(split["ann_file"], split["image_dir"])
+    except (DataError, OSError, ValueError) as e:
+        logger.info("no rare / common / frequent split: the training data cannot be read (%s)", e)
+        return None
+    return dict(zip(ds.class_names, ds.class_counts()))
+
+
+def build_datasets_and_evaluator(cfg, splits: dict, output_dir: Optional[str], class_names=None,
+                                 train_split: Optional[dict] = None):
     """What ``tools/train.py`` and ``tools/eval.py`` share: the datasets of ``splits`` (see
     ``detseg.data.build.build_datasets``; ``class_names``: a trained model's, for a
     classification val folder) and ``evaluate(model) -> metrics`` over the ``"val"``
-    one (None without a val split).
+    one (None without a val split). ``train_split``: where the training counts of the
+    rare / common / frequent split come from when ``splits`` holds no train split (an
+    evaluation of a trained model).
 
     Returns:
         ``(datasets: {split name: CocoDataset}, evaluate or None)``.
@@ -164,7 +188,8 @@ def build_datasets_and_evaluator(cfg, splits: dict, output_dir: Optional[str], c
     from ..data.build import build_datasets, build_val_loader
     datasets = build_datasets(cfg, splits, class_names)
     val, train = datasets.get("val"), datasets.get("train")
-    train_images = dict(zip(train.class_names, train.class_counts())) if train is not None else None
+    train_images = (dict(zip(train.class_names, train.class_counts())) if train is not None
+                    else training_counts(cfg, train_split))
     evaluate = (make_evaluate(cfg, val, build_val_loader(cfg, val), output_dir, train_images)
                 if val is not None else None)
     return datasets, evaluate

@@ -109,6 +109,20 @@ def test_builtin_digits_and_shapes_through_the_config(tmp_path):
     assert item["image"].shape == (3, 32, 32) and item["orig_size"] == (64, 64)
 
 
+def test_the_shapes_classification_split_takes_the_long_tail(tmp_path):
+    """data.shapes.imbalance long-tails the train split of the classification shapes as it does
+    the detection split's; val stays balanced."""
+    cfg = load_config("configs/classify_resnet18_shapes.yaml",
+                      [f"data.shapes.cache_dir={tmp_path}", "data.shapes.num_train=120", "data.shapes.num_val=8",
+                       "data.shapes.imbalance=20"])
+    ds = build_datasets(cfg, resolve_splits(cfg))
+    n = dict(zip(ds["train"].class_names, ds["train"].class_counts()))  # folder names, sorted
+    assert sum(n.values()) == 120
+    # the tail follows the drawing order (circle, rectangle, triangle, hexagon), not the folders'
+    assert n["circle"] > n["rectangle"] > n["triangle"] > n["hexagon"] > 0 and n["circle"] > 10 * n["hexagon"]
+    assert ds["val"].class_counts() == [2, 2, 2, 2]
+
+
 def test_a_size_that_is_not_a_multiple_of_32_is_refused(tmp_path):
     root = _folder(tmp_path / "train", {"cat": 1, "dog": 1})
     cfg = load_config(None, ["model.heads={cls: {type: classify}}", f"data.train.image_dir={root}",

@@ -153,6 +153,27 @@ def test_region_and_window_heads_take_focal_seesaw_and_instance_weights():
         build_model(load_config(None, ["model.heads.seg.loss.kind=seesaw"]), 3)
 
 
+def test_a_region_head_is_weighted_by_the_training_instances(tmp_path, shapes_data):
+    """train.py's class counts for a region head: instances per class (not images), stored in
+    class_counts.json; the background output keeps weight 1."""
+    from detseg.config import load_config
+    from detseg.data.coco import CocoDataset
+    from detseg.modeling.losses import class_weights
+    from detseg.modeling.model import build_model
+    from tools.train import apply_class_counts
+    split = shapes_data["train"]
+    ds = CocoDataset(split["ann_file"], split["image_dir"])
+    model = build_model(load_config("configs/faster_rcnn_resnet18_shapes.yaml",
+                                    ["model.heads.det.loss.class_weight=inverse"]), ds.num_classes)
+    apply_class_counts(model, ds, str(tmp_path))
+    stored = json.load(open(tmp_path / "class_counts.json"))["counts"]
+    instances = [sum(a["category_id"] == c and not a.get("iscrowd") for a in ds.coco.dataset["annotations"])
+                 for c in ds.cat_ids]
+    assert stored == {"instances": instances} and sum(instances) > sum(ds.class_counts())
+    expected = class_weights(torch.tensor(instances, dtype=torch.float64), "inverse").tolist() + [1.0]
+    assert model.heads["det"].class_weight.tolist() == pytest.approx(expected)
+
+
 def test_rpn_focal_objectness_loss_down_weights_easy_anchors():
     from torchvision.ops import sigmoid_focal_loss
     from detseg.modeling.proposals.rpn import RPN

@@ -46,6 +46,9 @@ def test_eval_infer_api_and_export_agree(trained, tmp_path, capsys):
     metrics = json.load(open(tmp_path / "ev" / "metrics.json"))
     logged = [json.loads(x) for x in open(out / "metrics.jsonl") if "top1" in x][-1]
     assert metrics["top1"] == pytest.approx(logged["top1"])
+    # the rare / common / frequent split from the checkpoint's own training split, as in training
+    split = {k: v for k, v in logged.items() if k.startswith("accuracy_")}
+    assert split and {k: metrics.get(k) for k in split} == pytest.approx(split)
     assert (tmp_path / "ev" / "classification_confusion.png").is_file()
 
     from detseg import load_model
@@ -96,3 +99,21 @@ def test_a_classifier_pooling_to_a_larger_grid_exports_with_parity(tmp_path):
     spread = max(float(predictor(im)["classes"].max() - predictor(im)["classes"].min()) for im in images)
     assert spread > 0.1  # the check below compares probabilities that mean something
     check_parity(predictor, path, images)
+
+
+def test_rebalance_refits_only_the_classifiers_last_layer(trained, tmp_path):
+    """tools/rebalance.py on an image classifier: the embeddings of the training folder (balanced
+    here: nothing to make), the last linear layer fitted again, every other weight kept, and the
+    re-fitted model still right on the val images."""
+    root, out = trained
+    assert call_tool("rebalance", ["--weights", str(out / "best.pth"), "--output", str(tmp_path / "rb"),
+                                   "--eval"]) == 0
+    report = json.load(open(tmp_path / "rb" / "rebalance.json"))
+    assert report["vectors_before"] == report["vectors_after"] == {"dark": 24, "light": 24}
+    old = torch.load(out / "best.pth", weights_only=True)["model"]
+    new = torch.load(tmp_path / "rb" / "model.pth", weights_only=True)["model"]
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    last = max(int(k.split(".")[3]) for k in old if k.startswith("heads.cls.classifier."))
+    assert changed == {f"heads.cls.classifier.{last}.weight", f"heads.cls.classifier.{last}.bias"}
+    after = json.load(open(tmp_path / "rb" / "eval_after" / "metrics.json"))
+    assert after["top1"] >= 0.9
