@@ -15,13 +15,10 @@ frequent one), in between a tempered mix.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
-
-if TYPE_CHECKING:  # the dataset imports this module
-    from .coco import CocoDataset
 
 
 class CopyPaste:
@@ -42,7 +39,7 @@ class CopyPaste:
     ``ignore_mask`` uint8 ``[H, W]``); ``reseed(seed)`` makes its draws a function of ``seed``.
     """
 
-    def __init__(self, dataset: "CocoDataset", *, prob: float = 0.5, max_objects: int = 3,
+    def __init__(self, dataset, *, prob: float = 0.5, max_objects: int = 3,
                  rarity: float = 1.0, scale: tuple[float, float] = (0.5, 1.5), min_visible: float = 0.1):
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"copy_paste prob must be in [0, 1], got {prob}")

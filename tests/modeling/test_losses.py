@@ -179,7 +179,7 @@ def test_rpn_focal_objectness_loss_down_weights_easy_anchors():
     from detseg.modeling.proposals.rpn import RPN
     kwargs = dict(in_channels=8, features=["c4"], strides=[16], anchor_sizes=[[32.0]])
     torch.manual_seed(0)
-    plain, focal = RPN(**kwargs), RPN(**kwargs, loss="focal", focal_gamma=2.0)
+    plain, focal = RPN(**kwargs), RPN(**kwargs, rpn_loss="focal", rpn_focal_gamma=2.0)
     focal.load_state_dict(plain.state_dict())
     anchors = torch.tensor([[0.0, 0, 32, 32], [40, 40, 72, 72], [100, 100, 132, 132]]).repeat(1, 1)
     batch = type("B", (), {"targets": [{"boxes": torch.tensor([[0.0, 0, 32, 32]])}]})()

@@ -75,5 +75,5 @@ def build_proposals(p, in_shapes: dict, feature: str):
                pre_nms_top_n=tuple(p.pre_nms_top_n), post_nms_top_n=tuple(p.post_nms_top_n),
                nms_thresh=p.nms_thresh, fg_iou=p.fg_iou, bg_iou=p.bg_iou,
                batch_size_per_image=p.batch_size_per_image, positive_fraction=p.positive_fraction,
-               min_size=p.min_size, score_thresh=p.score_thresh, loss=p.rpn_loss,
-               focal_gamma=p.rpn_focal_gamma)
+               min_size=p.min_size, score_thresh=p.score_thresh, rpn_loss=p.rpn_loss,
+               rpn_focal_gamma=p.rpn_focal_gamma)

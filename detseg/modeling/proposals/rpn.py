@@ -55,7 +55,7 @@ class RPN(nn.Module):
         fg_iou, bg_iou: anchor labelling thresholds.
         batch_size_per_image, positive_fraction: anchors sampled for the loss.
         min_size: proposals smaller than this are dropped.
-        loss, focal_gamma: the objectness loss, ``"bce"`` or ``"focal"`` (torchvision's
+        rpn_loss, rpn_focal_gamma: the objectness loss, ``"bce"`` or ``"focal"`` (torchvision's
             ``sigmoid_focal_loss`` without the alpha balance: the sampled anchors are balanced
             already), summed over the sampled anchors and divided by their count.
 
@@ -69,11 +69,11 @@ class RPN(nn.Module):
                  post_nms_top_n: tuple[int, int] = (2000, 1000),
                  nms_thresh: float = 0.7, fg_iou: float = 0.7, bg_iou: float = 0.3,
                  batch_size_per_image: int = 256, positive_fraction: float = 0.5, min_size: float = 1e-3,
-                 score_thresh: float = 0.0, loss: str = "bce", focal_gamma: float = 2.0):
+                 score_thresh: float = 0.0, rpn_loss: str = "bce", rpn_focal_gamma: float = 2.0):
         super().__init__()
-        if loss not in ("bce", "focal"):
-            raise ValueError(f"RPN loss must be 'bce' or 'focal', got {loss!r}")
-        self.loss, self.focal_gamma = loss, float(focal_gamma)
+        if rpn_loss not in ("bce", "focal"):
+            raise ValueError(f"RPN loss must be 'bce' or 'focal', got {rpn_loss!r}")
+        self.loss, self.focal_gamma = rpn_loss, float(rpn_focal_gamma)
         if not (len(features) == len(strides) == len(anchor_sizes)):
             raise ValueError("RPN: features, strides and anchor_sizes need one entry per feature map")
         self.features, self.strides = list(features), list(strides)
