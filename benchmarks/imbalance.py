@@ -156,8 +156,10 @@ def main(argv=None) -> int:
              f"{', '.join(sorted({s for r in results.values() for s in r}))} (each cell: every seed, "
              "then the mean). APr / APc / APf: AP "
              "averaged over the classes held by fewer than 10 / 10-100 / more than 100 training images "
-             "(LVIS's bins); recall_r: the rare classes' recall at IoU 0.5. The ceiling is the same recipe "
-             "on the balanced split. smote_refit is the baseline run of the same seed with its region "
+             "(LVIS's bins); recall_r: the rare classes' recall at IoU 0.5. "
+             + ("The ceiling is the same recipe on the balanced split. " if results.get("balanced (ceiling)")
+                else "No balanced-data ceiling run yet (`--methods 'balanced (ceiling)'`). ")
+             + "smote_refit is the baseline run of the same seed with its region "
              "classifier re-fitted on SMOTE-balanced fc7 vectors of the training boxes (tools/rebalance.py; "
              "its wall time is the re-fit's, after the baseline's training). Each run's command is kept in benchmarks/results/imbalance.json.")
     finish(args, "imbalance", "Rare classes on long-tailed shapes (Faster R-CNN)", body, figures)
