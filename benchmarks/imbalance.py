@@ -146,7 +146,8 @@ def main(argv=None) -> int:
         if base and name != "baseline":
             common = [s for s in runs if s in base]
             if common:
-                lift = f"{statistics.fmean(runs[s]['APr'] - base[s]['APr'] for s in common):+.3f}"
+                gain = statistics.fmean(runs[s]["APr"] - base[s]["APr"] for s in common)
+                lift = f"{gain:+.3f}" if gain == gain else "-"  # no rare group (the balanced ceiling)
         rows.append([name, " ".join(METHODS[name]) or "-", *cells, lift,
                      f"{statistics.fmean(r['wall_s'] for r in runs.values()) / 60:.1f}"])
     body = markdown_table(["method", "overrides", *KEYS, "APr vs baseline (same seeds)", "wall min"], rows)
