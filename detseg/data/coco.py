@@ -348,6 +348,16 @@ class CocoDataset(torch.utils.data.Dataset):
                 counts[self.label_of_cat[cat]] += 1
         return counts
 
+    def instance_refs(self) -> list[list[tuple[int, int]]]:
+        """Per class (label order), every usable training instance (not crowd, with a box
+        ``load_annotations`` keeps) as (image id, index in the image's annotations)."""
+        refs: list[list[tuple[int, int]]] = [[] for _ in range(self.num_classes)]
+        for img_id in self.ids:
+            for j, ann in enumerate(self.coco.imgToAnns.get(img_id, [])):
+                if not ann.get("iscrowd") and _valid_bbox(ann.get("bbox")):
+                    refs[self.label_of_cat[ann["category_id"]]].append((img_id, j))
+        return refs
+
     def pixel_counts(self) -> list[int]:
         """Annotated pixels per class from the annotations' areas, background first (every
         image's pixels less its objects'): the class frequencies of a semantic map, counted from

@@ -50,12 +50,7 @@ class CopyPaste:
         self.dataset = dataset
         self.prob, self.max_objects, self.rarity = float(prob), int(max_objects), float(rarity)
         self.scale, self.min_visible = (float(scale[0]), float(scale[1])), float(min_visible)
-        # every usable (non-crowd, boxed) training instance, by class: (image id, annotation index)
-        self.instances: list[list[tuple[int, int]]] = [[] for _ in range(dataset.num_classes)]
-        for img_id in dataset.ids:
-            for j, ann in enumerate(dataset.coco.imgToAnns.get(img_id, [])):
-                if not ann.get("iscrowd") and ann.get("bbox") and ann["bbox"][2] > 0 and ann["bbox"][3] > 0:
-                    self.instances[dataset.label_of_cat[ann["category_id"]]].append((img_id, j))
+        self.instances = dataset.instance_refs()  # per class: (image id, annotation index)
         self.class_probs = class_probabilities([len(x) for x in self.instances], self.rarity)
         self.rng = np.random.default_rng(0)
 
