@@ -217,6 +217,18 @@ class FreezeConfig:
 
 
 @dataclass
+class RebalanceConfig:
+    """After training, the classifier's last layer re-fitted on class-balanced feature vectors
+    (``detseg.engine.rebalance``, as ``tools/rebalance.py``): the rare classes raised to the most
+    frequent one with SMOTE or Borderline-SMOTE in feature space, written to ``<run>/rebalanced``."""
+
+    method: Literal["none", "smote", "borderline_smote"] = "none"
+    k_neighbors: int = ranged(5, ge=1)  # same-class neighbours a synthetic vector is drawn towards
+    negatives_per_image: int = ranged(16, ge=0)  # region heads: background proposals per image
+    head: Optional[str] = None  # the head to re-fit (default: the model's classify / region / rcnn head)
+
+
+@dataclass
 class SolverConfig:
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = ranged(0.002, gt=0)
@@ -245,6 +257,7 @@ class SolverConfig:
     patience: Optional[int] = ranged(None, ge=1)
     log_period: int = ranged(10, ge=1)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
 
 
 @dataclass

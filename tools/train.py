@@ -226,6 +226,12 @@ def run(cfg, splits: dict, args) -> int:
     train_ds = datasets["train"]
     model = build_model(cfg, train_ds.num_classes, getattr(train_ds, "num_stuff", None))
 
+    if cfg.solver.rebalance.method != "none":  # a model with nothing to re-fit: one line, before training
+        from tools.rebalance import pick_head
+        try:
+            pick_head(model, cfg.solver.rebalance.head)
+        except UsageError as e:
+            raise ConfigError(f"solver.rebalance: {e}".replace("--head ", "head ")) from None
     apply_class_counts(model, train_ds, output_dir)
     meta = {"class_names": train_ds.class_names, "label_map": train_ds.label_map(),
             "num_classes": train_ds.num_classes}
@@ -260,7 +266,10 @@ def run(cfg, splits: dict, args) -> int:
         metrics = trainer.train()
     finally:
         dist.shutdown()
+    code = 0
     if main_rank:
+        if cfg.solver.rebalance.method != "none":
+            code = rebalance_after_training(cfg, output_dir, evaluated=evaluate is not None)
         claimed.list_files(complete=True)
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
     if main_rank:
@@ -270,7 +279,25 @@ def run(cfg, splits: dict, args) -> int:
             batch = next(iter(build_train_loader(cfg, train_ds)))
             size = (cfg.data.min_size_test, cfg.data.min_size_test)
             print(format_summary(summarize(trainer.model, size, batch)))
-    return 0
+    return code
+
+
+def rebalance_after_training(cfg, output_dir: str, evaluated: bool) -> int:
+    """``solver.rebalance``: the trained model's (best.pth, else the newest checkpoint's) last
+    layer re-fitted on SMOTE-balanced feature vectors of the training split, exactly as
+    ``tools/rebalance.py`` does, into ``<run>/rebalanced`` (``model.pth``, ``rebalance.json``;
+    with a val split also ``eval_before`` / ``eval_after``). Run again on ``--resume``: it only
+    reads the checkpoint, so a killed re-fit leaves the training run intact."""
+    from detseg.engine.checkpoint import newest_loadable
+    from tools import rebalance as rebalance_tool
+    rb = cfg.solver.rebalance
+    best = os.path.join(output_dir, "best.pth")
+    weights = best if os.path.isfile(best) else newest_loadable(output_dir)[0]
+    argv = ["--weights", weights, "--output", os.path.join(output_dir, "rebalanced"), "--method", rb.method,
+            "--k-neighbors", str(rb.k_neighbors), "--negatives-per-image", str(rb.negatives_per_image),
+            "--device", cfg.runtime.device, "--seed", str(cfg.runtime.seed), "--overwrite"]
+    argv += (["--head", rb.head] if rb.head else []) + (["--eval"] if evaluated else [])
+    return rebalance_tool.main(argv)
 
 
 if __name__ == "__main__":

@@ -117,3 +117,43 @@ def test_rebalance_refits_only_the_classifiers_last_layer(trained, tmp_path):
     assert changed == {f"heads.cls.classifier.{last}.weight", f"heads.cls.classifier.{last}.bias"}
     after = json.load(open(tmp_path / "rb" / "eval_after" / "metrics.json"))
     assert after["top1"] >= 0.9
+
+
+def test_rebalance_setting_refits_after_training_as_the_tool_does(tmp_path):
+    """``solver.rebalance.method: smote`` in a recipe: after training, the rare class's embeddings
+    raised to the frequent one's count and the last layer re-fitted into <run>/rebalanced,
+    the same weights tools/rebalance.py gives on the same checkpoint."""
+    rng = np.random.default_rng(1)
+    for split, counts in (("train", {"dark": 16, "light": 4}), ("val", {"dark": 3, "light": 3})):
+        for cls, n in counts.items():
+            os.makedirs(tmp_path / split / cls)
+            for i in range(n):
+                base = 40 if cls == "dark" else 210
+                img = np.clip(base + rng.normal(0, 20, (36, 40, 3)), 0, 255).astype(np.uint8)
+                cv2.imwrite(str(tmp_path / split / cls / f"{i}.jpg"), img)
+    out = tmp_path / "run"
+    args = ["--config", "configs/classify_lenet5_digits.yaml", f"data.train.image_dir={tmp_path / 'train'}",
+            f"data.val.image_dir={tmp_path / 'val'}", "data.batch_size=4", "solver.max_iter=6",
+            "solver.eval_period=6", "solver.checkpoint_period=6", "solver.warmup_iters=1",
+            "solver.rebalance.method=smote", "solver.rebalance.k_neighbors=2", "--output-dir", str(out)]
+    assert call_tool("train", args) == 0
+    report = json.load(open(out / "rebalanced" / "rebalance.json"))
+    assert report["vectors_before"] == {"dark": 16, "light": 4}
+    assert report["vectors_after"] == {"dark": 16, "light": 16}
+    assert (out / "rebalanced" / "eval_after" / "metrics.json").is_file()
+    assert call_tool("rebalance", ["--weights", str(out / "best.pth"), "--output", str(tmp_path / "tool"),
+                                   "--method", "smote", "--k-neighbors", "2"]) == 0
+    by_setting = torch.load(out / "rebalanced" / "model.pth", weights_only=True)["model"]
+    by_tool = torch.load(tmp_path / "tool" / "model.pth", weights_only=True)["model"]
+    assert all(torch.equal(by_setting[k], by_tool[k]) for k in by_tool)
+
+
+def test_rebalance_setting_on_a_model_without_a_classifier_stops_before_training(tmp_path, capsys):
+    """FCN has no feature-vector classifier: one config error line, and nothing trained."""
+    out = tmp_path / "run"
+    code = call_tool("train", ["--config", "configs/fcn8s_resnet18_shapes.yaml", "solver.rebalance.method=smote",
+                               "data.shapes.num_train=2", "data.shapes.num_val=1", "solver.max_iter=1",
+                               "--output-dir", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: solver.rebalance:"), err
+    assert not list(out.glob("*.pth"))
