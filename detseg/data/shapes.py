@@ -361,7 +361,7 @@ def _complete(paths: dict) -> bool:
 
 # --------------------------------------------------------------------------- classification split
 
-CLASSIFY_FORMAT_VERSION = 1
+CLASSIFY_FORMAT_VERSION = 2  # 2: a long-tailed train split holds every class
 
 
 def render_single(seed: int, split: str, index: int, classes: tuple[str, ...] = CLASSES,
@@ -370,14 +370,16 @@ def render_single(seed: int, split: str, index: int, classes: tuple[str, ...] = 
     images' backgrounds, colours and shapes, the shape filling 60-90% of the image's width and
     off-centre by up to a tenth of it. Classes take turns (``index % K``), so each split is
     balanced; with ``weights`` (``long_tail_weights``) the class is drawn with those
-    probabilities instead, from a stream of its own (the drawing's stream is unchanged).
+    probabilities instead, from a stream of its own (the drawing's stream is unchanged), after
+    the first K images, which hold one class each: however short the tail, no class is empty
+    (an empty class folder is not a dataset).
 
     Returns:
         (image ``np.ndarray[size, size, 3]`` uint8 RGB, label).
     """
     rng = np.random.default_rng([seed, _SPLIT_SALT[split], index, 7])
     label = index % len(classes)
-    if weights is not None:
+    if weights is not None and index >= len(classes):
         label = int(np.random.default_rng([seed, _SPLIT_SALT[split], index, 11]).choice(len(classes), p=weights))
     image = _background(rng, size, size)
     r = rng.uniform(0.3, 0.45) * size

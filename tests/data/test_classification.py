@@ -121,6 +121,11 @@ def test_the_shapes_classification_split_takes_the_long_tail(tmp_path):
     # the tail follows the drawing order (circle, rectangle, triangle, hexagon), not the folders'
     assert n["circle"] > n["rectangle"] > n["triangle"] > n["hexagon"] > 0 and n["circle"] > 10 * n["hexagon"]
     assert ds["val"].class_counts() == [2, 2, 2, 2]
+    # a tail too steep for its images still holds every class (an empty class folder is refused)
+    cfg = load_config("configs/classify_resnet18_shapes.yaml",
+                      [f"data.shapes.cache_dir={tmp_path}", "data.shapes.num_train=8", "data.shapes.num_val=4",
+                       "data.shapes.imbalance=1000"])
+    assert min(build_datasets(cfg, resolve_splits(cfg))["train"].class_counts()) >= 1
 
 
 def test_a_size_that_is_not_a_multiple_of_32_is_refused(tmp_path):
