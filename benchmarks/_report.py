@@ -131,6 +131,25 @@ def finish(args, name: str, title: str, body: str, figures: dict) -> None:
         print(f"(BENCHMARKS.md not updated: {'--quick' if args.quick else '--no-write'})")
 
 
+def run_tool(tool: str, args: list[str], what: str) -> float:
+    """Run ``tools/<tool>`` with ``args`` in a fresh process, as a user would (progress bars off).
+
+    Returns:
+        wall seconds of the whole run.
+    Raises:
+        RuntimeError naming ``what`` with the end of stderr when the tool fails.
+    """
+    import subprocess
+    cmd = [sys.executable, os.path.join(ROOT, "tools", tool), *args]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "DETSEG_NO_PROGRESS": "1"},
+                       capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{r.stderr[-3000:]}")
+    return wall
+
+
 def run_train(config: str, overrides: list[str], out: str) -> tuple[list[dict], float]:
     """Run tools/train.py as a user would into ``out`` (``--overwrite``: a rerun of the benchmark
     with the same ``--keep-run`` folder trains that seed again, from scratch).
@@ -140,14 +159,6 @@ def run_train(config: str, overrides: list[str], out: str) -> tuple[list[dict], 
     Raises:
         RuntimeError with the end of stderr when the run fails.
     """
-    import subprocess
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "--config", config,
-           "--output-dir", out, "--overwrite", *overrides]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "DETSEG_NO_PROGRESS": "1"},
-                       capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"{config} failed:\n{r.stderr[-3000:]}")
+    wall = run_tool("train.py", ["--config", config, "--output-dir", out, "--overwrite", *overrides], config)
     with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
         return [json.loads(line) for line in f], wall

@@ -1,14 +1,24 @@
 """Rare classes on long-tailed shapes: each imbalanced-data method against the plain recipe.
 
-Faster R-CNN (``configs/faster_rcnn_resnet18_shapes.yaml``) trained on the long-tailed shapes
-(``data.shapes.imbalance``, default 100: the first class 100x as frequent as the last, the val
-split balanced), once per method and seed, with the same iterations; AP and LVIS's split by
-training frequency (APr / APc / APf, ``evaluator.frequency_bins``) and the rare classes' recall
-at IoU 0.5 on the val images. The balanced-data run of the same recipe is the ceiling. Each run
-is ``tools/train.py`` in a fresh process, as a user would run it.
+Four tasks, each a shapes recipe trained on the long-tailed shapes (``data.shapes.imbalance``,
+default 100: the first class 100x as frequent as the last, the val split balanced), once per
+method and seed, with the same iterations:
 
-Runs are kept in benchmarks/results/imbalance.json: a later call with other ``--methods`` or
-``--seeds`` adds its runs to the table of the same recipe, length and imbalance.
+- ``faster_rcnn``: box AP and LVIS's split by training frequency (APr / APc / APf,
+  ``evaluator.frequency_bins``), the rare classes' recall at IoU 0.5;
+- ``mask_rcnn``: the same for boxes and masks (``segm_APr`` ...);
+- ``fcn``: FCN-8s's mIoU and the rare / common / frequent classes' mean IoU (``mIoU_r`` ...);
+- ``classify``: top-1, balanced accuracy and the groups' mean per-class accuracy (``accuracy_r`` ...).
+
+The detectors and FCN train on the same 300 long-tailed images (the detection recipes' split:
+hexagon, the rarest class, in 8 of them, a rare class by LVIS's bins); the classifier on 1000
+images (hexagon in 8). The balanced-data run of the same recipe is the ceiling. Each run is
+``tools/train.py`` in a fresh process, as a user would run it; ``smote_refit`` is the baseline
+run of the same seed with its last layer re-fitted on SMOTE-balanced feature vectors
+(``tools/rebalance.py``, the same re-fit as ``solver.rebalance.method: smote`` in a recipe).
+
+Runs are kept in benchmarks/results/imbalance.json, per task: a later call with other
+``--methods`` or ``--seeds`` adds its runs to the table of the same recipe, length and imbalance.
 """
 from __future__ import annotations
 
@@ -18,127 +28,111 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import ROOT, base_parser, command_line, finish, markdown_table, records_figures, run_train  # noqa: E402
+from benchmarks._report import base_parser, command_line, finish, markdown_table, records_figures, run_tool, run_train  # noqa: E402
 from benchmarks.detection_shapes import load_store, recipe_digest, save_store  # noqa: E402
 
-CONFIG = "configs/faster_rcnn_resnet18_shapes.yaml"
-KEYS = ("AP", "APr", "APc", "APf", "recall_r")
-# method -> overrides of the recipe (the long tail itself is set by --imbalance)
-METHODS = {
-    "baseline": [],
-    "repeat_factor": ["data.sampler=repeat_factor", "data.repeat_threshold=0.3"],
-    "class_aware": ["data.sampler=class_aware"],
-    "focal": ["model.heads.det.loss.kind=focal"],
-    "effective_weights": ["model.heads.det.loss.class_weight=effective"],
-    "seesaw": ["model.heads.det.loss.kind=seesaw"],
-    "copy_paste": ["data.copy_paste.prob=0.5", "data.copy_paste.rarity=1.0"],
-    # the baseline run's checkpoint, its region classifier re-fitted on SMOTE-balanced fc7
-    # vectors (tools/rebalance.py): no training run of its own, so it needs the baseline's
-    "smote_refit": ["tools/rebalance.py --method smote"],
-    "balanced (ceiling)": [],
+CEILING = "balanced (ceiling)"
+# the baseline run's checkpoint, its last layer re-fitted on SMOTE-balanced vectors
+# (tools/rebalance.py): no training run of its own, so it needs the baseline's
+SMOTE_REFIT = "smote_refit"
+
+
+@dataclass
+class Task:
+    """One recipe of the benchmark: what it reports and which methods it compares."""
+
+    title: str
+    config: str
+    keys: tuple[str, ...]  # the metrics of each run's last evaluation, in table order
+    lift: str  # the rare-class figure each method is compared with the baseline on
+    iterations: int  # default solver.max_iter: a run within 15 minutes on a 2-core AVX2 CPU
+    methods: dict[str, list[str]]  # method -> overrides (the long tail set by --imbalance)
+    data: tuple[str, ...] = ()  # overrides of every run of the task (its training split)
+    quick: tuple[str, ...] = ()  # --quick's own, after QUICK's
+
+
+def _loss(head: str) -> dict[str, list[str]]:
+    return {"focal": [f"model.heads.{head}.loss.kind=focal"],
+            "effective_weights": [f"model.heads.{head}.loss.class_weight=effective"],
+            "seesaw": [f"model.heads.{head}.loss.kind=seesaw"]}
+
+
+_DET = {"baseline": [],
+        "repeat_factor": ["data.sampler=repeat_factor", "data.repeat_threshold=0.3"],
+        "class_aware": ["data.sampler=class_aware"],
+        **_loss("det"),
+        "copy_paste": ["data.copy_paste.prob=0.5", "data.copy_paste.rarity=1.0"],
+        SMOTE_REFIT: ["tools/rebalance.py --method smote"],
+        CEILING: []}
+TASKS = {
+    "faster_rcnn": Task("Faster R-CNN", "configs/faster_rcnn_resnet18_shapes.yaml",
+                        ("AP", "APr", "APc", "APf", "recall_r"), "APr", 700, _DET),
+    "mask_rcnn": Task("Mask R-CNN", "configs/mask_rcnn_resnet18_fpn_shapes.yaml",
+                      ("AP", "APr", "APf", "segm_AP", "segm_APr", "segm_APc", "segm_APf"), "segm_APr", 500, _DET),
+    "fcn": Task("FCN-8s", "configs/fcn8s_resnet18_shapes.yaml",
+                ("mIoU", "mIoU_r", "mIoU_c", "mIoU_f"), "mIoU_r", 1000,
+                {"baseline": [], "class_aware": ["data.sampler=class_aware"],
+                 **{k: v for k, v in _loss("seg").items() if k != "seesaw"},  # seesaw: not for pixels
+                 CEILING: []},
+                data=("data.shapes.num_train=300",)),
+    "classify": Task("image classification", "configs/classify_resnet18_shapes.yaml",
+                     ("top1", "balanced_accuracy", "accuracy_r", "accuracy_c", "accuracy_f"), "accuracy_r", 600,
+                     {"baseline": [], **_loss("cls"), SMOTE_REFIT: ["tools/rebalance.py --method smote"],
+                      CEILING: []},
+                     # quick: one image is one object, so 48 give SMOTE two of every class
+                     data=("data.shapes.num_train=1000",), quick=("data.shapes.num_train=48",)),
 }
 STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "imbalance.json")
 QUICK = ["solver.max_iter=4", "solver.eval_period=4", "data.batch_size=2", "data.shapes.num_train=16",
          "data.shapes.num_val=8", "data.num_workers=0"]
 
 
-def run_method(name: str, overrides: list[str], imbalance: float, iterations: int, seed: int,
-               quick: bool, out: str) -> dict:
-    """One training run of the recipe with ``overrides``; its last evaluation's ``KEYS`` and wall s."""
+def run_method(task: Task, name: str, imbalance: float, iterations: int, seed: int, quick: bool,
+               out: str) -> dict:
+    """One training run of ``task``'s recipe with method ``name``; its last evaluation's keys and wall s."""
     # quick: a tail of 4 at most, so that its 16 images hold two or more objects of every class
     # (SMOTE draws between two)
-    tail = 1.0 if name.startswith("balanced") else min(imbalance, 4.0) if quick else imbalance
-    args = [f"data.shapes.imbalance={tail}", f"runtime.seed={seed}", *overrides]
-    args += QUICK if quick else [f"solver.max_iter={iterations}", f"solver.eval_period={iterations}",
+    tail = 1.0 if name == CEILING else min(imbalance, 4.0) if quick else imbalance
+    args = [*task.data, f"data.shapes.imbalance={tail}", f"runtime.seed={seed}", *task.methods[name]]
+    args += [*QUICK, *task.quick] if quick else [f"solver.max_iter={iterations}", f"solver.eval_period={iterations}",
                                  f"solver.checkpoint_period={iterations}"]
-    records, wall = run_train(CONFIG, args, out)
-    last = [r for r in records if "AP" in r][-1]
-    return {**{k: last.get(k, float("nan")) for k in KEYS}, "wall_s": wall, "iter": last["iter"]}
+    records, wall = run_train(task.config, args, out)
+    last = [r for r in records if task.keys[0] in r][-1]
+    return {**{k: last.get(k, float("nan")) for k in task.keys}, "wall_s": wall, "iter": last["iter"]}
 
 
-def refit_baseline(run: str) -> dict:
+def refit_baseline(task: Task, run: str) -> dict:
     """tools/rebalance.py --method smote --eval on the baseline run folder ``run``'s best.pth;
-    the re-fitted model's ``KEYS`` and the re-fit's wall s."""
-    import subprocess
+    the re-fitted model's keys and the re-fit's wall s."""
     out = os.path.join(run, "smote")
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "rebalance.py"), "--weights",
-           os.path.join(run, "best.pth"), "--output", out, "--method", "smote", "--eval"]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "DETSEG_NO_PROGRESS": "1"}, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"tools/rebalance.py failed:\n{r.stderr[-3000:]}")
+    wall = run_tool("rebalance.py", ["--weights", os.path.join(run, "best.pth"), "--output", out,
+                                     "--method", "smote", "--eval", "--overwrite"], "tools/rebalance.py")
     with open(os.path.join(out, "eval_after", "metrics.json"), encoding="utf-8") as f:
         last = json.load(f)
-    return {**{k: last.get(k, float("nan")) for k in KEYS}, "wall_s": wall, "iter": None}
+    return {**{k: last.get(k, float("nan")) for k in task.keys}, "wall_s": wall, "iter": None}
 
 
-def main(argv=None) -> int:
-    p = base_parser(__doc__)
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                   help="which rows to run (default all; smote_refit needs baseline before it)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--iterations", type=int, default=700,
-                   help="solver.max_iter of every run (default 700: a run within 15 minutes on a 2-core "
-                        "AVX2 CPU)")
-    p.add_argument("--imbalance", type=float, default=100.0)
-    p.add_argument("--keep-run", metavar="DIR",
-                   help="keep the run folders here (<method>_<seed>); smote_refit then also re-fits a "
-                        "baseline run kept there by an earlier call")
-    args = p.parse_args(argv)
-    # quick: the baseline, copy-paste (a data path of its own) and the SMOTE re-fit, 4 iterations
-    methods = [m for m in args.methods if m in ("baseline", "copy_paste", "smote_refit")] or args.methods[:1] \
-        if args.quick else args.methods
-    seeds = args.seeds[:1] if args.quick else args.seeds
-    # the stored runs of this recipe, length and tail, which this call's runs join (or replace)
-    digest = recipe_digest(CONFIG)
-    stored = {} if args.quick else load_store(STORE)
-    same = (stored.get("iterations"), stored.get("imbalance"), stored.get("recipe")) == \
-        (args.iterations, args.imbalance, digest)
-    results: dict = {m: dict(r) for m, r in stored.get("results", {}).items()} if same else {}
-    baseline_runs = {}  # seed -> the baseline's run folder (smote_refit re-fits its checkpoint)
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.keep_run:
-            tmp = args.keep_run
-            for seed in seeds:
-                kept = os.path.join(tmp, f"baseline_{seed}")
-                if os.path.isfile(os.path.join(kept, "best.pth")):
-                    baseline_runs[seed] = kept
-        for name in methods:
-            results.setdefault(name, {})
-            for seed in seeds:
-                folder = os.path.join(tmp, f"{name.split()[0]}_{seed}")
-                try:
-                    if name == "smote_refit":
-                        if seed not in baseline_runs:
-                            raise RuntimeError("re-fits the baseline's checkpoint: list baseline before it "
-                                               "in --methods")
-                        r = refit_baseline(baseline_runs[seed])
-                    else:
-                        r = run_method(name, METHODS[name], args.imbalance, args.iterations, seed, args.quick,
-                                       folder)
-                    if name == "baseline":
-                        baseline_runs[seed] = folder
-                except RuntimeError as e:
-                    print(f"imbalance: {name} seed {seed}: {e}", file=sys.stderr, flush=True)
-                    continue
-                results[name][str(seed)] = {**r, "command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M")}
-                print(f"imbalance: {name} seed {seed}: " + ", ".join(f"{k} {r[k]:.3f}" for k in KEYS)
-                      + f" in {r['wall_s'] / 60:.1f} min", flush=True)
-    figures = {"config": CONFIG, "iterations": args.iterations, "imbalance": args.imbalance,
-               "recipe": digest, "results": results}
-    if records_figures(args):
-        save_store(STORE, figures)
+def stored_tasks(stored: dict) -> dict:
+    """The store's tasks; a store from before there were several holds the Faster R-CNN one."""
+    if "results" in stored:
+        return {"faster_rcnn": stored}
+    return stored.get("tasks", {})
+
+
+def format_task(key: str, task: Task, entry: dict) -> str:
+    """One task's table (each cell: every seed, then the mean) and what it measured."""
+    results = entry["results"]
     rows = []
     base = results.get("baseline", {})
-    for name, runs in sorted(results.items(), key=lambda kv: list(METHODS).index(kv[0])):
+    for name, runs in sorted(results.items(), key=lambda kv: list(task.methods).index(kv[0])):
         if not runs:
             continue
         cells = []
-        for k in KEYS:
+        for k in task.keys:
             vals = [r[k] for r in runs.values()]
             cell = " / ".join(f"{v:.3f}" for v in vals)
             cells.append(cell + (f" ({statistics.fmean(vals):.3f})" if len(vals) > 1 else ""))
@@ -146,24 +140,98 @@ def main(argv=None) -> int:
         if base and name != "baseline":
             common = [s for s in runs if s in base]
             if common:
-                gain = statistics.fmean(runs[s]["APr"] - base[s]["APr"] for s in common)
+                gain = statistics.fmean(runs[s][task.lift] - base[s][task.lift] for s in common)
                 lift = f"{gain:+.3f}" if gain == gain else "-"  # no rare group (the balanced ceiling)
-        rows.append([name, " ".join(METHODS[name]) or "-", *cells, lift,
+        rows.append([name, " ".join(task.methods[name]) or "-", *cells, lift,
                      f"{statistics.fmean(r['wall_s'] for r in runs.values()) / 60:.1f}"])
-    body = markdown_table(["method", "overrides", *KEYS, "APr vs baseline (same seeds)", "wall min"], rows)
-    body += (f"\n\n`{CONFIG}` trained {args.iterations if not args.quick else 4} iterations per run on the "
-             f"long-tailed shapes (`data.shapes.imbalance={args.imbalance:g}`: circle, rectangle, triangle, "
-             "hexagon from most to least frequent; val balanced), seeds "
-             f"{', '.join(sorted({s for r in results.values() for s in r}))} (each cell: every seed, "
-             "then the mean). APr / APc / APf: AP "
-             "averaged over the classes held by fewer than 10 / 10-100 / more than 100 training images "
-             "(LVIS's bins); recall_r: the rare classes' recall at IoU 0.5. "
-             + ("The ceiling is the same recipe on the balanced split. " if results.get("balanced (ceiling)")
-                else "No balanced-data ceiling run yet (`--methods 'balanced (ceiling)'`). ")
-             + "smote_refit is the baseline run of the same seed with its region "
-             "classifier re-fitted on SMOTE-balanced fc7 vectors of the training boxes (tools/rebalance.py; "
-             "its wall time is the re-fit's, after the baseline's training). Each run's command is kept in benchmarks/results/imbalance.json.")
-    finish(args, "imbalance", "Rare classes on long-tailed shapes (Faster R-CNN)", body, figures)
+    seeds = ", ".join(sorted({s for r in results.values() for s in r}))
+    table = markdown_table(["method", "overrides", *task.keys, f"{task.lift} vs baseline (same seeds)",
+                            "wall min"], rows)
+    data = f" ({', '.join(f'`{d}`' for d in task.data)})" if task.data else ""
+    return (f"### {task.title} (`--task {key}`)\n\n{table}\n\n`{task.config}`{data} trained "
+            f"{entry['iterations']} iterations per run, seeds {seeds}."
+            + ("" if results.get(CEILING) else f" No balanced-data ceiling run yet (`--methods '{CEILING}'`).")
+            + "\n")
+
+
+def main(argv=None) -> int:
+    p = base_parser(__doc__)
+    p.add_argument("--task", choices=list(TASKS), default="faster_rcnn")
+    p.add_argument("--methods", nargs="+",
+                   help="which rows to run (default: all of the task's; smote_refit needs baseline before it)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--iterations", type=int,
+                   help="solver.max_iter of every run (default: the task's, a run within 15 minutes on a "
+                        "2-core AVX2 CPU)")
+    p.add_argument("--imbalance", type=float, default=100.0)
+    p.add_argument("--keep-run", metavar="DIR",
+                   help="keep the run folders here (<task>/<method>_<seed>); smote_refit then also re-fits "
+                        "a baseline run kept there by an earlier call")
+    args = p.parse_args(argv)
+    task = TASKS[args.task]
+    unknown = sorted(set(args.methods or ()) - set(task.methods))
+    if unknown:
+        p.error(f"--task {args.task} has no method {', '.join(unknown)} (it has {', '.join(task.methods)})")
+    iterations = args.iterations or task.iterations
+    methods = args.methods or list(task.methods)
+    # quick: the baseline, copy-paste (a data path of its own) and the SMOTE re-fit, 4 iterations
+    if args.quick:
+        methods = [m for m in methods if m in ("baseline", "copy_paste", SMOTE_REFIT)] or methods[:1]
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    # the stored runs of this recipe, length and tail, which this call's runs join (or replace)
+    digest = recipe_digest(task.config)
+    tasks = {} if args.quick else stored_tasks(load_store(STORE))
+    stored = tasks.get(args.task, {})
+    same = (stored.get("iterations"), stored.get("imbalance"), stored.get("recipe")) == \
+        (iterations, args.imbalance, digest)
+    results: dict = {m: dict(r) for m, r in stored.get("results", {}).items()} if same else {}
+    baseline_runs = {}  # seed -> the baseline's run folder (smote_refit re-fits its checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(args.keep_run, args.task) if args.keep_run else tmp
+        for seed in seeds:
+            kept = os.path.join(root, f"baseline_{seed}")
+            if os.path.isfile(os.path.join(kept, "best.pth")):
+                baseline_runs[seed] = kept
+        for name in methods:
+            results.setdefault(name, {})
+            for seed in seeds:
+                folder = os.path.join(root, f"{name.split()[0]}_{seed}")
+                try:
+                    if name == SMOTE_REFIT:
+                        if seed not in baseline_runs:
+                            raise RuntimeError("re-fits the baseline's checkpoint: list baseline before it "
+                                               "in --methods")
+                        r = refit_baseline(task, baseline_runs[seed])
+                    else:
+                        r = run_method(task, name, args.imbalance, iterations, seed, args.quick, folder)
+                    if name == "baseline":
+                        baseline_runs[seed] = folder
+                except RuntimeError as e:
+                    print(f"imbalance: {args.task} {name} seed {seed}: {e}", file=sys.stderr, flush=True)
+                    continue
+                results[name][str(seed)] = {**r, "command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M")}
+                print(f"imbalance: {args.task} {name} seed {seed}: "
+                      + ", ".join(f"{k} {r[k]:.3f}" for k in task.keys) + f" in {r['wall_s'] / 60:.1f} min",
+                      flush=True)
+    tasks[args.task] = {"config": task.config, "iterations": iterations, "imbalance": args.imbalance,
+                        "recipe": digest, "results": {m: r for m, r in results.items() if r}}
+    figures = {"tasks": tasks}
+    if records_figures(args):
+        save_store(STORE, figures)
+    imbalances = {e["imbalance"] for e in tasks.values()}
+    body = "\n".join(format_task(k, TASKS[k], tasks[k]) for k in TASKS if k in tasks)
+    body += (f"\nLong-tailed shapes (`data.shapes.imbalance={'/'.join(f'{i:g}' for i in sorted(imbalances))}`: "
+             "circle, rectangle, triangle, hexagon from most to least frequent, exponential decay between; "
+             "val balanced). Each cell gives every seed's figure, then the mean. APr / APc / APf (and the "
+             "`segm_`, `mIoU_`, `accuracy_` groups): the figure averaged over the classes held by at most "
+             "10 / 10-100 / more than 100 training images (LVIS's bins); recall_r: the rare classes' recall "
+             "at IoU 0.5. The ceiling is the same recipe on the balanced split. smote_refit is the baseline "
+             "run of the same seed with its last layer (region classifier: on fc7 of the training boxes and "
+             "background proposals; image classifier: on its embedding) re-fitted on SMOTE-balanced vectors "
+             "(tools/rebalance.py, as `solver.rebalance.method: smote` does after training; its wall time is "
+             "the re-fit's, after the baseline's training). Each run's command is kept in "
+             "benchmarks/results/imbalance.json.")
+    finish(args, "imbalance", "Rare classes on long-tailed shapes", body, figures)
     return 0 if all(results.get(m) for m in methods) else 1
 
 
