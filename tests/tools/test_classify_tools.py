@@ -11,18 +11,25 @@ import torch
 from tests.conftest import call_tool
 
 
+def brightness_folders(root, counts: dict, seed: int) -> None:
+    """``root/<split>/<class>/<i>.jpg``, ``counts[split][class]`` images a class: "dark" ones
+    around grey level 40, "light" ones around 210, with noise."""
+    rng = np.random.default_rng(seed)
+    for split, per_class in counts.items():
+        for cls, n in per_class.items():
+            os.makedirs(root / split / cls)
+            for i in range(n):
+                base = 40 if cls == "dark" else 210
+                img = np.clip(base + rng.normal(0, 20, (36, 40, 3)), 0, 255).astype(np.uint8)
+                cv2.imwrite(str(root / split / cls / f"{i}.jpg"), img)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """LeNet-5 trained for a few iterations on a user's folder per class (two classes that differ
     in brightness, so that even a short run is right on most images)."""
     root = tmp_path_factory.mktemp("cls")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("val", 8)):
-        for cls, base in (("dark", 40), ("light", 210)):
-            os.makedirs(root / split / cls)
-            for i in range(n):
-                img = np.clip(base + rng.normal(0, 20, (36, 40, 3)), 0, 255).astype(np.uint8)
-                cv2.imwrite(str(root / split / cls / f"{i}.jpg"), img)
+    brightness_folders(root, {"train": {"dark": 24, "light": 24}, "val": {"dark": 8, "light": 8}}, seed=0)
     out = root / "run"
     args = ["--config", "configs/classify_lenet5_digits.yaml", f"data.train.image_dir={root / 'train'}",
             f"data.val.image_dir={root / 'val'}", "data.batch_size=8", "data.classify.crop_ratio=0.875",
@@ -123,14 +130,7 @@ def test_rebalance_setting_refits_after_training_as_the_tool_does(tmp_path):
     """``solver.rebalance.method: smote`` in a recipe: after training, the rare class's embeddings
     raised to the frequent one's count and the last layer re-fitted into <run>/rebalanced,
     the same weights tools/rebalance.py gives on the same checkpoint."""
-    rng = np.random.default_rng(1)
-    for split, counts in (("train", {"dark": 16, "light": 4}), ("val", {"dark": 3, "light": 3})):
-        for cls, n in counts.items():
-            os.makedirs(tmp_path / split / cls)
-            for i in range(n):
-                base = 40 if cls == "dark" else 210
-                img = np.clip(base + rng.normal(0, 20, (36, 40, 3)), 0, 255).astype(np.uint8)
-                cv2.imwrite(str(tmp_path / split / cls / f"{i}.jpg"), img)
+    brightness_folders(tmp_path, {"train": {"dark": 16, "light": 4}, "val": {"dark": 3, "light": 3}}, seed=1)
     out = tmp_path / "run"
     args = ["--config", "configs/classify_lenet5_digits.yaml", f"data.train.image_dir={tmp_path / 'train'}",
             f"data.val.image_dir={tmp_path / 'val'}", "data.batch_size=4", "solver.max_iter=6",
