@@ -58,6 +58,7 @@ class Task:
 def _loss(head: str) -> dict[str, list[str]]:
     return {"focal": [f"model.heads.{head}.loss.kind=focal"],
             "effective_weights": [f"model.heads.{head}.loss.class_weight=effective"],
+            "inverse_weights": [f"model.heads.{head}.loss.class_weight=inverse"],
             "seesaw": [f"model.heads.{head}.loss.kind=seesaw"]}
 
 

@@ -8,6 +8,7 @@ more slowly than ``n`` so that a class ten times as frequent is not weighted ten
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import ranged
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,7 +29,8 @@ class LossConfig:
     kind: Literal["ce", "focal", "seesaw"] = "ce"
     gamma: float = ranged(2.0, ge=0)  # focal: the (1 - p_t)^gamma factor's exponent
     # none: every class alike; inverse: 1 / count; effective: 1 / Cui et al.'s effective number
-    # of samples, with beta (counts from the training data, written to the run's class_counts.json)
+    # of samples, with beta (counts from the training data, written to the run's class_counts.json);
+    # beta must be near 1 - 1 / (the counts): for FCN's pixel counts 0.999 weighs every class alike
     class_weight: Literal["none", "inverse", "effective"] = "none"
     beta: float = ranged(0.999, ge=0, le=1)
     # seesaw: mitigation exponent p on the count ratio, compensation exponent q on the score ratio
@@ -51,6 +55,13 @@ def class_weights(counts: Tensor, mode: str, beta: float = 0.999) -> Optional[Te
     if not finite.any():
         return torch.ones_like(n, dtype=torch.float32)
     w = torch.where(finite, w, w[finite].max())
+    if mode == "effective" and len(w) > 1 and float(w.max() / w.min()) < 1.01:
+        # beta^n vanishes for every class once n >> 1 / (1 - beta): each effective number is then
+        # 1 / (1 - beta), whatever the counts (pixel counts always are that large)
+        logger.warning("class_weight: effective with beta=%g weighs every class alike here: the smallest "
+                       "count, %d, is far above 1 / (1 - beta) = %d. Set beta closer to 1 (1 - 1/%d: "
+                       "%.8f), or class_weight: inverse", beta, int(n.min()), round(1 / (1 - beta)),
+                       int(n.min()), 1 - 1 / max(float(n.min()), 1.0))
     return (w / w.mean()).float()
 
 

@@ -1,6 +1,7 @@
 """Losses for imbalanced data: class weights from counts, focal loss, and the heads and the
 trainer that use them."""
 import json
+import math
 
 import pytest
 import torch
@@ -25,6 +26,21 @@ def test_class_weights_from_counts():
     assert class_weights(counts, "none") is None
     w = class_weights(torch.tensor([50.0, 0.0, 5.0]), "inverse")
     assert w[1] == w[2] == w.max()  # a class never seen weighs as the rarest seen one
+
+
+
+def test_effective_weights_that_come_out_uniform_say_so(caplog):
+    """Pixel counts dwarf 1 / (1 - beta): every class's effective number is 1 / (1 - beta), the
+    weights all 1, a run silently unweighted. One warning names the beta that would weigh."""
+    pixels = torch.tensor([4e6, 3e5, 6e4, 2e4])
+    with caplog.at_level("WARNING", logger="detseg.modeling.losses"):
+        assert class_weights(pixels, "effective", beta=0.999).tolist() == pytest.approx([1.0] * 4, abs=1e-6)
+    assert len(caplog.records) == 1 and "1 - 1/20000" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="detseg.modeling.losses"):
+        w = class_weights(pixels, "effective", beta=1 - 1 / 20000)
+    # that beta weighs the rare class up (its effective number (1 - e^-1) / (1 - beta)), quietly
+    assert (w[3] / w[0]).item() == pytest.approx(1 / (1 - math.exp(-1)), rel=1e-3) and not caplog.records
 
 
 def test_focal_loss_is_cross_entropy_at_gamma_zero_and_down_weights_easy_examples():
