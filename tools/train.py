@@ -190,9 +190,13 @@ def apply_class_counts(model, train_ds, output_dir: str) -> None:
     counts = dict(stored.get("counts", {}))
     for head in heads:
         kind = head.count_kind
-        if kind not in counts:
-            counts[kind] = {"pixels": train_ds.pixel_counts, "instances": train_ds.instance_counts,
-                            "images": train_ds.class_counts}[kind]()
+        if kind not in counts:  # each dataset counts what its heads can ask of it
+            counter = getattr(train_ds, {"pixels": "pixel_counts", "instances": "instance_counts",
+                                         "images": "class_counts"}[kind], None)
+            if counter is None:
+                raise ConfigError(f"loss.class_weight: a {type(train_ds).__name__} has no {kind} to count "
+                                  f"class weights from")
+            counts[kind] = counter()
         head.set_class_counts(counts[kind])
     for head in heads:
         names = ((["background"] if head.count_kind == "pixels" else []) + list(train_ds.class_names)

@@ -157,3 +157,16 @@ def test_rebalance_setting_on_a_model_without_a_classifier_stops_before_training
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("error: solver.rebalance:"), err
     assert not list(out.glob("*.pth"))
+
+
+def test_a_class_weighted_classifier_trains_on_its_folders_counts(tmp_path):
+    """loss.class_weight on the image classifier: images per class counted from the folders, kept
+    in class_counts.json (a classification dataset has no pixels or instances to count)."""
+    brightness_folders(tmp_path, {"train": {"dark": 12, "light": 3}}, seed=2)
+    out = tmp_path / "run"
+    assert call_tool("train", ["--config", "configs/classify_lenet5_digits.yaml",
+                               f"data.train.image_dir={tmp_path / 'train'}", "data.batch_size=4",
+                               "solver.max_iter=2", "solver.warmup_iters=1",
+                               "model.heads.cls.loss.class_weight=inverse", "--output-dir", str(out)]) == 0
+    stored = json.load(open(out / "class_counts.json"))
+    assert stored == {"class_names": ["dark", "light"], "counts": {"images": [12, 3]}}
