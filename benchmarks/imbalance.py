@@ -67,6 +67,9 @@ _DET = {"baseline": [],
         "class_aware": ["data.sampler=class_aware"],
         **_loss("det"),
         "copy_paste": ["data.copy_paste.prob=0.5", "data.copy_paste.rarity=1.0"],
+        # the two that lift different groups (Seesaw the rare class, copy-paste the common ones), together
+        "seesaw_copy_paste": ["model.heads.det.loss.kind=seesaw", "data.copy_paste.prob=0.5",
+                              "data.copy_paste.rarity=1.0"],
         SMOTE_REFIT: ["tools/rebalance.py --method smote"],
         CEILING: []}
 TASKS = {
