@@ -80,6 +80,10 @@ def main(argv=None) -> int:
         for method, name in (("grad-cam", "Grad-CAM"), ("hires-cam", "HiResCAM")):
             rows[f"{name} at {last}"] = ratios(ex, images, args.min_score, method=method)
             rows[f"{name} at {before}"] = ratios(ex, images, args.min_score, method=method, layer=before)
+        # the same maps of the softmax probability instead of the class logit (Grad-CAM's y^c)
+        for method, name in (("grad-cam", "Grad-CAM"), ("hires-cam", "HiResCAM")):
+            rows[f"{name} at {last}, of the probability"] = ratios(ex, images, args.min_score, method=method,
+                                                                   score="probability")
         rows["input gradient (Simonyan et al.)"] = ratios(ex, images, args.min_score, method="input-gradient")
         untrained = Explainer.from_config(CONFIG, class_names=ex.class_names)
         for method, name in (("grad-cam", "Grad-CAM"), ("hires-cam", "HiResCAM")):

@@ -23,34 +23,40 @@ class Instances:
         image_size: (H, W) of the image the boxes refer to.
         boxes: ``Tensor[N, 4]`` xyxy; scores: ``Tensor[N]``; labels: ``Tensor[N]`` int64 in
             ``0..K-1``; masks (optional): ``Tensor[N, H, W]`` bool/uint8 or ``[N, M, M]`` logits.
+        logits (optional): ``Tensor[N]``, each detection's class score before the softmax (or
+            sigmoid) that made ``scores``: what Grad-CAM explains (``detseg.explain.saliency``).
     """
 
     def __init__(self, image_size: tuple[int, int], boxes: Tensor, scores: Tensor, labels: Tensor,
-                 masks: Optional[Tensor] = None):
+                 masks: Optional[Tensor] = None, logits: Optional[Tensor] = None):
         n = boxes.shape[0]
         if boxes.dim() != 2 or boxes.shape[1] != 4:
             raise ValueError(f"boxes must be [N, 4], got {tuple(boxes.shape)}")
-        for name, t in (("scores", scores), ("labels", labels), ("masks", masks)):
+        for name, t in (("scores", scores), ("labels", labels), ("masks", masks), ("logits", logits)):
             if t is not None and t.shape[0] != n:
                 raise ValueError(f"Instances: {name} has {t.shape[0]} entries, boxes have {n}")
         self.image_size = (as_size(image_size[0]), as_size(image_size[1]))
         self.boxes, self.scores, self.labels, self.masks = boxes, scores, labels, masks
+        self.logits = logits
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
 
+    def _with(self, image_size, boxes, pick) -> "Instances":
+        """A copy with new ``boxes`` (and size), every other field passed through ``pick``."""
+        return Instances(image_size, boxes, pick(self.scores), pick(self.labels),
+                         *(None if t is None else pick(t) for t in (self.masks, self.logits)))
+
     def __getitem__(self, idx) -> "Instances":
-        return Instances(self.image_size, self.boxes[idx], self.scores[idx], self.labels[idx],
-                         None if self.masks is None else self.masks[idx])
+        return self._with(self.image_size, self.boxes[idx], lambda t: t[idx])
 
     def to(self, device) -> "Instances":
-        return Instances(self.image_size, self.boxes.to(device), self.scores.to(device),
-                         self.labels.to(device), None if self.masks is None else self.masks.to(device))
+        return self._with(self.image_size, self.boxes.to(device), lambda t: t.to(device))
 
     def scale(self, sx: float, sy: float, image_size: tuple[int, int]) -> "Instances":
         """Boxes scaled to another resolution of the same image (masks are left to the caller)."""
         f = torch.tensor([sx, sy, sx, sy], dtype=self.boxes.dtype, device=self.boxes.device)
-        return Instances(image_size, self.boxes * f, self.scores, self.labels, self.masks)
+        return self._with(image_size, self.boxes * f, lambda t: t)
 
     def __repr__(self) -> str:
         return f"Instances(num={len(self)}, image_size={self.image_size}, masks={self.masks is not None})"

@@ -42,6 +42,9 @@ def get_parser() -> argparse.ArgumentParser:
                                     "of an instance head); default: the top class / detection")
     p.add_argument("--method", choices=("grad-cam", "hires-cam", "input-gradient"),
                    help="saliency: default Grad-CAM for classes and pixel classes, HiResCAM for detections")
+    p.add_argument("--score", choices=("logit", "probability"), default="logit",
+                   help="saliency of a detection: its class logit (Grad-CAM's y^c, before the softmax; "
+                        "default) or its probability")
     p.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
                    help="pooling: the region in the image's pixels (default: the top detection)")
     p.add_argument("--feature", help="pooling: the backbone map (default: one where the box spans >= 4 cells)")
@@ -107,7 +110,8 @@ def main(argv=None) -> int:
         options = {
             "layers": {"max_depth": args.max_depth},
             "features": {"layer": args.layer},
-            "saliency": {"target": target, "head": args.head, "layer": args.layer, "method": args.method},
+            "saliency": {"target": target, "head": args.head, "layer": args.layer, "method": args.method,
+                         "score": args.score},
             "windows": {"head": args.head},
             "proposals": {"mode": args.mode, "gt_boxes": ground_truth(args.ann, args.image) if args.ann else None},
             "pooling": {"box": args.box, "feature": args.feature},

@@ -165,9 +165,10 @@ class Explainer:
                                                             f"{conv.kernel_size[0]}x{conv.kernel_size[1]}")}
 
     def _draw_saliency(self, image, target=None, head: Optional[str] = None, layer: Optional[str] = None,
-                       method: Optional[str] = None):
+                       method: Optional[str] = None, score: str = "logit"):
         batch = self.batch(image)
-        s = grad_cam(self.model, batch, self.class_names, head=head, target=target, layer=layer, method=method)
+        s = grad_cam(self.model, batch, self.class_names, head=head, target=target, layer=layer, method=method,
+                     score=score)
         shown = panels.enlarge(self.input_image(batch), 240, nearest=False)
         heat = overlay(shown, s.heat)
         t = s.target

@@ -6,7 +6,10 @@ Grad-CAM weighs a layer's activation maps ``A_k`` by the mean gradient of the ch
 each map, ``alpha_k = mean_ij dS / dA_k(i, j)``, and keeps the positive part of ``sum_k alpha_k A_k``,
 upsampled to the image. The score ``S`` is the class logit for a classifier, the chosen class's
 logits summed over the pixels predicted as that class for a semantic head (Vinogradova et al.
-2020), and the detection's score for an instance head. Heads that run the CNN on warped crops
+2020), and for an instance head the detection's class logit (``Instances.logits``: the score
+before its softmax, as Grad-CAM's paper takes ``y^c`` before the softmax; ``score="probability"``
+explains the softmax probability instead, whose gradient is scaled by ``1 - p`` and points away
+from the other classes' evidence as much as towards this one's). Heads that run the CNN on warped crops
 (R-CNN) have no image-wide activation map to weigh; for them the picture is the gradient of the
 score with respect to the input pixels (Simonyan et al. 2014), named as such in the result.
 """
@@ -49,7 +52,8 @@ def default_layer(model: nn.Module) -> str:
 
 
 def _score(model: nn.Module, outputs: dict, features: Optional[dict], head_name: str,
-           target: Union[None, int, str], class_names: list[str]) -> tuple[torch.Tensor, dict]:
+           target: Union[None, int, str], class_names: list[str],
+           score: str = "logit") -> tuple[torch.Tensor, dict]:
     """The scalar to explain and its description."""
     head = model.heads[head_name]
     pred = outputs[head_name]
@@ -93,19 +97,22 @@ def _score(model: nn.Module, outputs: dict, features: Optional[dict], head_name:
         if not 0 <= target < len(inst):
             raise ValueError(f"detection {target} is out of range: {len(inst)} detections")
         i = int(target)
-    if not inst.scores.requires_grad:
+    explained = inst.logits if score == "logit" and inst.logits is not None else inst.scores
+    if not explained.requires_grad:
         raise ValueError(f"head {head_name!r}'s scores carry no gradient; nothing to explain")
-    return inst.scores[i], {"head": head_name, "class": class_names[int(inst.labels[i])],
-                            "score": float(inst.scores[i].detach()),
-                            "box": [float(v) for v in inst.boxes[i].detach()], "index": i}
+    return explained[i], {"head": head_name, "class": class_names[int(inst.labels[i])],
+                          "score": float(inst.scores[i].detach()),
+                          "explained": "logit" if explained is inst.logits else "probability",
+                          "box": [float(v) for v in inst.boxes[i].detach()], "index": i}
 
 
 METHODS = ("grad-cam", "hires-cam", "input-gradient")
+SCORES = ("logit", "probability")
 
 
 def grad_cam(model: nn.Module, batch, class_names: list[str], *, head: Optional[str] = None,
              target: Union[None, int, str] = None, layer: Optional[str] = None,
-             method: Optional[str] = None) -> Saliency:
+             method: Optional[str] = None, score: str = "logit") -> Saliency:
     """Grad-CAM of one image's score (see the module's docstring).
 
     Args:
@@ -123,6 +130,8 @@ def grad_cam(model: nn.Module, batch, class_names: list[str], *, head: Optional[
             Faster R-CNN, Grad-CAM put less of its mass in the detection's box than an even
             spread would: benchmarks/saliency.py). Crop-based heads get the input gradient
             whatever is asked; ``Saliency.method`` says which ran.
+        score: for a detection, ``"logit"`` (its class score before the softmax, Grad-CAM's
+            ``y^c``; the probability where a head keeps no logits) or ``"probability"``.
     """
     head = head or next(iter(model.heads))
     if head not in model.heads:
@@ -132,6 +141,8 @@ def grad_cam(model: nn.Module, batch, class_names: list[str], *, head: Optional[
         method = "grad-cam" if head_output in (CLASSES, SEMANTIC) else "hires-cam"
     if method not in METHODS:
         raise ValueError(f"saliency method must be one of {', '.join(METHODS)}, got {method!r}")
+    if score not in SCORES:
+        raise ValueError(f"saliency score must be one of {', '.join(SCORES)}, got {score!r}")
     model.eval()
     layer = layer or default_layer(model)
     module = find_module(model, layer)
@@ -152,13 +163,13 @@ def grad_cam(model: nn.Module, batch, class_names: list[str], *, head: Optional[
     try:
         with torch.enable_grad():
             outputs = model(batch, panoptic=False)
-            score, described = _score(model, outputs, feats or None, head, target, class_names)
+            value, described = _score(model, outputs, feats or None, head, target, class_names, score)
             image_wide = (method != "input-gradient" and len(acts) == 1 and acts[0].dim() == 4
                           and acts[0].shape[0] == len(batch.images))
             wrt = acts[0] if image_wide else pixels_seen[0]
-            if not score.requires_grad:
+            if not value.requires_grad:
                 raise ValueError(f"head {head!r}'s score does not depend on {layer}")
-            grad, = torch.autograd.grad(score, wrt, allow_unused=True)
+            grad, = torch.autograd.grad(value, wrt, allow_unused=True)
     finally:
         del model.preprocess
         h_layer.remove()

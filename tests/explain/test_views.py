@@ -224,3 +224,42 @@ def test_grad_cam_equals_captums(config):
     theirs = (theirs / theirs.max()).detach().numpy()
     assert ours.method == "grad-cam" and ours.layer == layer
     assert np.abs(ours.heat - theirs).max() < 1e-4
+
+
+def test_detections_keep_their_class_logits():
+    """``detect`` keeps each detection's pre-softmax score: the logit of its own row and class,
+    through the score threshold, the empty-box filter and NMS."""
+    from detseg.modeling.heads.box_predictor import detect
+    torch.manual_seed(0)
+    r, k = 12, 3
+    logits = torch.randn(r, k + 1) * 3
+    scores = torch.softmax(logits, 1)[:, :k]
+    # one box per row, far apart (NMS keeps one per row and class), row 0 empty (dropped)
+    boxes = torch.stack([torch.tensor([20.0 * i, 0, 20.0 * i + 10 * (i > 0), 10]) for i in range(r)])
+    inst = detect(boxes, scores, (40, 400), score_thresh=0.05, nms_thresh=0.5, max_detections=100,
+                  logits=logits[:, :k])
+    assert 0 < len(inst) < r * k and inst.logits is not None
+    rows = (inst.boxes[:, 0] / 20).round().long()
+    assert (rows > 0).all()
+    assert torch.equal(inst.logits, logits[rows, inst.labels])
+    assert torch.equal(inst.scores, scores[rows, inst.labels])
+    kept = inst[inst.scores > 0.5].to("cpu").scale(2.0, 2.0, (80, 800))
+    assert torch.equal(kept.logits, inst.logits[inst.scores > 0.5])
+
+
+def test_detection_saliency_explains_the_logit_unless_asked_for_the_probability():
+    """Grad-CAM's score for a detection is its class logit (the paper's y^c); the probability's
+    map is another one (its gradient also pushes against the other classes)."""
+    from detseg.explain import grad_cam
+    torch.manual_seed(0)
+    ex = Explainer.from_config(os.path.join(ROOT, "configs", "faster_rcnn_resnet18_shapes.yaml"),
+                               ["data.min_size_test=64", "data.max_size=96", "model.heads.det.score_thresh=0.0"],
+                               class_names=["circle", "square", "triangle", "hexagon"])
+    batch = ex.batch(_photo())
+    of_logit = grad_cam(ex.model, batch, ex.class_names, method="grad-cam")
+    of_prob = grad_cam(ex.model, batch, ex.class_names, method="grad-cam", score="probability")
+    assert of_logit.target["explained"] == "logit" and of_prob.target["explained"] == "probability"
+    assert of_logit.target["box"] == of_prob.target["box"]
+    assert not np.allclose(of_logit.heat, of_prob.heat)
+    with pytest.raises(ValueError, match="score must be one of"):
+        grad_cam(ex.model, batch, ex.class_names, score="margin")

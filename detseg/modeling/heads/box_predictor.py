@@ -74,7 +74,8 @@ def classification_and_box_losses(logits: Tensor, deltas: Tensor, labels: Tensor
 
 
 def detect(boxes: Tensor, scores: Tensor, image_size: tuple[int, int], *, score_thresh: float,
-           nms_thresh: float, max_detections: int, min_size: float = 0.0) -> Instances:
+           nms_thresh: float, max_detections: int, min_size: float = 0.0,
+           logits: Optional[Tensor] = None) -> Instances:
     """Class-wise NMS over per-class boxes.
 
     Args:
@@ -82,6 +83,8 @@ def detect(boxes: Tensor, scores: Tensor, image_size: tuple[int, int], *, score_
         scores: ``Tensor[R, K]`` object-class scores (background column removed).
         image_size: (H, W) to clip boxes to.
         min_size: boxes not wider and taller than this (after clipping) are dropped.
+        logits: ``Tensor[R, K]``, the scores before their softmax / sigmoid (optional): kept per
+            detection in ``Instances.logits``.
 
     Returns:
         ``Instances`` with at most ``max_detections`` boxes, highest scores first.
@@ -93,11 +96,12 @@ def detect(boxes: Tensor, scores: Tensor, image_size: tuple[int, int], *, score_
     keep = scores > score_thresh
     rows, labels = torch.nonzero(keep, as_tuple=True)
     b, s = boxes[rows, labels], scores[rows, labels]
+    z = None if logits is None else logits[rows, labels]
     ok = nonempty(b, min_size)
     b, s, labels = b[ok], s[ok], labels[ok]
     kept = batched_nms(b.float(), s.float(), labels, nms_thresh, max_keep=max_detections, num_classes=k,
                        search=True)
-    return Instances(image_size, b[kept], s[kept], labels[kept])
+    return Instances(image_size, b[kept], s[kept], labels[kept], logits=None if z is None else z[ok][kept])
 
 
 def deltas_to_boxes(coder: BoxCoder, deltas: Tensor, reference: Tensor) -> Tensor:

@@ -189,6 +189,6 @@ class MaskHead(nn.Module, DeclaresClassAxes):
         for inst in instances:
             n = inst.boxes.shape[0]
             rows = slice(None) if len(instances) == 1 else slice(start, start + n)
-            out.append(Instances(inst.image_size, inst.boxes, inst.scores, inst.labels, probs[rows]))
+            out.append(Instances(inst.image_size, inst.boxes, inst.scores, inst.labels, probs[rows], inst.logits))
             start += n
         return out

@@ -289,12 +289,14 @@ class RegionHead(ClassWeightedLoss, Head):
         return hinge + 0.5 * self.svm_weight_decay * self.svm.weight.pow(2).sum()
 
     # -- inference ----------------------------------------------------------------------------
-    def class_scores(self, x: Tensor, logits: Tensor) -> Tensor:
-        """``Tensor[R, K]``: softmax probabilities, or SVM margins squashed to (0, 1) by a
-        sigmoid (monotone, so rankings and AP are those of the raw margins)."""
+    def class_scores(self, x: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """(``Tensor[R, K]`` scores, ``Tensor[R, K]`` what they were computed from): softmax
+        probabilities of the logits, or SVM margins squashed to (0, 1) by a sigmoid (monotone, so
+        rankings and AP are those of the raw margins) and those margins."""
         if self.svm is not None:
-            return torch.sigmoid(self.svm(x))
-        return F.softmax(logits, dim=1)[:, : self.num_classes]
+            margins = self.svm(x)
+            return torch.sigmoid(margins), margins
+        return F.softmax(logits, dim=1)[:, : self.num_classes], logits[:, : self.num_classes]
 
     def forward_test(self, features: Optional[dict], batch, **kwargs) -> list[Instances]:
         batch = Batch.of(batch)  # a plain dict from one's own pipeline, read as a Batch
@@ -308,14 +310,14 @@ class RegionHead(ClassWeightedLoss, Head):
         """Detections for given proposals (one ``Instances`` per image, resized-image pixels)."""
         x = self.fc(self.region_features(features, batch, proposals, **kwargs))
         logits, deltas = self.predictor(x)
-        scores = self.class_scores(x, logits)
+        scores, raw = self.class_scores(x, logits)
         boxes = deltas_to_boxes(self.coder, deltas, torch.cat(proposals))
         # per-image slices by shape, not len(): exported graphs have symbolic proposal counts
         out, start = [], 0
         for props, hw in zip(proposals, batch.image_sizes):
             n = props.shape[0]
             rows = slice(None) if len(proposals) == 1 else slice(start, start + n)
-            out.append(detect(boxes[rows], scores[rows], hw,
+            out.append(detect(boxes[rows], scores[rows], hw, logits=raw[rows],
                               score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
                               max_detections=self.detections_per_image, min_size=self.min_box_size))
             start += n

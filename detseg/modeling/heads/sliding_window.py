@@ -464,6 +464,6 @@ class SlidingWindowHead(ClassWeightedLoss, Head):
         for (boxes, out), hw in zip(self.score_windows(batch, backbone), batch.image_sizes):
             scores = F.softmax(out[:, : k + 1], dim=1)[:, :k]
             pred = deltas_to_boxes(self.coder, out[:, k + 1:], boxes)
-            results.append(detect(pred, scores, hw, score_thresh=self.score_thresh,
+            results.append(detect(pred, scores, hw, logits=out[:, :k], score_thresh=self.score_thresh,
                                   nms_thresh=self.nms_thresh, max_detections=self.detections_per_image))
         return results
