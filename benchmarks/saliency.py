@@ -95,15 +95,20 @@ def main(argv=None) -> int:
                              f"{v['share_at_least_3']:.0%}"] for k, v in figures["rows"].items()])
     trained = (f"Faster R-CNN (`{CONFIG}`) trained {args.iters} iterations here (box AP {ap:.3f})"
                if ap is not None else f"the checkpoint {args.weights}")
+    med = {k: v["median"] for k, v in figures["rows"].items()}
+    hires, grad = med[f"HiResCAM at {last}"], med[f"Grad-CAM at {last}"]
+    verdict = lambda v: "passes" if v >= 3 else "misses"  # noqa: E731
     body = (table + f"\n\nEach val image's top detection (score >= {args.min_score}) of {trained}, explained; "
             "the figure is the share of the saliency mass inside that detection's box divided by the "
-            "box's share of the image (1: spread evenly). The untrained row explains that network's own "
-            "top detection on the same images."
-            " HiResCAM is `tools/explain.py saliency`'s default for a detection (Grad-CAM for a class or a"
-            " pixel class). The untrained HiResCAM row shows how much of its figure is structural: a region's"
-            " score reads only the features under its box, so the gradient is zero elsewhere whether or not"
-            " anything was learned; trained, it still passes the 3x mark (median), where Grad-CAM's map-wide"
-            " average does not.")
+            "box's share of the image (1: spread evenly). What is explained is the detection's class logit "
+            "(Grad-CAM's y^c, before the softmax); the rows \"of the probability\" explain its softmax "
+            "probability instead. The untrained rows explain that network's own top detection on the same images. "
+            "HiResCAM is `tools/explain.py saliency`'s default for a detection (Grad-CAM for a class or a pixel "
+            f"class): its median {hires:.2f}x {verdict(hires)} the 3x mark, Grad-CAM's {grad:.2f}x {verdict(grad)} "
+            "it (the mean gradient of each channel weighs every place that channel fires, other shapes and "
+            "background alike). The untrained HiResCAM row shows how much of the figure is structural: a "
+            "region's score reads only the features under its box, so the gradient is zero elsewhere whether "
+            "or not anything was learned.")
     finish(args, "saliency", "Grad-CAM on a trained shapes detector: does it point at the object?", body, figures)
     return 0
 

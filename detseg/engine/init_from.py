@@ -6,6 +6,12 @@ positions, background kept, and the other classes left as freshly initialised. U
 ``--resume``, the optimizer, schedule and iteration start fresh. What loaded and what did not goes
 into a report (``init_report.json`` in the run folder).
 
+A classification checkpoint also fills a head that stands for the classifier as convolutions
+(FCN's ``top: classifier``): its linear layers are converted (``detseg.modeling.convolutionalize``:
+the first one's average pooling folded into a kernel, the next ones as 1x1 convolutions, the last
+one's class rows moved by name into the score layer, background fresh), the conversion OverFeat
+and FCN start from.
+
 Accepted files: a detseg checkpoint (``tools/convert_weights.py``'s torchvision imports
 included), or a plain state dict (``.pth`` read with ``weights_only=True``, ``.safetensors``),
 which names no classes: its class rows are then used only when the class count is the same.
@@ -13,7 +19,9 @@ which names no classes: its class rows are then used only when the class count i
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -50,6 +58,8 @@ class InitReport:
     remapped: dict[str, str] = field(default_factory=dict)  # class rows moved by name: how
     reinitialised: dict[str, str] = field(default_factory=dict)  # model tensors left fresh: why
     ignored: dict[str, str] = field(default_factory=dict)  # file tensors not used: why
+    # model tensors made from the file's classifier (linear -> convolution): from which tensor, how
+    converted: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,7 +70,8 @@ class InitReport:
         fresh = [new for new, old in self.class_sources.items() if old is None]
         lines = [f"init_from {self.source}: {len(self.loaded)} tensors loaded, {len(self.remapped)} "
                  f"class-remapped, {len(self.reinitialised)} re-initialised, {len(self.ignored)} "
-                 f"ignored from the file"]
+                 f"ignored from the file"
+                 + (f", {len(self.converted)} converted from its classifier" if self.converted else "")]
         if self.file_classes is not None:
             lines.append(f"  classes from the file: {', '.join(matched) or 'none'}; fresh: "
                          f"{', '.join(fresh) or 'none'}")
@@ -71,9 +82,9 @@ class InitReport:
         return "\n".join(lines)
 
 
-def read_init_file(path: str) -> tuple[dict[str, torch.Tensor], Optional[list[str]], Optional[str]]:
-    """(state dict, class names or None, backbone name or None) from a detseg checkpoint or a
-    plain state dict.
+def read_init_file(path: str) -> tuple[dict[str, torch.Tensor], Optional[list[str]], Optional[str], dict]:
+    """(state dict, class names or None, backbone name or None, the run's config or {}) from a
+    detseg checkpoint or a plain state dict.
 
     Raises:
         InitError: missing or unreadable file, pickled code, or no tensors.
@@ -84,15 +95,16 @@ def read_init_file(path: str) -> tuple[dict[str, torch.Tensor], Optional[list[st
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
-            return load_file(path), None, None
+            return load_file(path), None, None, {}
         except (SafetensorError, OSError, ValueError) as e:
             raise InitError(f"{path}: not a readable .safetensors file ({e})") from None
     obj = load_checkpoint(path)  # weights_only=True: pickled code is refused, never run
     names = backbone = None
+    cfg = {}
     if isinstance(obj.get("model"), dict):
         names = obj.get("class_names")
-        cfg = obj.get("config")
-        if isinstance(cfg, dict):
+        cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+        if cfg:
             backbone = ((cfg.get("model") or {}).get("backbone") or {}).get("name")
         obj = obj["model"]
     elif isinstance(obj.get("state_dict"), dict):
@@ -104,7 +116,7 @@ def read_init_file(path: str) -> tuple[dict[str, torch.Tensor], Optional[list[st
         state = {k.removeprefix("module."): v for k, v in state.items()}
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         names = None
-    return state, names, backbone if isinstance(backbone, str) else None
+    return state, names, backbone if isinstance(backbone, str) else None, cfg
 
 
 def match_classes(model_classes: list[str], file_classes: list[str],
@@ -152,7 +164,7 @@ def init_from(model: nn.Module, path: str, model_classes: list[str],
         InitError: the file cannot be read, is of another backbone, or under half of the
             model's backbone weights fit.
     """
-    state, file_classes, file_backbone = read_init_file(path)
+    state, file_classes, file_backbone, file_config = read_init_file(path)
     if backbone is not None and file_backbone is not None and file_backbone != backbone:
         raise InitError(f"{path}: a {file_backbone} model; this config's backbone is {backbone} "
                         f"(model.backbone.name): refusing to start from it")
@@ -166,9 +178,11 @@ def init_from(model: nn.Module, path: str, model_classes: list[str],
                         class_sources={n: None if j is None else file_classes[j]
                                        for n, j in zip(model_classes, matched)})
     new_values: dict[str, torch.Tensor] = {}
+    converted = classifier_as_convolutions(model, state, file_config, report)
+    state = {**state, **converted}
     for key, mine in own.items():
         if key not in state:
-            report.reinitialised[key] = "not in the file"
+            report.reinitialised.setdefault(key, "not in the file")  # a failed conversion says why
             continue
         theirs = state[key]
         if key in axes:
@@ -182,7 +196,10 @@ def init_from(model: nn.Module, path: str, model_classes: list[str],
             continue
         new_values[key] = theirs
         report.loaded.append(key)
+    used = {why.split(":")[0] for why in report.converted.values()}
     for key in state:
+        if key in used:
+            continue
         if key not in own:
             report.ignored[key] = "not in this model"
         elif key in report.reinitialised:
@@ -192,6 +209,92 @@ def init_from(model: nn.Module, path: str, model_classes: list[str],
         for key, value in new_values.items():
             own[key].copy_(value.to(own[key].dtype))
     return report
+
+
+# a classification head's linear layers: heads.<head>.classifier.<index>.weight ([out, in])
+_CLASSIFIER_LINEAR = re.compile(r"^heads\.([^.]+)\.classifier\.(\d+)\.weight$")
+
+
+def classifier_linears(state: dict) -> dict[str, list[str]]:
+    """``{head: [weight keys of its classifier's linear layers, in order]}`` of a state dict."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    for key, value in state.items():
+        m = _CLASSIFIER_LINEAR.match(key)
+        if m and value.dim() == 2 and key[:-len("weight")] + "bias" in state:
+            found.setdefault(m.group(1), []).append((int(m.group(2)), key))
+    return {head: [k for _, k in sorted(keys)] for head, keys in found.items()}
+
+
+def classifier_as_convolutions(model: nn.Module, state: dict, file_config: dict,
+                               report: InitReport) -> dict[str, torch.Tensor]:
+    """The file's classifier (its first classification head's linear layers) converted for each
+    head of ``model`` that stands for it as convolutions (``classifier_convs``), keyed by the
+    model's tensor names. The score layer's entry keeps the model's own background row, so that
+    the class rows then move by name as any score layer's do. Conversions are recorded in
+    ``report.converted``; a head whose layers do not fit gets the reason in ``reinitialised``."""
+    linears = classifier_linears(state)
+    heads = [(name, head) for name, head in getattr(model, "heads", {}).items()
+             if hasattr(head, "classifier_convs") and head.classifier_convs()]
+    if not linears or not heads:
+        return {}
+    source = next(iter(linears.values()))
+    size = ((file_config.get("data") or {}).get("classify") or {}).get("size")
+    out: dict[str, torch.Tensor] = {}
+    for name, head in heads:
+        convs = head.classifier_convs()
+        target = f"heads.{name}.{convs[0]}.weight"
+        if len(convs) != len(source):
+            report.reinitialised[target] = (f"the file's classifier has {len(source)} linear layers, "
+                                            f"this head's convolutional form {len(convs)}")
+            continue
+        if not isinstance(size, int):
+            report.reinitialised[target] = "the file names no data.classify.size to convert its classifier at"
+            continue
+        try:
+            out.update(_convert(model, name, head, convs, source, state, size, report))
+        except ValueError as e:
+            report.reinitialised[target] = f"its classifier cannot be converted: {e}"
+    return out
+
+
+def _convert(model, name, head, convs, source, state, size, report) -> dict[str, torch.Tensor]:
+    from ..modeling.convolutionalize import linear_as_conv_kernel
+    backbone = model.backbone
+    was_training = backbone.training
+    backbone.eval()  # a probe for the map size: no batch-norm statistics updated
+    try:
+        with torch.no_grad():
+            param = next(backbone.parameters())
+            fmap = backbone(param.new_zeros(1, 3, size, size)).get(head.top)
+    finally:
+        backbone.train(was_training)
+    if fmap is None:
+        raise ValueError(f"the backbone returns no {head.top!r} map")
+    channels, feature_size = fmap.shape[1], tuple(fmap.shape[-2:])
+    own = model.state_dict()
+    out = {}
+    for i, (conv, key) in enumerate(zip(convs, source)):
+        w, b = state[key].float(), state[key[:-len("weight")] + "bias"].float()
+        mine = own[f"heads.{name}.{conv}.weight"]
+        if i == 0:
+            pool = math.isqrt(w.shape[1] // channels)
+            if channels * pool * pool != w.shape[1]:
+                raise ValueError(f"{key} reads {w.shape[1]} values, not {channels} channels on a square grid")
+            kernel = linear_as_conv_kernel(w, channels, pool, feature_size, mine.shape[-2:])
+            how = f"linear layer on a {pool}x{pool} pooled map as a {mine.shape[-2]}x{mine.shape[-1]} convolution"
+        else:
+            kernel = w[:, :, None, None]
+            how = "linear layer as a 1x1 convolution"
+        if i == len(convs) - 1:  # the score layer: the model's background row, then the classes
+            bg = own[f"heads.{name}.{conv}.bias"]
+            kernel = torch.cat([mine[:1].float(), kernel])
+            b = torch.cat([bg[:1].float(), b])
+        if kernel.shape[1:] != mine.shape[1:]:
+            raise ValueError(f"{key} converts to {tuple(kernel.shape)}, the model's {conv} is {tuple(mine.shape)}")
+        out[f"heads.{name}.{conv}.weight"], out[f"heads.{name}.{conv}.bias"] = kernel, b
+        report.converted[f"heads.{name}.{conv}.weight"] = f"{key}: {how}"
+        report.converted[f"heads.{name}.{conv}.bias"] = f"{key[:-len('weight')]}bias: its bias"
+    return out
 
 
 def _class_tensor(key, mine, theirs, axes, source, k_new, report, out) -> Optional[str]:
@@ -251,4 +354,5 @@ def _check_backbone_fit(path: str, own: dict, report: InitReport, state: dict) -
                     f"refusing to start from it.{hint}")
 
 
-__all__ = ["init_from", "read_init_file", "match_classes", "InitReport", "InitError"]
+__all__ = ["init_from", "read_init_file", "match_classes", "classifier_as_convolutions", "InitReport",
+           "InitError"]

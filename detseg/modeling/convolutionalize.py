@@ -18,27 +18,52 @@ receptive field to remove even that).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def pooled_linear_kernel(linear: nn.Linear, channels: int, pool: int, feature_size: Sequence[int]) -> Tensor:
-    """``[out, C, fh, fw]``: the kernel that ``linear`` (over the flattened ``[C, pool, pool]``
-    average-pooled map) is on the ``fh x fw`` map itself.
+def pooled_linear_kernel(linear: Union[nn.Linear, Tensor], channels: int, pool: int,
+                         feature_size: Sequence[int]) -> Tensor:
+    """``[out, C, fh, fw]``: the kernel that ``linear`` (a layer, or its weight ``[out, C * pool *
+    pool]``, over the flattened ``[C, pool, pool]`` average-pooled map) is on the ``fh x fw`` map
+    itself.
 
     ``AdaptiveAvgPool2d`` is a fixed linear map from the ``fh x fw`` cells to the ``pool x pool``
     ones; pooling each basis map gives its matrix, and the kernel is the weight times it."""
     fh, fw = (int(v) for v in feature_size)
-    w = linear.weight.detach()
+    w = (linear if isinstance(linear, Tensor) else linear.weight).detach()
     if w.shape[1] != channels * pool * pool:
         raise ValueError(f"linear layer reads {w.shape[1]} values, not {channels} x {pool} x {pool}")
     basis = torch.eye(fh * fw, dtype=torch.float64).view(fh * fw, 1, fh, fw)
     pooling = F.adaptive_avg_pool2d(basis, pool).view(fh * fw, pool * pool)  # [cell, grid cell]
     kernel = torch.einsum("ocg,kg->ock", w.double().view(w.shape[0], channels, pool * pool), pooling)
     return kernel.view(w.shape[0], channels, fh, fw).to(w.dtype)
+
+
+def linear_as_conv_kernel(weight: Tensor, channels: int, pool: int, feature_size: Sequence[int],
+                          kernel_size: Sequence[int]) -> Tensor:
+    """The first linear layer of a classifier (``weight [out, C * pool * pool]``, trained on
+    ``feature_size`` maps) as the kernel ``[out, C, kh, kw]`` of a convolution with "same"
+    padding: ``pooled_linear_kernel`` placed at the kernel's centre (the tap that "same" padding
+    puts on the output cell itself when it is smaller), zeros around it. At a cell whose
+    neighbourhood is the training map, the convolution gives the layer's output.
+
+    Raises:
+        ValueError: the training map is larger than the kernel (the layer reads more cells than
+            the convolution has taps).
+    """
+    kernel = pooled_linear_kernel(weight, channels, pool, feature_size)
+    fh, fw = kernel.shape[-2:]
+    kh, kw = (int(v) for v in kernel_size)
+    if fh > kh or fw > kw:
+        raise ValueError(f"the classifier read a {fh}x{fw} map; a {kh}x{kw} convolution cannot hold it")
+    out = kernel.new_zeros(kernel.shape[0], channels, kh, kw)
+    oy, ox = (kh - 1) // 2 - (fh - 1) // 2, (kw - 1) // 2 - (fw - 1) // 2
+    out[:, :, oy:oy + fh, ox:ox + fw] = kernel
+    return out
 
 
 def convolutionalize(classifier: nn.Sequential, channels: int, feature_size: Sequence[int]) -> nn.Sequential:

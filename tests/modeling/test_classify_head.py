@@ -152,3 +152,85 @@ def test_a_sliding_window_or_fcn_model_starts_from_a_classifier_checkpoint(tmp_p
                 assert torch.equal(value, classifier.state_dict()[key]), key
         assert any(k.startswith("backbone.") for k in report.loaded)
         assert "heads.cls.classifier.2.weight" in report.ignored  # [pool, flatten, linear]
+
+
+@pytest.mark.parametrize("feature_size,kernel_size", [((3, 3), (5, 5)), ((1, 1), (7, 7)), ((2, 2), (6, 6)),
+                                                      ((6, 6), (6, 6))])
+def test_a_linear_layer_as_a_same_padded_convolution(feature_size, kernel_size):
+    """The converted kernel, on a map whose cells around an output cell are the training map,
+    gives the linear layer's output on that map's pooled grid (and a map larger than the kernel
+    is refused)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from detseg.modeling.convolutionalize import linear_as_conv_kernel
+    torch.manual_seed(0)
+    c, pool, (fh, fw), (kh, kw) = 3, 2, feature_size, kernel_size
+    linear = nn.Linear(c * pool * pool, 5)
+    x = torch.randn(1, c, fh, fw)
+    expected = linear(F.adaptive_avg_pool2d(x, pool).flatten(1))[0]
+    kernel = linear_as_conv_kernel(linear.weight, c, pool, (fh, fw), (kh, kw))
+    big = torch.randn(1, c, fh + 8, fw + 8)  # the training map at (4, 4), anything around it
+    big[:, :, 4:4 + fh, 4:4 + fw] = x
+    out = F.conv2d(big, kernel, linear.bias, padding="same")
+    cy, cx = 4 + (fh - 1) // 2, 4 + (fw - 1) // 2  # the cell "same" padding centres the window on
+    assert torch.allclose(out[0, :, cy, cx], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot hold it"):
+        linear_as_conv_kernel(linear.weight, c, pool, (kh + 1, kw), (kh, kw))
+
+
+@pytest.mark.parametrize("config,extra", [
+    ("configs/classify_resnet18_shapes.yaml", []),  # ResNet: its one linear layer is the score layer
+    ("configs/classify_lenet5_digits.yaml", []),  # LeNet: C5 -> F6 (84, tanh) -> scores
+])
+def test_fcn_with_the_classifier_as_its_top_starts_as_that_classifier(tmp_path, config, extra):
+    """FCN's ``top: classifier`` from a classification checkpoint: the classifier's linear layers
+    become the head's convolutions, its class rows move by name (background fresh), and on an
+    image of the classifier's training size the FCN's coarsest score map gives the classifier's
+    logits."""
+    from detseg.config import to_dict
+    from detseg.engine.init_from import init_from
+    torch.manual_seed(0)
+    cls_cfg = load_config(config, extra)
+    file_names = ["circle", "hexagon", "rectangle", "triangle"]
+    classifier = build_model(cls_cfg, 4).eval()
+    path = tmp_path / "best.pth"
+    torch.save({"model": classifier.state_dict(), "class_names": file_names, "config": to_dict(cls_cfg)}, path)
+    names = ["circle", "rectangle", "triangle", "star"]  # star: not in the file
+    fcn_cfg = load_config(None, [f"model.backbone.name={cls_cfg.model.backbone.name}",
+                                 "model.heads={seg: {type: fcn, variant: 32s, top: classifier}}"])
+    model = build_model(fcn_cfg, len(names)).eval()
+    bg_before = model.heads.seg.score_top.weight[0].clone()
+    report = init_from(model, str(path), names, backbone=cls_cfg.model.backbone.name)
+    head = model.heads.seg
+    assert set(report.converted) == {f"heads.seg.{c}.{p}" for c in head.classifier_convs() for p in ("weight", "bias")}
+    assert not any(k.startswith("heads.cls.classifier") for k in report.ignored)
+    assert torch.equal(head.score_top.weight[0], bg_before)  # background: fresh
+    x = torch.randn(1, 3, cls_cfg.data.classify.size, cls_cfg.data.classify.size)
+    with torch.no_grad():
+        expected = classifier.heads.cls.logits(classifier.backbone(x))[0]
+        feats = model.backbone(x)
+        scores = head.score_top(head.fc(feats[head.top]))[0]  # [K + 1, h, w]
+    cy, cx = (scores.shape[1] - 1) // 2, (scores.shape[2] - 1) // 2
+    for j, n in enumerate(names):
+        if n in file_names:
+            assert torch.allclose(scores[1 + j, cy, cx], expected[file_names.index(n)], atol=1e-4), n
+
+
+def test_a_classifier_of_another_form_is_not_converted_and_the_report_says_why(tmp_path):
+    from detseg.config import to_dict
+    from detseg.engine.init_from import init_from
+    cls_cfg = load_config("configs/classify_resnet18_shapes.yaml",
+                          ["model.heads.cls.classifier=fc", "model.heads.cls.hidden=[32]", "model.heads.cls.pool_size=1"])
+    path = tmp_path / "fc.pth"
+    torch.save({"model": build_model(cls_cfg, 2).state_dict(), "class_names": ["a", "b"],
+                "config": to_dict(cls_cfg)}, path)
+    model = build_model(load_config(None, ["model.heads={seg: {type: fcn, top: classifier}}"]), 2)
+    report = init_from(model, str(path), ["a", "b"], backbone="resnet18")
+    assert not report.converted
+    assert "2 linear layers" in report.reinitialised["heads.seg.score_top.weight"]
+
+
+def test_fcn_top_classifier_refuses_a_norm():
+    with pytest.raises(Exception, match="head_norm"):
+        build_model(load_config(None, ["model.heads={seg: {type: fcn, top: classifier, head_norm: bn}}"]), 2)

@@ -16,10 +16,11 @@ from torch import nn
 
 from ...config import ranged
 from ...structures import Batch, SEMANTIC_IGNORE as IGNORE
-from ..backbones import ShapeSpec
+from ..backbones import ShapeSpec, coarsest
 from ..class_layout import BG_FIRST
 from ..losses import ClassWeightedLoss, LossConfig
 from .base import SEMANTIC, Head
+from .classify import architecture, published_classifier
 
 
 def bilinear_kernel(channels: int, factor: int) -> torch.Tensor:
@@ -44,6 +45,13 @@ class FCNHeadConfig:
     # "bn": BatchNorm after the 3x3 conv on the top feature, as torchvision's FCNHead has;
     # "none": the paper's head
     head_norm: Literal["none", "bn"] = "none"
+    # "conv": the 3x3 conv of ``hidden`` channels above on the top map (torchvision's FCNHead);
+    # "classifier": the backbone architecture's own classifier as convolutions, as the FCN paper
+    # does (VGG's two 4096-unit layers as a 7x7 and a 1x1 conv, fc6 / fc7; ResNet's one linear
+    # layer as the 1x1 score layer itself), so that ``model.init_from`` a classification
+    # checkpoint of that backbone converts its fully connected weights instead of dropping them.
+    # hidden, dropout and head_norm are then the classifier's (the architecture's published ones).
+    top: Literal["conv", "classifier"] = "conv"
     # training only: weight of an auxiliary classifier's loss on the stride-16 feature
     # (torchvision's ``aux_loss``, PSPNet's deep supervision); 0 = no auxiliary classifier
     aux_weight: float = ranged(0.0, ge=0)
@@ -110,6 +118,10 @@ class FCNHead(ClassWeightedLoss, Head):
             1.0 is the plain mean.
         loss: ``LossConfig``: cross-entropy or focal, class weights from the training pixels
             (background first) when ``class_weight`` is set.
+        top: ``"conv"`` (``hidden``'s 3x3 conv) or ``"classifier"``: the layers of ``arch``'s
+            published classifier as convolutions (``classifier_convs`` names them, first to the
+            score layer), which ``init_from`` fills from a classification checkpoint.
+        arch: the backbone's architecture name (``top="classifier"`` follows its classifier).
 
     Input: features dict; ``images_hw`` (H, W) of the padded input batch.
     Output: logits ``Tensor[B, K + 1, H, W]``.
@@ -118,19 +130,28 @@ class FCNHead(ClassWeightedLoss, Head):
     output = SEMANTIC
     config_class = FCNHeadConfig
     count_kind = "pixels"
+    built_arguments = ("in_shapes", "num_classes", "arch")
 
     @classmethod
     def from_config(cls, settings: FCNHeadConfig, backbone: nn.Module, num_classes: int) -> "FCNHead":
-        return cls(in_shapes=backbone.output_shape(), num_classes=num_classes, **cls.settings_kwargs(settings))
+        return cls(in_shapes=backbone.output_shape(), num_classes=num_classes, arch=architecture(backbone),
+                   **cls.settings_kwargs(settings))
 
     def __init__(self, *, in_shapes: dict[str, ShapeSpec], num_classes: int, variant: str = "8s",
                  hidden: int = 256, dropout: float = 0.1, head_norm: str = "none", aux_weight: float = 0.0,
-                 top_k_pixels: float = 1.0, loss: LossConfig | None = None):
+                 top_k_pixels: float = 1.0, loss: LossConfig | None = None, top: str = "conv",
+                 arch: str | None = None):
         super().__init__()
         if variant not in ("32s", "16s", "8s"):
             raise ValueError(f"FCN variant must be 32s, 16s or 8s, got {variant!r}")
         if head_norm not in ("none", "bn"):
             raise ValueError(f"FCN head_norm must be none or bn, got {head_norm!r}")
+        if top not in ("conv", "classifier"):
+            raise ValueError(f"FCN top must be conv or classifier, got {top!r}")
+        if top == "classifier" and head_norm != "none":
+            raise ValueError("FCN top: classifier takes the architecture's classifier, which has no "
+                             "normalisation: leave head_norm at none")
+        self.top_kind = top
         if aux_weight < 0:
             raise ValueError(f"FCN aux_weight must be >= 0, got {aux_weight}")
         if not 0 < top_k_pixels <= 1:
@@ -139,12 +160,14 @@ class FCNHead(ClassWeightedLoss, Head):
         self.init_loss(loss, num_classes + 1)
         if self.top_k_pixels < 1 and self.loss_settings.kind == "focal":
             raise ValueError("FCN: top_k_pixels and the focal loss both weight the hard pixels; choose one")
-        names = sorted(in_shapes, key=lambda n: (in_shapes[n].stride, n))
-        self.top = names[-1]
+        order = list(in_shapes)
+        names = sorted(in_shapes, key=lambda n: (in_shapes[n].stride, order.index(n)))
+        # the deepest of the coarsest maps (LeNet's C5, not S4 beside it at the same stride)
+        self.top = coarsest(in_shapes)
         # Skips: the stride-16 and stride-8 features (excluding the top map itself).
         n_skips = {"32s": 0, "16s": 1, "8s": 2}[variant]
         by_stride = {}
-        for n in names[:-1]:
+        for n in (n for n in names if n != self.top):
             by_stride.setdefault(in_shapes[n].stride, n)
         self.skips = [by_stride[s] for s in (16, 8) if s in by_stride][:n_skips]
         if len(self.skips) < n_skips:
@@ -155,11 +178,15 @@ class FCNHead(ClassWeightedLoss, Head):
         self.num_outputs = k
         top = in_shapes[self.top]
         self.top_stride = top.stride
-        # The norm slot is an Identity for the paper's head, so the conv keeps the key fc.0 either way.
-        norm = nn.BatchNorm2d(hidden) if head_norm == "bn" else nn.Identity()
-        self.fc = nn.Sequential(nn.Conv2d(top.channels, hidden, 3, padding=1, bias=head_norm == "none"),
-                                norm, nn.ReLU(inplace=True), nn.Dropout2d(dropout))
-        self.score_top = nn.Conv2d(hidden, k, 1)
+        if self.top_kind == "classifier":
+            self.fc, width = self._classifier_convs(top.channels, arch)
+        else:
+            # The norm slot is an Identity for the paper's head, so the conv keeps the key fc.0 either way.
+            norm = nn.BatchNorm2d(hidden) if head_norm == "bn" else nn.Identity()
+            self.fc = nn.Sequential(nn.Conv2d(top.channels, hidden, 3, padding=1, bias=head_norm == "none"),
+                                    norm, nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+            width = hidden
+        self.score_top = nn.Conv2d(width, k, 1)
         self.score_skips = nn.ModuleList()
         self.ups = nn.ModuleList()
         stride = top.stride
@@ -184,6 +211,32 @@ class FCNHead(ClassWeightedLoss, Head):
             mid = max(c // 4, 32)
             self.aux = nn.Sequential(nn.Conv2d(c, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid),
                                      nn.ReLU(inplace=True), nn.Dropout2d(dropout), nn.Conv2d(mid, k, 1))
+
+    @staticmethod
+    def _classifier_convs(channels: int, arch: str | None) -> tuple[nn.Sequential, int]:
+        """``arch``'s published classifier (``published_classifier``) without its last layer, as
+        convolutions at stride 1 with "same" padding: its first fully connected layer as a
+        ``pool x pool`` conv, the next ones 1x1, each followed by its activation and dropout.
+        (ResNet's, GoogLeNet's, DenseNet's is a single layer: nothing before the score layer.)
+        Returns (the layers, the channels they end with)."""
+        kind, hidden, pool, dropout, activation = published_classifier(arch)
+        act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
+        layers: list[nn.Module] = []
+        for i, width in enumerate(hidden if kind == "fc" else []):
+            size = pool if i == 0 else 1
+            layers += [nn.Conv2d(channels, width, size, padding="same"), act()]
+            if dropout > 0:
+                layers.append(nn.Dropout2d(dropout))
+            channels = width
+        return nn.Sequential(*layers), channels
+
+    def classifier_convs(self) -> list[str]:
+        """With ``top="classifier"``: the convolutions standing for the classifier's linear
+        layers, in order (the last is ``score_top``); [] otherwise."""
+        if self.top_kind != "classifier":
+            return []
+        convs = [f"fc.{i}" for i, m in enumerate(self.fc) if isinstance(m, nn.Conv2d)]
+        return [*convs, "score_top"]
 
     def class_axes(self) -> dict:
         """Class-dependent tensors (``detseg.modeling.class_layout``): the score layers' output
