@@ -28,6 +28,7 @@ from tests.conftest import ROOT, run_script
     ("benchmarks/quickstart.py", ["runs"]),
     ("benchmarks/saliency.py", ["rows", "checkpoint_box_AP"]),
     ("benchmarks/imbalance.py", ["tasks"]),
+    ("benchmarks/from_classifier.py", ["sliding_window", "fcn"]),
 ])
 def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
     out = tmp_path / "figures.json"
@@ -71,6 +72,9 @@ def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
         results = figures["tasks"]["faster_rcnn"]["results"]
         assert set(results) == {"baseline", "copy_paste", "smote_refit"}
         assert all(0 <= run["AP"] <= 1 for runs in results.values() for run in runs.values())
+    if script.endswith("from_classifier.py"):  # the classifier trained, each head started from it
+        assert 0 <= figures["sliding_window"]["AP"] <= 1 and 0 <= figures["fcn"]["mIoU"] <= 1
+        assert all(r["classifier_top1"] >= 0 for r in figures["fcn"]["seeds"].values())
     if script.endswith("vs_torchvision_training.py"):
         assert {(r["impl"], r["iterations"]) for r in figures["runs"]} == {("detseg", 4), ("torchvision", 4)}
         assert all(0 <= figures[impl]["box_ap"] <= 1 for impl in ("detseg", "torchvision"))

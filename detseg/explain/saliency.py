@@ -127,8 +127,8 @@ def grad_cam(model: nn.Module, batch, class_names: list[str], *, head: Optional[
             without the averaging, which keeps a detection's saliency on that instance rather
             than on every place the class's features fire) or ``"input-gradient"``; default:
             Grad-CAM for a class or a pixel class, HiResCAM for a detection (on a trained shapes
-            Faster R-CNN, Grad-CAM put less of its mass in the detection's box than an even
-            spread would: benchmarks/saliency.py). Crop-based heads get the input gradient
+            Faster R-CNN, Grad-CAM put about as much of its mass in the detection's box as an
+            even spread would, HiResCAM 4x as much: benchmarks/saliency.py). Crop-based heads get the input gradient
             whatever is asked; ``Saliency.method`` says which ran.
         score: for a detection, ``"logit"`` (its class score before the softmax, Grad-CAM's
             ``y^c``; the probability where a head keeps no logits) or ``"probability"``.
