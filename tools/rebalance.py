@@ -43,14 +43,16 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def pick_head(model, name):
+def pick_head(model, name, setting: str = "--head"):
+    """The head to re-fit: ``name`` (given as ``setting``, the option or config key the errors
+    name), or the first with a feature-vector classifier."""
     from detseg.utils import UsageError
     usable = [n for n, h in model.heads.items() if hasattr(h, "embed") or hasattr(h, "region_features")]
     if name is not None:
         if name not in model.heads:
-            raise UsageError(f"--head {name}: the model has heads {', '.join(model.heads)}")
+            raise UsageError(f"{setting} {name}: the model has heads {', '.join(model.heads)}")
         if name not in usable:
-            raise UsageError(f"--head {name}: a {type(model.heads[name]).__name__} has no feature-vector "
+            raise UsageError(f"{setting} {name}: a {type(model.heads[name]).__name__} has no feature-vector "
                              f"classifier to re-fit (classify, region and rcnn heads have)")
         return name
     if not usable:

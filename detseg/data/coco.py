@@ -333,18 +333,18 @@ class CocoDataset(torch.utils.data.Dataset):
 
     def class_counts(self) -> list[int]:
         """Images holding each class (label order), crowd regions left out."""
-        counts = [0] * self.num_classes
-        for labels in self.image_labels():
-            for cat in set(labels):
-                counts[self.label_of_cat[cat]] += 1
-        return counts
+        return self._label_counts(per_image=True)
 
     def instance_counts(self) -> list[int]:
         """Annotated instances of each class (label order), crowd regions left out: what a
         region or window classifier's class weights count."""
+        return self._label_counts(per_image=False)
+
+    def _label_counts(self, per_image: bool) -> list[int]:
+        """Per class (label order): the images holding it (``per_image``) or its instances."""
         counts = [0] * self.num_classes
         for labels in self.image_labels():
-            for cat in labels:
+            for cat in (set(labels) if per_image else labels):
                 counts[self.label_of_cat[cat]] += 1
         return counts
 

@@ -157,6 +157,11 @@ def test_rebalance_setting_on_a_model_without_a_classifier_stops_before_training
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("error: solver.rebalance:"), err
     assert not list(out.glob("*.pth"))
+    code = call_tool("train", ["--config", "configs/fcn8s_resnet18_shapes.yaml", "solver.rebalance.method=smote",
+                               "solver.rebalance.head=seg", "data.shapes.num_train=2", "data.shapes.num_val=1",
+                               "solver.max_iter=1", "--output-dir", str(tmp_path / "named")])
+    err = capsys.readouterr().err.strip().splitlines()  # the setting named as the config names it
+    assert code == 1 and err == [err[0]] and err[0].startswith("error: solver.rebalance: head seg: a FCNHead"), err
 
 
 def test_a_class_weighted_classifier_trains_on_its_folders_counts(tmp_path):
