@@ -292,13 +292,13 @@ def rebalance_after_training(cfg, output_dir: str, evaluated: bool) -> int:
     ``tools/rebalance.py`` does, into ``<run>/rebalanced`` (``model.pth``, ``rebalance.json``;
     with a val split also ``eval_before`` / ``eval_after``). Run again on ``--resume``: it only
     reads the checkpoint, so a killed re-fit leaves the training run intact."""
-    from detseg.engine.checkpoint import checkpoints_newest_first
+    from detseg.engine.checkpoint import newest_loadable
     from tools import rebalance as rebalance_tool
     rb = cfg.solver.rebalance
     best = os.path.join(output_dir, "best.pth")
-    # the newest by name: the tool reads it (and refuses an unreadable one) rather than this
-    # loading it once only to learn its path
-    weights = best if os.path.isfile(best) else checkpoints_newest_first(output_dir)[0]
+    # the newest that loads: a broken newest checkpoint falls back to the one before (the tool
+    # then reads it again; only without a val split, where there is no best.pth)
+    weights = best if os.path.isfile(best) else newest_loadable(output_dir)[0]
     argv = ["--weights", weights, "--output", os.path.join(output_dir, "rebalanced"), "--method", rb.method,
             "--k-neighbors", str(rb.k_neighbors), "--negatives-per-image", str(rb.negatives_per_image),
             "--device", cfg.runtime.device, "--seed", str(cfg.runtime.seed), "--overwrite"]

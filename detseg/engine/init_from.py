@@ -178,8 +178,9 @@ def init_from(model: nn.Module, path: str, model_classes: list[str],
                         class_sources={n: None if j is None else file_classes[j]
                                        for n, j in zip(model_classes, matched)})
     new_values: dict[str, torch.Tensor] = {}
-    converted = classifier_as_convolutions(model, state, file_config, report)
-    state = {**state, **converted}
+    converted, consumed = classifier_as_convolutions(model, own, state, file_config, report)
+    # the file's linear layers now stand as the converted tensors under the model's own names
+    state = {**{k: v for k, v in state.items() if k not in consumed}, **converted}
     for key, mine in own.items():
         if key not in state:
             report.reinitialised.setdefault(key, "not in the file")  # a failed conversion says why
@@ -196,10 +197,7 @@ def init_from(model: nn.Module, path: str, model_classes: list[str],
             continue
         new_values[key] = theirs
         report.loaded.append(key)
-    used = {why.split(":")[0] for why in report.converted.values()}
     for key in state:
-        if key in used:
-            continue
         if key not in own:
             report.ignored[key] = "not in this model"
         elif key in report.reinitialised:
@@ -225,18 +223,22 @@ def classifier_linears(state: dict) -> dict[str, list[str]]:
     return {head: [k for _, k in sorted(keys)] for head, keys in found.items()}
 
 
-def classifier_as_convolutions(model: nn.Module, state: dict, file_config: dict,
-                               report: InitReport) -> dict[str, torch.Tensor]:
+def classifier_as_convolutions(model: nn.Module, own: dict, state: dict, file_config: dict,
+                               report: InitReport) -> tuple[dict[str, torch.Tensor], set[str]]:
     """The file's classifier (its first classification head's linear layers) converted for each
-    head of ``model`` that stands for it as convolutions (``classifier_convs``), keyed by the
-    model's tensor names. The score layer's entry keeps the model's own background row, so that
-    the class rows then move by name as any score layer's do. Conversions are recorded in
-    ``report.converted``; a head whose layers do not fit gets the reason in ``reinitialised``."""
+    head of ``model`` (whose state dict is ``own``) that stands for it as convolutions
+    (``classifier_convs``), keyed by the model's tensor names. The score layer's entry keeps the
+    model's own background row, so that the class rows then move by name as any score layer's do.
+    Conversions are recorded in ``report.converted``; a head whose layers do not fit gets the
+    reason in ``reinitialised``.
+
+    Returns:
+        (the converted tensors, the file's keys they were made from)."""
     linears = classifier_linears(state)
     heads = [(name, head) for name, head in getattr(model, "heads", {}).items()
              if hasattr(head, "classifier_convs") and head.classifier_convs()]
     if not linears or not heads:
-        return {}
+        return {}, set()
     source = next(iter(linears.values()))
     size = ((file_config.get("data") or {}).get("classify") or {}).get("size")
     out: dict[str, torch.Tensor] = {}
@@ -251,13 +253,14 @@ def classifier_as_convolutions(model: nn.Module, state: dict, file_config: dict,
             report.reinitialised[target] = "the file names no data.classify.size to convert its classifier at"
             continue
         try:
-            out.update(_convert(model, name, head, convs, source, state, size, report))
+            out.update(_convert(model, own, name, head, convs, source, state, size, report))
         except ValueError as e:
             report.reinitialised[target] = f"its classifier cannot be converted: {e}"
-    return out
+    consumed = {key for w in source for key in (w, w[:-len("weight")] + "bias")} if out else set()
+    return out, consumed
 
 
-def _convert(model, name, head, convs, source, state, size, report) -> dict[str, torch.Tensor]:
+def _convert(model, own, name, head, convs, source, state, size, report) -> dict[str, torch.Tensor]:
     from ..modeling.convolutionalize import linear_as_conv_kernel
     backbone = model.backbone
     was_training = backbone.training
@@ -271,7 +274,6 @@ def _convert(model, name, head, convs, source, state, size, report) -> dict[str,
     if fmap is None:
         raise ValueError(f"the backbone returns no {head.top!r} map")
     channels, feature_size = fmap.shape[1], tuple(fmap.shape[-2:])
-    own = model.state_dict()
     out = {}
     for i, (conv, key) in enumerate(zip(convs, source)):
         w, b = state[key].float(), state[key[:-len("weight")] + "bias"].float()

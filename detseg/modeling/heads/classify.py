@@ -38,6 +38,7 @@ _PUBLISHED = {
     "googlenet": ("gap", [], 1, 0.4, "relu"),
 }
 _GAP = ("gap", [], 1, 0.0, "relu")  # ResNet, DenseNet
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}  # the published classifiers' activations
 
 
 def published_classifier(arch: Optional[str]) -> tuple[str, list[int], int, float, str]:
@@ -73,7 +74,7 @@ def build_classifier(channels: int, num_classes: int, kind: str, hidden: Sequenc
     grid = 1 if kind == "gap" else pool_size
     layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(grid), nn.Flatten()]
     width = channels * grid * grid
-    act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
+    act = ACTIVATIONS[activation]
     for h in ([] if kind == "gap" else hidden):
         layers += [nn.Linear(width, h), act(inplace=True) if act is nn.ReLU else act()]
         if dropout > 0:

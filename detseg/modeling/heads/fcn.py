@@ -20,7 +20,7 @@ from ..backbones import ShapeSpec, coarsest
 from ..class_layout import BG_FIRST
 from ..losses import ClassWeightedLoss, LossConfig
 from .base import SEMANTIC, Head
-from .classify import architecture, published_classifier
+from .classify import ACTIVATIONS, architecture, published_classifier
 
 
 def bilinear_kernel(channels: int, factor: int) -> torch.Tensor:
@@ -160,8 +160,7 @@ class FCNHead(ClassWeightedLoss, Head):
         self.init_loss(loss, num_classes + 1)
         if self.top_k_pixels < 1 and self.loss_settings.kind == "focal":
             raise ValueError("FCN: top_k_pixels and the focal loss both weight the hard pixels; choose one")
-        order = list(in_shapes)
-        names = sorted(in_shapes, key=lambda n: (in_shapes[n].stride, order.index(n)))
+        names = sorted(in_shapes, key=lambda n: in_shapes[n].stride)  # stable: backbone order among ties
         # the deepest of the coarsest maps (LeNet's C5, not S4 beside it at the same stride)
         self.top = coarsest(in_shapes)
         # Skips: the stride-16 and stride-8 features (excluding the top map itself).
@@ -220,7 +219,7 @@ class FCNHead(ClassWeightedLoss, Head):
         (ResNet's, GoogLeNet's, DenseNet's is a single layer: nothing before the score layer.)
         Returns (the layers, the channels they end with)."""
         kind, hidden, pool, dropout, activation = published_classifier(arch)
-        act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
+        act = ACTIVATIONS[activation]
         layers: list[nn.Module] = []
         for i, width in enumerate(hidden if kind == "fc" else []):
             size = pool if i == 0 else 1
