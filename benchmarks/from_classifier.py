@@ -82,32 +82,50 @@ def main(argv=None) -> int:
                         "from scratch for the same half iterations (the control at equal iterations)")
     args = p.parse_args(argv)
     stored = {} if args.quick else load_store(STORE)
+    missing = [HEADS[h][0] for h in args.heads if not args.quick and from_scratch(h) is None]
+    if missing:  # at the door, before any training
+        print(f"error: no stored from-scratch run of {', '.join(missing)}; run its benchmark first", file=sys.stderr)
+        return 2
+    iterations = {h: 8 if args.quick else from_scratch(h)["iterations"] // 2 for h in args.heads}
+    for head in args.heads:
+        entry = stored.setdefault(head, {"config": HEADS[head][0], "seeds": {}})
+        digest = recipe_digest(HEADS[head][0])
+        if entry.get("iterations") != iterations[head] or entry.get("recipe") != digest:
+            entry.update(iterations=iterations[head], recipe=digest, seeds={}, scratch_seeds={})  # start over
+    failed = []
+
+    def attempt(what: str, fn):
+        """``fn()``, or None with one stderr line when its training run fails (the others still run)."""
+        try:
+            return fn()
+        except RuntimeError as e:
+            print(f"from_classifier: {what}: {e}", file=sys.stderr, flush=True)
+            failed.append(what)
+            return None
+
     with tempfile.TemporaryDirectory(prefix="detseg-from-classifier-") as tmp:
         root = args.keep_run or tmp
         for seed in args.seeds:
+            classifier = None
             if "classifier" in args.runs:
-                weights, top1, cls_wall = train_classifier(seed, args.quick,
-                                                           os.path.join(root, f"classifier_seed{seed}"))
+                classifier = attempt(f"classifier seed {seed}", lambda: train_classifier(
+                    seed, args.quick, os.path.join(root, f"classifier_seed{seed}")))
             for head in args.heads:
-                scratch = from_scratch(head)
-                if scratch is None and not args.quick:
-                    print(f"error: no stored from-scratch run of {HEADS[head][0]}; run its benchmark first",
-                          file=sys.stderr)
-                    return 2
-                iterations = 8 if args.quick else scratch["iterations"] // 2
-                entry = stored.setdefault(head, {"config": HEADS[head][0], "seeds": {}})
-                digest = recipe_digest(HEADS[head][0])
-                if entry.get("iterations") != iterations or entry.get("recipe") != digest:
-                    entry.update(iterations=iterations, recipe=digest, seeds={}, scratch_seeds={})  # start over
+                entry = stored[head]
                 stamp = {"command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M")}
-                if "classifier" in args.runs:
-                    run = train_head(head, iterations, seed, weights, args.quick,
-                                     os.path.join(root, f"{head}_seed{seed}"))
-                    entry["seeds"][str(seed)] = {**run, "classifier_top1": top1, "classifier_wall_s": cls_wall, **stamp}
+                if classifier is not None:
+                    weights, top1, cls_wall = classifier
+                    run = attempt(f"{head} seed {seed}", lambda: train_head(
+                        head, iterations[head], seed, weights, args.quick, os.path.join(root, f"{head}_seed{seed}")))
+                    if run is not None:
+                        entry["seeds"][str(seed)] = {**run, "classifier_top1": top1, "classifier_wall_s": cls_wall,
+                                                     **stamp}
                 if "scratch" in args.runs:
-                    run = train_head(head, iterations, seed, None, args.quick,
-                                     os.path.join(root, f"{head}_scratch_seed{seed}"))
-                    entry.setdefault("scratch_seeds", {})[str(seed)] = {**run, **stamp}
+                    run = attempt(f"{head} from scratch seed {seed}", lambda: train_head(
+                        head, iterations[head], seed, None, args.quick,
+                        os.path.join(root, f"{head}_scratch_seed{seed}")))
+                    if run is not None:
+                        entry.setdefault("scratch_seeds", {})[str(seed)] = {**run, **stamp}
     if records_figures(args):
         save_store(STORE, stored)
     rows, figures = [], {}
@@ -145,7 +163,7 @@ def main(argv=None) -> int:
             "benchmarks/results/from_classifier.json; its folder's init_report.json lists what loaded.")
     finish(args, "from_classifier", "Starting from the classifier: sliding window and FCN-8s at half the iterations",
            body, figures)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
