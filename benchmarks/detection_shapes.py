@@ -78,7 +78,8 @@ def train_seeds(config: str, iters: int, quick: bool, run_root: str, seeds: list
         print(f"{label}seed {seed}: " + ", ".join(f"{k} {last[k]:.3f}" for k in keys)
               + f" in {wall / 60:.1f} min", flush=True)
         runs[str(seed)] = {**{k: last[k] for k in keys}, "wall_s": wall, "command": command_line(),
-                           "date": time.strftime("%Y-%m-%d %H:%M"), "recipe": digest}
+                           "date": time.strftime("%Y-%m-%d %H:%M"), "recipe": digest,
+                           "iterations": last["iter"]}  # a time-budgeted recipe fits its own
     return (last["iter"] if last is not None else None), failed
 
 
@@ -169,15 +170,32 @@ def run_recipe(args, config: str, iterations: int, store: str, keys: tuple[str, 
                                         runs, keys, label=label)
     if last_iter is None:
         return None, failed
-    figures = summarise(config, last_iter, runs, val, keys)
+    # a recipe with solver.max_minutes stops where its budget ends: its stored length is the
+    # ceiling asked for (what later runs join on), each seed's run keeps the iterations it did
+    figures = summarise(config, iterations if budgeted(config) else last_iter, runs, val, keys)
     if records_figures(args):
         save_store(store, figures)
     return figures, failed
 
 
+def budgeted(config: str) -> bool:
+    """Whether ``config`` fits its length to a time budget (``solver.max_minutes``)."""
+    from detseg.config import load_config
+    return load_config(config).solver.max_minutes is not None
+
+
+def iterations_cell(figures: dict) -> str:
+    """The iterations run: the recipe's length, or for a time-budgeted recipe each seed's fitted
+    length and the ceiling ('1340 / 1362 of at most 4000')."""
+    done = [r.get("iterations", figures["iterations"]) for r in seed_runs(figures).values()]
+    if all(n == figures["iterations"] for n in done):
+        return str(figures["iterations"])
+    return " / ".join(map(str, done)) + f" of at most {figures['iterations']}"
+
+
 def seeds_row(figures: dict, keys: tuple[str, ...]) -> list:
     """A table row: config, iterations, mean wall minutes, the seeds, then each key per seed."""
-    return [figures["config"], figures["iterations"], f"{figures['wall_s'] / 60:.1f}",
+    return [figures["config"], iterations_cell(figures), f"{figures['wall_s'] / 60:.1f}",
             ", ".join(seed_runs(figures)), *(per_seed(figures, k) for k in keys)]
 
 

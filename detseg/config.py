@@ -235,6 +235,11 @@ class SolverConfig:
     momentum: float = ranged(0.9, ge=0, le=1)
     weight_decay: float = ranged(1e-4, ge=0)
     max_iter: int = ranged(1700, ge=1)
+    # Train for this many minutes of loop instead (Ultralytics' "time"): max_iter becomes the
+    # ceiling and the run's length is fitted to the measured speed of its steps, the schedule,
+    # eval_period and checkpoint_period following it as fractions of max_iter
+    # (detseg.engine.time_budget). None: max_iter iterations.
+    max_minutes: Optional[float] = ranged(None, gt=0)
     warmup_iters: int = ranged(100, ge=0)
     warmup_factor: float = ranged(0.001, gt=0, le=1)
     schedule: Literal["step", "cosine", "constant"] = "cosine"

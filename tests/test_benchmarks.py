@@ -212,6 +212,22 @@ def test_stored_runs_of_an_edited_recipe_are_not_joined(tmp_path):
     assert previous_runs(row, str(cfg), 100, val=200) == {}
 
 
+def test_a_time_budgeted_recipe_is_stored_by_its_ceiling_and_shows_each_seeds_length(tmp_path):
+    """A recipe with solver.max_minutes stops where its minutes end: its seeds join on the ceiling
+    asked for, and the row shows the iterations each seed reached."""
+    from benchmarks.detection_shapes import budgeted, iterations_cell, previous_runs, seeds_row, summarise
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text("solver: {max_minutes: 13.5, max_iter: 3000}\n")
+    assert budgeted(str(cfg)) and not budgeted("configs/faster_rcnn_resnet18_shapes.yaml")
+    run = {"PQ": 0.7, "wall_s": 800.0, "command": "x", "date": "2026-12-07 08:00", "iterations": 1024}
+    row = summarise(str(cfg), 3000, {"0": run, "1": {**run, "iterations": 1001}}, val=200, keys=("PQ",))
+    assert list(previous_runs(row, str(cfg), 3000, val=200)) == ["0", "1"]
+    assert iterations_cell(row) == "1024 / 1001 of at most 3000"
+    assert seeds_row(row, ("PQ",))[1] == iterations_cell(row)
+    fixed = summarise(str(cfg), 1500, {"0": {**run, "iterations": 1500}}, val=200, keys=("PQ",))
+    assert iterations_cell(fixed) == "1500"
+
+
 def test_a_failed_training_run_is_one_line_and_keeps_the_other_recipes(tmp_path, monkeypatch, capsys):
     """A recipe (or one seed of it) whose train.py run fails is named on stderr, the other recipes
     and seeds still run and are reported, and the exit status is 1 (no traceback, no exit 0)."""

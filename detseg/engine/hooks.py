@@ -11,7 +11,8 @@ step that a user adds, removes or replaces without editing ``Trainer``.
 ``default_hooks`` are what ``tools/train.py`` runs, in this order (each step: log, checkpoint,
 evaluate): ``MetricsWriter`` (metrics.jsonl, TensorBoard, curves.png), ``PeriodicCheckpointer``,
 ``EvalHook`` (evaluation, best.pth and diagnostics, early stopping) and ``PlateauSchedule``
-(the learning rate scaled down when the best metric stops improving).
+(the learning rate scaled down when the best metric stops improving); with ``solver.max_minutes``
+``TimeBudget`` (detseg.engine.time_budget) first, fitting the run's length to the minutes.
 """
 from __future__ import annotations
 
@@ -121,35 +122,45 @@ class MetricsWriter(HookBase):
             plot_curves(self.path, os.path.join(self.trainer.output_dir, "curves.png"))
 
 
-class PeriodicCheckpointer(HookBase):
-    """``model_<iter>.pth`` every ``period`` steps and at the last one (the newest
-    ``solver.keep_last`` kept)."""
+class PeriodicHook(HookBase):
+    """A hook that acts every ``period`` steps and at the last one. ``due``, when set, decides
+    instead of the period (``TimeBudget`` sets it: points at fractions of a fitted length)."""
 
     def __init__(self, period: int):
         self.period = period
+        self.due: Optional[Callable[[], bool]] = None
+
+    def is_due(self) -> bool:
+        t = self.trainer
+        periodic = self.due() if self.due is not None else t.iter % self.period == 0
+        return periodic or t.iter == t.s.max_iter
+
+
+class PeriodicCheckpointer(PeriodicHook):
+    """``model_<iter>.pth`` every ``period`` steps and at the last one (the newest
+    ``solver.keep_last`` kept)."""
 
     def after_step(self) -> None:
-        t = self.trainer
-        if t.iter % self.period == 0 or t.iter == t.s.max_iter:
-            t.save()
+        if self.is_due():
+            self.trainer.save()
 
 
-class EvalHook(HookBase):
+class EvalHook(PeriodicHook):
     """Evaluates every ``period`` steps and at the last one: logs the metrics, keeps the best
     checkpoint (``best.pth``, its figures in ``diagnostics/``) by ``metric`` (``mode`` max or
     min), and stops the run (``EarlyStop``) after ``patience`` evaluations without improvement."""
 
     def __init__(self, evaluate: Callable, period: int, metric: str, mode: str = "max",
                  patience: Optional[int] = None):
-        self.evaluate, self.period, self.metric, self.mode = evaluate, period, metric, mode
+        super().__init__(period)
+        self.evaluate, self.metric, self.mode = evaluate, metric, mode
         self.patience = patience
         self.best: Optional[float] = None
         self.bad_evals = 0  # evaluations without improvement
         self.last: Optional[dict] = None
 
     def after_step(self) -> None:
-        t = self.trainer
-        if t.iter % self.period == 0 or t.iter == t.s.max_iter:
+        if self.is_due():
             self.last = self.run()
 
     def run(self) -> dict:
@@ -235,6 +246,9 @@ def default_hooks(cfg, evaluate: Optional[Callable]) -> list[HookBase]:
     ``evaluate`` is given) and, with ``solver.plateau``, the plateau schedule."""
     s = cfg.solver
     hooks: list[HookBase] = [MetricsWriter(s.log_period), PeriodicCheckpointer(s.checkpoint_period)]
+    if s.max_minutes is not None:  # first: its step timing then spans the other hooks' work
+        from .time_budget import TimeBudget
+        hooks.insert(0, TimeBudget(s.max_minutes, s))
     if evaluate is not None:
         hooks.append(EvalHook(evaluate, s.eval_period, s.best_metric, s.best_mode, s.patience))
     hooks.append(PlateauSchedule(s.plateau_patience, s.plateau_factor, enabled=s.plateau))

@@ -22,7 +22,7 @@ TOOL = "train"
 # Settings that may change between a run and its --resume without making it another run: where
 # and on what it runs, how long it goes on, how it loads data.
 _NOT_IDENTITY = {("runtime", "output_dir"), ("runtime", "device"), ("data", "num_workers"),
-                 ("solver", "max_iter")}
+                 ("solver", "max_iter"), ("solver", "max_minutes")}
 # What a training run writes (a folder from before the manifest is recognised by these names).
 RUN_FILES = ("model_*.pth", "best.pth", "metrics.jsonl", "curves.png", "config.yaml",
              "init_report.json", "class_counts.json", "coco_results.json", "tb/*", "diagnostics/*")

@@ -260,6 +260,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.lr:.2g}")
                 for hook in self.hooks:
                     hook.after_step()
+                if bar.total != s.max_iter:  # a time budget fitted the run's length
+                    bar.total = s.max_iter
+                    bar.refresh()
                 if stop_at is not None and self.iter >= stop_at:
                     break
         except EarlyStop as e:
