@@ -1,8 +1,9 @@
 """Panoptic FPN (ResNet-18) on the panoptic shapes: PQ / SQ / RQ, things and stuff, after a
 bounded CPU run.
 
-Runs tools/train.py exactly as a user would (iterations chosen so the run fits in 15 minutes on
-the 2-core benchmark machine), then reads the run's metrics.jsonl. ``--seeds`` sets
+Runs tools/train.py exactly as a user would (the recipe fits its length to ``solver.max_minutes``,
+so that a run ends within 15 minutes on the 2-core benchmark machine, whichever its CPU; the table
+gives each seed's iterations), then reads the run's metrics.jsonl. ``--seeds`` sets
 ``runtime.seed`` per run; the runs of one config, length and val split are kept in
 benchmarks/results/panoptic_shapes.json, so ``--seeds 1`` adds a seed to the stored seed-0 run.
 """

