@@ -7,7 +7,8 @@ import pytest
 from detseg.config import ConfigError, load_config
 from detseg.engine import time_budget
 from detseg.engine.checkpoint import load_checkpoint
-from detseg.engine.time_budget import FractionPoints, TimeBudget, fitted_length
+from detseg.engine.hooks import TimeBudget
+from detseg.engine.time_budget import FractionPoints, fitted_length
 from tests.engine.test_trainer import make_trainer, small_cfg
 
 STEP_S, EVAL_S = 1.0, 5.0
@@ -82,7 +83,7 @@ def test_run_ends_within_the_budget_with_its_schedule_and_evaluations_fitted(tmp
                                                                               monkeypatch):
     monkeypatch.setenv("DETSEG_NO_PROGRESS", "1")
     clock = FakeClock()
-    monkeypatch.setattr(time_budget, "_clock", clock)
+    monkeypatch.setattr(time_budget, "clock", clock)
     # a one-minute budget under a 1000-iteration ceiling evaluated at half and at the end
     cfg = small_cfg(tmp_path / "t", "solver.max_iter=1000", "solver.max_minutes=1", "solver.eval_period=500",
                     "solver.checkpoint_period=500", "solver.warmup_iters=0")
@@ -109,7 +110,7 @@ def test_run_ends_within_the_budget_with_its_schedule_and_evaluations_fitted(tmp
 def test_resumed_run_keeps_its_length_and_the_minutes_already_spent(tmp_path, shapes_data, monkeypatch):
     monkeypatch.setenv("DETSEG_NO_PROGRESS", "1")
     clock = FakeClock()
-    monkeypatch.setattr(time_budget, "_clock", clock)
+    monkeypatch.setattr(time_budget, "clock", clock)
     over = ["solver.max_iter=1000", "solver.max_minutes=1", "solver.eval_period=500",
             "solver.checkpoint_period=333", "solver.warmup_iters=0"]  # every 20 of the 60 steps that fit
     first, _ = budget_trainer(small_cfg(tmp_path / "r", *over), shapes_data, clock)
