@@ -150,15 +150,26 @@ def run_tool(tool: str, args: list[str], what: str) -> float:
     return wall
 
 
+def rerun_flags(out: str) -> list[str]:
+    """``--overwrite`` when ``out`` already holds a training run (by tools/train.py's manifest: an
+    earlier call's ``--keep-run`` folder), so that the rerun trains that seed again from scratch;
+    nothing otherwise, so that tools/train.py refuses a folder of the user's files in one line
+    instead of writing its run in among them."""
+    from detseg.engine.run_folder import TOOL
+    from detseg.outputs import read_manifest
+    manifest = read_manifest(out) if os.path.isdir(out) else None
+    return ["--overwrite"] if manifest is not None and manifest.get("tool") == TOOL else []
+
+
 def run_train(config: str, overrides: list[str], out: str) -> tuple[list[dict], float]:
-    """Run tools/train.py as a user would into ``out`` (``--overwrite``: a rerun of the benchmark
-    with the same ``--keep-run`` folder trains that seed again, from scratch).
+    """Run tools/train.py as a user would into ``out`` (``rerun_flags``: an earlier run there is
+    trained again from scratch, a folder of anything else is refused).
 
     Returns:
         (the run's metrics.jsonl records, wall seconds of the whole run).
     Raises:
         RuntimeError with the end of stderr when the run fails.
     """
-    wall = run_tool("train.py", ["--config", config, "--output-dir", out, "--overwrite", *overrides], config)
+    wall = run_tool("train.py", ["--config", config, "--output-dir", out, *rerun_flags(out), *overrides], config)
     with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
         return [json.loads(line) for line in f], wall

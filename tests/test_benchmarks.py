@@ -1,5 +1,6 @@
 """Every benchmark script runs in its --quick form, writes its figures as JSON and leaves the
 measured figures in BENCHMARKS.md alone."""
+import io
 import json
 from pathlib import Path
 
@@ -226,6 +227,29 @@ def test_a_time_budgeted_recipe_is_stored_by_its_ceiling_and_shows_each_seeds_le
     assert seeds_row(row, ("PQ",))[1] == iterations_cell(row)
     fixed = summarise(str(cfg), 1500, {"0": {**run, "iterations": 1500}}, val=200, keys=("PQ",))
     assert iterations_cell(fixed) == "1500"
+
+
+def test_keep_run_retrains_its_own_runs_and_leaves_a_folder_of_the_users_to_train_py(tmp_path, monkeypatch):
+    """--keep-run pointed at an earlier run of the benchmark trains it again (--overwrite); pointed
+    at a folder of the user's files, train.py is asked without --overwrite (and refuses it)."""
+    from benchmarks import _report
+    from detseg.outputs import MANIFEST
+    calls = []
+    monkeypatch.setattr(_report, "run_tool", lambda tool, args, what: calls.append(args) or 1.0)
+    monkeypatch.setattr(_report, "open", lambda *a, **k: io.StringIO(""), raising=False)
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / MANIFEST).write_text(json.dumps({"tool": "train", "files": {}}))
+    other = tmp_path / "infer"
+    other.mkdir()
+    (other / MANIFEST).write_text(json.dumps({"tool": "infer", "files": {}}))
+    for folder in (users, run, other, tmp_path / "new"):
+        _report.run_train("configs/quickstart.yaml", [], str(folder))
+    assert ["--overwrite" in args for args in calls] == [False, True, False, False]
+    assert (users / "notes.txt").read_text() == "mine"
 
 
 def test_a_failed_training_run_is_one_line_and_keeps_the_other_recipes(tmp_path, monkeypatch, capsys):
