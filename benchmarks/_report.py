@@ -157,7 +157,7 @@ def rerun_flags(out: str) -> list[str]:
     instead of writing its run in among them."""
     from detseg.engine.run_folder import TOOL
     from detseg.outputs import read_manifest
-    manifest = read_manifest(out) if os.path.isdir(out) else None
+    manifest = read_manifest(out)  # None for a missing folder, too
     return ["--overwrite"] if manifest is not None and manifest.get("tool") == TOOL else []
 
 

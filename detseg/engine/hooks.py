@@ -257,7 +257,6 @@ class TimeBudget(HookBase):
         self.spent_before = 0.0  # loop seconds of earlier starts of this run (resume)
         self.eval_s: Optional[float] = None  # the last evaluation's seconds
         self.fitted: Optional[int] = None
-        self.evaluations: Optional[budget.FractionPoints] = None
         self._start = self._last = None
         self._intervals: deque = deque(maxlen=budget.WINDOW)
         self._evaluated = False  # an evaluation ran inside the current interval
@@ -277,7 +276,8 @@ class TimeBudget(HookBase):
         step_s = sum(self._intervals) / len(self._intervals)
         # before the first evaluation its cost is unknown and counted as nothing: the fits after
         # it shorten the run by what the evaluations still to come will take
-        evals_left = self.evaluations.total - self.evaluations.fired if self.evaluations else 0
+        points = getattr(t.hook(EvalHook), "due", None)
+        evals_left = points.total - points.fired if points is not None else 0
         eval_s = self.eval_s or 0.0
         length = budget.fitted_length(t.iter, self.budget_s - self.spent(), step_s, evals_left, eval_s, self.ceiling)
         length = dist.broadcast_object(length)  # every rank stops at the same step
@@ -298,8 +298,6 @@ class TimeBudget(HookBase):
             hook = t.hook(kind)
             if isinstance(hook, PeriodicHook):
                 hook.due = budget.FractionPoints(period / self.ceiling, t)
-                if kind is EvalHook:
-                    self.evaluations = hook.due
 
     def after_step(self) -> None:
         now = budget.clock()

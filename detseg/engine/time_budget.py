@@ -54,7 +54,7 @@ class FractionPoints:
     @property
     def total(self) -> int:
         """The points of a whole run, the one at its end included."""
-        return math.ceil(1 / self.fraction - 1e-9) if self.fraction < 1 else 1
+        return max(1, math.ceil(1 / self.fraction - 1e-9))
 
     def __call__(self) -> bool:
         now = self.index()
