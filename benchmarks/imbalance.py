@@ -1,7 +1,8 @@
 """Rare classes on long-tailed shapes: each imbalanced-data method against the plain recipe.
 
-Four tasks, each a shapes recipe trained on the long-tailed shapes (``data.shapes.imbalance``,
-default 100: the first class 100x as frequent as the last, the val split balanced), once per
+Four tasks, each a shapes recipe trained on the long-tailed shapes (``data.shapes.classes``,
+default all eight shapes the generator draws, and ``data.shapes.imbalance``, default 100: the first
+class 100x as frequent as the last, exponential decay between, the val split balanced), once per
 method and seed, with the same iterations:
 
 - ``faster_rcnn``: box AP and LVIS's split by training frequency (APr / APc / APf,
@@ -10,20 +11,22 @@ method and seed, with the same iterations:
 - ``fcn``: FCN-8s's mIoU and the rare / common / frequent classes' mean IoU (``mIoU_r`` ...);
 - ``classify``: top-1, balanced accuracy and the groups' mean per-class accuracy (``accuracy_r`` ...).
 
-The detectors and FCN train on the same 300 long-tailed images (the detection recipes' split:
-hexagon, the rarest class, in 8 of them, a rare class by LVIS's bins); the classifier on 800
-images (hexagon in 10). The balanced-data run of the same recipe is the ceiling. Each run is
+The detectors and FCN train on the same 300 long-tailed images (the detection recipes' split
+size; with the eight classes, pentagon, the rarest, is in 3 of them, the one rare class by LVIS's
+bins, and cross in 13); the classifier on 800 images. The balanced-data run of the same recipe is the ceiling. Each run is
 ``tools/train.py`` in a fresh process, as a user would run it; ``smote_refit`` is the baseline
 run of the same seed with its last layer re-fitted on SMOTE-balanced feature vectors
 (``tools/rebalance.py``, the same re-fit as ``solver.rebalance.method: smote`` in a recipe).
 
 Runs are kept in benchmarks/results/imbalance.json, per task: a later call with other
-``--methods`` or ``--seeds`` adds its runs to the table of the same recipe, length and imbalance.
+``--methods`` or ``--seeds`` adds its runs to the table of the same recipe, length, imbalance,
+classes and CPU; ``--report`` writes the stored tables again without training.
 """
 from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -32,8 +35,9 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import base_parser, command_line, finish, markdown_table, records_figures, run_tool, run_train  # noqa: E402
+from benchmarks._report import base_parser, command_line, cpu_name, finish, markdown_table, records_figures, run_tool, run_train  # noqa: E402
 from benchmarks.detection_shapes import load_store, recipe_digest, save_store  # noqa: E402
+from detseg.data.shapes import VOCABULARY, check_classes  # noqa: E402
 
 CEILING = "balanced (ceiling)"
 # the baseline run's checkpoint, its last layer re-fitted on SMOTE-balanced vectors
@@ -90,18 +94,30 @@ TASKS = {
                      # quick: one image is one object, so 48 give SMOTE two of every class
                      data=("data.shapes.num_train=800",), quick=("data.shapes.num_train=48",)),
 }
+# what a task's runs stored before the store kept their classes and machine were measured with
+LEGACY_CLASSES = ["circle", "rectangle", "triangle", "hexagon"]
+LEGACY_MACHINE = "x86_64, AMD EPYC (AVX2 only), 2 cores"
 STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "imbalance.json")
 QUICK = ["solver.max_iter=4", "solver.eval_period=4", "data.batch_size=2", "data.shapes.num_train=16",
          "data.shapes.num_val=8", "data.num_workers=0"]
 
 
-def run_method(task: Task, name: str, imbalance: float, iterations: int, seed: int, quick: bool,
-               out: str) -> dict:
-    """One training run of ``task``'s recipe with method ``name``; its last evaluation's keys and wall s."""
-    # quick: a tail of 4 at most, so that its 16 images hold two or more objects of every class
-    # (SMOTE draws between two)
+def machine_key() -> str:
+    """The CPU a task's runs were measured on: its runs' wall times and, with ``solver.amp``, their
+    precision depend on it, so one table holds one machine's runs."""
+    return f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores"
+
+
+def run_method(task: Task, name: str, classes: list[str], imbalance: float, iterations: int, seed: int,
+               quick: bool, out: str) -> dict:
+    """One training run of ``task``'s recipe with method ``name`` on ``classes`` (most to least
+    frequent); its last evaluation's keys and wall s."""
+    # quick: four classes and a tail of 4 at most, so that its 16 images hold two or more objects
+    # of every class (SMOTE draws between two)
     tail = 1.0 if name == CEILING else min(imbalance, 4.0) if quick else imbalance
-    args = [*task.data, f"data.shapes.imbalance={tail}", f"runtime.seed={seed}", *task.methods[name]]
+    classes = classes[:4] if quick else classes
+    args = [*task.data, f"data.shapes.classes=[{','.join(classes)}]", f"data.shapes.imbalance={tail}",
+            f"runtime.seed={seed}", *task.methods[name]]
     args += [*QUICK, *task.quick] if quick else [f"solver.max_iter={iterations}", f"solver.eval_period={iterations}",
                                  f"solver.checkpoint_period={iterations}"]
     records, wall = run_train(task.config, args, out)
@@ -118,6 +134,18 @@ def refit_baseline(task: Task, run: str) -> dict:
     with open(os.path.join(out, "eval_after", "metrics.json"), encoding="utf-8") as f:
         last = json.load(f)
     return {**{k: last.get(k, float("nan")) for k in task.keys}, "wall_s": wall, "iter": None}
+
+
+def ceiling_on_long_tail(task: Task, run: str, imbalance: float) -> dict:
+    """The balanced-data run ``run`` evaluated again (tools/eval.py, same val images) with the
+    rare / common / frequent groups of the long-tailed split: its own split has no rare class, so
+    this is what its ``APr`` ... are compared on (the moonshot: APr within 0.05 of the ceiling's)."""
+    out = os.path.join(run, "eval_long_tail")
+    run_tool("eval.py", ["--weights", os.path.join(run, "best.pth"), f"data.shapes.imbalance={imbalance}",
+                         "--output", out, "--overwrite"], "tools/eval.py")
+    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+        last = json.load(f)
+    return {k: last.get(k, float("nan")) for k in task.keys}
 
 
 def stored_tasks(stored: dict) -> dict:
@@ -152,10 +180,32 @@ def format_task(key: str, task: Task, entry: dict) -> str:
     table = markdown_table(["method", "overrides", *task.keys, f"{task.lift} vs baseline (same seeds)",
                             "wall min"], rows)
     data = f" ({', '.join(f'`{d}`' for d in task.data)})" if task.data else ""
+    classes = entry.get("classes", LEGACY_CLASSES)
     return (f"### {task.title} (`--task {key}`)\n\n{table}\n\n`{task.config}`{data} trained "
-            f"{entry['iterations']} iterations per run, seeds {seeds}."
+            f"{entry['iterations']} iterations per run, seeds {seeds}, on {len(classes)} classes "
+            f"({', '.join(classes)}, most to least frequent, `data.shapes.imbalance={entry['imbalance']:g}`). "
+            f"Machine: {entry.get('machine', LEGACY_MACHINE)}."
             + ("" if results.get(CEILING) else f" No balanced-data ceiling run yet (`--methods '{CEILING}'`).")
             + "\n")
+
+
+def report_body(tasks: dict) -> str:
+    """BENCHMARKS.md's section: every stored task's table, then what the columns mean."""
+    body = "\n".join(format_task(k, TASKS[k], tasks[k]) for k in TASKS if k in tasks)
+    body += ("\nLong-tailed shapes: each task's classes from most to least frequent, exponential decay "
+             "between, val balanced; a task's runs share its classes, tail, length and machine (a call on "
+             "another CPU or class list starts the task's table afresh). Each cell gives every seed's "
+             "figure, then the mean. APr / APc / APf (and the `segm_`, `mIoU_`, `accuracy_` groups): the "
+             "figure averaged over the classes held by at most 10 / 10-100 / more than 100 training images "
+             "(LVIS's bins); recall_r: the rare classes' recall at IoU 0.5. The ceiling is the same recipe "
+             "on the balanced split, its figures grouped by the long-tailed split's counts (tools/eval.py "
+             "on its checkpoint: the same val images, the long tail's rare classes). smote_refit is the "
+             "baseline run of the same seed with its last layer (region classifier: on fc7 of the training "
+             "boxes and background proposals; image classifier: on its embedding) re-fitted on "
+             "SMOTE-balanced vectors (tools/rebalance.py, as `solver.rebalance.method: smote` does after "
+             "training; its wall time is the re-fit's, after the baseline's training). Each run's command "
+             "is kept in benchmarks/results/imbalance.json.")
+    return body
 
 
 def main(argv=None) -> int:
@@ -168,14 +218,29 @@ def main(argv=None) -> int:
                    help="solver.max_iter of every run (default: the task's, a run within 15 minutes on a "
                         "2-core AVX2 CPU)")
     p.add_argument("--imbalance", type=float, default=100.0)
+    p.add_argument("--classes", nargs="+", default=list(VOCABULARY), metavar="SHAPE",
+                   help=f"the shapes, most to least frequent (default all eight: {' '.join(VOCABULARY)})")
     p.add_argument("--keep-run", metavar="DIR",
                    help="keep the run folders here (<task>/<method>_<seed>); smote_refit then also re-fits "
                         "a baseline run kept there by an earlier call")
+    p.add_argument("--report", action="store_true",
+                   help="write the stored runs' tables again (BENCHMARKS.md and --json), training nothing")
     args = p.parse_args(argv)
+    if args.report:
+        stored = stored_tasks(load_store(STORE))
+        if not stored:
+            print(f"error: no stored runs in {os.path.relpath(STORE)}", file=sys.stderr)
+            return 2
+        finish(args, "imbalance", "Rare classes on long-tailed shapes", report_body(stored), {"tasks": stored})
+        return 0
     task = TASKS[args.task]
     unknown = sorted(set(args.methods or ()) - set(task.methods))
     if unknown:
         p.error(f"--task {args.task} has no method {', '.join(unknown)} (it has {', '.join(task.methods)})")
+    try:
+        classes = list(check_classes(args.classes))
+    except ValueError as e:
+        p.error(str(e))
     iterations = args.iterations or task.iterations
     methods = args.methods or list(task.methods)
     # quick: the baseline, copy-paste (a data path of its own) and the SMOTE re-fit, 4 iterations
@@ -186,8 +251,9 @@ def main(argv=None) -> int:
     digest = recipe_digest(task.config)
     tasks = {} if args.quick else stored_tasks(load_store(STORE))
     stored = tasks.get(args.task, {})
-    same = (stored.get("iterations"), stored.get("imbalance"), stored.get("recipe")) == \
-        (iterations, args.imbalance, digest)
+    same = (stored.get("iterations"), stored.get("imbalance"), stored.get("recipe"),
+            stored.get("classes", LEGACY_CLASSES), stored.get("machine", LEGACY_MACHINE)) == \
+        (iterations, args.imbalance, digest, classes, machine_key())
     results: dict = {m: dict(r) for m, r in stored.get("results", {}).items()} if same else {}
     baseline_runs = {}  # seed -> the baseline's run folder (smote_refit re-fits its checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,7 +273,9 @@ def main(argv=None) -> int:
                                                "in --methods")
                         r = refit_baseline(task, baseline_runs[seed])
                     else:
-                        r = run_method(task, name, args.imbalance, iterations, seed, args.quick, folder)
+                        r = run_method(task, name, classes, args.imbalance, iterations, seed, args.quick, folder)
+                        if name == CEILING:
+                            r.update(ceiling_on_long_tail(task, folder, args.imbalance))
                     if name == "baseline":
                         baseline_runs[seed] = folder
                 except RuntimeError as e:
@@ -218,24 +286,12 @@ def main(argv=None) -> int:
                       + ", ".join(f"{k} {r[k]:.3f}" for k in task.keys) + f" in {r['wall_s'] / 60:.1f} min",
                       flush=True)
     tasks[args.task] = {"config": task.config, "iterations": iterations, "imbalance": args.imbalance,
-                        "recipe": digest, "results": {m: r for m, r in results.items() if r}}
+                        "classes": classes, "machine": machine_key(), "recipe": digest,
+                        "results": {m: r for m, r in results.items() if r}}
     figures = {"tasks": tasks}
     if records_figures(args):
         save_store(STORE, figures)
-    imbalances = {e["imbalance"] for e in tasks.values()}
-    body = "\n".join(format_task(k, TASKS[k], tasks[k]) for k in TASKS if k in tasks)
-    body += (f"\nLong-tailed shapes (`data.shapes.imbalance={'/'.join(f'{i:g}' for i in sorted(imbalances))}`: "
-             "circle, rectangle, triangle, hexagon from most to least frequent, exponential decay between; "
-             "val balanced). Each cell gives every seed's figure, then the mean. APr / APc / APf (and the "
-             "`segm_`, `mIoU_`, `accuracy_` groups): the figure averaged over the classes held by at most "
-             "10 / 10-100 / more than 100 training images (LVIS's bins); recall_r: the rare classes' recall "
-             "at IoU 0.5. The ceiling is the same recipe on the balanced split. smote_refit is the baseline "
-             "run of the same seed with its last layer (region classifier: on fc7 of the training boxes and "
-             "background proposals; image classifier: on its embedding) re-fitted on SMOTE-balanced vectors "
-             "(tools/rebalance.py, as `solver.rebalance.method: smote` does after training; its wall time is "
-             "the re-fit's, after the baseline's training). Each run's command is kept in "
-             "benchmarks/results/imbalance.json.")
-    finish(args, "imbalance", "Rare classes on long-tailed shapes", body, figures)
+    finish(args, "imbalance", "Rare classes on long-tailed shapes", report_body(tasks), figures)
     return 0 if all(results.get(m) for m in methods) else 1
 
 

@@ -279,3 +279,68 @@ def test_a_failed_training_run_is_one_line_and_keeps_the_other_recipes(tmp_path,
                         lambda *a: (_ for _ in ()).throw(RuntimeError("mask recipe failed: OOM")))
     assert mask_shapes.main(["--quick", "--json", str(tmp_path / "m.json")]) == 1
     assert "mask_shapes: seed 0: mask recipe failed: OOM" in capsys.readouterr().err
+
+
+def test_imbalance_runs_join_only_runs_of_the_same_classes_and_machine(tmp_path, monkeypatch):
+    """Each run trains on the benchmark's classes (all eight by default, most to least frequent);
+    a stored task's runs are kept beside new ones only when the classes and the CPU are the same,
+    and its table says which classes and machine it measured (a store from before says the four
+    classes and the AVX2 machine it was measured on)."""
+    from benchmarks import imbalance
+    from detseg.data.shapes import VOCABULARY
+
+    calls = []
+
+    def fake_run_train(config, overrides, out):
+        calls.append(overrides)
+        return [{"iter": 700, "AP": 0.5, "APr": 0.1, "APc": 0.4, "APf": 0.6, "recall_r": 0.2}], 60.0
+
+    store = tmp_path / "imbalance.json"
+    monkeypatch.setattr(imbalance, "run_train", fake_run_train)
+    monkeypatch.setattr(imbalance, "STORE", str(store))
+    monkeypatch.setattr(imbalance, "finish", lambda args, name, title, body, figures: calls.append(body))
+    legacy = {"config": imbalance.TASKS["faster_rcnn"].config, "iterations": 700, "imbalance": 100.0,
+              "recipe": imbalance.recipe_digest(imbalance.TASKS["faster_rcnn"].config),
+              "results": {"seesaw": {"0": {"AP": 0.3, "APr": 0.4, "APc": 0.2, "APf": 0.3, "recall_r": 0.8,
+                                           "wall_s": 700.0}}}}
+    store.write_text(json.dumps({"tasks": {"faster_rcnn": legacy}}))
+    assert "circle, rectangle, triangle, hexagon, most to least" in imbalance.format_task(
+        "faster_rcnn", imbalance.TASKS["faster_rcnn"], legacy)
+    assert "AVX2 only" in imbalance.format_task("faster_rcnn", imbalance.TASKS["faster_rcnn"], legacy)
+
+    assert imbalance.main(["--methods", "baseline", "--seeds", "0"]) == 0
+    assert f"data.shapes.classes=[{','.join(VOCABULARY)}]" in calls[0]
+    task = json.loads(store.read_text())["tasks"]["faster_rcnn"]
+    assert task["classes"] == list(VOCABULARY) and task["machine"] == imbalance.machine_key()
+    assert set(task["results"]) == {"baseline"}  # the four-class runs are not joined
+    assert f"on 8 classes ({', '.join(VOCABULARY)}" in calls[-1]
+
+    assert imbalance.main(["--methods", "seesaw", "--seeds", "0"]) == 0  # same classes and CPU: joined
+    assert set(json.loads(store.read_text())["tasks"]["faster_rcnn"]["results"]) == {"baseline", "seesaw"}
+    monkeypatch.setattr(imbalance, "machine_key", lambda: "x86_64, another CPU (AVX2 only), 2 cores")
+    assert imbalance.main(["--methods", "seesaw", "--seeds", "0"]) == 0
+    assert set(json.loads(store.read_text())["tasks"]["faster_rcnn"]["results"]) == {"seesaw"}
+    with pytest.raises(SystemExit):  # an unknown shape: argparse's one line, before any training
+        imbalance.main(["--classes", "circle", "blob"])
+    assert len([c for c in calls if isinstance(c, list)]) == 3
+
+    # the balanced ceiling is scored again with the long tail's groups (its own split has no rare class)
+    evals = []
+
+    def fake_eval(tool, args, what):
+        evals.append(args)
+        out = Path(args[args.index("--output") + 1])
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps({"AP": 0.5, "APr": 0.25, "APc": 0.4, "APf": 0.6}))
+        return 1.0
+
+    monkeypatch.setattr(imbalance, "run_tool", fake_eval)
+    assert imbalance.main(["--methods", imbalance.CEILING, "--seeds", "0"]) == 0
+    assert "data.shapes.imbalance=100.0" in evals[0] and evals[0][1].endswith("best.pth")
+    assert "data.shapes.imbalance=1.0" in calls[-2]  # trained on the balanced split
+    ceiling = json.loads(store.read_text())["tasks"]["faster_rcnn"]["results"][imbalance.CEILING]["0"]
+    assert ceiling["APr"] == 0.25 and ceiling["wall_s"] == 60.0
+    n = len(calls)  # --report: the stored tables again, nothing trained
+    assert imbalance.main(["--report"]) == 0 and len(calls) == n + 1 and "0.250" in calls[-1]
+    store.unlink()
+    assert imbalance.main(["--report"]) == 2
