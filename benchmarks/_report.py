@@ -82,9 +82,15 @@ def cpu_name() -> str:
     return f"{name} ({kind})"
 
 
+def machine_key() -> str:
+    """The hardware a figure was measured on (architecture, CPU and its kind, cores): what a
+    stored run must share with a new one to sit in the same table."""
+    return f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores"
+
+
 def machine() -> str:
     import torch
-    return (f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+    return (f"{machine_key()}, Python {platform.python_version()}, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 

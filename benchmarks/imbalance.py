@@ -13,10 +13,11 @@ method and seed, with the same iterations:
 
 The detectors and FCN train on the same 300 long-tailed images (the detection recipes' split
 size; with the eight classes, pentagon, the rarest, is in 3 of them, the one rare class by LVIS's
-bins, and cross in 13); the classifier on 800 images. The balanced-data run of the same recipe is the ceiling. Each run is
-``tools/train.py`` in a fresh process, as a user would run it; ``smote_refit`` is the baseline
-run of the same seed with its last layer re-fitted on SMOTE-balanced feature vectors
-(``tools/rebalance.py``, the same re-fit as ``solver.rebalance.method: smote`` in a recipe).
+bins, and cross in 13); the classifier on 800 images. The balanced-data run of the same recipe is
+the ceiling. Each run is ``tools/train.py`` in a fresh process, as a user would run it;
+``smote_refit`` is the baseline run of the same seed with its last layer re-fitted on
+SMOTE-balanced feature vectors (``tools/rebalance.py``, the same re-fit as
+``solver.rebalance.method: smote`` in a recipe).
 
 Runs are kept in benchmarks/results/imbalance.json, per task: a later call with other
 ``--methods`` or ``--seeds`` adds its runs to the table of the same recipe, length, imbalance,
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,7 +35,9 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import base_parser, command_line, cpu_name, finish, markdown_table, records_figures, run_tool, run_train  # noqa: E402
+# a task's table holds one machine's runs: wall times and, with solver.amp, the precision depend on it
+from benchmarks._report import (base_parser, command_line, finish, machine_key, markdown_table,  # noqa: E402
+                                records_figures, run_tool, run_train)
 from benchmarks.detection_shapes import load_store, recipe_digest, save_store  # noqa: E402
 from detseg.data.shapes import VOCABULARY, check_classes  # noqa: E402
 
@@ -102,12 +104,6 @@ QUICK = ["solver.max_iter=4", "solver.eval_period=4", "data.batch_size=2", "data
          "data.shapes.num_val=8", "data.num_workers=0"]
 
 
-def machine_key() -> str:
-    """The CPU a task's runs were measured on: its runs' wall times and, with ``solver.amp``, their
-    precision depend on it, so one table holds one machine's runs."""
-    return f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores"
-
-
 def run_method(task: Task, name: str, classes: list[str], imbalance: float, iterations: int, seed: int,
                quick: bool, out: str) -> dict:
     """One training run of ``task``'s recipe with method ``name`` on ``classes`` (most to least
@@ -125,15 +121,21 @@ def run_method(task: Task, name: str, classes: list[str], imbalance: float, iter
     return {**{k: last.get(k, float("nan")) for k in task.keys}, "wall_s": wall, "iter": last["iter"]}
 
 
+def read_keys(task: Task, folder: str) -> dict:
+    """``task``'s keys from the metrics.json that tools/eval.py (or rebalance.py's evaluation)
+    wrote into ``folder`` (NaN for a key it did not report)."""
+    with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
+        last = json.load(f)
+    return {k: last.get(k, float("nan")) for k in task.keys}
+
+
 def refit_baseline(task: Task, run: str) -> dict:
     """tools/rebalance.py --method smote --eval on the baseline run folder ``run``'s best.pth;
     the re-fitted model's keys and the re-fit's wall s."""
     out = os.path.join(run, "smote")
     wall = run_tool("rebalance.py", ["--weights", os.path.join(run, "best.pth"), "--output", out,
                                      "--method", "smote", "--eval", "--overwrite"], "tools/rebalance.py")
-    with open(os.path.join(out, "eval_after", "metrics.json"), encoding="utf-8") as f:
-        last = json.load(f)
-    return {**{k: last.get(k, float("nan")) for k in task.keys}, "wall_s": wall, "iter": None}
+    return {**read_keys(task, os.path.join(out, "eval_after")), "wall_s": wall, "iter": None}
 
 
 def ceiling_on_long_tail(task: Task, run: str, imbalance: float) -> dict:
@@ -143,9 +145,7 @@ def ceiling_on_long_tail(task: Task, run: str, imbalance: float) -> dict:
     out = os.path.join(run, "eval_long_tail")
     run_tool("eval.py", ["--weights", os.path.join(run, "best.pth"), f"data.shapes.imbalance={imbalance}",
                          "--output", out, "--overwrite"], "tools/eval.py")
-    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
-        last = json.load(f)
-    return {k: last.get(k, float("nan")) for k in task.keys}
+    return read_keys(task, out)
 
 
 def stored_tasks(stored: dict) -> dict:
@@ -251,9 +251,10 @@ def main(argv=None) -> int:
     digest = recipe_digest(task.config)
     tasks = {} if args.quick else stored_tasks(load_store(STORE))
     stored = tasks.get(args.task, {})
+    machine = machine_key()
     same = (stored.get("iterations"), stored.get("imbalance"), stored.get("recipe"),
             stored.get("classes", LEGACY_CLASSES), stored.get("machine", LEGACY_MACHINE)) == \
-        (iterations, args.imbalance, digest, classes, machine_key())
+        (iterations, args.imbalance, digest, classes, machine)
     results: dict = {m: dict(r) for m, r in stored.get("results", {}).items()} if same else {}
     baseline_runs = {}  # seed -> the baseline's run folder (smote_refit re-fits its checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
@@ -286,7 +287,7 @@ def main(argv=None) -> int:
                       + ", ".join(f"{k} {r[k]:.3f}" for k in task.keys) + f" in {r['wall_s'] / 60:.1f} min",
                       flush=True)
     tasks[args.task] = {"config": task.config, "iterations": iterations, "imbalance": args.imbalance,
-                        "classes": classes, "machine": machine_key(), "recipe": digest,
+                        "classes": classes, "machine": machine, "recipe": digest,
                         "results": {m: r for m, r in results.items() if r}}
     figures = {"tasks": tasks}
     if records_figures(args):
