@@ -71,6 +71,8 @@ def _loss(head: str) -> dict[str, list[str]]:
 _DET = {"baseline": [],
         "repeat_factor": ["data.sampler=repeat_factor", "data.repeat_threshold=0.3"],
         "class_aware": ["data.sampler=class_aware"],
+        "sqrt_frequency": ["data.sampler=sqrt_frequency"],
+        "undersample": ["data.sampler=undersample"],
         **_loss("det"),
         "copy_paste": ["data.copy_paste.prob=0.5", "data.copy_paste.rarity=1.0"],
         # the two that lift different groups (Seesaw the rare class, copy-paste the common ones), together
