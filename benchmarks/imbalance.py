@@ -87,7 +87,7 @@ TASKS = {
                       ("AP", "APr", "APf", "segm_AP", "segm_APr", "segm_APc", "segm_APf"), "segm_APr", 500, _DET),
     "fcn": Task("FCN-8s", "configs/fcn8s_resnet18_shapes.yaml",
                 ("mIoU", "mIoU_r", "mIoU_c", "mIoU_f"), "mIoU_r", 1000,
-                {"baseline": [], "class_aware": ["data.sampler=class_aware"],
+                {"baseline": [], **{k: _DET[k] for k in ("class_aware", "sqrt_frequency", "undersample")},
                  **{k: v for k, v in _loss("seg").items() if k != "seesaw"},  # seesaw: not for pixels
                  CEILING: []},
                 data=("data.shapes.num_train=300",)),
