@@ -17,7 +17,8 @@ bins, and cross in 13); the classifier on 800 images. The balanced-data run of t
 the ceiling. Each run is ``tools/train.py`` in a fresh process, as a user would run it;
 ``smote_refit`` is the baseline run of the same seed with its last layer re-fitted on
 SMOTE-balanced feature vectors (``tools/rebalance.py``, the same re-fit as
-``solver.rebalance.method: smote`` in a recipe).
+``solver.rebalance.method: smote`` in a recipe), ``borderline_refit`` the same with
+Borderline-SMOTE (synthetic vectors only from the rare samples near the other classes).
 
 Runs are kept in benchmarks/results/imbalance.json, per task: a later call with other
 ``--methods`` or ``--seeds`` adds its runs to the table of the same recipe, length, imbalance,
@@ -42,9 +43,11 @@ from benchmarks.detection_shapes import load_store, recipe_digest, save_store  #
 from detseg.data.shapes import VOCABULARY, check_classes  # noqa: E402
 
 CEILING = "balanced (ceiling)"
-# the baseline run's checkpoint, its last layer re-fitted on SMOTE-balanced vectors
-# (tools/rebalance.py): no training run of its own, so it needs the baseline's
+# the baseline run's checkpoint, its last layer re-fitted on SMOTE- (or Borderline-SMOTE-) balanced
+# vectors (tools/rebalance.py --method <value>): no training run of their own, so they need the baseline's
 SMOTE_REFIT = "smote_refit"
+REFITS = {SMOTE_REFIT: "smote", "borderline_refit": "borderline_smote"}
+_REFIT_ROWS = {name: [f"tools/rebalance.py --method {method}"] for name, method in REFITS.items()}
 
 
 @dataclass
@@ -65,6 +68,9 @@ def _loss(head: str) -> dict[str, list[str]]:
     return {"focal": [f"model.heads.{head}.loss.kind=focal"],
             "effective_weights": [f"model.heads.{head}.loss.class_weight=effective"],
             "inverse_weights": [f"model.heads.{head}.loss.class_weight=inverse"],
+            # Cao et al. 2019's deferred re-weighting: the plain loss for 80% of the run, then weighted
+            "deferred_weights": [f"model.heads.{head}.loss.class_weight=inverse",
+                                 f"model.heads.{head}.loss.class_weight_from=0.8"],
             "seesaw": [f"model.heads.{head}.loss.kind=seesaw"]}
 
 
@@ -78,7 +84,7 @@ _DET = {"baseline": [],
         # the two that lift different groups (Seesaw the rare class, copy-paste the common ones), together
         "seesaw_copy_paste": ["model.heads.det.loss.kind=seesaw", "data.copy_paste.prob=0.5",
                               "data.copy_paste.rarity=1.0"],
-        SMOTE_REFIT: ["tools/rebalance.py --method smote"],
+        **_REFIT_ROWS,
         CEILING: []}
 TASKS = {
     "faster_rcnn": Task("Faster R-CNN", "configs/faster_rcnn_resnet18_shapes.yaml",
@@ -93,8 +99,7 @@ TASKS = {
                 data=("data.shapes.num_train=300",)),
     "classify": Task("image classification", "configs/classify_resnet18_shapes.yaml",
                      ("top1", "balanced_accuracy", "accuracy_r", "accuracy_c", "accuracy_f"), "accuracy_r", 600,
-                     {"baseline": [], **_loss("cls"), SMOTE_REFIT: ["tools/rebalance.py --method smote"],
-                      CEILING: []},
+                     {"baseline": [], **_loss("cls"), **_REFIT_ROWS, CEILING: []},
                      # quick: one image is one object, so 48 give SMOTE two of every class
                      data=("data.shapes.num_train=800",), quick=("data.shapes.num_train=48",)),
 }
@@ -131,12 +136,12 @@ def read_keys(task: Task, folder: str) -> dict:
     return {k: last.get(k, float("nan")) for k in task.keys}
 
 
-def refit_baseline(task: Task, run: str) -> dict:
-    """tools/rebalance.py --method smote --eval on the baseline run folder ``run``'s best.pth;
+def refit_baseline(task: Task, run: str, method: str) -> dict:
+    """tools/rebalance.py --method ``method`` --eval on the baseline run folder ``run``'s best.pth;
     the re-fitted model's keys and the re-fit's wall s."""
-    out = os.path.join(run, "smote")
+    out = os.path.join(run, method)
     wall = run_tool("rebalance.py", ["--weights", os.path.join(run, "best.pth"), "--output", out,
-                                     "--method", "smote", "--eval", "--overwrite"], "tools/rebalance.py")
+                                     "--method", method, "--eval", "--overwrite"], "tools/rebalance.py")
     return {**read_keys(task, os.path.join(out, "eval_after")), "wall_s": wall, "iter": None}
 
 
@@ -205,8 +210,9 @@ def report_body(tasks: dict) -> str:
              "baseline run of the same seed with its last layer (region classifier: on fc7 of the training "
              "boxes and background proposals; image classifier: on its embedding) re-fitted on "
              "SMOTE-balanced vectors (tools/rebalance.py, as `solver.rebalance.method: smote` does after "
-             "training; its wall time is the re-fit's, after the baseline's training). Each run's command "
-             "is kept in benchmarks/results/imbalance.json.")
+             "training; its wall time is the re-fit's, after the baseline's training); borderline_refit the same "
+             "with Borderline-SMOTE (new vectors only from rare samples whose neighbours are mostly of other "
+             "classes). Each run's command is kept in benchmarks/results/imbalance.json.")
     return body
 
 
@@ -214,7 +220,7 @@ def main(argv=None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--task", choices=list(TASKS), default="faster_rcnn")
     p.add_argument("--methods", nargs="+",
-                   help="which rows to run (default: all of the task's; smote_refit needs baseline before it)")
+                   help="which rows to run (default: all of the task's; the *_refit rows need baseline before them)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--iterations", type=int,
                    help="solver.max_iter of every run (default: the task's, a run within 15 minutes on a "
@@ -223,7 +229,7 @@ def main(argv=None) -> int:
     p.add_argument("--classes", nargs="+", default=list(VOCABULARY), metavar="SHAPE",
                    help=f"the shapes, most to least frequent (default all eight: {' '.join(VOCABULARY)})")
     p.add_argument("--keep-run", metavar="DIR",
-                   help="keep the run folders here (<task>/<method>_<seed>); smote_refit then also re-fits "
+                   help="keep the run folders here (<task>/<method>_<seed>); the *_refit rows then also re-fit "
                         "a baseline run kept there by an earlier call")
     p.add_argument("--report", action="store_true",
                    help="write the stored runs' tables again (BENCHMARKS.md and --json), training nothing")
@@ -258,7 +264,7 @@ def main(argv=None) -> int:
             stored.get("classes", LEGACY_CLASSES), stored.get("machine", LEGACY_MACHINE)) == \
         (iterations, args.imbalance, digest, classes, machine)
     results: dict = {m: dict(r) for m, r in stored.get("results", {}).items()} if same else {}
-    baseline_runs = {}  # seed -> the baseline's run folder (smote_refit re-fits its checkpoint)
+    baseline_runs = {}  # seed -> the baseline's run folder (the *_refit rows re-fit its checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(args.keep_run, args.task) if args.keep_run else tmp
         for seed in seeds:
@@ -270,11 +276,11 @@ def main(argv=None) -> int:
             for seed in seeds:
                 folder = os.path.join(root, f"{name.split()[0]}_{seed}")
                 try:
-                    if name == SMOTE_REFIT:
+                    if name in REFITS:
                         if seed not in baseline_runs:
                             raise RuntimeError("re-fits the baseline's checkpoint: list baseline before it "
                                                "in --methods")
-                        r = refit_baseline(task, baseline_runs[seed])
+                        r = refit_baseline(task, baseline_runs[seed], REFITS[name])
                     else:
                         r = run_method(task, name, classes, args.imbalance, iterations, seed, args.quick, folder)
                         if name == CEILING:

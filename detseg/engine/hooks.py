@@ -11,7 +11,8 @@ step that a user adds, removes or replaces without editing ``Trainer``.
 ``default_hooks`` are what ``tools/train.py`` runs, in this order (each step: log, checkpoint,
 evaluate): ``MetricsWriter`` (metrics.jsonl, TensorBoard, curves.png), ``PeriodicCheckpointer``,
 ``EvalHook`` (evaluation, best.pth and diagnostics, early stopping) and ``PlateauSchedule``
-(the learning rate scaled down when the best metric stops improving); with ``solver.max_minutes``
+(the learning rate scaled down when the best metric stops improving), ``DeferredReweighting`` (a
+head's class weights switched on at ``loss.class_weight_from``); with ``solver.max_minutes``
 ``TimeBudget`` (arithmetic in detseg.engine.time_budget) first, fitting the run's length to the minutes.
 """
 from __future__ import annotations
@@ -243,6 +244,39 @@ class PlateauSchedule(HookBase):
         self.trainer.lr_scale = self.scale
 
 
+class DeferredReweighting(HookBase):
+    """Deferred re-weighting (Cao et al. 2019): each class-weighted head's weights apply from
+    ``loss.class_weight_from`` of the run's length on, plain loss before. Set before every step
+    from the iteration and the current ``max_iter`` (so a resumed run, or one whose length a time
+    budget fits, switches at the right step); logs the step it switches at."""
+
+    heads: list = []
+
+    def _set(self) -> None:
+        t = self.trainer
+        for head in self.heads:
+            active = t.iter >= head.class_weight_start(t.s.max_iter)
+            if active and not head.class_weight_active:
+                logger.info("%s: class weights on from iteration %d (loss.class_weight_from %g)",
+                            type(head).__name__, t.iter, head.loss_settings.class_weight_from)
+            head.class_weight_active = active
+
+    def before_train(self) -> None:
+        from ..modeling.losses import ClassWeightedLoss
+        self.heads = [m for m in self.trainer.model.modules()
+                      if isinstance(m, ClassWeightedLoss) and m.class_weighted]
+        t = self.trainer
+        for head in self.heads:
+            start = head.class_weight_start(t.s.max_iter)
+            head.class_weight_active = t.iter >= start
+            if not head.class_weight_active:
+                logger.info("%s: plain loss until iteration %d, class weights after (deferred re-weighting)",
+                            type(head).__name__, start)
+
+    def after_step(self) -> None:
+        self._set()
+
+
 class TimeBudget(HookBase):
     """Fits ``trainer.s.max_iter`` (and the step schedule's milestones) to ``minutes`` of training
     loop, and places evaluations and checkpoints at fractions of it. Registered first, so that its
@@ -332,6 +366,7 @@ def default_hooks(cfg, evaluate: Optional[Callable]) -> list[HookBase]:
     if evaluate is not None:
         hooks.append(EvalHook(evaluate, s.eval_period, s.best_metric, s.best_mode, s.patience))
     hooks.append(PlateauSchedule(s.plateau_patience, s.plateau_factor, enabled=s.plateau))
+    hooks.append(DeferredReweighting())
     return hooks
 
 

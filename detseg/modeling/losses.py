@@ -5,6 +5,9 @@ and for softmax classifiers over classes the Seesaw loss (Wang et al. 2021).
 Class weights come from the training data's class counts (``class_weights``): inverse frequency,
 or Cui et al. 2019's "effective number of samples" ``(1 - beta^n) / (1 - beta)``, which grows
 more slowly than ``n`` so that a class ten times as frequent is not weighted ten times lower.
+Deferred re-weighting (Cao et al. 2019, "LDAM ... DRW"): with ``class_weight_from`` the weights
+apply only from that share of training on (``detseg.engine.hooks.DeferredReweighting`` switches
+them), so that the features are first learnt from the plain loss, which a weighted one slows.
 """
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ class LossConfig:
     # beta must be near 1 - 1 / (the counts): for FCN's pixel counts 0.999 weighs every class alike
     class_weight: Literal["none", "inverse", "effective"] = "none"
     beta: float = ranged(0.999, ge=0, le=1)
+    # deferred re-weighting: the class weights apply from this share of solver.max_iter on (Cao et
+    # al. 2019 switch at 0.8, with the last step of the schedule); 0: from the first step
+    class_weight_from: float = ranged(0.0, ge=0, le=1)
     # seesaw: mitigation exponent p on the count ratio, compensation exponent q on the score ratio
     seesaw_p: float = ranged(0.8, ge=0)
     seesaw_q: float = ranged(2.0, ge=0)
@@ -145,6 +151,9 @@ class ClassWeightedLoss:
             raise ValueError(f"{type(self).__name__}: the seesaw loss is for region, window and image "
                              f"classifiers (it counts samples); a pixel head takes ce or focal")
         self.register_buffer("class_weight", torch.ones(num_outputs), persistent=False)
+        # whether the class weights apply at this step: the trainer's DeferredReweighting hook
+        # sets it from loss.class_weight_from (without the hook: from the start)
+        self.class_weight_active = True
         if self.loss_settings.kind == "seesaw":
             # Seesaw's cumulative sample counts, from the labels trained on so far (as in the
             # paper: counted online, not from the dataset; a resumed run counts again)
@@ -153,7 +162,17 @@ class ClassWeightedLoss:
 
     @property
     def class_weighted(self) -> bool:
+        """The loss asks for class weights (they are counted), whether or not they apply yet."""
         return self.loss_settings.class_weight != "none"
+
+    @property
+    def loss_weight(self) -> Optional[Tensor]:
+        """The class weights ``[num_outputs]`` that apply to this step's loss, or None."""
+        return self.class_weight if self.class_weighted and self.class_weight_active else None
+
+    def class_weight_start(self, max_iter: int) -> int:
+        """The first step (0-based) whose loss takes the class weights, of ``max_iter``."""
+        return round(self.loss_settings.class_weight_from * max_iter)
 
     def set_class_counts(self, counts) -> None:
         """Class weights from training counts (``[num_outputs]``, in the head's class order)."""
@@ -170,7 +189,7 @@ class ClassWeightedLoss:
     def classification_loss(self, logits: Tensor, target: Tensor, ignore_index: int = -100,
                             label_smoothing: float = 0.0) -> Tensor:
         s = self.loss_settings
-        weight = self.class_weight if self.class_weighted else None
+        weight = self.loss_weight
         if s.kind == "seesaw":
             if self.training:
                 self.seesaw_counts += torch.bincount(target.flatten(), minlength=len(self.seesaw_counts)).to(

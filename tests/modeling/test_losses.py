@@ -209,3 +209,56 @@ def test_rpn_focal_objectness_loss_down_weights_easy_anchors():
     assert a.item() == pytest.approx(F.binary_cross_entropy_with_logits(obj[0], target).item(), rel=1e-5)
     assert b.item() == pytest.approx(sigmoid_focal_loss(obj[0], target, alpha=-1, gamma=2.0).mean().item(), rel=1e-5)
     assert b < a
+
+
+def test_deferred_reweighting_weighs_from_its_share_of_the_run(caplog):
+    """loss.class_weight_from (Cao et al. 2019's deferred re-weighting): the plain loss before
+    that share of max_iter, the class-weighted one from there; a resumed run, or a length a time
+    budget refits, switches at the right step; 0 weighs from the first step."""
+    from types import SimpleNamespace
+
+    from detseg.config import ConfigError, load_config
+    from detseg.engine.hooks import DeferredReweighting, default_hooks
+    from detseg.modeling.model import build_model
+
+    def head_with(share):
+        cfg = load_config(None, ["model.heads={cls: {type: classify, loss: {class_weight: inverse, "
+                                 f"class_weight_from: {share}}}}}}}", "model.backbone.name=lenet5"])
+        head = build_model(cfg, 3).heads["cls"]
+        head.set_class_counts([100, 10, 1])
+        return head, cfg
+
+    head, cfg = head_with(0.5)
+    assert any(isinstance(h, DeferredReweighting) for h in default_hooks(cfg, None))
+    logits, target = torch.randn(8, 3), torch.tensor([0, 0, 0, 1, 1, 2, 2, 0])
+    plain = F.cross_entropy(logits, target).item()
+    weighted = F.cross_entropy(logits, target, weight=head.class_weight).item()
+    assert weighted != pytest.approx(plain)
+    hook = DeferredReweighting()
+    hook.trainer = SimpleNamespace(model=head, iter=0, s=SimpleNamespace(max_iter=10))
+    with caplog.at_level("INFO", logger="detseg.engine.hooks"):
+        hook.before_train()
+        seen = []
+        for _ in range(10):
+            seen.append(head.classification_loss(logits, target).item())
+            hook.trainer.iter += 1
+            hook.after_step()
+    assert seen[:5] == pytest.approx([plain] * 5) and seen[5:] == pytest.approx([weighted] * 5)
+    assert "plain loss until iteration 5" in caplog.text and "class weights on from iteration 5" in caplog.text
+    # resumed past the switch: weighted from its first step; a refitted length moves the switch
+    hook.trainer.iter = 7
+    hook.before_train()
+    assert head.loss_weight is not None
+    hook.trainer.iter, hook.trainer.s.max_iter = 1, 4
+    hook.before_train()
+    assert head.loss_weight is None
+    hook.trainer.iter = 2
+    hook.after_step()
+    assert head.loss_weight is not None
+    # 0 (the default): from the first step, as before the setting
+    head0, _ = head_with(0.0)
+    hook.trainer = SimpleNamespace(model=head0, iter=0, s=SimpleNamespace(max_iter=10))
+    hook.before_train()
+    assert head0.classification_loss(logits, target).item() == pytest.approx(weighted)
+    with pytest.raises(ConfigError, match="class_weight_from"):
+        head_with(1.5)
