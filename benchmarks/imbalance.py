@@ -80,6 +80,8 @@ _DET = {"baseline": [],
         "sqrt_frequency": ["data.sampler=sqrt_frequency"],
         "undersample": ["data.sampler=undersample"],
         **_loss("det"),
+        # the RPN's objectness (object or not, no class): focal against the easy background anchors
+        "rpn_focal": ["model.heads.det.proposals.rpn_loss=focal"],
         "copy_paste": ["data.copy_paste.prob=0.5", "data.copy_paste.rarity=1.0"],
         # the two that lift different groups (Seesaw the rare class, copy-paste the common ones), together
         "seesaw_copy_paste": ["model.heads.det.loss.kind=seesaw", "data.copy_paste.prob=0.5",
