@@ -69,8 +69,12 @@ def _loss(head: str) -> dict[str, list[str]]:
             "effective_weights": [f"model.heads.{head}.loss.class_weight=effective"],
             "inverse_weights": [f"model.heads.{head}.loss.class_weight=inverse"],
             # Cao et al. 2019's deferred re-weighting: the plain loss for 80% of the run, then weighted
+            # (their switch, at the schedule's last step); on a cosine schedule the lr is a tenth by
+            # then, so also from half the run
             "deferred_weights": [f"model.heads.{head}.loss.class_weight=inverse",
                                  f"model.heads.{head}.loss.class_weight_from=0.8"],
+            "deferred_weights_half": [f"model.heads.{head}.loss.class_weight=inverse",
+                                      f"model.heads.{head}.loss.class_weight_from=0.5"],
             "seesaw": [f"model.heads.{head}.loss.kind=seesaw"]}
 
 
