@@ -166,7 +166,7 @@ class ClassWeightedLoss:
         return self.loss_settings.class_weight != "none"
 
     @property
-    def loss_weight(self) -> Optional[Tensor]:
+    def applied_class_weight(self) -> Optional[Tensor]:
         """The class weights ``[num_outputs]`` that apply to this step's loss, or None."""
         return self.class_weight if self.class_weighted and self.class_weight_active else None
 
@@ -189,7 +189,7 @@ class ClassWeightedLoss:
     def classification_loss(self, logits: Tensor, target: Tensor, ignore_index: int = -100,
                             label_smoothing: float = 0.0) -> Tensor:
         s = self.loss_settings
-        weight = self.loss_weight
+        weight = self.applied_class_weight
         if s.kind == "seesaw":
             if self.training:
                 self.seesaw_counts += torch.bincount(target.flatten(), minlength=len(self.seesaw_counts)).to(

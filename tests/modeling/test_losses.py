@@ -248,13 +248,13 @@ def test_deferred_reweighting_weighs_from_its_share_of_the_run(caplog):
     # resumed past the switch: weighted from its first step; a refitted length moves the switch
     hook.trainer.iter = 7
     hook.before_train()
-    assert head.loss_weight is not None
+    assert head.applied_class_weight is not None
     hook.trainer.iter, hook.trainer.s.max_iter = 1, 4
     hook.before_train()
-    assert head.loss_weight is None
+    assert head.applied_class_weight is None
     hook.trainer.iter = 2
     hook.after_step()
-    assert head.loss_weight is not None
+    assert head.applied_class_weight is not None
     # 0 (the default): from the first step, as before the setting
     head0, _ = head_with(0.0)
     hook.trainer = SimpleNamespace(model=head0, iter=0, s=SimpleNamespace(max_iter=10))

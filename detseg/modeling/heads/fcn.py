@@ -290,7 +290,8 @@ class FCNHead(ClassWeightedLoss, Head):
         averaged over all labelled pixels, or over the hardest ``top_k_pixels`` share of them."""
         if self.top_k_pixels >= 1.0:
             return self.classification_loss(logits, target.long(), ignore_index=IGNORE)
-        weight = self.loss_weight.to(logits.dtype) if self.loss_weight is not None else None
+        weight = self.applied_class_weight
+        weight = weight.to(logits.dtype) if weight is not None else None
         per_pixel = F.cross_entropy(logits, target.long(), weight=weight, ignore_index=IGNORE, reduction="none")
         # Ignored pixels have loss 0, so they sort last; k counts labelled pixels only.
         labelled = int((target != IGNORE).sum())
