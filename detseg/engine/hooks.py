@@ -250,7 +250,8 @@ class DeferredReweighting(HookBase):
     from the iteration and the current ``max_iter`` (so a resumed run, or one whose length a time
     budget fits, switches at the right step); logs the step it switches at."""
 
-    heads: list = []
+    def __init__(self):
+        self.heads: list = []  # the model's class-weighted heads, found at the start of each run
 
     def _set(self) -> None:
         t = self.trainer
@@ -265,13 +266,11 @@ class DeferredReweighting(HookBase):
         from ..modeling.losses import ClassWeightedLoss
         self.heads = [m for m in self.trainer.model.modules()
                       if isinstance(m, ClassWeightedLoss) and m.class_weighted]
-        t = self.trainer
+        self._set()
         for head in self.heads:
-            start = head.class_weight_start(t.s.max_iter)
-            head.class_weight_active = t.iter >= start
             if not head.class_weight_active:
                 logger.info("%s: plain loss until iteration %d, class weights after (deferred re-weighting)",
-                            type(head).__name__, start)
+                            type(head).__name__, head.class_weight_start(self.trainer.s.max_iter))
 
     def after_step(self) -> None:
         self._set()
