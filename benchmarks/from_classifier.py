@@ -1,9 +1,11 @@
 """The sliding window and FCN started from a trained classifier, at half the from-scratch iterations.
 
 OverFeat slides "a network designed for image classification" over the image and FCN turns that
-classifier into a segmenter: both start from the classifier's training. Per seed this trains the
-shapes classification recipe (``configs/classify_resnet18_shapes.yaml``), then each head's shapes
-recipe with ``model.init_from`` set to that classifier's ``best.pth`` (the backbone's weights load;
+classifier into a segmenter: both start from the classifier's training. Per seed this trains a
+shapes classifier (``--classifier``: ``pretrain``, ``configs/classify_resnet18_shapes_pretrain.yaml``,
+the default, or ``recipe``, ``configs/classify_resnet18_shapes.yaml``, a third of its
+iterations), then each head's shapes recipe with ``model.init_from`` set to that classifier's
+``best.pth`` (the backbone's weights load;
 ResNet-18's one fully connected layer has no counterpart in these heads, which the init report
 in each run folder lists) for half the recipe's iterations, everything else as the recipe has it.
 The row beside it is the from-scratch recipe's stored run (benchmarks/detection_shapes.py,
@@ -12,8 +14,10 @@ iterations.
 
     python benchmarks/from_classifier.py --seeds 0 1 --keep-run DIR
     python benchmarks/from_classifier.py --heads fcn --seeds 1     # adds to the stored runs
+    python benchmarks/from_classifier.py --classifier recipe --seeds 0 1   # from the shorter one
 
-Runs are kept in benchmarks/results/from_classifier.json, joined across calls per head and seed.
+Runs are kept in benchmarks/results/from_classifier.json, joined across calls per head,
+classifier and seed; the table has a row per head and classifier.
 """
 from __future__ import annotations
 
@@ -31,7 +35,9 @@ from benchmarks.detection_shapes import (QUICK_VAL_IMAGES, VAL_IMAGES, load_stor
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 STORE = os.path.join(RESULTS, "from_classifier.json")
-CLASSIFIER = "configs/classify_resnet18_shapes.yaml"
+# name -> the classification config each seed trains first
+CLASSIFIERS = {"pretrain": "configs/classify_resnet18_shapes_pretrain.yaml",
+               "recipe": "configs/classify_resnet18_shapes.yaml"}
 # head -> (recipe, its metric, the from-scratch store, that store's key for the recipe or None)
 HEADS = {
     "sliding_window": ("configs/sliding_window_resnet18_shapes.yaml", "AP", "detection_shapes.json", "sliding_window"),
@@ -53,10 +59,12 @@ def last_record(records: list[dict], metric: str) -> dict:
     return [r for r in records if metric in r][-1]
 
 
-def train_classifier(seed: int, quick: bool, out: str) -> tuple[str, float, float]:
-    """The classification recipe for ``seed`` into ``out``: (its best.pth, top-1, wall s)."""
-    records, wall = run_train(CLASSIFIER, [f"runtime.seed={seed}", *(QUICK if quick else [])], out)
-    return os.path.join(out, "best.pth"), last_record(records, "top1")["top1"], wall
+def train_classifier(config: str, seed: int, quick: bool, out: str) -> tuple[str, float, float, int]:
+    """The classification ``config`` for ``seed`` into ``out``: (its best.pth, its best top-1,
+    wall s, iterations)."""
+    records, wall = run_train(config, [f"runtime.seed={seed}", *(QUICK if quick else [])], out)
+    best = max((r for r in records if "top1" in r), key=lambda r: r["top1"])  # what best.pth holds
+    return os.path.join(out, "best.pth"), best["top1"], wall, last_record(records, "top1")["iter"]
 
 
 def train_head(head: str, iterations: int, seed: int, weights: str | None, quick: bool, out: str) -> dict:
@@ -72,11 +80,16 @@ def train_head(head: str, iterations: int, seed: int, weights: str | None, quick
     return {metric: last[metric], "iter": last["iter"], "wall_s": wall}
 
 
+
 def main(argv=None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--heads", nargs="+", choices=list(HEADS), default=list(HEADS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="runtime.seed of each run (classifier and head)")
-    p.add_argument("--keep-run", metavar="DIR", help="keep the run folders here (classifier_seedS, HEAD_seedS)")
+    p.add_argument("--classifier", choices=list(CLASSIFIERS), default="pretrain",
+                   help="the classifier each seed trains first: " +
+                        ", ".join(f"{k} ({v})" for k, v in CLASSIFIERS.items()))
+    p.add_argument("--keep-run", metavar="DIR", help="keep the run folders here (CLASSIFIER_seedS, "
+                                                     "HEAD_CLASSIFIER_seedS, HEAD_scratch_seedS)")
     p.add_argument("--runs", nargs="+", choices=("classifier", "scratch"), default=["classifier"],
                    help="classifier: the classifier, then each head from it (default); scratch: each head "
                         "from scratch for the same half iterations (the control at equal iterations)")
@@ -87,11 +100,15 @@ def main(argv=None) -> int:
         print(f"error: no stored from-scratch run of {', '.join(missing)}; run its benchmark first", file=sys.stderr)
         return 2
     iterations = {h: 8 if args.quick else from_scratch(h)["iterations"] // 2 for h in args.heads}
+    cls_config = CLASSIFIERS[args.classifier]
     for head in args.heads:
-        entry = stored.setdefault(head, {"config": HEADS[head][0], "seeds": {}})
+        entry = stored.setdefault(head, {"config": HEADS[head][0]})
         digest = recipe_digest(HEADS[head][0])
         if entry.get("iterations") != iterations[head] or entry.get("recipe") != digest:
-            entry.update(iterations=iterations[head], recipe=digest, seeds={}, scratch_seeds={})  # start over
+            entry.update(iterations=iterations[head], recipe=digest, classifiers={}, scratch_seeds={})  # start over
+        by_cls = entry.setdefault("classifiers", {}).setdefault(args.classifier, {"config": cls_config, "seeds": {}})
+        if by_cls.get("recipe") != recipe_digest(cls_config):  # the classifier's recipe changed: its runs too
+            by_cls.update(config=cls_config, recipe=recipe_digest(cls_config), seeds={})
     failed = []
 
     def attempt(what: str, fn):
@@ -108,18 +125,20 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             classifier = None
             if "classifier" in args.runs:
-                classifier = attempt(f"classifier seed {seed}", lambda: train_classifier(
-                    seed, args.quick, os.path.join(root, f"classifier_seed{seed}")))
+                classifier = attempt(f"classifier {args.classifier} seed {seed}", lambda: train_classifier(
+                    cls_config, seed, args.quick, os.path.join(root, f"{args.classifier}_seed{seed}")))
             for head in args.heads:
                 entry = stored[head]
                 stamp = {"command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M")}
                 if classifier is not None:
-                    weights, top1, cls_wall = classifier
+                    weights, top1, cls_wall, cls_iter = classifier
                     run = attempt(f"{head} seed {seed}", lambda: train_head(
-                        head, iterations[head], seed, weights, args.quick, os.path.join(root, f"{head}_seed{seed}")))
+                        head, iterations[head], seed, weights, args.quick,
+                        os.path.join(root, f"{head}_{args.classifier}_seed{seed}")))
                     if run is not None:
-                        entry["seeds"][str(seed)] = {**run, "classifier_top1": top1, "classifier_wall_s": cls_wall,
-                                                     **stamp}
+                        entry["classifiers"][args.classifier]["seeds"][str(seed)] = {
+                            **run, "classifier_top1": top1, "classifier_wall_s": cls_wall,
+                            "classifier_iter": cls_iter, **stamp}
                 if "scratch" in args.runs:
                     run = attempt(f"{head} from scratch seed {seed}", lambda: train_head(
                         head, iterations[head], seed, None, args.quick,
@@ -133,28 +152,43 @@ def main(argv=None) -> int:
         entry, (config, metric, _, _) = stored[head], HEADS[head]
         scratch = from_scratch(head) or {}
         target = scratch.get(metric)
-        cell, mean = {}, {}
-        for kind in ("seeds", "scratch_seeds"):
-            runs = dict(sorted(entry.get(kind, {}).items(), key=lambda kv: int(kv[0])))
-            mean[kind] = statistics.fmean(r[metric] for r in runs.values()) if runs else None
-            cell[kind] = per_seed({"seeds": runs, metric: mean[kind]}, metric) if runs else "-"
-        runs = entry.get("seeds", {})
-        figures[head] = {"iterations": entry["iterations"], metric: mean["seeds"], "seeds": runs,
-                         "scratch_same_iterations": {metric: mean["scratch_seeds"], "seeds": entry.get("scratch_seeds", {})},
-                         "from_scratch": {"iterations": scratch.get("iterations"), metric: target},
-                         "reached": None if target is None or not runs else all(r[metric] >= target for r in runs.values())}
-        cls = " / ".join(f"{r['classifier_top1']:.3f}" for r in runs.values()) or "-"
-        walls = [r["wall_s"] for r in runs.values()]
-        rows.append([config, metric, scratch.get("iterations", "-"),
-                     per_seed(scratch, metric) if target is not None else "-", entry["iterations"],
-                     cell["scratch_seeds"], cell["seeds"], cls,
-                     "-" if figures[head]["reached"] is None else ("yes" if figures[head]["reached"] else "no"),
-                     f"{statistics.fmean(walls) / 60:.1f}" if walls else "-"])
+
+        def summary(runs: dict) -> tuple[dict, float | None, str]:
+            """(the runs by seed in order, their mean, the table cell)."""
+            runs = dict(sorted(runs.items(), key=lambda kv: int(kv[0])))
+            mean = statistics.fmean(r[metric] for r in runs.values()) if runs else None
+            return runs, mean, per_seed({"seeds": runs, metric: mean}, metric) if runs else "-"
+
+        ctrl_runs, ctrl_mean, ctrl_cell = summary(entry.get("scratch_seeds", {}))
+        figures[head] = {"iterations": entry["iterations"], "classifiers": {},
+                         "scratch_same_iterations": {metric: ctrl_mean, "seeds": ctrl_runs},
+                         "from_scratch": {"iterations": scratch.get("iterations"), metric: target}}
+        for name in [n for n in CLASSIFIERS if n in entry.get("classifiers", {})]:
+            runs, mean, cell = summary(entry["classifiers"][name]["seeds"])
+            reached = None if target is None or not runs else all(r[metric] >= target for r in runs.values())
+            figures[head]["classifiers"][name] = {"config": CLASSIFIERS[name], metric: mean, "seeds": runs,
+                                                  "reached": reached}
+            if not runs:
+                continue
+            cls = " / ".join(f"{r['classifier_top1']:.3f}" for r in runs.values())
+            iters = sorted({r.get("classifier_iter") for r in runs.values()} - {None})
+            walls = [r["wall_s"] for r in runs.values()]
+            cls_walls = [r["classifier_wall_s"] for r in runs.values()]
+            rows.append([config, metric, scratch.get("iterations", "-"),
+                         per_seed(scratch, metric) if target is not None else "-", entry["iterations"],
+                         ctrl_cell, f"`{CLASSIFIERS[name]}` ({'/'.join(map(str, iters)) or '?'} it.)", cell, cls,
+                         "-" if reached is None else ("yes" if reached else "no"),
+                         f"{statistics.fmean(walls) / 60:.1f}", f"{statistics.fmean(cls_walls) / 60:.1f}"])
+        # the headline: the default classifier's runs where there are any
+        first = next((figures[head]["classifiers"][n] for n in CLASSIFIERS if n in figures[head]["classifiers"]
+                      and figures[head]["classifiers"][n]["seeds"]), {metric: None, "seeds": {}, "reached": None})
+        figures[head].update({metric: first[metric], "seeds": first["seeds"], "reached": first["reached"]})
     table = markdown_table(["recipe", "metric", "full recipe: iterations", "full recipe from scratch (seeds, mean)",
-                            "half: iterations", "half, from scratch", "half, from the classifier",
-                            "classifier top-1", "every seed from the classifier reaches the full recipe's mean",
-                            "minutes a run from the classifier"], rows)
-    body = (table + "\n\nEach seed trains the shapes classifier (`" + CLASSIFIER + "`, that seed) and then the "
+                            "half: iterations", "half, from scratch", "classifier (its iterations)",
+                            "half, from the classifier", "classifier top-1 (best.pth)",
+                            "every seed from the classifier reaches the full recipe's mean",
+                            "minutes a run from the classifier", "minutes a classifier run"], rows)
+    body = (table + "\n\nEach seed trains the shapes classifier named in its row (that seed) and then the "
             "recipe with `model.init_from` at its best.pth for half the recipe's iterations (its backbone "
             "loads; the heads start fresh), evaluated on the same 200 shapes val images as the "
             "from-scratch runs. \"Half, from scratch\" is the same half-length run without the classifier "
