@@ -21,6 +21,7 @@ classifier and seed; the table has a row per head and classifier.
 """
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -42,7 +43,13 @@ CLASSIFIERS = {"pretrain": "configs/classify_resnet18_shapes_pretrain.yaml",
 HEADS = {
     "sliding_window": ("configs/sliding_window_resnet18_shapes.yaml", "AP", "detection_shapes.json", "sliding_window"),
     "fcn": ("configs/fcn8s_resnet18_shapes.yaml", "mIoU", "fcn_shapes.json", None),
+    # the FCN paper's network: the top is ResNet's classifier as a convolution (its one linear layer
+    # as the score layer, which init_from converts), so no 3x3 conv and no BatchNorm before it
+    "fcn_top_classifier": ("configs/fcn8s_resnet18_shapes.yaml", "mIoU", "fcn_shapes.json", None),
 }
+# a head's settings beside its recipe's (the row says so; its from-scratch figure is the recipe's)
+HEAD_OVERRIDES = {"fcn_top_classifier": ["model.heads.seg.top=classifier", "model.heads.seg.head_norm=none"]}
+DEFAULT_HEADS = ["sliding_window", "fcn"]
 QUICK = ["solver.max_iter=4", "solver.eval_period=4", "solver.checkpoint_period=4", "data.batch_size=2",
          "data.shapes.num_train=8", f"data.shapes.num_val={QUICK_VAL_IMAGES}", "data.num_workers=0"]
 
@@ -59,10 +66,21 @@ def last_record(records: list[dict], metric: str) -> dict:
     return [r for r in records if metric in r][-1]
 
 
-def train_classifier(config: str, seed: int, quick: bool, out: str) -> tuple[str, float, float, int]:
+def train_classifier(config: str, seed: int, quick: bool, out: str,
+                     reuse: bool = False) -> tuple[str, float, float | None, int]:
     """The classification ``config`` for ``seed`` into ``out``: (its best.pth, its best top-1,
-    wall s, iterations)."""
-    records, wall = run_train(config, [f"runtime.seed={seed}", *(QUICK if quick else [])], out)
+    wall s, iterations). ``reuse``: a finished run of ``config`` already in ``out`` (its
+    evaluation at max_iter written, best.pth there) is taken as it is (wall None: not timed here)."""
+    records, wall = None, None
+    if reuse and os.path.isfile(os.path.join(out, "best.pth")):
+        from detseg.config import load_config
+        with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
+            done = [json.loads(line) for line in f]
+        if any("top1" in r and r["iter"] == load_config(config).solver.max_iter for r in done):
+            records = done
+            print(f"from_classifier: {out}: the finished classifier run there is used again", flush=True)
+    if records is None:
+        records, wall = run_train(config, [f"runtime.seed={seed}", *(QUICK if quick else [])], out)
     best = max((r for r in records if "top1" in r), key=lambda r: r["top1"])  # what best.pth holds
     return os.path.join(out, "best.pth"), best["top1"], wall, last_record(records, "top1")["iter"]
 
@@ -75,7 +93,8 @@ def train_head(head: str, iterations: int, seed: int, weights: str | None, quick
     overrides = QUICK if quick else [f"solver.max_iter={iterations}", f"solver.eval_period={half}",
                                      f"solver.checkpoint_period={half}", f"data.shapes.num_val={VAL_IMAGES}"]
     start = [f"model.init_from={weights}"] if weights else []
-    records, wall = run_train(config, [f"runtime.seed={seed}", *start, *overrides], out)
+    records, wall = run_train(config, [f"runtime.seed={seed}", *HEAD_OVERRIDES.get(head, []), *start, *overrides],
+                              out)
     last = last_record(records, metric)
     return {metric: last[metric], "iter": last["iter"], "wall_s": wall}
 
@@ -83,13 +102,15 @@ def train_head(head: str, iterations: int, seed: int, weights: str | None, quick
 
 def main(argv=None) -> int:
     p = base_parser(__doc__)
-    p.add_argument("--heads", nargs="+", choices=list(HEADS), default=list(HEADS))
+    p.add_argument("--heads", nargs="+", choices=list(HEADS), default=DEFAULT_HEADS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="runtime.seed of each run (classifier and head)")
     p.add_argument("--classifier", choices=list(CLASSIFIERS), default="pretrain",
                    help="the classifier each seed trains first: " +
                         ", ".join(f"{k} ({v})" for k, v in CLASSIFIERS.items()))
     p.add_argument("--keep-run", metavar="DIR", help="keep the run folders here (CLASSIFIER_seedS, "
                                                      "HEAD_CLASSIFIER_seedS, HEAD_scratch_seedS)")
+    p.add_argument("--reuse-classifier", action="store_true",
+                   help="with --keep-run: a finished classifier run already there is used, not trained again")
     p.add_argument("--runs", nargs="+", choices=("classifier", "scratch"), default=["classifier"],
                    help="classifier: the classifier, then each head from it (default); scratch: each head "
                         "from scratch for the same half iterations (the control at equal iterations)")
@@ -126,12 +147,18 @@ def main(argv=None) -> int:
             classifier = None
             if "classifier" in args.runs:
                 classifier = attempt(f"classifier {args.classifier} seed {seed}", lambda: train_classifier(
-                    cls_config, seed, args.quick, os.path.join(root, f"{args.classifier}_seed{seed}")))
+                    cls_config, seed, args.quick, os.path.join(root, f"{args.classifier}_seed{seed}"),
+                    args.reuse_classifier and bool(args.keep_run)))
             for head in args.heads:
                 entry = stored[head]
                 stamp = {"command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M")}
                 if classifier is not None:
                     weights, top1, cls_wall, cls_iter = classifier
+                    if cls_wall is None:  # reused: its time as the run that trained it recorded it
+                        cls_wall = next((e["classifiers"][args.classifier]["seeds"][str(seed)]["classifier_wall_s"]
+                                         for e in stored.values()
+                                         if str(seed) in e.get("classifiers", {}).get(args.classifier, {})
+                                         .get("seeds", {})), None)
                     run = attempt(f"{head} seed {seed}", lambda: train_head(
                         head, iterations[head], seed, weights, args.quick,
                         os.path.join(root, f"{head}_{args.classifier}_seed{seed}")))
@@ -173,12 +200,14 @@ def main(argv=None) -> int:
             cls = " / ".join(f"{r['classifier_top1']:.3f}" for r in runs.values())
             iters = sorted({r.get("classifier_iter") for r in runs.values()} - {None})
             walls = [r["wall_s"] for r in runs.values()]
-            cls_walls = [r["classifier_wall_s"] for r in runs.values()]
-            rows.append([config, metric, scratch.get("iterations", "-"),
+            cls_walls = [r["classifier_wall_s"] for r in runs.values() if r.get("classifier_wall_s") is not None]
+            recipe = config + "".join(f" `{o}`" for o in HEAD_OVERRIDES.get(head, []))
+            rows.append([recipe, metric, scratch.get("iterations", "-"),
                          per_seed(scratch, metric) if target is not None else "-", entry["iterations"],
                          ctrl_cell, f"`{CLASSIFIERS[name]}` ({'/'.join(map(str, iters)) or '?'} it.)", cell, cls,
                          "-" if reached is None else ("yes" if reached else "no"),
-                         f"{statistics.fmean(walls) / 60:.1f}", f"{statistics.fmean(cls_walls) / 60:.1f}"])
+                         f"{statistics.fmean(walls) / 60:.1f}",
+                         f"{statistics.fmean(cls_walls) / 60:.1f}" if cls_walls else "-"])
         # the headline: the default classifier's runs where there are any
         first = next((figures[head]["classifiers"][n] for n in CLASSIFIERS if n in figures[head]["classifiers"]
                       and figures[head]["classifiers"][n]["seeds"]), {metric: None, "seeds": {}, "reached": None})
