@@ -85,6 +85,15 @@ def train_classifier(config: str, seed: int, quick: bool, out: str,
     return os.path.join(out, "best.pth"), best["top1"], wall, last_record(records, "top1")["iter"]
 
 
+def recorded_classifier_wall(stored: dict, name: str, seed: int) -> float | None:
+    """The wall s that a stored run of classifier ``name`` for ``seed`` (any head's) recorded."""
+    for entry in stored.values():
+        run = entry.get("classifiers", {}).get(name, {}).get("seeds", {}).get(str(seed))
+        if run is not None:
+            return run.get("classifier_wall_s")
+    return None
+
+
 def train_head(head: str, iterations: int, seed: int, weights: str | None, quick: bool, out: str) -> dict:
     """``head``'s recipe from ``weights`` (None: from scratch) for ``iterations``: its last
     evaluation's metric, wall s."""
@@ -122,14 +131,15 @@ def main(argv=None) -> int:
         return 2
     iterations = {h: 8 if args.quick else from_scratch(h)["iterations"] // 2 for h in args.heads}
     cls_config = CLASSIFIERS[args.classifier]
+    cls_digest = recipe_digest(cls_config)
     for head in args.heads:
         entry = stored.setdefault(head, {"config": HEADS[head][0]})
         digest = recipe_digest(HEADS[head][0])
         if entry.get("iterations") != iterations[head] or entry.get("recipe") != digest:
             entry.update(iterations=iterations[head], recipe=digest, classifiers={}, scratch_seeds={})  # start over
         by_cls = entry.setdefault("classifiers", {}).setdefault(args.classifier, {"config": cls_config, "seeds": {}})
-        if by_cls.get("recipe") != recipe_digest(cls_config):  # the classifier's recipe changed: its runs too
-            by_cls.update(config=cls_config, recipe=recipe_digest(cls_config), seeds={})
+        if by_cls.get("recipe") != cls_digest:  # the classifier's recipe changed: its runs too
+            by_cls.update(config=cls_config, recipe=cls_digest, seeds={})
     failed = []
 
     def attempt(what: str, fn):
@@ -149,16 +159,14 @@ def main(argv=None) -> int:
                 classifier = attempt(f"classifier {args.classifier} seed {seed}", lambda: train_classifier(
                     cls_config, seed, args.quick, os.path.join(root, f"{args.classifier}_seed{seed}"),
                     args.reuse_classifier and bool(args.keep_run)))
+                if classifier is not None and classifier[2] is None:  # reused: the time its own run recorded
+                    classifier = (*classifier[:2], recorded_classifier_wall(stored, args.classifier, seed),
+                                  classifier[3])
             for head in args.heads:
                 entry = stored[head]
                 stamp = {"command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M")}
                 if classifier is not None:
                     weights, top1, cls_wall, cls_iter = classifier
-                    if cls_wall is None:  # reused: its time as the run that trained it recorded it
-                        cls_wall = next((e["classifiers"][args.classifier]["seeds"][str(seed)]["classifier_wall_s"]
-                                         for e in stored.values()
-                                         if str(seed) in e.get("classifiers", {}).get(args.classifier, {})
-                                         .get("seeds", {})), None)
                     run = attempt(f"{head} seed {seed}", lambda: train_head(
                         head, iterations[head], seed, weights, args.quick,
                         os.path.join(root, f"{head}_{args.classifier}_seed{seed}")))
