@@ -30,6 +30,7 @@ from tests.conftest import ROOT, run_script
     ("benchmarks/saliency.py", ["rows", "checkpoint_box_AP"]),
     ("benchmarks/imbalance.py", ["tasks"]),
     ("benchmarks/from_classifier.py", ["sliding_window", "fcn"]),
+    ("benchmarks/trimmed_conv.py", ["native", "avx2"]),
 ])
 def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
     out = tmp_path / "figures.json"
@@ -76,6 +77,9 @@ def test_benchmark_quick_run(tmp_path, tmp_path_factory, script, keys):
     if script.endswith("from_classifier.py"):  # the classifier trained, each head started from it
         assert 0 <= figures["sliding_window"]["AP"] <= 1 and 0 <= figures["fcn"]["mIoU"] <= 1
         assert all(r["classifier_top1"] >= 0 for r in figures["fcn"]["seeds"].values())
+    if script.endswith("trimmed_conv.py"):  # ResNet-18 at 32 px: its layer3 / layer4 convolutions
+        assert all(figures[isa]["resnet18"]["trimmed_convs"] == 8 and figures[isa]["resnet18"]["trimmed"] > 0
+                   for isa in ("native", "avx2"))
     if script.endswith("vs_torchvision_training.py"):
         assert {(r["impl"], r["iterations"]) for r in figures["runs"]} == {("detseg", 4), ("torchvision", 4)}
         assert all(0 <= figures[impl]["box_ap"] <= 1 for impl in ("detseg", "torchvision"))

@@ -96,7 +96,7 @@ def layer_table(model: nn.Module, batch, *, max_depth: Optional[int] = None) -> 
         field: Optional[Field] = fields.get(name)
         params = list(m.parameters())
         rows.append(LayerRow(
-            name=name, type=type(m).__name__, depth=depth, output=outputs[name],
+            name=name, type=m._get_name(), depth=depth, output=outputs[name],
             params=sum(p.numel() for p in params),
             trainable=sum(p.numel() for p in params if p.requires_grad),
             flops=int(flops.get(name, 0)),

@@ -36,6 +36,8 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from detseg.modeling.trimmed_conv import trim_padding_taps
+
 logger = logging.getLogger(__name__)
 
 
@@ -346,6 +348,7 @@ def build_backbone(name: str, *, weights: Optional[str] = None, freeze_at: int =
         # modules our stages are then cut from.
         _load_reporting(net, state, source, ignore=_HEAD_PREFIXES)
     body = Backbone(_DEFINITIONS[name](net), out_features or _DEFAULT_OUT.get(name, ["c3", "c4", "c5"]))
+    trim_padding_taps(body)  # training at small inputs skips the taps that read only padding
     body.arch = name  # heads that follow the architecture's own design read it (classify)
     if ours:
         _load_reporting(body, state, source)
