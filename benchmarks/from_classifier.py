@@ -3,9 +3,9 @@
 OverFeat slides "a network designed for image classification" over the image and FCN turns that
 classifier into a segmenter: both start from the classifier's training. Per seed this trains a
 shapes classifier (``--classifier``: ``pretrain``, ``configs/classify_resnet18_shapes_pretrain.yaml``,
-the default, or ``recipe``, ``configs/classify_resnet18_shapes.yaml``, a third of its
-iterations), then each head's shapes recipe with ``model.init_from`` set to that classifier's
-``best.pth`` (the backbone's weights load;
+the default, 2700 iterations, or ``recipe``, ``configs/classify_resnet18_shapes.yaml``, 1600;
+900 before the trimmed convolutions made its steps cheaper), then each head's shapes recipe with
+``model.init_from`` set to that classifier's ``best.pth`` (the backbone's weights load;
 ResNet-18's one fully connected layer has no counterpart in these heads, which the init report
 in each run folder lists) for half the recipe's iterations, everything else as the recipe has it.
 The row beside it is the from-scratch recipe's stored run (benchmarks/detection_shapes.py,
