@@ -13,6 +13,7 @@ which is how an AVX2-only machine runs the same code (those variables are read w
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -22,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import base_parser, finish, markdown_table  # noqa: E402
+from benchmarks._report import ROOT, base_parser, finish, markdown_table  # noqa: E402
 
 ISAS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 ARCHS = ["resnet18", "densenet121", "googlenet"]
@@ -39,8 +40,7 @@ def step_times(arch: str, size: int, batch: int, steps: int, rounds: int) -> dic
     from detseg.modeling.trimmed_conv import TrimmedConv2d
     from detseg.structures import Batch
     torch.manual_seed(0)
-    cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                   "configs", "classify_resnet18_shapes.yaml"),
+    cfg = load_config(os.path.join(ROOT, "configs", "classify_resnet18_shapes.yaml"),
                       [f"model.backbone.name={arch}", f"data.classify.size={size}"])
     model = build_model(cfg, 4).to(memory_format=torch.channels_last).train()
     trimmed = [m for m in model.modules() if isinstance(m, TrimmedConv2d)]
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=10, help="timed steps per round and side")
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds (ABBA order)")
-    p.add_argument("--child", action="store_true", help=argparse_hidden())
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.archs, args.steps, args.rounds, args.batch = ["resnet18"], 2, 1, 16
@@ -116,11 +116,6 @@ def main(argv=None) -> int:
              "and ATen limited to AVX2 on this CPU, in a process of its own.")
     finish(args, "trimmed_conv", "Trimmed convolutions: training steps at small inputs", body, figures)
     return 0
-
-
-def argparse_hidden() -> str:
-    import argparse
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

@@ -21,6 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Outputs along one axis of a convolution (``nn.Conv2d``'s formula)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
 def used_taps(size: int, kernel: int, stride: int, padding: int, dilation: int) -> tuple[int, int]:
     """The first and last kernel tap along one axis that reads an input cell for some output.
 
@@ -30,7 +35,7 @@ def used_taps(size: int, kernel: int, stride: int, padding: int, dilation: int) 
     Returns:
         (first, last) tap indices; (0, kernel - 1) when every tap is used.
     """
-    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    out = _out_size(size, kernel, stride, padding, dilation)
     used = []
     for k in range(kernel):
         shift = k * dilation - padding  # input index of output 0
@@ -48,8 +53,7 @@ def _trim(size: int, kernel: int, stride: int, padding: int, dilation: int) -> t
     pad = padding - first * dilation
     if count == kernel or pad < 0:
         return None
-    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-    if (size + 2 * pad - dilation * (count - 1) - 1) // stride + 1 != out:
+    if _out_size(size, count, stride, pad, dilation) != _out_size(size, kernel, stride, padding, dilation):
         return None
     return first, count, pad
 
@@ -63,10 +67,7 @@ class _WindowConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, window, stride, padding, dilation, groups):
         y0, kh, x0, kw = window
-        ctx.dtypes = x.dtype, weight.dtype, None if bias is None else bias.dtype
-        ctx.weight_layout = weight.shape, weight.device, (
-            torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last)
-            and not weight.is_contiguous() else torch.contiguous_format)
+        ctx.dtypes = x.dtype, None if bias is None else bias.dtype
         w = weight[:, :, y0:y0 + kh, x0:x0 + kw]
         device = x.device.type
         if torch.is_autocast_enabled(device):  # autocast's casts, made here so backward has them
@@ -75,15 +76,15 @@ class _WindowConv(torch.autograd.Function):
             bias = None if bias is None else bias.to(dtype)
         with torch.autocast(device, enabled=False):
             y = F.conv2d(x, w, bias, stride, padding, dilation, groups)
-        ctx.save_for_backward(x, w)
+        ctx.save_for_backward(x, w, weight)  # weight: the gradient's shape and layout
         ctx.conv = window, stride, padding, dilation, groups
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        x, w = ctx.saved_tensors
+        x, w, weight = ctx.saved_tensors
         (y0, kh, x0, kw), stride, padding, dilation, groups = ctx.conv
-        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        x_dtype, b_dtype = ctx.dtypes
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx, gw, gb = torch.ops.aten.convolution_backward(
             grad.to(w.dtype), x, w, None if b_dtype is None else [w.shape[0]], list(stride),
@@ -91,8 +92,7 @@ class _WindowConv(torch.autograd.Function):
             [need_x, need_w, b_dtype is not None and need_b])
         full = None
         if need_w:
-            shape, device, layout = ctx.weight_layout
-            full = torch.empty(shape, dtype=w_dtype, device=device, memory_format=layout).zero_()
+            full = torch.zeros_like(weight)  # preserve_format: channels-last stays channels-last
             full[:, :, y0:y0 + kh, x0:x0 + kw] = gw
         return (None if gx is None else gx.to(x_dtype), full, None if gb is None else gb.to(b_dtype),
                 None, None, None, None, None)
